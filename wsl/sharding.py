@@ -1,0 +1,57 @@
+"""Device-mesh helpers: one way to build a mesh and place populations and batches on it.
+
+The same code runs on one CPU, on fake CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on one GPU or on many hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(axis_names: Sequence[str] = ("data",), shape: Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all); `shape` defaults to every device on the first axis."""
+    devices = list(jax.devices() if devices is None else devices)
+    if shape is None:
+        shape = (len(devices),) + (1,) * (len(axis_names) - 1)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(axis_names):
+        raise ValueError(f"mesh shape {shape} does not match axis names {tuple(axis_names)}")
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, "
+                         f"{len(devices)} are available")
+    return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def leading_axis(mesh: Mesh, axis: str | None = None) -> NamedSharding:
+    """Shard the leading (model or batch) axis over mesh axis `axis` (default: the first)."""
+    return NamedSharding(mesh, P(axis or mesh.axis_names[0]))
+
+
+def axis_size(mesh: Mesh, axis: str | None = None) -> int:
+    return int(mesh.shape[axis or mesh.axis_names[0]])
+
+
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of `multiple` ≥ n: a sharded leading axis must divide evenly."""
+    return -(-n // multiple) * multiple
+
+
+def shard_leading(tree, mesh: Mesh, axis: str | None = None):
+    """Place every leaf with its leading axis split over `axis`; the axis must divide evenly."""
+    size = axis_size(mesh, axis)
+    for leaf in jax.tree.leaves(tree):
+        if np.shape(leaf)[0] % size:
+            raise ValueError(f"leading axis {np.shape(leaf)[0]} is not divisible by the "
+                             f"{size} devices of mesh axis {axis or mesh.axis_names[0]!r}; "
+                             f"pad to {round_up(np.shape(leaf)[0], size)}")
+    return jax.device_put(tree, leading_axis(mesh, axis))

@@ -1,0 +1,1 @@
+"""zoos package."""

@@ -1,0 +1,361 @@
+"""Zoo architectures: each a `WeightSpace` with a Flax `init` and a pure `apply(params, x)`.
+
+Every architecture is registered by name with a config of keyword arguments; `build(name, **config)`
+returns an `Architecture`. Its weight space labels every axis with its permutation group, so that
+permuting hidden units (and residual streams, attention heads, head dimensions) leaves the function
+unchanged — tests/test_architectures.py checks this for every entry in the registry.
+
+Dropout takes its rate as a call argument rather than a module attribute so that a population can
+carry one dropout rate per model inside one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wsl.weight_space import WeightSpace
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "leaky_relu": nn.leaky_relu,
+    "identity": lambda x: x,
+}
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def dropout(x: jax.Array, rate, key: jax.Array | None, site: int) -> jax.Array:
+    """Inverted dropout whose rate may be a traced (per-model) value; off when key is None."""
+    if key is None:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(jax.random.fold_in(key, site), keep, x.shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A network family: its weight space, `init(key) -> params` and `apply(params, x) -> logits`.
+
+    `apply(params, x, dropout_rate=0.0, key=None)` takes a batch `x` of shape (batch, *input_shape);
+    dropout is active only when a key is given.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    weight_space: WeightSpace
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def init(self, key: jax.Array) -> dict:
+        dummy = jnp.zeros((1,) + self.input_shape, jnp.float32)
+        return self.module.init(key, dummy)["params"]
+
+    def init_population(self, key: jax.Array, num: int) -> dict:
+        """`num` independently initialised models stacked on a leading model axis."""
+        return jax.vmap(self.init)(jax.random.split(key, num))
+
+    def apply(self, params, x, dropout_rate=0.0, key=None) -> jax.Array:
+        return self.module.apply({"params": params}, x, dropout_rate, key)
+
+    @property
+    def num_params(self) -> int:
+        return self.weight_space.num_params
+
+
+_REGISTRY: dict[str, Callable[..., tuple[nn.Module, dict, dict, dict]]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, description: str):
+    """Register a builder `f(input_shape, num_classes, **config) -> (module, axes, nonlin, blocks)`."""
+    def wrap(builder):
+        _REGISTRY[name] = builder
+        _DESCRIPTIONS[name] = description
+        return builder
+    return wrap
+
+
+def default_config(name: str) -> dict[str, Any]:
+    builder = _get_builder(name)
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+
+
+def _get_builder(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build(name: str, **config) -> Architecture:
+    """Build a registered architecture; unknown config keys raise an error listing the valid ones."""
+    builder = _get_builder(name)
+    full = default_config(name)
+    unknown = set(config) - set(full)
+    if unknown:
+        raise ValueError(f"unknown config {sorted(unknown)} for architecture {name!r}; "
+                         f"valid: {sorted(full)}")
+    full.update(config)
+    full["input_shape"] = tuple(int(d) for d in full["input_shape"])
+    module, axes, nonlinearity, blocks = builder(**full)
+    dummy = jnp.zeros((1,) + full["input_shape"], jnp.float32)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), dummy))["params"]
+    space = WeightSpace.from_params(shapes, axes, nonlinearity, blocks)
+    return Architecture(name, full, space, module, full["input_shape"], int(full["num_classes"]))
+
+
+def list_architectures() -> list[dict[str, Any]]:
+    """Every registered architecture with its description, default config and parameter count."""
+    return [{"name": name, "description": _DESCRIPTIONS[name], "config": default_config(name),
+             "num_params": build(name).num_params} for name in _REGISTRY]
+
+
+# ---------------------------------------------------------------------------------------- MLP
+class _MLP(nn.Module):
+    widths: Sequence[int]
+    num_classes: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, key=None):
+        act = activation_fn(self.activation)
+        x = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.widths):
+            x = dropout(act(nn.Dense(width, name=f"dense_{i}")(x)), dropout_rate, key, i)
+        return nn.Dense(self.num_classes, name=f"dense_{len(self.widths)}")(x)
+
+
+@register("mlp", "multilayer perceptron on flattened inputs")
+def _build_mlp(input_shape=(40,), num_classes=10, widths=(32, 32), activation="relu"):
+    widths = tuple(int(w) for w in widths)
+    groups = [f"dense_{i}" for i in range(len(widths))] + [None]
+    axes, previous = {}, None
+    for i, group in enumerate(groups):
+        axes[f"dense_{i}/kernel"] = (previous, group)
+        axes[f"dense_{i}/bias"] = (group,)
+        previous = group
+    module = _MLP(widths, num_classes, activation)
+    return module, axes, {g: activation for g in groups if g}, {}
+
+
+# ----------------------------------------------------------------------------------- SmallCNN
+class _SmallCNN(nn.Module):
+    channels: int
+    num_layers: int
+    num_classes: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, key=None):
+        act = activation_fn(self.activation)
+        for i in range(self.num_layers):
+            x = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="SAME", name=f"conv_{i}")(x)
+            x = dropout(act(x), dropout_rate, key, i)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="dense_0")(x)
+
+
+@register("small_cnn", "Small CNN Zoo network: 3 × conv 3×3 stride 2, global average pool, dense")
+def _build_small_cnn(input_shape=(28, 28, 1), num_classes=10, channels=16, num_layers=3,
+                     activation="relu"):
+    axes, previous = {}, None
+    for i in range(num_layers):
+        axes[f"conv_{i}/kernel"] = (None, None, previous, f"conv_{i}")
+        axes[f"conv_{i}/bias"] = (f"conv_{i}",)
+        previous = f"conv_{i}"
+    axes["dense_0/kernel"] = (previous, None)
+    axes["dense_0/bias"] = (None,)
+    module = _SmallCNN(channels, num_layers, num_classes, activation)
+    return module, axes, {f"conv_{i}": activation for i in range(num_layers)}, {}
+
+
+# -------------------------------------------------------------------------------------- CNN-s
+class _CNNs(nn.Module):
+    num_classes: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, key=None):
+        act = activation_fn(self.activation)
+        pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))
+        x = dropout(act(pool(nn.Conv(8, (5, 5), padding="VALID", name="conv_0")(x))),
+                    dropout_rate, key, 0)
+        x = dropout(act(pool(nn.Conv(6, (5, 5), padding="VALID", name="conv_1")(x))),
+                    dropout_rate, key, 1)
+        x = dropout(act(nn.Conv(4, (2, 2), padding="VALID", name="conv_2")(x)), dropout_rate, key, 2)
+        # The first dense kernel keeps the (H, W, C) layout of its input so that the conv_2
+        # channel permutation acts on one of its axes; PyTorch's (20, 36) view is an export detail.
+        x = nn.DenseGeneral(20, axis=(-3, -2, -1), name="dense_0")(x)
+        x = dropout(act(x), dropout_rate, key, 3)
+        return nn.Dense(self.num_classes, name="dense_1")(x)
+
+
+@register("cnn_s", "Model Zoos CNN-s: conv 8-6-4 with max-pooling, dense 20, dense 10")
+def _build_cnn_s(input_shape=(28, 28, 1), num_classes=10, activation="tanh"):
+    axes = {
+        "conv_0/kernel": (None, None, None, "conv_0"), "conv_0/bias": ("conv_0",),
+        "conv_1/kernel": (None, None, "conv_0", "conv_1"), "conv_1/bias": ("conv_1",),
+        "conv_2/kernel": (None, None, "conv_1", "conv_2"), "conv_2/bias": ("conv_2",),
+        "dense_0/kernel": (None, None, "conv_2", "dense_0"), "dense_0/bias": ("dense_0",),
+        "dense_1/kernel": ("dense_0", None), "dense_1/bias": (None,),
+    }
+    nonlinearity = {g: activation for g in ("conv_0", "conv_1", "conv_2", "dense_0")}
+    return _CNNs(num_classes, activation), axes, nonlinearity, {}
+
+
+# ---------------------------------------------------------------------------------- tiny ResNet
+def _norm(kind: str, groups: int, name: str) -> nn.Module:
+    if kind == "layer":
+        return nn.LayerNorm(name=name)  # over channels at each position: permutation invariant
+    if kind == "group":
+        return nn.GroupNorm(num_groups=groups, name=name)
+    raise ValueError(f"unknown norm {kind!r}; choose 'layer' or 'group'")
+
+
+class _ResNet(nn.Module):
+    widths: Sequence[int]
+    blocks_per_stage: int
+    num_classes: int
+    activation: str
+    norm: str
+    norm_groups: int
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, key=None):
+        act = activation_fn(self.activation)
+        norm = lambda name: _norm(self.norm, self.norm_groups, name)
+        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", name="stem")(x)
+        site = 0
+        for s, width in enumerate(self.widths):
+            if s > 0:  # a strided 1×1 projection starts the next residual stream
+                x = nn.Conv(width, (1, 1), strides=(2, 2), name=f"stage{s}_proj")(act(x))
+            for b in range(self.blocks_per_stage):
+                prefix = f"stage{s}_block{b}"
+                h = nn.Conv(width, (3, 3), padding="SAME", name=f"{prefix}_conv_0")(
+                    act(norm(f"{prefix}_norm_0")(x)))
+                h = dropout(act(norm(f"{prefix}_norm_1")(h)), dropout_rate, key, site)
+                site += 1
+                x = x + nn.Conv(width, (3, 3), padding="SAME", name=f"{prefix}_conv_1")(h)
+        x = act(norm("final_norm")(x))
+        return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+@register("resnet", "tiny pre-activation ResNet, LayerNorm or GroupNorm, one permutation per stream")
+def _build_resnet(input_shape=(28, 28, 1), num_classes=10, width=8, stages=2, blocks_per_stage=1,
+                  activation="relu", norm="layer", norm_groups=2):
+    widths = tuple(int(width) * 2 ** s for s in range(stages))
+    axes: dict[str, tuple] = {}
+    conv = lambda name, cin, cout: axes.update(
+        {f"{name}/kernel": (None, None, cin, cout), f"{name}/bias": (cout,)})
+    affine = lambda name, group: axes.update({f"{name}/scale": (group,), f"{name}/bias": (group,)})
+    conv("stem", None, "stream_0")
+    hidden = []
+    for s in range(stages):
+        stream = f"stream_{s}"
+        if s > 0:
+            conv(f"stage{s}_proj", f"stream_{s - 1}", stream)
+        for b in range(blocks_per_stage):
+            prefix = f"stage{s}_block{b}"
+            affine(f"{prefix}_norm_0", stream)
+            conv(f"{prefix}_conv_0", stream, prefix)
+            affine(f"{prefix}_norm_1", prefix)
+            conv(f"{prefix}_conv_1", prefix, stream)
+            hidden.append(prefix)
+    affine("final_norm", f"stream_{stages - 1}")
+    axes["head/kernel"] = (f"stream_{stages - 1}", None)
+    axes["head/bias"] = (None,)
+    groups = [f"stream_{s}" for s in range(stages)] + hidden
+    blocks = {g: norm_groups for g in groups} if norm == "group" else {}
+    module = _ResNet(widths, blocks_per_stage, num_classes, activation, norm, norm_groups)
+    return module, axes, {g: activation for g in groups}, blocks
+
+
+# ----------------------------------------------------------------------------- tiny transformer
+def patchify(x: jax.Array, patch: int) -> jax.Array:
+    """Images (B, H, W, C) → (B, tokens, patch²·C); signals (B, L[, C]) → (B, L/patch, patch·C)."""
+    if x.ndim == 4:
+        b, h, w, c = x.shape
+        if h % patch or w % patch:
+            raise ValueError(f"image {h}×{w} is not divisible into {patch}×{patch} patches")
+        x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+    if x.ndim == 2:
+        x = x[..., None]
+    b, length, c = x.shape
+    if length % patch:
+        raise ValueError(f"signal of length {length} is not divisible into patches of {patch}")
+    return x.reshape(b, length // patch, patch * c)
+
+
+class _Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    head_dim: int
+    mlp_dim: int
+    patch: int
+    num_classes: int
+    activation: str
+
+    @nn.compact
+    def __call__(self, x, dropout_rate=0.0, key=None):
+        act = activation_fn(self.activation)
+        tokens = nn.Dense(self.dim, name="embed")(patchify(x, self.patch))
+        pos = self.param("pos_embedding", nn.initializers.normal(0.02), tokens.shape[1:])
+        x = tokens + pos
+        for i in range(self.depth):
+            h = nn.LayerNorm(name=f"block{i}_norm_0")(x)
+            x = x + nn.MultiHeadDotProductAttention(
+                num_heads=self.heads, qkv_features=self.heads * self.head_dim, out_features=self.dim,
+                name=f"block{i}_attention")(h, h)
+            h = nn.LayerNorm(name=f"block{i}_norm_1")(x)
+            h = dropout(act(nn.Dense(self.mlp_dim, name=f"block{i}_mlp_in")(h)), dropout_rate, key, i)
+            x = x + nn.Dense(self.dim, name=f"block{i}_mlp_out")(h)
+        x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+@register("transformer", "tiny transformer classifier on patches; heads and head dims permute")
+def _build_transformer(input_shape=(40,), num_classes=10, dim=16, depth=1, heads=2, head_dim=8,
+                       mlp_dim=32, patch=4, activation="gelu"):
+    axes: dict[str, tuple] = {
+        "embed/kernel": (None, "stream"), "embed/bias": ("stream",),
+        "pos_embedding": (None, "stream"),
+    }
+    nonlinearity = {}
+    for i in range(depth):
+        heads_g, qk, vo, mlp = f"block{i}_heads", f"block{i}_qk", f"block{i}_vo", f"block{i}_mlp"
+        attn = f"block{i}_attention"
+        for norm in (f"block{i}_norm_0", f"block{i}_norm_1"):
+            axes.update({f"{norm}/scale": ("stream",), f"{norm}/bias": ("stream",)})
+        for proj, within in (("query", qk), ("key", qk), ("value", vo)):
+            axes[f"{attn}/{proj}/kernel"] = ("stream", heads_g, within)
+            axes[f"{attn}/{proj}/bias"] = (heads_g, within)
+        axes[f"{attn}/out/kernel"] = (heads_g, vo, "stream")
+        axes[f"{attn}/out/bias"] = ("stream",)
+        axes[f"block{i}_mlp_in/kernel"] = ("stream", mlp)
+        axes[f"block{i}_mlp_in/bias"] = (mlp,)
+        axes[f"block{i}_mlp_out/kernel"] = (mlp, "stream")
+        axes[f"block{i}_mlp_out/bias"] = ("stream",)
+        nonlinearity[mlp] = activation
+    axes.update({"final_norm/scale": ("stream",), "final_norm/bias": ("stream",),
+                 "head/kernel": ("stream", None), "head/bias": (None,)})
+    module = _Transformer(dim, depth, heads, head_dim, mlp_dim, patch, num_classes, activation)
+    return module, axes, nonlinearity, {}
+
