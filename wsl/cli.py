@@ -12,6 +12,8 @@ import sys
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("wsl.cli", "list architectures (with parameter counts) and datasets (with sizes)"),
+    "zoo": ("zoos.cli", "build, inspect, import and export model zoos"),
+    "merge": ("eval.merge_cli", "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
 }
 
 
