@@ -1,0 +1,197 @@
+"""Read the Small CNN Zoo (Unterthiner et al. 2020) in place: weights.npy, metrics.csv(.gz), layout.csv.
+
+The zoo stores one flat TensorFlow-ordered vector per (model, checkpoint) row. `layout.csv` is the
+authority on where each variable lives (`varname,start_idx,end_idx,...,shape`): variables are
+grouped by layer (`sequential/conv2d_1/kernel:0` → layer `conv2d_1`), layers ordered by where they
+start, and mapped in that order onto SmallCNN's tensors. TensorFlow's conv kernels are HWIO and
+dense kernels (in, out), the same layouts as Flax, so only the order of entries changes.
+
+`weights.npy` is memory-mapped: reading a batch of rows touches only those rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from zoos.architectures import Architecture, build
+
+# Small CNN Zoo metric columns → wsl zoo columns.
+COLUMN_MAP = {
+    "step": "epoch", "test_accuracy": "test_acc", "test_loss": "test_loss",
+    "train_accuracy": "train_acc", "train_loss": "train_loss",
+    "config.learning_rate": "lr", "config.l2reg": "weight_decay", "config.dropout": "dropout",
+    "config.init_std": "init_scale", "config.train_fraction": "train_fraction",
+    "config.optimizer": "optimizer", "config.activation": "activation",
+    "config.w_init": "w_init", "config.b_init": "b_init", "config.random_seed": "seed",
+    "config.dataset": "dataset", "modeldir": "modeldir",
+}
+_SPATIAL = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn_cropped": 32, "svhn": 32}
+
+
+def _read_table(path: Path) -> dict[str, list[str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as file:
+            reader = csv.reader(file)
+            header = next(reader)
+            rows = list(reader)
+    except (OSError, EOFError, StopIteration, csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read CSV table ({err or 'empty file'})") from err
+    for i, row in enumerate(rows):
+        if len(row) != len(header):
+            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, header has {len(header)}")
+    return {name: [row[j] for row in rows] for j, name in enumerate(header)}
+
+
+def _column(values: list[str]) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except ValueError:
+        return np.asarray(values, dtype=str)
+
+
+def _parse_shape(text: str, path: Path, varname: str) -> tuple[int, ...]:
+    dims = re.findall(r"-?\d+", text)
+    if not dims:
+        raise ValueError(f"{path}: variable {varname!r} has an unreadable shape {text!r}")
+    return tuple(int(d) for d in dims)
+
+
+class SmallCNNZoo:
+    """A Small CNN Zoo directory, read lazily, mapped onto `small_cnn`'s weight space."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        weights_path = self.directory / "weights.npy"
+        metrics_path = next((self.directory / n for n in ("metrics.csv.gz", "metrics.csv")
+                             if (self.directory / n).exists()), None)
+        layout_path = self.directory / "layout.csv"
+        for path, what in ((weights_path, "weights.npy"), (metrics_path, "metrics.csv[.gz]"),
+                           (layout_path, "layout.csv")):
+            if path is None or not path.exists():
+                raise FileNotFoundError(f"{self.directory}: missing {what} (a Small CNN Zoo needs "
+                                        f"weights.npy, metrics.csv or metrics.csv.gz, layout.csv)")
+        try:
+            self.weights = np.load(weights_path, mmap_mode="r")
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{weights_path}: not a readable .npy array ({err})") from err
+        if self.weights.ndim != 2:
+            raise ValueError(f"{weights_path}: expected a 2-D (rows, params) array, "
+                             f"got shape {self.weights.shape}")
+        self.raw_metrics = {k: _column(v) for k, v in _read_table(metrics_path).items()}
+        num_rows = len(next(iter(self.raw_metrics.values()), []))
+        if num_rows != self.weights.shape[0]:
+            raise ValueError(f"{metrics_path}: {num_rows} metric rows but {weights_path} has "
+                             f"{self.weights.shape[0]} weight rows")
+        self.architecture, self._index = self._map_layout(layout_path)
+        self.metrics = self._map_metrics()
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    # -------------------------------------------------------------------------------- layout
+    def _map_layout(self, path: Path) -> tuple[Architecture, np.ndarray]:
+        table = _read_table(path)
+        for needed in ("varname", "start_idx", "end_idx", "shape"):
+            if needed not in table:
+                raise ValueError(f"{path}: missing column {needed!r}")
+        layers: dict[str, dict[str, tuple[int, int, tuple[int, ...]]]] = {}
+        for name, start, end, shape in zip(table["varname"], table["start_idx"], table["end_idx"],
+                                           table["shape"]):
+            parts = name.replace(":0", "").split("/")
+            if len(parts) < 2 or parts[-1] not in ("kernel", "bias"):
+                raise ValueError(f"{path}: variable {name!r} is not a layer's kernel or bias")
+            dims = _parse_shape(shape, path, name)
+            start, end = int(float(start)), int(float(end))
+            if end - start != int(np.prod(dims)):
+                raise ValueError(f"{path}: variable {name!r} spans {end - start} entries "
+                                 f"but has shape {dims}")
+            layers.setdefault(parts[-2], {})[parts[-1]] = (start, end, dims)
+        ordered = sorted(layers.items(), key=lambda kv: min(v[0] for v in kv[1].values()))
+        total = max(v[1] for layer in layers.values() for v in layer.values())
+        if total != self.weights.shape[1]:
+            raise ValueError(f"{path}: layout covers {total} entries per row but weights.npy rows "
+                             f"have {self.weights.shape[1]}")
+        convs = [(n, l) for n, l in ordered if len(l["kernel"][2]) == 4]
+        dense = [(n, l) for n, l in ordered if len(l["kernel"][2]) == 2]
+        if not convs or len(dense) != 1 or len(convs) + 1 != len(ordered):
+            raise ValueError(f"{path}: expected convolutions followed by one dense layer, "
+                             f"found layers {[n for n, _ in ordered]}")
+        first = convs[0][1]["kernel"][2]
+        dataset = str(self.raw_metrics.get("config.dataset", ["mnist"])[0])
+        side = _SPATIAL.get(dataset, 28)
+        arch = build("small_cnn", input_shape=(side, side, first[2]), channels=first[3],
+                     num_layers=len(convs), num_classes=dense[0][1]["kernel"][2][1])
+        sources = {}
+        for i, (_, layer) in enumerate(convs):
+            sources[f"conv_{i}/kernel"], sources[f"conv_{i}/bias"] = layer["kernel"], layer["bias"]
+        sources["dense_0/kernel"], sources["dense_0/bias"] = dense[0][1]["kernel"], dense[0][1]["bias"]
+        index = []
+        for t in arch.weight_space.tensors:
+            start, end, dims = sources[t.path]
+            if tuple(dims) != t.shape:
+                raise ValueError(f"{path}: {t.path} has shape {dims} in the layout, "
+                                 f"SmallCNN expects {t.shape}")
+            index.append(np.arange(start, end))
+        return arch, np.concatenate(index)
+
+    # ------------------------------------------------------------------------------- metrics
+    def _map_metrics(self) -> dict[str, np.ndarray]:
+        out = {ours: self.raw_metrics[theirs] for theirs, ours in COLUMN_MAP.items()
+               if theirs in self.raw_metrics}
+        if "modeldir" in out:  # one id per trained network, in order of first appearance
+            _, first, inverse = np.unique(out["modeldir"], return_index=True, return_inverse=True)
+            rank = np.argsort(np.argsort(first))
+            out["model"] = rank[inverse].astype(np.int64)
+        else:
+            out["model"] = np.arange(len(self), dtype=np.int64)
+        if "epoch" in out:
+            out["epoch"] = out["epoch"].astype(np.int64)
+        if "train_acc" in out and "test_acc" in out:
+            out["gap"] = out["train_acc"] - out["test_acc"]
+        # From the losses, not the weights: scanning weights.npy would read the whole file.
+        losses = [out[c] for c in ("train_loss", "test_loss") if c in out]
+        out["diverged"] = ~np.all([np.isfinite(l) for l in losses], axis=0) if losses else \
+            np.zeros(len(self), bool)
+        return out
+
+    # ------------------------------------------------------------------------------- weights
+    def flat(self, rows) -> np.ndarray:
+        """Rows as vectors in wsl's flatten order (only those rows are read from disk)."""
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for a zoo of {len(self)} rows")
+        order = np.argsort(rows)  # memory maps read fastest in file order
+        block = np.asarray(self.weights[rows[order]], dtype=np.float32)[:, self._index]
+        out = np.empty_like(block)
+        out[order] = block
+        return out
+
+    def params(self, rows):
+        return self.architecture.weight_space.unflatten(self.flat(rows))
+
+    def standard_split(self, step: int | None = 86, seed: int = 0,
+                       split_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+        """The NFN-era protocol: keep one step; shuffle (or a split file's order); last half test,
+        first half split 80/20 into train / val. Returns row indices per split."""
+        rows = np.arange(len(self))
+        if step is not None:
+            rows = rows[self.metrics["epoch"] == step]
+            if not rows.size:
+                raise ValueError(f"{self.directory}: no rows with step == {step}; steps present: "
+                                 f"{sorted(set(self.metrics['epoch'].tolist()))}")
+        if split_file is not None:
+            order = np.asarray(np.loadtxt(split_file, dtype=np.int64, ndmin=1))
+            rows = rows[order[order < rows.size]]
+        else:
+            rows = rows[np.random.default_rng(seed).permutation(rows.size)]
+        half = rows.size // 2
+        first, test = rows[:half], rows[half:]
+        cut = int(round(0.8 * first.size))
+        return {"train": first[:cut], "val": first[cut:], "test": test}
