@@ -1,0 +1,148 @@
+"""Read Model Zoos (Schürholt et al. 2022) Ray Tune trial folders: every epoch of every model a row.
+
+One trial folder per model::
+
+    <trial>/params.json                      hyperparameters, keys like "model::nlin", "optim::lr"
+    <trial>/result.json                      JSON lines, one per epoch (train/val/test loss and acc,
+                                             training_iteration)
+    <trial>/checkpoint_000NNN/checkpoints    a PyTorch state dict after epoch NNN, keys
+                                             module_list.{i}.weight|bias (OIHW / out×in)
+
+Checkpoints are read with `zoos.torch_pickle` (no torch import, no arbitrary code). The state dict's
+layers, in module-list order, map onto the chosen architecture's layers in order — CNN-s by default,
+or any architecture of ours for phase-transition zoos built the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoos.architectures import Architecture, build
+from zoos.torch_layout import from_torch_state, to_torch_state
+from zoos.torch_pickle import load_torch_checkpoint
+
+# params.json keys → wsl hyperparameter columns.
+PARAM_MAP = {
+    "model::nlin": "activation", "model::init_type": "init", "model::dropout": "dropout",
+    "optim::lr": "lr", "optim::wd": "weight_decay", "optim::optimizer": "optimizer",
+    "seed": "seed", "training::batchsize": "batch_size",
+}
+_RESULT_MAP = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss",
+               "val_acc": "val_acc", "test_loss": "test_loss", "test_acc": "test_acc"}
+_CHECKPOINT = re.compile(r"checkpoint_(\d+)$")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (every Model Zoos trial folder has one)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def read_results(path: Path) -> dict[int, dict[str, float]]:
+    """result.json's JSON lines keyed by epoch (training_iteration)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (every Model Zoos trial folder has one)")
+    out = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            epoch = int(record["training_iteration"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: line {number} is not a result record ({err})") from err
+        out[epoch] = {ours: float(record[theirs]) for theirs, ours in _RESULT_MAP.items()
+                      if theirs in record and record[theirs] is not None}
+    return out
+
+
+def _layer_key(name: str) -> tuple[int, int]:
+    match = re.fullmatch(r"module_list\.(\d+)\.(weight|bias)", name)
+    if not match:
+        raise ValueError(f"unexpected state-dict key {name!r} (expected module_list.<i>.weight|bias)")
+    return int(match.group(1)), 0 if match.group(2) == "weight" else 1
+
+
+def state_to_params(state: dict[str, np.ndarray], arch: Architecture, source: str):
+    """Map module_list.* tensors, in module order, onto the architecture's tensors in order."""
+    ours = list(to_torch_state(arch.weight_space, arch.weight_space.zeros()).items())
+    try:
+        theirs = sorted(state, key=_layer_key)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    if len(theirs) != len(ours):
+        raise ValueError(f"{source}: {len(theirs)} tensors in the state dict, "
+                         f"{arch.name} has {len(ours)}")
+    renamed = {}
+    for key, (name, template) in zip(theirs, ours):
+        value = np.asarray(state[key], dtype=np.float32)
+        if value.shape != template.shape:
+            raise ValueError(f"{source}: {key} has shape {value.shape}; {arch.name}'s {name} "
+                             f"expects {template.shape}")
+        renamed[name] = value
+    return from_torch_state(arch.weight_space, renamed)
+
+
+def infer_cnn_s(state: dict[str, np.ndarray], source: str) -> Architecture:
+    """CNN-s for the state dict's input channels and image size (28×28×1 or 32×32×3 zoos)."""
+    first = min(state, key=_layer_key)
+    channels = int(np.shape(state[first])[1])
+    for side in (28, 32):
+        arch = build("cnn_s", input_shape=(side, side, channels))
+        shapes = [v.shape for v in to_torch_state(arch.weight_space, arch.weight_space.zeros()).values()]
+        if shapes == [np.shape(state[k]) for k in sorted(state, key=_layer_key)]:
+            return arch
+    raise ValueError(f"{source}: the state dict does not match CNN-s on 28×28 or 32×32 inputs")
+
+
+def trial_folders(directory: str | os.PathLike) -> list[Path]:
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    trials = sorted(p for p in root.iterdir() if p.is_dir() and (p / "params.json").exists())
+    if not trials:
+        raise ValueError(f"{root}: no trial folders (subfolders with params.json) found")
+    return trials
+
+
+def read_trial(folder: Path, arch: Architecture | None = None):
+    """(architecture, list of (epoch, params, row)) for one trial folder, epochs ascending."""
+    params_json = _read_json(folder / "params.json")
+    if not isinstance(params_json, dict):
+        raise ValueError(f"{folder / 'params.json'}: expected a JSON object")
+    results = read_results(folder / "result.json")
+    hyper = {ours: params_json[theirs] for theirs, ours in PARAM_MAP.items() if theirs in params_json}
+    checkpoints = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                         if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
+    if not checkpoints:
+        raise ValueError(f"{folder}: no checkpoint_* folders")
+    out = []
+    for epoch, path in checkpoints:
+        file = path / "checkpoints"
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: missing state dict")
+        state = load_torch_checkpoint(file)
+        if not isinstance(state, dict):
+            raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+        if isinstance(state.get("model_state_dict"), dict):  # some zoos wrap it with optimizer state
+            state = state["model_state_dict"]
+        arch = arch or infer_cnn_s(state, str(file))
+        params = state_to_params(state, arch, str(file))
+        metrics = results.get(epoch, {})
+        row = {"epoch": epoch, "trial": folder.name, **hyper,
+               **{k: metrics.get(k, math.nan) for k in _RESULT_MAP.values()}}
+        row["gap"] = row["train_acc"] - row["test_acc"]
+        row["diverged"] = not all(math.isfinite(float(np.sum(v))) for v in
+                                  arch.weight_space.as_flat_dict(params).values())
+        out.append((epoch, params, row))
+    return arch, out
