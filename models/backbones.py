@@ -1,0 +1,139 @@
+"""Backbones for weight generators: networks of (noisy weights, time, condition) → a vector field.
+
+Both backbones read and write a flat weight vector (WeightSpace flatten order, normalised per
+tensor). `MLPBackbone` sees the whole vector at once; `TokenTransformer` cuts every tensor into
+fixed-size tokens so that attention, not one huge dense layer, mixes the weights of larger networks.
+Conditioning: an optional class id (task or dataset) and an optional scalar (e.g. target accuracy),
+each with a learned "null" used for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsl.weight_space import WeightSpace
+
+
+def time_embedding(t: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal features of t ∈ [0, 1] (or a diffusion step scaled to it): (batch,) → (batch, dim)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / max(half - 1, 1))
+    angles = 1000.0 * t[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class Conditioning(nn.Module):
+    """Embeds time plus optional class and scalar conditions into one vector per example.
+
+    `cond_class` is an int array with -1 meaning "no class"; `cond_scalar` is a float array with
+    NaN meaning "no scalar". Both "no" values map to learned null embeddings (used for guidance).
+    """
+
+    dim: int
+    num_classes: int = 0
+    use_scalar: bool = False
+
+    @nn.compact
+    def __call__(self, t, cond_class=None, cond_scalar=None):
+        h = nn.Dense(self.dim)(nn.silu(nn.Dense(self.dim)(time_embedding(t, self.dim))))
+        if self.num_classes:
+            table = nn.Embed(self.num_classes + 1, self.dim, name="class_embed")
+            ids = jnp.zeros(t.shape, jnp.int32) - 1 if cond_class is None else cond_class
+            h = h + table(jnp.where(ids < 0, self.num_classes, ids))
+        if self.use_scalar:
+            s = jnp.full(t.shape, jnp.nan) if cond_scalar is None else cond_scalar
+            null = self.param("scalar_null", nn.initializers.normal(0.02), (self.dim,))
+            emb = nn.Dense(self.dim, name="scalar_embed")(time_embedding(jnp.nan_to_num(s), self.dim))
+            h = h + jnp.where(jnp.isnan(s)[:, None], null[None, :], emb)
+        return h
+
+
+class MLPBackbone(nn.Module):
+    """Residual MLP over the full weight vector, conditioned by adding the embedding per block."""
+
+    out_dim: int
+    hidden: int = 512
+    depth: int = 3
+    num_classes: int = 0
+    use_scalar: bool = False
+
+    @nn.compact
+    def __call__(self, x, t, cond_class=None, cond_scalar=None):
+        c = Conditioning(self.hidden, self.num_classes, self.use_scalar)(t, cond_class, cond_scalar)
+        h = nn.Dense(self.hidden)(x)
+        for i in range(self.depth):
+            y = nn.LayerNorm()(h) + nn.Dense(self.hidden, name=f"cond_{i}")(nn.silu(c))
+            h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(2 * self.hidden)(y)))
+        # Zero-initialised output: the untrained field is 0, a stable start for flows and DDPM.
+        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(nn.silu(nn.LayerNorm()(h)))
+
+
+def token_layout(space: WeightSpace, token_dim: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cut every tensor of the flat vector into tokens of `token_dim` entries (the last padded).
+
+    Returns (gather index into the flat vector padded with one trailing zero slot, per-token tensor
+    id, number of tokens). Tokens never straddle two tensors, so each token has one meaning.
+    """
+    index, tensor_ids = [], []
+    pad = space.num_params  # index of the zero slot appended to the vector
+    for tid, (start, end) in enumerate(space.offsets.values()):
+        for lo in range(start, end, token_dim):
+            chunk = list(range(lo, min(lo + token_dim, end)))
+            index.append(chunk + [pad] * (token_dim - len(chunk)))
+            tensor_ids.append(tid)
+    return np.asarray(index, np.int32), np.asarray(tensor_ids, np.int32), len(index)
+
+
+class TokenTransformer(nn.Module):
+    """Transformer over per-tensor weight tokens; adaptive layer-norm conditioning on (t, c)."""
+
+    space: WeightSpace
+    token_dim: int = 64
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    num_classes: int = 0
+    use_scalar: bool = False
+
+    @nn.compact
+    def __call__(self, x, t, cond_class=None, cond_scalar=None):
+        index, tensor_ids, n = token_layout(self.space, self.token_dim)
+        batch = x.shape[0]
+        padded = jnp.concatenate([x, jnp.zeros((batch, 1), x.dtype)], axis=-1)
+        tokens = padded[:, index]                                    # (batch, n, token_dim)
+        c = Conditioning(self.dim, self.num_classes, self.use_scalar)(t, cond_class, cond_scalar)
+        h = nn.Dense(self.dim)(tokens)
+        h = h + self.param("pos", nn.initializers.normal(0.02), (n, self.dim))
+        h = h + nn.Embed(len(self.space.tensors), self.dim, name="tensor_embed")(tensor_ids)
+        for i in range(self.depth):
+            shift, scale, gate = jnp.split(nn.Dense(3 * self.dim, kernel_init=nn.initializers.zeros,
+                                                    name=f"ada_{i}")(nn.silu(c)), 3, axis=-1)
+            y = nn.LayerNorm(use_scale=False, use_bias=False)(h) * (1 + scale[:, None]) + shift[:, None]
+            h = h + gate[:, None] * nn.MultiHeadDotProductAttention(self.heads, name=f"attn_{i}")(y, y)
+            y = nn.LayerNorm()(h)
+            h = h + nn.Dense(self.dim)(nn.gelu(nn.Dense(4 * self.dim)(y)))
+        out = nn.Dense(self.token_dim, kernel_init=nn.initializers.zeros)(nn.LayerNorm()(h))
+        # Scatter tokens back; padded slots land on the dropped trailing entry.
+        flat = jnp.zeros((batch, self.space.num_params + 1), out.dtype)
+        flat = flat.at[:, index.reshape(-1)].set(out.reshape(batch, -1))
+        return flat[:, :-1]
+
+
+def build_backbone(name: str, space: WeightSpace, *, hidden: int = 512, depth: int = 3,
+                   token_dim: int = 64, heads: int = 4, num_classes: int = 0,
+                   use_scalar: bool = False) -> nn.Module:
+    if name == "mlp":
+        return MLPBackbone(space.num_params, hidden, depth, num_classes, use_scalar)
+    if name == "transformer":
+        return TokenTransformer(space, token_dim, hidden, depth, heads, num_classes, use_scalar)
+    raise ValueError(f"unknown backbone {name!r}; choose 'mlp' or 'transformer'")
+
+
+def backbone_names() -> Sequence[str]:
+    return ("mlp", "transformer")
