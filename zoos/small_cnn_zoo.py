@@ -6,7 +6,7 @@ grouped by layer (`sequential/conv2d_1/kernel:0` → layer `conv2d_1`), layers o
 start, and mapped in that order onto SmallCNN's tensors. TensorFlow's conv kernels are HWIO and
 dense kernels (in, out), the same layouts as Flax, so only the order of entries changes.
 
-`weights.npy` is memory-mapped: reading a batch of rows touches only those rows.
+`weights.npy` is read lazily: its header is parsed once and a batch reads only its own rows.
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ class SmallCNNZoo:
                 raise FileNotFoundError(f"{self.directory}: missing {what} (a Small CNN Zoo needs "
                                         f"weights.npy, metrics.csv or metrics.csv.gz, layout.csv)")
         try:
+            # The memory map gives shape, dtype and data offset; rows themselves are read with
+            # pread (see `flat`), so that only the rows asked for ever become resident.
             self.weights = np.load(weights_path, mmap_mode="r")
         except (ValueError, OSError) as err:
             raise ValueError(f"{weights_path}: not a readable .npy array ({err})") from err
+        self._weights_path = weights_path
         if self.weights.ndim != 2:
             raise ValueError(f"{weights_path}: expected a 2-D (rows, params) array, "
                              f"got shape {self.weights.shape}")
@@ -167,11 +170,21 @@ class SmallCNNZoo:
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for a zoo of {len(self)} rows")
-        order = np.argsort(rows)  # memory maps read fastest in file order
-        block = np.asarray(self.weights[rows[order]], dtype=np.float32)[:, self._index]
-        out = np.empty_like(block)
-        out[order] = block
-        return out
+        width = self.weights.shape[1]
+        raw = np.empty((rows.size, width), self.weights.dtype)
+        row_bytes = width * self.weights.dtype.itemsize
+        # pread, not the memory map: mapped pages (and the kernel's fault-around neighbours) would
+        # stay in this process's resident set long after the batch is gone.
+        fd = os.open(self._weights_path, os.O_RDONLY)
+        try:
+            for i, r in enumerate(rows):
+                got = os.preadv(fd, [memoryview(raw[i]).cast("B")],
+                                self.weights.offset + int(r) * row_bytes)
+                if got != row_bytes:
+                    raise ValueError(f"{self._weights_path}: row {r} is truncated")
+        finally:
+            os.close(fd)
+        return raw[:, self._index].astype(np.float32, copy=False)
 
     def params(self, rows):
         return self.architecture.weight_space.unflatten(self.flat(rows))
