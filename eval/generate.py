@@ -155,7 +155,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     latent = None
     if config.method == "latent-ddpm":
         ae = make_autoencoder(config, data.shape[1])
-        ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0)
+        ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0,
+                                     batch_size=min(train_config.batch_size, len(data)))
         ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder")
         ae_params = jax.device_get(ae_run.params)
         z = np.asarray(ae.encode(ae_params, jnp.asarray(data)))
@@ -174,6 +175,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     }
     (out / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     space = selection.zoo.weight_space
+    if train_config.batch_size > len(data):  # a small zoo: every model in every batch
+        train_config = dataclasses.replace(train_config, batch_size=len(data))
     generator = make_generator(config, data.shape[1], space if latent is None else None,
                                len(selection.class_names))
     train(GeneratorTask(generator), train_config,

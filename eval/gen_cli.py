@@ -1,0 +1,110 @@
+"""`wsl gen`: train a weight generator on a zoo, sample networks into a zoo, evaluate them.
+
+    wsl gen train --zoo Z --out G [--method flow|ddpm|latent-ddpm] [--min-acc A] [key=value ...]
+    wsl gen sample G -n 100 --out S [--seed 0] [--sampler rk4] [--steps 50]
+    wsl gen eval S --generator G
+
+``key=value`` words set fields of the generator config (``hidden=256 backbone=transformer``) or,
+prefixed with ``train.``, of the training config (``train.steps=5000 train.optimizer.lr=3e-4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from models.weight_generator import METHODS, GeneratorConfig
+from train import TrainConfig
+from wsl.config import ConfigError, override
+
+DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
+                            checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
+
+
+def _split_overrides(words):
+    gen, trn = [], []
+    for word in words:
+        (trn if word.startswith("train.") else gen).append(word.removeprefix("train."))
+    return gen, trn
+
+
+def _report(generated, generator_dir: Path, out: Path, seed: int) -> dict:
+    from eval.generate import compare_with_training
+    from eval.generated import plot_report
+
+    report = compare_with_training(generated, generator_dir, seed=seed)
+    print(report.table())
+    summary = report.to_dict()
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_report(report, out / "evaluation.png")
+    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wsl gen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a generator on a zoo")
+    p.add_argument("--zoo", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--method", choices=METHODS, default=None)
+    p.add_argument("--min-acc", type=float, default=None,
+                   help="train only on models with at least this test accuracy")
+    p.add_argument("--align", choices=("mean", "first", "none"), default="mean")
+    p.add_argument("--max-models", type=int, default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = sub.add_parser("sample", help="sample networks into a zoo and evaluate them")
+    p.add_argument("generator", type=Path)
+    p.add_argument("-n", "--num", type=int, default=100)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--cond-class", default=None)
+    p.add_argument("--cond-scalar", type=float, default=None)
+    p.add_argument("--no-eval", action="store_true", help="skip the comparison with training")
+    p = sub.add_parser("eval", help="compare a generated zoo with its generator's training zoo")
+    p.add_argument("zoo", type=Path)
+    p.add_argument("--generator", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from eval.generate import GenerateError, sample_to_zoo, train_generator
+    from train import PipelineError, TrainError
+    from train.checkpoint import CheckpointError
+    from zoos.store import Zoo, ZooError
+
+    try:
+        if args.command == "train":
+            gen_words, train_words = _split_overrides(args.overrides)
+            config = override(GeneratorConfig(), gen_words)
+            if args.method:
+                config = dataclasses.replace(config, method=args.method)
+            train_config = override(DEFAULT_TRAIN, train_words)
+            train_generator(args.zoo, args.out, config, train_config, min_acc=args.min_acc,
+                            align=args.align, max_models=args.max_models)
+            print(f"generator written to {args.out}; sample it with "
+                  f"`wsl gen sample {args.out} -n 100 --out SAMPLES`")
+        elif args.command == "sample":
+            zoo, info = sample_to_zoo(args.generator, args.out, args.num, seed=args.seed,
+                                      sampler=args.sampler, steps=args.steps,
+                                      guidance=args.guidance, cond_class=args.cond_class,
+                                      cond_scalar=args.cond_scalar)
+            print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s into {args.out}")
+            if not args.no_eval:
+                _report(zoo, args.generator, args.out, args.seed)
+        else:
+            _report(Zoo.open(args.zoo), args.generator, args.zoo, args.seed)
+    except (ConfigError, GenerateError, ZooError, FileNotFoundError, PipelineError, TrainError,
+            CheckpointError) as err:
+        print(f"wsl gen: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
