@@ -1,1 +1,24 @@
-"""train package."""
+"""train: one jit-compiled, sharded, resumable training loop for encoders and generators.
+
+A task supplies ``init``, ``loss`` and (optionally) ``evaluate`` (see `train.task`); `train` does
+the rest — optimizer and schedule, mesh and shardings, the zoo input pipeline, orbax checkpoints
+and resume, logging and early stopping — all driven by one `TrainConfig`.
+"""
+
+from train.augment import permutation_augmentation
+from train.checkpoint import CheckpointError, Checkpoints, load_params
+from train.config import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, MeshConfig,
+                          OptimizerConfig, TrainConfig, config_from_argv)
+from train.pipeline import (ArraySource, BatchIterator, Pipeline, PipelineError, Position,
+                            RowSource, ZooSource)
+from train.step import TrainState
+from train.task import Task, TaskError
+from train.trainer import Trainer, TrainError, TrainResult, train
+
+__all__ = [
+    "ArraySource", "BatchIterator", "CheckpointConfig", "CheckpointError", "Checkpoints",
+    "DataConfig", "EvalConfig", "LogConfig", "MeshConfig", "OptimizerConfig", "Pipeline",
+    "PipelineError", "Position", "RowSource", "Task", "TaskError", "TrainConfig", "TrainError",
+    "TrainResult", "TrainState", "Trainer", "ZooSource", "config_from_argv", "load_params",
+    "permutation_augmentation", "train",
+]

@@ -1,0 +1,254 @@
+"""The training loop: a task brings init / loss / evaluate, the trainer owns everything else.
+
+`train(task, config, data, run_dir)` builds the mesh, the optimizer and the input pipeline from
+`config`, compiles one update with explicit shardings and a donated state, and runs it —
+resuming from the latest checkpoint in `run_dir` when there is one. The run directory holds::
+
+    config.json          the TrainConfig of the run
+    metrics.jsonl        one JSON object per log / evaluation: {"step": …, "train/loss": …}
+    checkpoints/<step>/  orbax checkpoints: the latest `checkpoint.keep` plus the best evaluation
+    tensorboard/         only if tensorboardX (or torch's SummaryWriter) is installed
+
+The device is synchronised only every `log.every` steps (metrics are fetched then), at
+evaluations and when a checkpoint copies the state off the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from train.checkpoint import Checkpoints, load_params
+from train.config import TrainConfig
+from train.early_stopping import EarlyStopping
+from train.optim import make_optimizer, make_schedule
+from train.pipeline import ArraySource, Augmentation, Pipeline, Position
+from train.run_log import RunLog, read_records
+from train.shardings import (batch_sharding, check_batch_size, mesh_from_config, state_shardings,
+                             with_shardings)
+from train.step import TrainState, make_init, make_train_step
+from train.task import TaskError, check_task
+from wsl.config import save, to_dict
+from wsl.sharding import replicated
+
+Hook = Callable[[int, TrainState], None]
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or go on: a diverged loss, a checkpoint that does not fit."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the final state, every logged record, the best evaluation."""
+
+    state: TrainState
+    history: list[dict]
+    run_dir: Path
+    best_step: int | None
+    best_value: float | None
+    stopped_early: bool
+
+    @property
+    def params(self):
+        return self.state.params
+
+    @property
+    def ema_params(self):
+        return self.state.ema
+
+    def best_params(self, ema: bool | None = None):
+        """Parameters of the best evaluation as numpy arrays (EMA ones if the run kept an EMA)."""
+        ema = self.state.ema is not None if ema is None else ema
+        return load_params(self.run_dir, "best", ema=ema)
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one logged quantity: ``"train/loss"``, ``"eval/kendall_tau"``, …"""
+        rows = [(r["step"], float(r[key])) for r in self.history if key in r]
+        if not rows:
+            known = sorted({k for r in self.history for k in r} - {"step"})
+            raise KeyError(f"nothing logged under {key!r}; logged: {known}")
+        steps, values = zip(*rows)
+        return np.asarray(steps), np.asarray(values)
+
+
+def _flat_items(data: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat_items(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+class Trainer:
+    """One run of `task` under `config` in `run_dir`; `fit` trains (or resumes) it."""
+
+    def __init__(self, task, config: TrainConfig, run_dir: str | Path):
+        self.task, self.config, self.run_dir = task, config, Path(run_dir)
+        self.mesh = mesh_from_config(config.mesh)
+        check_batch_size(config.batch_size, self.mesh)
+        self.batch_sharding = batch_sharding(self.mesh)
+        self.schedule = make_schedule(config.optimizer, config.steps)
+        self.tx = make_optimizer(config.optimizer, self.schedule)
+        self.state_shardings = None  # known once the first batch fixes the parameter shapes
+
+    # ------------------------------------------------------------------ setup
+    def _save_config(self) -> None:
+        if jax.process_index() != 0:
+            return
+        path = self.run_dir / "config.json"
+        if path.exists():
+            before = _flat_items(json.loads(path.read_text()))
+            now = _flat_items(to_dict(self.config))
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            if changed:
+                warnings.warn(f"{path}: continuing the run with changed config keys {changed}",
+                              stacklevel=4)
+        save(self.config, path)
+
+    def _start(self, pipeline: Pipeline, checkpoints: Checkpoints) -> tuple[TrainState, dict]:
+        """A fresh state on the mesh, or the latest checkpoint restored onto it."""
+        cfg = self.config
+        example = pipeline.device_batch(Position(0, 0), self.batch_sharding)
+        seed = np.uint32(cfg.seed)
+        init = make_init(self.task, self.tx, use_ema=cfg.ema_decay > 0)
+        abstract = jax.eval_shape(init, seed, example)
+        self.state_shardings = state_shardings(abstract, self.mesh, cfg.mesh.fsdp_min_size)
+        identity = {"rows": len(pipeline), "batch_size": cfg.batch_size, "seed": cfg.seed,
+                    "shuffle": cfg.data.shuffle}
+        latest = checkpoints.latest_step()
+        if latest is None:
+            state = jax.jit(init, out_shardings=self.state_shardings)(seed, example)
+            stopper = EarlyStopping(cfg.eval.mode, cfg.eval.patience, cfg.eval.min_delta)
+            return state, {"step": 0, "position": [0, 0], "early_stopping": stopper.to_dict(),
+                           "finished": False, "stopped_early": False, **identity}
+        if not cfg.checkpoint.resume:
+            raise TrainError(f"{self.run_dir} already holds checkpoints (latest step {latest}); "
+                             f"set checkpoint.resume=true to continue it or choose a new run_dir")
+        state, meta = checkpoints.restore(latest, with_shardings(abstract, self.state_shardings))
+        for key, value in identity.items():
+            if meta.get(key) != value:
+                raise TrainError(f"cannot resume {self.run_dir} at step {latest}: it was trained "
+                                 f"with {key}={meta.get(key)!r}, now {key}={value!r}; resuming "
+                                 f"exactly needs the same data and config (or use a new run_dir)")
+        return state, meta
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def _evaluate(self, state: TrainState, eval_data) -> dict[str, float]:
+        cfg = self.config.eval
+        params = state.ema if cfg.use_ema and state.ema is not None else state.params
+        metrics = self.task.evaluate(params, eval_data)
+        if not isinstance(metrics, Mapping):
+            raise TaskError(f"{type(self.task).__name__}.evaluate returned "
+                            f"{type(metrics).__name__}; it must return a dict of metrics")
+        metrics = {str(k): float(v) for k, v in metrics.items()}
+        if cfg.metric is not None and cfg.metric not in metrics:
+            raise TrainError(f"eval.metric={cfg.metric!r} is not among the metrics "
+                             f"{type(self.task).__name__}.evaluate returned: {sorted(metrics)}")
+        return metrics
+
+    def _log_training(self, log: RunLog, step: int, pending: list) -> None:
+        # The one sync per log.every steps. Metrics are replicated: each process reads its own copy.
+        values = jax.device_get(jax.tree.map(lambda a: a.addressable_data(0), pending))
+        means = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+        loss = means["train/loss"]
+        if not math.isfinite(loss):
+            raise TrainError(f"training loss became {loss} by step {step} (mean of steps "
+                             f"{step - len(pending) + 1}–{step}); lower optimizer.lr or check "
+                             f"the data")
+        rate = log.advance(step, loss)
+        log.write(step, {**means, "train/steps_per_sec": rate})
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, data, eval_data: Any = None, *, augment: Sequence[Augmentation] = (),
+            hooks: Sequence[Hook] = ()) -> TrainResult:
+        """Train on `data` (a row source or a dict of arrays with a leading row axis).
+
+        `eval_data` goes to ``task.evaluate`` every `eval.every` steps and at the end; `augment`
+        hooks run on every batch; `hooks` are called as ``hook(step, state)`` once each update
+        has been logged, evaluated and checkpointed (reading the state from a hook synchronises
+        the device; keep no reference to it, the next update donates its buffers).
+        """
+        cfg = self.config
+        check_task(self.task, needs_evaluate=eval_data is not None)
+        source = ArraySource(data) if isinstance(data, Mapping) else data
+        pipeline = Pipeline(source, cfg.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                            augment=augment, prefetch=cfg.data.prefetch)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                  metric=cfg.eval.metric, mode=cfg.eval.mode,
+                                  async_save=cfg.checkpoint.async_save)
+        try:
+            state, meta = self._start(pipeline, checkpoints)
+            self._save_config()  # only once the run is known to start or resume
+            stopper = EarlyStopping.from_dict({**meta["early_stopping"], "mode": cfg.eval.mode,
+                                               "patience": cfg.eval.patience,
+                                               "min_delta": cfg.eval.min_delta})
+            if meta["finished"] or meta["step"] >= cfg.steps:
+                return TrainResult(state, read_records(self.run_dir), self.run_dir,
+                                   stopper.best_step, stopper.best_value, meta["stopped_early"])
+            state, stopped_early = self._loop(state, meta, stopper, pipeline, checkpoints,
+                                              eval_data, hooks)
+        finally:
+            checkpoints.close()
+        return TrainResult(state, read_records(self.run_dir), self.run_dir, stopper.best_step,
+                           stopper.best_value, stopped_early)
+
+    def _loop(self, state, meta, stopper, pipeline, checkpoints, eval_data, hooks):
+        cfg = self.config
+        train_step = jax.jit(make_train_step(self.task, self.tx, self.schedule, cfg.ema_decay),
+                             in_shardings=(self.state_shardings, self.batch_sharding),
+                             out_shardings=(self.state_shardings, replicated(self.mesh)),
+                             donate_argnums=0)
+        step, pending, stopped_early = int(meta["step"]), [], False
+        log = RunLog(self.run_dir, total_steps=cfg.steps, resume_step=step,
+                     progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
+                     primary=jax.process_index() == 0)
+        batches = pipeline.iterate(Position(*meta["position"]), self.batch_sharding)
+        try:
+            while step < cfg.steps and not stopped_early:
+                state, metrics = train_step(state, next(batches))
+                step += 1
+                pending.append(metrics)
+                last = step == cfg.steps
+                evaluation, new_best = None, None
+                due = last or (cfg.eval.every and step % cfg.eval.every == 0)
+                if eval_data is not None and due:
+                    evaluation = self._evaluate(state, eval_data)
+                    if cfg.eval.metric is not None:
+                        if stopper.update(step, evaluation[cfg.eval.metric]):
+                            new_best = evaluation[cfg.eval.metric]
+                        stopped_early = stopper.should_stop and not last
+                if last or stopped_early or step % cfg.log.every == 0:
+                    self._log_training(log, step, pending)
+                    pending = []
+                if evaluation is not None:
+                    log.write(step, {f"eval/{k}": v for k, v in evaluation.items()})
+                if (last or stopped_early or evaluation is not None
+                        or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)):
+                    checkpoints.save(step, state, {
+                        **meta, "step": step, "position": list(batches.position),
+                        "early_stopping": stopper.to_dict(), "finished": last or stopped_early,
+                        "stopped_early": stopped_early}, new_best)
+                for hook in hooks:
+                    hook(step, state)
+        finally:
+            batches.close()
+            log.close()
+        return state, stopped_early
+
+
+def train(task, config: TrainConfig, data, run_dir: str | Path, *, eval_data: Any = None,
+          augment: Sequence[Augmentation] = (), hooks: Sequence[Hook] = ()) -> TrainResult:
+    """Train `task` on `data` under `config`, writing (and resuming) the run in `run_dir`."""
+    return Trainer(task, config, run_dir).fit(data, eval_data, augment=augment, hooks=hooks)
