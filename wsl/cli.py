@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("wsl.cli", "list architectures (with parameter counts) and datasets (with sizes)"),
     "zoo": ("zoos.cli", "build, inspect, import and export model zoos"),
     "merge": ("eval.merge_cli", "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
+    "probe": ("eval.probe_cli", "train an encoder to predict a zoo column from weights (Kendall τ, R²)"),
     "gen": ("eval.gen_cli", "train weight generators on a zoo, sample and evaluate new networks"),
 }
 

@@ -1,0 +1,255 @@
+"""Probing: train an encoder to predict a zoo column from weights, report Kendall τ / R² or accuracy.
+
+`run_probe(zoo, ProbeConfig(...))` selects rows (each model's last checkpoint by default, not
+diverged), splits them by model into train / val / test, fits a per-tensor normaliser on the
+training split, trains the encoder with the shared loop (`train.train`: early stopping on the
+validation metric, random hidden-unit permutations as augmentation) and scores the best checkpoint
+on the test split, once per seed. Numeric targets in [0, 1] (accuracies) are fitted with binary
+cross-entropy through a sigmoid, as in the NFN recipe; other numeric targets with MSE on
+standardised values; text columns (activation, optimizer, init) are classified.
+
+``statnn_gbt`` (gradient-boosted trees on the StatNN features) runs through scikit-learn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats
+
+from models.encoders import TensorNormalizer, build_encoder, encoder_names
+from train import TrainConfig, permutation_augmentation, train
+from wsl.config import to_dict
+
+ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
+DEFAULT_TRAIN = TrainConfig(
+    steps=3000, batch_size=32,
+    optimizer=dataclasses.replace(TrainConfig().optimizer, lr=1e-3, weight_decay=1e-5),
+    eval=dataclasses.replace(TrainConfig().eval, every=150, metric="score", mode="max",
+                             patience=8),
+    checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=0, keep=1),
+    log=dataclasses.replace(TrainConfig().log, progress=False))
+
+
+class ProbeError(ValueError):
+    """A probe that cannot run as asked (unknown target or encoder, too few models)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    target: str = "test_acc"
+    encoder: str = "nfn_hnp"
+    seeds: int = 1
+    epoch: str = "last"  # "last" (each model's last checkpoint) or "all"
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    augment: bool = True  # random hidden-unit permutations of every training batch
+    encoder_config: dict = dataclasses.field(default_factory=dict)
+    train: TrainConfig = DEFAULT_TRAIN
+
+
+def kendall_tau(prediction, target) -> float:
+    return float(stats.kendalltau(np.asarray(prediction), np.asarray(target)).statistic)
+
+
+def r_squared(prediction, target) -> float:
+    target, prediction = np.asarray(target, np.float64), np.asarray(prediction, np.float64)
+    total = ((target - target.mean()) ** 2).sum()
+    return float(1 - ((target - prediction) ** 2).sum() / total) if total > 0 else float("nan")
+
+
+@dataclasses.dataclass
+class _Split:
+    params: dict
+    y: np.ndarray
+
+
+def _target(values: np.ndarray, name: str) -> tuple[str, np.ndarray, list[str]]:
+    """(kind, encoded values, class names): 'bce' for [0, 1] numbers, 'mse', or 'classes'."""
+    if values.dtype.kind in "biuf":
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ProbeError(f"target {name!r} has missing values in the selected rows")
+        kind = "bce" if values.min() >= 0 and values.max() <= 1 else "mse"
+        return kind, values.astype(np.float32), []
+    names = sorted({str(v) for v in values})
+    if len(names) < 2:
+        raise ProbeError(f"target {name!r} has a single value {names}; nothing to predict")
+    return "classes", np.asarray([names.index(str(v)) for v in values], np.int32), names
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeTask:
+    """Trainer task: an encoder's output fitted to one target column."""
+
+    encoder: Any
+    kind: str
+    mean: float = 0.0
+    std: float = 1.0
+
+    def init(self, key, batch):
+        k1, k2 = jax.random.split(key)
+        return self.encoder.init({"params": k1, "dropout": k2}, batch["params"])["params"]
+
+    def predict_raw(self, params, weights, train=False, key=None):
+        rngs = {"dropout": key} if key is not None else {}
+        return self.encoder.apply({"params": params}, weights, train=train, rngs=rngs)
+
+    def loss(self, params, batch, key):
+        out = self.predict_raw(params, batch["params"], train=True, key=key)
+        y = batch["y"]
+        if self.kind == "bce":
+            loss = optax.sigmoid_binary_cross_entropy(out[:, 0], y).mean()
+        elif self.kind == "mse":
+            loss = jnp.mean((out[:, 0] - (y - self.mean) / self.std) ** 2)
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+        return loss, {}
+
+    def predict(self, params, weights, chunk: int = 512) -> np.ndarray:
+        """Predictions in the target's units (probabilities → accuracies; class ids)."""
+        fn = jax.jit(lambda p, w: self.predict_raw(p, w))
+        n = len(next(iter(jax.tree.leaves(weights))))
+        outs = [np.asarray(fn(params, jax.tree.map(lambda a: a[i:i + chunk], weights)))
+                for i in range(0, n, chunk)]
+        out = np.concatenate(outs)
+        if self.kind == "bce":
+            return 1 / (1 + np.exp(-out[:, 0]))
+        if self.kind == "mse":
+            return out[:, 0] * self.std + self.mean
+        return out.argmax(-1)
+
+    def score(self, prediction, y) -> dict[str, float]:
+        if self.kind == "classes":
+            return {"accuracy": float((prediction == y).mean())}
+        return {"kendall_tau": kendall_tau(prediction, y), "r2": r_squared(prediction, y)}
+
+    def evaluate(self, params, data: _Split) -> dict[str, float]:
+        scores = self.score(self.predict(params, data.params), data.y)
+        scores["score"] = scores.get("kendall_tau", scores.get("accuracy"))
+        return scores
+
+
+def select_rows(zoo, target: str, epoch: str = "last"):
+    """The probed rows: last (or all) checkpoints, not diverged, with the target present."""
+    if target not in zoo.columns:
+        raise ProbeError(f"unknown target {target!r}; zoo columns: {zoo.columns}")
+    if epoch not in ("last", "all"):
+        raise ProbeError(f"epoch must be 'last' or 'all', got {epoch!r}")
+    view = zoo.filter(epoch="last") if epoch == "last" else zoo
+    m = view.metrics
+    keep = ~m["diverged"].astype(bool) if "diverged" in m else np.ones(len(view), bool)
+    if m[target].dtype.kind in "biuf":
+        keep &= np.isfinite(m[target].astype(np.float64))
+    return view.filter(where=lambda _: keep)
+
+
+def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
+    """Train and score the encoder on `zoo` for `config.seeds` seeds; returns (and writes) results."""
+    if config.encoder not in ENCODERS:
+        raise ProbeError(f"unknown encoder {config.encoder!r}; choose from {list(ENCODERS)}")
+    view = select_rows(zoo, config.target, config.epoch)
+    space = view.weight_space
+    results = []
+    out = Path(out) if out is not None else None
+    for seed in range(config.seeds):
+        parts = view.split_by_model(config.split, seed=seed)
+        if min(len(p) for p in parts) < 2:
+            raise ProbeError(f"{len(view)} rows are too few to split {config.split} into "
+                             f"train / val / test with at least 2 each")
+        kind, _, names = _target(view.metrics[config.target], config.target)
+        splits = []
+        for part in parts:
+            _, y, _ = _target(part.metrics[config.target], config.target)
+            if kind == "classes":  # ids over the whole selection, not per split
+                y = np.asarray([names.index(str(v)) for v in part.metrics[config.target]], np.int32)
+            splits.append(_Split(part.weights(np.arange(len(part))), y))
+        train_split, val_split, test_split = splits
+        start = time.perf_counter()
+        if config.encoder == "statnn_gbt":
+            from models.statnn import GradientBoostedStats
+
+            # scikit-learn's default leaf size (20) leaves a small zoo one constant leaf.
+            gbt = GradientBoostedStats(space, "classification" if kind == "classes" else "regression",
+                                       seed=seed,
+                                       min_samples_leaf=max(2, min(20, len(train_split.y) // 10)))
+            gbt.fit(train_split.params, train_split.y)
+            prediction = np.asarray(gbt.predict(test_split.params))
+            task = ProbeTask(None, kind)
+            best_step = None
+        else:
+            normalizer = TensorNormalizer.fit(space, train_split.params)
+            out_dim = len(names) if kind == "classes" else 1
+            encoder = build_encoder(config.encoder, space, out_dim=out_dim, normalizer=normalizer,
+                                    **config.encoder_config)
+            task = ProbeTask(encoder, kind, float(train_split.y.mean()),
+                             float(train_split.y.std() or 1.0))
+            train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=min(
+                config.train.batch_size, len(train_split.y)))
+            run_dir = (out or Path("runs") / "probe") / f"{config.encoder}-seed{seed}"
+            result = train(task, train_cfg, {"params": train_split.params, "y": train_split.y},
+                           run_dir, eval_data=val_split,
+                           augment=[permutation_augmentation(space, "params")] if config.augment else [])
+            best_step = result.best_step
+            params = result.best_params() if result.best_step is not None else result.params
+            prediction = task.predict(params, test_split.params)
+        seconds = time.perf_counter() - start
+        scores = task.score(prediction, test_split.y)
+        results.append({"seed": seed, "seconds": seconds, "best_step": best_step, **scores,
+                        "prediction": np.asarray(prediction).tolist(),
+                        "true": np.asarray(test_split.y).tolist()})
+    keys = [k for k in ("kendall_tau", "r2", "accuracy") if k in results[0]]
+    summary = {k: {"mean": float(np.mean([r[k] for r in results])),
+                   "std": float(np.std([r[k] for r in results]))} for k in keys}
+    report = {"zoo": str(zoo.path), "target": config.target, "encoder": config.encoder,
+              "num_rows": len(view), "seeds": config.seeds, "summary": summary,
+              "seconds": float(np.mean([r["seconds"] for r in results])),
+              "config": to_dict(config), "runs": results}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_probe(report, out / "scatter.png")
+    return report
+
+
+def plot_probe(report: dict, path) -> None:
+    """Predicted vs true on the test split (first seed), or a confusion matrix for classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = report["runs"][0]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    true, pred = np.asarray(run["true"]), np.asarray(run["prediction"])
+    if "accuracy" in run:
+        k = int(max(true.max(), pred.max())) + 1
+        matrix = np.zeros((k, k))
+        np.add.at(matrix, (true, pred), 1)
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{report['encoder']}: accuracy {run['accuracy']:.3f}")
+    else:
+        ax.scatter(true, pred, s=8, alpha=0.6)
+        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel(f"true {report['target']}")
+        ax.set_ylabel(f"predicted {report['target']}")
+        ax.set_title(f"{report['encoder']}: τ = {run['kendall_tau']:.3f}, R² = {run['r2']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_report(report: dict) -> str:
+    parts = [f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in report["summary"].items()]
+    return (f"{report['encoder']} → {report['target']} on {report['num_rows']} networks, "
+            f"{report['seeds']} seed(s): " + ", ".join(parts) + f"  ({report['seconds']:.1f} s/seed)")
