@@ -11,6 +11,7 @@ import sys
 
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("eval.demo", "the whole pipeline on the quick zoo: build, probe, align, generate, evaluate"),
     "list": ("wsl.cli", "list architectures (with parameter counts) and datasets (with sizes)"),
     "zoo": ("zoos.cli", "build, inspect, import and export model zoos"),
     "merge": ("eval.merge_cli", "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
