@@ -42,3 +42,16 @@ def test_checkpoint_folder_import(tmp_path):
     assert zoo.metrics["file"].tolist() == ["m0.safetensors", "m1.npz", "m2.pt"]
     for i, p in enumerate(pop):
         np.testing.assert_array_equal(zoo.flat([i])[0], arch.weight_space.flatten(p))
+
+
+def test_import_command_and_info(tmp_path, capsys):
+    from wsl.cli import main
+
+    write_fixture(tmp_path / "src", num_models=3)
+    assert main(["zoo", "import", "--format", "small-cnn-zoo", str(tmp_path / "src"),
+                 "--out", str(tmp_path / "zoo"), "--no-progress"]) == 0
+    assert main(["zoo", "info", str(tmp_path / "zoo")]) == 0
+    assert "small_cnn" in capsys.readouterr().out
+    assert main(["zoo", "import", "--format", "model-zoos", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "z2")]) == 2
+    assert "missing" in capsys.readouterr().err

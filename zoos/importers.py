@@ -32,7 +32,8 @@ def _manifest(arch: Architecture, fmt: str, source: Path, dataset: Any, extra: M
     return {
         "architecture": {"name": arch.name, "config": dict(arch.config)},
         "weight_space": arch.weight_space.to_dict(),
-        "dataset": dataset,
+        # The store's convention; an external zoo's dataset is only named, not reloadable as is.
+        "dataset": {"name": dataset or "unknown", "options": {}, "external": True},
         "recipe": {"name": f"import:{fmt}", "source": str(source.resolve()), **extra},
     }
 
@@ -146,3 +147,43 @@ def import_zoo(format: str, source, out, **options) -> Zoo:
 
 __all__ = ["FORMATS", "import_checkpoints", "import_model_zoos", "import_small_cnn_zoo",
            "import_zoo"]
+
+
+def import_main(argv: list[str]) -> int:
+    """`wsl zoo import --format FORMAT SRC --out DIR`."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="wsl zoo import", description="Import a published zoo or a folder of checkpoints "
+        "into a wsl zoo (rerun to resume).")
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--step", type=int, default=None,
+                        help="small-cnn-zoo: keep only rows of this step (e.g. 86)")
+    parser.add_argument("--arch", default=None,
+                        help="architecture name (checkpoints; model-zoos default: CNN-s)")
+    parser.add_argument("--arch-config", default="{}",
+                        help="architecture config as JSON, e.g. '{\"widths\": [32]}'")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    progress = not args.no_progress
+    try:
+        config = json.loads(args.arch_config)
+        if args.format == "small-cnn-zoo":
+            zoo = import_small_cnn_zoo(args.source, args.out, step=args.step, progress=progress)
+        elif args.format == "model-zoos":
+            arch = build(args.arch, **config) if args.arch else None
+            zoo = import_model_zoos(args.source, args.out, architecture=arch, progress=progress)
+        else:
+            if not args.arch:
+                parser.error("--format checkpoints needs --arch (and --arch-config if not default)")
+            zoo = import_checkpoints(args.source, args.out, architecture=args.arch, config=config,
+                                     progress=progress)
+    except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as err:
+        print(f"wsl zoo import: error: {err}", file=sys.stderr)
+        return 2
+    print(f"imported {len(zoo)} rows into {args.out}; see `wsl zoo info {args.out}`")
+    return 0
