@@ -1,14 +1,22 @@
 """Denoising diffusion (DDPM training, DDPM and DDIM sampling) over weight vectors or their latents.
 
-The backbone predicts the noise ε added at step k of a variance schedule (linear or cosine);
-time enters the backbone as k / num_steps ∈ [0, 1). The linear schedule is the default: the
-cosine one drives ᾱ to ~1e-9 at the last step, which needs `clip_x0` to sample stably. DDIM with η = 0 samples deterministically in
-far fewer steps than the schedule has. Conditions and guidance work as in `models.flow`.
+The backbone predicts, at step k of a variance schedule (linear or cosine), either the clean
+sample x0 (``prediction="data"``, the default) or the noise ε that was added (``"noise"``, Ho et
+al.); the other follows from x_k = √ᾱ·x0 + √(1 − ᾱ)·ε. Data prediction is the default for the
+reason given in `models.flow`: a backbone narrower than the weight vector cannot output the noise
+in every direction, and an ε it cannot express is amplified by 1/√ᾱ when x0 is recovered from it.
+Its loss is the ε loss written in x0, with the weight ᾱ/(1 − ᾱ) (the signal-to-noise ratio)
+capped at `snr_cap` ("min-SNR", Hang et al. 2023) so the nearly clean steps do not dominate.
+Time enters the backbone as k / num_steps ∈ [0, 1). The linear schedule is the default: the
+cosine one drives ᾱ to ~1e-9 at the last step, which needs `clip_x0` to sample stably with noise
+prediction. DDIM with η = 0 samples deterministically in far fewer steps than the schedule has.
+Conditions and guidance work as in `models.flow`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -18,6 +26,7 @@ import numpy as np
 from models.flow import drop_conditions, guided
 
 SAMPLERS = ("ddpm", "ddim")
+PREDICTIONS = ("data", "noise")
 
 
 def beta_schedule(kind: str, num_steps: int) -> np.ndarray:
@@ -34,7 +43,7 @@ def beta_schedule(kind: str, num_steps: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Diffusion:
-    """A DDPM around a backbone `f(x, t, cond_class, cond_scalar) -> predicted noise`."""
+    """A DDPM around a backbone `f(x, t, cond_class, cond_scalar) -> predicted x0 or noise`."""
 
     backbone: nn.Module
     dim: int
@@ -42,6 +51,14 @@ class Diffusion:
     schedule: str = "linear"
     cond_dropout: float = 0.1
     clip_x0: float | None = None  # bound the predicted clean sample (in normalised units)
+    prediction: Literal["data", "noise"] = "data"
+    snr_cap: float = 5.0  # data prediction: loss weight min(SNR, snr_cap)
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown diffusion prediction {self.prediction!r}; choose from "
+                             f"{PREDICTIONS}")
+        beta_schedule(self.schedule, self.num_steps)  # names a bad schedule now, not at sampling
 
     @property
     def alpha_bar(self) -> jnp.ndarray:
@@ -52,8 +69,16 @@ class Diffusion:
         return self.backbone.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
                                   jnp.zeros((1,)))["params"]
 
-    def predict_noise(self, params, x, k, cond_class=None, cond_scalar=None):
+    def _output(self, params, x, k, cond_class, cond_scalar):
         return self.backbone.apply({"params": params}, x, k / self.num_steps, cond_class, cond_scalar)
+
+    def predict_data(self, params, x, k, cond_class=None, cond_scalar=None):
+        """x̂0 at steps `k` (float array, one per example), whatever the backbone predicts."""
+        out = self._output(params, x, k, cond_class, cond_scalar)
+        if self.prediction == "data":
+            return out
+        ab = self.alpha_bar[k.astype(jnp.int32)][:, None]
+        return (x - jnp.sqrt(1 - ab) * out) / jnp.sqrt(ab)
 
     def loss(self, params, x0, key, cond_class=None, cond_scalar=None):
         k_noise, k_step, k_drop = jax.random.split(key, 3)
@@ -62,8 +87,11 @@ class Diffusion:
         ab = self.alpha_bar[k][:, None]
         xk = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * noise
         cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar, self.cond_dropout)
-        eps = self.predict_noise(params, xk, k.astype(jnp.float32), cond_class, cond_scalar)
-        return jnp.mean((eps - noise) ** 2)
+        out = self._output(params, xk, k.astype(jnp.float32), cond_class, cond_scalar)
+        if self.prediction == "noise":
+            return jnp.mean((out - noise) ** 2)
+        weight = jnp.minimum(ab / (1 - ab), self.snr_cap)
+        return jnp.mean(weight * (out - x0) ** 2)
 
     def sample(self, params, key, num: int, *, steps: int | None = None, method: str = "ddim",
                eta: float = 0.0, cond_class=None, cond_scalar=None, guidance: float = 1.0):
@@ -76,21 +104,21 @@ class Diffusion:
         alpha_bar = self.alpha_bar
         ks = jnp.asarray(np.linspace(self.num_steps - 1, 0, steps).round().astype(np.int32))
         prev = jnp.concatenate([ks[1:], jnp.asarray([-1], jnp.int32)])
-        eps_fn = lambda x, k: guided(self.predict_noise, params, x,
-                                     jnp.full((x.shape[0],), k, jnp.float32),
-                                     cond_class, cond_scalar, guidance)
+        # Guidance mixes x̂0 or ε̂ alike: at a fixed x_k one is an affine function of the other.
+        x0_fn = lambda x, k: guided(self.predict_data, params, x,
+                                    jnp.full((x.shape[0],), k, jnp.float32),
+                                    cond_class, cond_scalar, guidance)
         k_init, k_loop = jax.random.split(key)
 
         def step(x, inputs):
             k, k_prev, sub = inputs
             ab = alpha_bar[k]
             ab_prev = jnp.where(k_prev >= 0, alpha_bar[jnp.maximum(k_prev, 0)], 1.0)
-            eps = eps_fn(x, k)
-            x0 = (x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
+            x0 = x0_fn(x, k)
             if self.clip_x0 is not None:
                 # Near the end of a cosine schedule ᾱ ≈ 0 and 1/√ᾱ amplifies any error in ε.
                 x0 = jnp.clip(x0, -self.clip_x0, self.clip_x0)
-                eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
+            eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
             sigma = eta * jnp.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             direction = jnp.sqrt(jnp.maximum(1 - ab_prev - sigma ** 2, 0.0)) * eps
             noise = jax.random.normal(sub, x.shape, x.dtype)

@@ -32,6 +32,7 @@ class GeneratorConfig:
     depth: int = 3
     token_dim: int = 64  # transformer: weights per token (tokens never straddle tensors)
     heads: int = 4
+    prediction: Literal["data", "velocity", "noise"] = "data"  # backbone output; see models.flow
     source_scale: float = 1.0  # flow: std of the Gaussian source, in normalised weight units
     diffusion_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
@@ -63,12 +64,17 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
                                     config.heads, num_classes, use_scalar)
     else:
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar)
+    if config.method not in METHODS:
+        raise ValueError(f"unknown generator method {config.method!r}; choose from {METHODS}")
+    allowed = ("data", "velocity") if config.method == "flow" else ("data", "noise")
+    if config.prediction not in allowed:
+        raise ValueError(f"prediction={config.prediction!r} does not fit method "
+                         f"{config.method!r}; choose from {allowed}")
     if config.method == "flow":
-        return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout)
-    if config.method in ("ddpm", "latent-ddpm"):
-        return Diffusion(backbone, dim, config.diffusion_steps, config.schedule,
-                         config.cond_dropout, config.clip_x0)
-    raise ValueError(f"unknown generator method {config.method!r}; choose from {METHODS}")
+        return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
+                            config.prediction)
+    return Diffusion(backbone, dim, config.diffusion_steps, config.schedule, config.cond_dropout,
+                     config.clip_x0, config.prediction)
 
 
 def make_autoencoder(config: GeneratorConfig, dim: int) -> Autoencoding:

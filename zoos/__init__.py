@@ -1,1 +1,14 @@
-"""zoos package."""
+"""zoos: where populations come from — architectures, datasets, the population trainer, recipes, the zoo store.
+
+`Zoo` and `open_zoo` are imported lazily so that `import zoos.architectures` stays light.
+"""
+
+__all__ = ["Zoo", "open_zoo"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from zoos import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'zoos' has no attribute {name!r}")

@@ -1,0 +1,152 @@
+"""`wsl merge`: align the networks of a zoo and merge them into one (uniform, greedy soup, Fisher).
+
+    wsl merge --zoo ZOO_DIR --method greedy --out merged.safetensors
+    wsl merge --zoo ZOO_DIR --models 0-9 12 --method fisher --align mean --out merged.npz
+
+The zoo's dataset (named in its manifest) supplies validation data for the greedy soup and the
+Fisher, and test data for the report. The merged model is written in the format its suffix names
+(`zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the best and
+the mean model is written next to it (same name, ``.json``) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _model_ids(specs: list[str]) -> list[int]:
+    ids: list[int] = []
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    lo, hi = part.split("-", 1)
+                    ids.extend(range(int(lo), int(hi) + 1))
+                else:
+                    ids.append(int(part))
+            except ValueError:
+                raise SystemExit(f"wsl merge: --models takes ids and ranges like '0-9 12'; got "
+                                 f"{part!r}") from None
+    return ids
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsl merge", description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", required=True,
+                   help="zoo directory (manifest.json, metrics.csv, shards)")
+    p.add_argument("--method", default="uniform", choices=("uniform", "greedy", "fisher"))
+    p.add_argument("--models", nargs="*", default=None,
+                   help="model ids to merge (e.g. 0-9 12); default every model")
+    p.add_argument("--epoch", default="last",
+                   help="checkpoint to take from each model: 'last' (default) or an epoch number")
+    p.add_argument("--align", default="best",
+                   help="align to the 'best' validation model (default), the population 'mean', a "
+                        "model row index, or 'none'")
+    p.add_argument("--max-sweeps", type=int, default=100)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--fisher-samples", type=int, default=256,
+                   help="validation inputs the Fisher is computed on")
+    p.add_argument("--seed", type=int, default=0, help="group orders of weight matching")
+    p.add_argument("--out", required=True, help="merged model file (.safetensors, .npz, ...)")
+    return p
+
+
+def _load_dataset(manifest: dict, path: Path):
+    from zoos.datasets import load_dataset
+
+    info = manifest.get("dataset")
+    if not isinstance(info, dict) or "name" not in info:
+        raise SystemExit(f"wsl merge: {path / 'manifest.json'} names no dataset (field "
+                         f"'dataset.name'); merging needs its validation data")
+    options = dict(info.get("options") or {})
+    for key in ("resize", "classes"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    return load_dataset(info["name"], **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import jax
+
+    from eval.merging import merge
+    from zoos.model_files import format_from_suffix, save_model
+    from zoos.store import Zoo, ZooError
+
+    out = Path(args.out)
+    try:
+        format_from_suffix(out)
+    except ValueError as err:
+        print(f"wsl merge: --out {err}", file=sys.stderr)
+        return 2
+    try:
+        zoo = Zoo.open(args.zoo)
+        epoch = args.epoch if args.epoch == "last" else int(args.epoch)
+        zoo = zoo.filter(epoch=epoch)
+        if args.models is not None:
+            wanted = _model_ids(args.models)
+            missing = sorted(set(wanted) - set(zoo.model_ids.tolist()))
+            if missing:
+                print(f"wsl merge: models {missing[:10]} are not in {args.zoo} at epoch "
+                      f"{args.epoch}", file=sys.stderr)
+                return 2
+            zoo = zoo.filter(where=lambda m: np.isin(m["model"], wanted))
+        if "diverged" in zoo.columns:
+            dropped = int(np.sum(zoo.metrics["diverged"].astype(bool)))
+            zoo = zoo.filter(where=lambda m: ~m["diverged"].astype(bool))
+            if dropped:
+                print(f"wsl merge: leaving out {dropped} diverged models")
+        if len(zoo) < 2:
+            print(f"wsl merge: need at least 2 models to merge, {args.zoo} gives {len(zoo)}",
+                  file=sys.stderr)
+            return 2
+        if "activation" in zoo.columns and len(set(zoo.metrics["activation"])) > 1:
+            print(f"wsl merge: the selected models use different activations "
+                  f"{sorted(set(zoo.metrics['activation']))}; merge one activation at a time "
+                  f"with --models", file=sys.stderr)
+            return 2
+        arch = zoo.architecture_of(0)
+        population = zoo.weights(np.arange(len(zoo)))
+    except (ZooError, ValueError, OSError) as err:
+        print(f"wsl merge: {err}", file=sys.stderr)
+        return 2
+    if args.align in ("best", "mean", "none"):
+        align = args.align
+    elif args.align.isdigit() and int(args.align) < len(zoo):
+        align = int(args.align)
+    else:
+        print(f"wsl merge: --align takes best, mean, none or a row index below {len(zoo)}; got "
+              f"{args.align!r}", file=sys.stderr)
+        return 2
+    data = _load_dataset(zoo.manifest, Path(args.zoo))
+    result = merge(arch, population, args.method, x_val=data.x_val, y_val=data.y_val,
+                   x_test=data.x_test, y_test=data.y_test, align=align,
+                   key=jax.random.key(args.seed), fisher_samples=args.fisher_samples,
+                   max_sweeps=args.max_sweeps, restarts=args.restarts)
+    save_model(out, zoo.weight_space, jax.tree.map(np.asarray, result.params))
+    model_ids = zoo.metrics["model"]
+    report = {**result.report, "zoo": str(args.zoo), "epoch": args.epoch,
+              "member_models": [int(model_ids[i]) for i in result.members], "out": str(out)}
+    report_path = out.with_suffix(".json")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"merged {report['members']} of {report['models']} models ({args.method}, aligned to "
+          f"{args.align}) -> {out}")
+    for split in ("val", "test"):
+        r = report[split]
+        print(f"  {split:4s} accuracy: merged {r['merged_acc']:.4f}, unaligned merge "
+              f"{r['unaligned_merge_acc']:.4f}, best model {r['best_model_acc']:.4f}, mean model "
+              f"{r['mean_model_acc']:.4f}")
+    print(f"  report: {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

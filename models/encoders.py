@@ -1,0 +1,184 @@
+"""Registry of weight-space encoders, and the two pieces they all share: an MLP head and a normaliser.
+
+`build_encoder(name, weight_space, **config)` returns a Flax module. Every encoder is called the
+same way, on a params pytree with a leading batch axis (a population slice)::
+
+    encoder = build_encoder("nfn_hnp", arch.weight_space, out_dim=1)
+    variables = encoder.init(key, params)                 # params: (B, ...) per tensor
+    y = encoder.apply(variables, params)                  # (B, out_dim)
+    y = encoder.apply(variables, params, train=True, rngs={"dropout": key})
+
+Encoder modules are imported only when built, so that importing this registry is cheap and the
+encoder modules can import the shared pieces below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsl.weight_space import WeightSpace, WeightSpaceError
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu, "tanh": jnp.tanh,
+}
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation (and optional dropout) between them; the last is linear."""
+
+    widths: Sequence[int]
+    out_dim: int
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; "
+                             f"choose from {sorted(ACTIVATIONS)}")
+        act = ACTIVATIONS[self.activation]
+        for width in self.widths:
+            x = act(nn.Dense(int(width))(x))
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.out_dim)(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorNormalizer:
+    """Per-tensor scalar standardisation ``(w - mean) / std``, fitted on a training population.
+
+    One scalar pair per tensor keeps every permutation symmetry exact (an elementwise standardiser
+    would not), while putting layers of very different scales on one footing.
+    """
+
+    paths: tuple[str, ...]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, weight_space: WeightSpace, params, min_std: float = 1e-8) -> TensorNormalizer:
+        """Mean and std of every tensor over all models and entries of `params` (a population)."""
+        if not weight_space.batch_shape(params):
+            raise WeightSpaceError("TensorNormalizer.fit needs a population (a leading model axis)")
+        flat = weight_space.as_flat_dict(params)
+        means, stds = [], []
+        for t in weight_space.tensors:
+            values = np.asarray(flat[t.path], np.float64)
+            means.append(float(values.mean()))
+            std = float(values.std())
+            stds.append(std if std > min_std else 1.0)  # constant tensors (zero biases) pass as is
+        return cls(weight_space.paths, tuple(means), tuple(stds))
+
+    def __call__(self, weight_space: WeightSpace, params) -> dict:
+        if tuple(weight_space.paths) != self.paths:
+            raise WeightSpaceError(f"normaliser was fitted on tensors {list(self.paths)} but the "
+                                   f"weight space has {list(weight_space.paths)}")
+        stats = dict(zip(self.paths, zip(self.means, self.stds)))
+        return weight_space.map_tensors(
+            lambda t, x: (jnp.asarray(x) - stats[t.path][0]) / stats[t.path][1], params)
+
+    def to_dict(self) -> dict:
+        return {"paths": list(self.paths), "means": list(self.means), "stds": list(self.stds)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TensorNormalizer:
+        try:
+            return cls(tuple(data["paths"]), tuple(float(m) for m in data["means"]),
+                       tuple(float(s) for s in data["stds"]))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed normaliser description: missing or bad {err}") from err
+
+
+def prepare(weight_space: WeightSpace, params, normalizer: TensorNormalizer | None) -> dict:
+    """Check a batch of params against the weight space and normalise it; every encoder starts here."""
+    lead = weight_space.batch_shape(params)
+    if len(lead) != 1:
+        raise WeightSpaceError(f"encoders take params with exactly one leading batch axis; got "
+                               f"leading axes {lead}")
+    params = weight_space.map_tensors(lambda t, x: jnp.asarray(x, jnp.float32), params)
+    return normalizer(weight_space, params) if normalizer is not None else params
+
+
+# ------------------------------------------------------------------------------------ registry
+# name -> (module path, class name, fixed config, description)
+_ENCODERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "flat_mlp": ("models.statnn", "FlatMLP", {}, "MLP on the flattened weight vector (not invariant)"),
+    "statnn": ("models.statnn", "StatNN", {},
+               "7 statistics per tensor (mean, var, quantiles 0/25/50/75/100) → MLP"),
+    "nfn_np": ("models.nfn", "NFN", {"mode": "np"},
+               "NFN with every neuron permutable, inputs and outputs included (Zhou et al. 2023)"),
+    "nfn_hnp": ("models.nfn", "NFN", {"mode": "hnp"},
+                "NFN with only hidden neurons permutable (Zhou et al. 2023)"),
+    "ng_gnn": ("models.graph_encoders", "NeuralGraphGNN", {},
+               "PNA message passing on the neural graph (Kofinas et al. 2024)"),
+    "ng_transformer": ("models.graph_encoders", "NeuralGraphTransformer", {},
+                       "relational transformer on the neural graph, attention along edges"),
+    "probex": ("models.probex", "ProbeX", {}, "learned probes through one layer (Horwitz et al. 2025)"),
+}
+
+
+def encoder_names() -> list[str]:
+    return list(_ENCODERS)
+
+
+def _encoder_class(name: str) -> type[nn.Module]:
+    if name not in _ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; registered: {encoder_names()}")
+    module, cls, _, _ = _ENCODERS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """The configurable fields of an encoder and their defaults (`weight_space` excluded)."""
+    cls = _encoder_class(name)
+    fixed = _ENCODERS[name][2]
+    out = {}
+    for field in dataclasses.fields(cls):
+        if field.name in ("weight_space", "parent", "name") or field.name in fixed:
+            continue
+        if field.default is not dataclasses.MISSING:
+            out[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[field.name] = field.default_factory()  # type: ignore[misc]
+        else:
+            out[field.name] = inspect.Parameter.empty
+    return out
+
+
+def build_encoder(name: str, weight_space: WeightSpace, **config) -> nn.Module:
+    """Build a registered encoder for `weight_space`; unknown config keys raise, listing valid ones."""
+    cls = _encoder_class(name)
+    valid = default_config(name)
+    unknown = set(config) - set(valid)
+    if unknown:
+        raise ValueError(f"unknown config {sorted(unknown)} for encoder {name!r}; "
+                         f"valid: {sorted(valid)}")
+    missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in config]
+    if missing:
+        raise ValueError(f"encoder {name!r} needs config {missing}")
+    normalizer = config.get("normalizer")
+    if isinstance(normalizer, Mapping):
+        config["normalizer"] = TensorNormalizer.from_dict(normalizer)
+    # Sequences become tuples so that the module stays hashable and its config comparable.
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    encoder = cls(weight_space=weight_space, **_ENCODERS[name][2], **config)
+    check = getattr(encoder, "check", None)
+    if check is not None:
+        check()  # structural errors now, not as a traceback from inside init
+    return encoder
+
+
+def list_encoders() -> list[dict[str, Any]]:
+    """Every registered encoder with its description and default config."""
+    return [{"name": name, "description": _ENCODERS[name][3], "config": default_config(name)}
+            for name in _ENCODERS]

@@ -1,0 +1,238 @@
+"""Permutation-equivariant neural functionals, NFN-NP and NFN-HNP (Zhou et al. 2023), in Flax.
+
+Each tensor of a chain (see `models.neural_graph`) is seen as an *entity*: an array over its
+permutable neuron axes whose remaining axes — conv taps, flatten positions and, for HNP, the
+non-permuted input / output neuron axes — are folded into the channel axis. NP treats every
+neuron set as permutable, the network's inputs and outputs included; HNP only the hidden ones.
+
+An equivariant linear layer is then one rule per subset K of neuron sets: mean-pool every entity
+that contains all of K over its other sets, mix the concatenated channels with one learned
+matrix, and broadcast each entity's share of the result back over its sets not in K. Enumerated
+over a chain this is exactly the NP / HNP parameter sharing of the paper — pointwise, row, column
+and global means of each weight, of its neighbours and of the biases — and with the fixed input /
+output sets folded into channels it reproduces HNP's full mixing of the first and last layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.encoders import MLP, TensorNormalizer, prepare
+from models.neural_graph import LayerChain, layer_chain, tensor_at
+from wsl.weight_space import WeightSpace
+
+MODES = ("np", "hnp")
+OUTPUTS = ("invariant", "equivariant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+    """One tensor as an NFN layer sees it.
+
+    Attributes:
+        path: the tensor's path in the params dict.
+        shape: its shape (one model).
+        neuron_axes: the tensor axes that index neurons, with `neuron_sets` their set ids (0 … L).
+        perm_sets: the permutable sets among those, ascending: the entity's array axes.
+        perm_sizes: their sizes.
+        fold: entries folded into one feature channel (taps × fixed neuron axes).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    neuron_axes: tuple[int, ...]
+    neuron_sets: tuple[int, ...]
+    perm_sets: tuple[int, ...]
+    perm_sizes: tuple[int, ...]
+    fold: int
+
+    def _layout(self) -> tuple[list[int], tuple[int, ...]]:
+        """Transpose order (without the batch and channel axes) and the transposed shape."""
+        perm = [a for a, s in zip(self.neuron_axes, self.neuron_sets) if s in self.perm_sets]
+        fixed = [a for a, s in zip(self.neuron_axes, self.neuron_sets) if s not in self.perm_sets]
+        taps = [a for a in range(len(self.shape)) if a not in self.neuron_axes]
+        order = perm + fixed + taps
+        return order, tuple(self.shape[a] for a in order)
+
+    def fold_in(self, x: jax.Array) -> jax.Array:
+        """(B, *shape, C) → (B, *perm_sizes, fold · C)."""
+        order, _ = self._layout()
+        x = jnp.transpose(x, [0] + [1 + a for a in order] + [x.ndim - 1])
+        return x.reshape(x.shape[:1] + self.perm_sizes + (-1,))
+
+    def fold_out(self, x: jax.Array) -> jax.Array:
+        """Inverse of `fold_in`: (B, *perm_sizes, fold · C) → (B, *shape, C)."""
+        order, shape = self._layout()
+        x = x.reshape(x.shape[:1] + shape + (-1,))
+        inverse = np.argsort(order)
+        return jnp.transpose(x, [0] + [1 + int(a) for a in inverse] + [x.ndim - 1])
+
+
+def nfn_structure(chain: LayerChain, mode: str) -> tuple[Entity, ...]:
+    """The entities of a chain for NP (every neuron set permutable) or HNP (hidden sets only)."""
+    if mode not in MODES:
+        raise ValueError(f"NFN mode must be one of {MODES}; got {mode!r}")
+    num_sets = chain.num_layers + 1
+    fixed = set() if mode == "np" else {0, num_sets - 1}
+    sizes = chain.sizes
+    entities = []
+
+    def entity(path, shape, neuron_axes, neuron_sets):
+        perm = tuple(s for s in neuron_sets if s not in fixed)
+        fold = int(np.prod([n for a, n in enumerate(shape) if a not in neuron_axes]
+                           + [sizes[s] for s in neuron_sets if s in fixed], dtype=np.int64))
+        return Entity(path, tuple(shape), tuple(neuron_axes), tuple(neuron_sets), perm,
+                      tuple(sizes[s] for s in perm), fold)
+
+    for layer in chain.layers:
+        k = len(layer.taps)
+        entities.append(entity(layer.kernel, layer.taps + (layer.in_size, layer.out_size),
+                               (k, k + 1), (layer.index, layer.index + 1)))
+        if layer.bias is not None:
+            entities.append(entity(layer.bias, (layer.out_size,), (0,), (layer.index + 1,)))
+    return tuple(entities)
+
+
+def _subsets(sets: tuple[int, ...]):
+    return [c for r in range(len(sets) + 1) for c in itertools.combinations(sets, r)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Term:
+    """All contributions through one subset K of neuron sets: every entity containing K is both a
+    source (mean-pooled down to K) and a target (broadcast back up from K), so the term is one
+    matrix (rows: sources' channels, columns: targets' channels) and one matmul."""
+
+    keep: tuple[int, ...]
+    members: tuple[int, ...]
+    rows: int
+    cols: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * sum(self.cols)
+
+
+def _plan(structure: tuple[Entity, ...], in_channels: int, out_channels: int):
+    """The terms of a layer, and the packed-parameter bounds: uniform ±1/√fan-in per target, one
+    fan-in over all of a target's terms so that their sum has unit scale (as the reference NFN)."""
+    keeps = sorted({k for e in structure for k in _subsets(e.perm_sets)}, key=lambda k: (len(k), k))
+    terms, offset = [], 0
+    for keep in keeps:
+        members = tuple(j for j, e in enumerate(structure) if set(keep) <= set(e.perm_sets))
+        term = _Term(keep, members, in_channels * sum(structure[j].fold for j in members),
+                     tuple(structure[j].fold * out_channels for j in members), offset)
+        terms.append(term)
+        offset += term.size
+    fan = [sum(t.rows for t in terms if j in t.members) for j in range(len(structure))]
+    bound = [1.0 / math.sqrt(f) for f in fan]
+    parts = [np.tile(np.repeat([bound[j] for j in t.members], t.cols), t.rows) for t in terms]
+    parts += [np.full(e.fold * out_channels, bound[j]) for j, e in enumerate(structure)]
+    return terms, np.concatenate(parts).astype(np.float32)
+
+
+class NFNLayer(nn.Module):
+    """One permutation-equivariant linear layer over all entities (see the module docstring).
+
+    Input and output are lists with one array per entity, ``(B, *perm_sizes, fold · channels)``.
+    There is one matmul per subset of neuron sets (2L + 2 for an NP chain of L layers). All the
+    layer's weights live in one packed vector so that initialisation is one random draw: XLA
+    compiles every separate draw, and on CPU those compiles dominated start-up time.
+    """
+
+    structure: tuple[Entity, ...]
+    in_channels: int
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
+        structure = self.structure
+        if len(features) != len(structure):
+            raise ValueError(f"NFNLayer got {len(features)} feature arrays for "
+                             f"{len(structure)} entities")
+        terms, bounds = _plan(structure, self.in_channels, self.out_channels)
+
+        def init(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * jnp.asarray(bounds, dtype)
+
+        packed = self.param("weights", init, bounds.shape)
+        bias_start = terms[-1].offset + terms[-1].size
+        outputs = []
+        for e in structure:  # start from the biases
+            width = e.fold * self.out_channels
+            outputs.append(packed[bias_start:bias_start + width])
+            bias_start += width
+        for term in terms:
+            pooled = []
+            for j in term.members:
+                axes = tuple(1 + a for a, s in enumerate(structure[j].perm_sets) if s not in term.keep)
+                pooled.append(features[j].mean(axis=axes) if axes else features[j])
+            kernel = packed[term.offset:term.offset + term.size].reshape(term.rows, sum(term.cols))
+            z = jnp.concatenate(pooled, axis=-1) @ kernel
+            pieces = jnp.split(z, np.cumsum(term.cols)[:-1], axis=-1)
+            for j, piece in zip(term.members, pieces):
+                for a, s in enumerate(structure[j].perm_sets):
+                    if s not in term.keep:
+                        piece = jnp.expand_dims(piece, 1 + a)
+                outputs[j] = outputs[j] + piece
+        return outputs
+
+
+class NFN(nn.Module):
+    """NFN-NP / NFN-HNP encoder: equivariant layers, then invariant pooling + MLP, or weights out.
+
+    ``output="invariant"`` returns (B, out_dim); ``output="equivariant"`` returns a params dict of
+    the weight space's shapes (a trailing axis of size out_dim is added when out_dim > 1) that
+    permutes with its input. Recipe defaults: channels (16, 16, 5), head (1000, 1000).
+    """
+
+    weight_space: WeightSpace
+    mode: str = "hnp"
+    channels: Sequence[int] = (16, 16, 5)
+    output: str = "invariant"
+    out_dim: int = 1
+    head_widths: Sequence[int] = (1000, 1000)
+    dropout: float = 0.0
+    normalizer: TensorNormalizer | None = None
+
+    def structure(self) -> tuple[Entity, ...]:
+        return nfn_structure(layer_chain(self.weight_space), self.mode)
+
+    def check(self):
+        if self.output not in OUTPUTS:
+            raise ValueError(f"NFN output must be one of {OUTPUTS}; got {self.output!r}")
+        if not self.channels and self.output == "invariant":
+            raise ValueError("an invariant NFN needs at least one equivariant layer before "
+                             "pooling (channels is empty)")
+        self.structure()
+
+    @nn.compact
+    def __call__(self, params, train: bool = False):
+        self.check()
+        structure = self.structure()
+        params = prepare(self.weight_space, params, self.normalizer)
+        features = [e.fold_in(tensor_at(params, e.path)[..., None]) for e in structure]
+        previous = 1
+        for c in self.channels:
+            features = NFNLayer(structure, previous, int(c))(features)
+            features = [nn.relu(f) for f in features]
+            previous = int(c)
+        if self.output == "equivariant":
+            features = NFNLayer(structure, previous, int(self.out_dim))(features)
+            out = {e.path: e.fold_out(f) for e, f in zip(structure, features)}
+            squeeze = self.out_dim == 1
+            return self.weight_space.map_tensors(
+                lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
+        pooled = [f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
+                  for f in features]
+        x = jnp.concatenate(pooled, axis=-1)
+        return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)

@@ -1,0 +1,161 @@
+"""Statistics-based and flat baselines: StatNN, gradient-boosted trees on the same features, flat MLP.
+
+StatNN (Unterthiner et al. 2020) summarises every tensor by 7 numbers — mean, variance and the
+0/25/50/75/100 % quantiles — in WeightSpace order, and feeds them to an MLP. The same features feed
+scikit-learn's histogram gradient-boosted trees, the classical baseline. Per-tensor statistics
+are invariant to every permutation of hidden units; the flat MLP, reading the raw vector, is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.encoders import MLP, TensorNormalizer, prepare
+from wsl.weight_space import WeightSpace
+
+STATISTICS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")
+_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def stat_features(weight_space: WeightSpace, params) -> jax.Array:
+    """(*models, 7 · tensors): mean, variance and 5 quantiles of every tensor, in WeightSpace order.
+
+    Quantiles interpolate linearly between order statistics, as numpy's default does; tensor
+    sizes are static, so after one sort per tensor they are fixed-index gathers.
+    """
+    lead = weight_space.batch_shape(params)
+    flat = weight_space.as_flat_dict(params)
+    out = []
+    for t in weight_space.tensors:
+        x = jnp.reshape(jnp.asarray(flat[t.path], jnp.float32), lead + (t.size,))
+        ordered = jnp.sort(x, axis=-1)
+        position = np.asarray(_QUANTILES) * (t.size - 1)
+        low = np.floor(position).astype(np.int32)
+        high = np.minimum(low + 1, t.size - 1)
+        frac = jnp.asarray(position - low, jnp.float32)
+        quantiles = ordered[..., low] * (1 - frac) + ordered[..., high] * frac
+        out.append(jnp.concatenate([x.mean(-1, keepdims=True), x.var(-1, keepdims=True),
+                                    quantiles], axis=-1))
+    return jnp.concatenate(out, axis=-1)
+
+
+def stat_feature_names(weight_space: WeightSpace) -> list[str]:
+    """Names of the `stat_features` columns, ``"dense_0/kernel:q25"`` and so on."""
+    return [f"{path}:{stat}" for path in weight_space.paths for stat in STATISTICS]
+
+
+def fit_feature_scaling(features) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-column mean and std of training features, for `StatNN(feature_mean=, feature_std=)`."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (models, columns); got shape {features.shape}")
+    std = features.std(0)
+    std = np.where(std > 1e-12, std, 1.0)  # constant columns (e.g. all-zero biases) pass through
+    return tuple(features.mean(0).tolist()), tuple(std.tolist())
+
+
+class StatNN(nn.Module):
+    """MLP on per-tensor statistics, optionally standardised (see `fit_feature_scaling`)."""
+
+    weight_space: WeightSpace
+    out_dim: int = 1
+    head_widths: Sequence[int] = (1000, 1000)
+    dropout: float = 0.0
+    feature_mean: Sequence[float] | None = None
+    feature_std: Sequence[float] | None = None
+    normalizer: TensorNormalizer | None = None
+
+    def check(self):
+        n = 7 * len(self.weight_space.tensors)
+        for name in ("feature_mean", "feature_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"StatNN {name} has {len(value)} entries; the weight space has "
+                                 f"{n} features (7 per tensor)")
+
+    @nn.compact
+    def __call__(self, params, train: bool = False) -> jax.Array:
+        self.check()
+        x = stat_features(self.weight_space, prepare(self.weight_space, params, self.normalizer))
+        if self.feature_mean is not None:
+            x = x - jnp.asarray(self.feature_mean, jnp.float32)
+        if self.feature_std is not None:
+            x = x / jnp.asarray(self.feature_std, jnp.float32)
+        return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
+
+
+class FlatMLP(nn.Module):
+    """MLP on `weight_space.flatten(params)`: the baseline that ignores every symmetry."""
+
+    weight_space: WeightSpace
+    out_dim: int = 1
+    head_widths: Sequence[int] = (256, 256)
+    dropout: float = 0.0
+    normalizer: TensorNormalizer | None = None
+
+    @nn.compact
+    def __call__(self, params, train: bool = False) -> jax.Array:
+        x = self.weight_space.flatten(prepare(self.weight_space, params, self.normalizer))
+        return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
+
+
+class GradientBoostedStats:
+    """Histogram gradient-boosted trees (scikit-learn) on StatNN features: the classical baseline.
+
+    `fit(x, y)` and `predict(x)` take either a params population (features are computed here) or a
+    ready (models, 7 · tensors) feature array. ``task`` is ``"regression"`` or ``"classification"``;
+    other keyword arguments go to scikit-learn's HistGradientBoostingRegressor / Classifier.
+    """
+
+    def __init__(self, weight_space: WeightSpace, task: str = "regression", seed: int = 0,
+                 chunk: int = 4096, **sklearn_kwargs):
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        models = {"regression": HistGradientBoostingRegressor,
+                  "classification": HistGradientBoostingClassifier}
+        if task not in models:
+            raise ValueError(f"task must be one of {sorted(models)}; got {task!r}")
+        self.weight_space, self.task, self.chunk = weight_space, task, int(chunk)
+        self.model = models[task](random_state=seed, **sklearn_kwargs)
+        self._features = jax.jit(lambda p: stat_features(weight_space, p))
+
+    def features(self, x) -> np.ndarray:
+        """StatNN features of a params population (computed in chunks), or `x` itself if an array."""
+        if not isinstance(x, Mapping):
+            x = np.asarray(x, np.float32)
+            width = 7 * len(self.weight_space.tensors)
+            if x.ndim != 2 or x.shape[1] != width:
+                raise ValueError(f"feature array has shape {x.shape}; expected (models, {width})")
+            return x
+        n = self.weight_space.batch_shape(x)
+        if len(n) != 1:
+            raise ValueError(f"params must have one leading model axis; got {n}")
+        # Chunks are padded to a power of two (at most `chunk`) so that few shapes are compiled.
+        size = min(self.chunk, 1 << max(n[0] - 1, 0).bit_length())
+        x, parts = jax.tree.map(np.asarray, x), []
+        for start in range(0, n[0], size):
+            rows = min(size, n[0] - start)
+            part = jax.tree.map(lambda a: np.pad(a[start:start + rows], [(0, size - rows)]
+                                                 + [(0, 0)] * (a.ndim - 1)), x)
+            parts.append(np.asarray(self._features(part))[:rows])
+        return np.concatenate(parts, axis=0)
+
+    def fit(self, x, y) -> GradientBoostedStats:
+        features, y = self.features(x), np.asarray(y)
+        if y.shape[0] != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} models but {y.shape[0]} targets")
+        self.model.fit(features, y)
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        return self.model.predict(self.features(x))
+
+    def predict_proba(self, x) -> np.ndarray:
+        if self.task != "classification":
+            raise ValueError("predict_proba needs task='classification'")
+        return self.model.predict_proba(self.features(x))

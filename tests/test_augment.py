@@ -1,0 +1,161 @@
+"""Weight-space augmentations: permutations keep every network's function, noise and dropout have
+the advertised statistics per tensor and per network, pruning removes exactly the smallest weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.augment import (compose, gaussian_noise, magnitude_pruning, random_permutation,
+                            weight_dropout)
+from wsl.weight_space import WeightSpaceError
+from zoos.architectures import build
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def compiled(fn, *args):
+    """`fn` compiled for `args` without backend optimisation: compile time dominates these tests."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)
+
+
+def run_compiled(fn, *args):
+    return compiled(fn, *args)(*args)
+
+
+def networks(arch, n, seed=0, bias_scale=0.1):
+    """n random networks, kernels N(0, 1/fan-in), biases N(0, bias_scale²), as numpy arrays."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for t in arch.weight_space.tensors:
+        scale = 1 / np.sqrt(np.prod(t.shape[:-1])) if len(t.shape) > 1 else bias_scale
+        parts.append(scale * rng.standard_normal((n, t.size)))
+    vector = np.concatenate(parts, axis=1).astype(np.float32)
+    return jax.tree.map(np.asarray, arch.weight_space.unflatten(vector))
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return build("small_cnn", input_shape=(8, 8, 1), channels=8)
+
+
+def test_random_permutation_keeps_each_networks_function(cnn):
+    space = cnn.weight_space
+    params = networks(cnn, 6)
+    x = np.random.default_rng(1).standard_normal((5,) + cnn.input_shape).astype(np.float32)
+    hook = random_permutation(space)
+    # The same network stacked twice must get two different permutations.
+    twins = jax.tree.map(lambda a: np.repeat(a[:1], 2, axis=0), params)
+
+    def check(key, params, twins):
+        out = hook(key, {"params": params, "y": jnp.arange(6)})
+        logits = jax.vmap(lambda p: cnn.apply(p, x))
+        return out, logits(params), logits(out["params"]), hook(key, {"params": twins})["params"]
+
+    out, before, after, permuted = run_compiled(check, jax.random.key(0), params, twins)
+    np.testing.assert_array_equal(out["y"], np.arange(6))
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    moved = np.abs(np.asarray(space.flatten(out["params"]) - space.flatten(params))).max(axis=1)
+    assert np.all(moved > 1e-2), "every network is permuted"
+    kernel = np.asarray(permuted["conv_0"]["kernel"])
+    assert np.abs(kernel[0] - kernel[1]).max() > 1e-2
+
+
+def test_gaussian_noise_is_scaled_by_each_tensors_std(cnn):
+    space = cnn.weight_space
+    params = networks(cnn, 64)
+    # Network m is scaled by 2**(m % 4): noise must follow each network's own spread.
+    factor = 2.0 ** (np.arange(64) % 4)
+    params = jax.tree.map(lambda a: a * factor.reshape((-1,) + (1,) * (a.ndim - 1)).astype(np.float32),
+                          params)
+    params["conv_1"]["bias"] = np.zeros_like(params["conv_1"]["bias"])  # constant: untouched
+    noise = compiled(gaussian_noise(space, scale=0.1), jax.random.key(0), {"params": params})
+    out = noise(jax.random.key(0), {"params": params})
+    for t in space.tensors:
+        x = np.asarray(space.as_flat_dict(params)[t.path]).reshape(64, -1)
+        delta = np.asarray(space.as_flat_dict(out["params"])[t.path]).reshape(64, -1) - x
+        if t.path == "conv_1/bias":
+            assert np.abs(delta).max() == 0.0
+            continue
+        ratio = delta.std(axis=1) / (0.1 * x.std(axis=1))
+        # The pooled ratio is 1 within sampling error; per-network ratios too, for big tensors.
+        assert abs(np.sqrt(np.mean(ratio ** 2)) - 1) < 0.1, t.path
+        if t.size >= 500:
+            assert np.all(np.abs(ratio - 1) < 0.3), t.path
+    again = noise(jax.random.key(0), {"params": params})
+    other = noise(jax.random.key(1), {"params": params})
+    np.testing.assert_array_equal(space.flatten(again["params"]), space.flatten(out["params"]))
+    assert float(jnp.abs(space.flatten(other["params"]) - space.flatten(out["params"])).max()) > 0
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_weight_dropout_zeroes_the_given_fraction(cnn, rescale):
+    space = cnn.weight_space
+    params = networks(cnn, 16)
+    rate = 0.2
+    out = run_compiled(weight_dropout(space, rate, rescale=rescale), jax.random.key(0),
+                       {"params": params})
+    before, after = np.asarray(space.flatten(params)), np.asarray(space.flatten(out["params"]))
+    dropped = after == 0
+    n = dropped.size
+    assert abs(dropped.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
+    kept = after[~dropped] / before[~dropped]
+    np.testing.assert_allclose(kept, 1 / (1 - rate) if rescale else 1.0, rtol=1e-6)
+
+
+def test_magnitude_pruning_removes_exactly_the_smallest(cnn):
+    space = cnn.weight_space
+    params = networks(cnn, 4)
+    out = run_compiled(magnitude_pruning(space, 0.3), jax.random.key(0), {"params": params})
+    for t in space.tensors:
+        x = np.asarray(space.as_flat_dict(params)[t.path]).reshape(4, -1)
+        y = np.asarray(space.as_flat_dict(out["params"])[t.path]).reshape(4, -1)
+        if len(t.shape) == 1:  # biases are left alone by default
+            np.testing.assert_array_equal(y, x)
+            continue
+        k = int(0.3 * t.size)
+        for m in range(4):
+            pruned = y[m] == 0
+            assert pruned.sum() == k, t.path
+            assert np.abs(x[m][pruned]).max() <= np.abs(x[m][~pruned]).min()
+            np.testing.assert_array_equal(y[m][~pruned], x[m][~pruned])
+    only_bias = run_compiled(magnitude_pruning(space, 0.5, tensors=["dense_0/bias"]),
+                             jax.random.key(0), {"params": params})
+    assert int((np.asarray(only_bias["params"]["dense_0"]["bias"]) == 0).sum()) == 4 * 5
+    np.testing.assert_array_equal(only_bias["params"]["conv_0"]["kernel"], params["conv_0"]["kernel"])
+
+
+def test_compose_applies_hooks_in_order_with_independent_keys(cnn):
+    space = cnn.weight_space
+    params = networks(cnn, 4)
+    hook = compose(random_permutation(space), gaussian_noise(space, 0.05), weight_dropout(space, 0.1))
+    batch = {"params": params, "accuracy": np.linspace(0, 1, 4, dtype=np.float32)}
+    hook = compiled(hook, jax.random.key(0), batch)
+    first, second = hook(jax.random.key(0), batch), hook(jax.random.key(0), batch)
+    np.testing.assert_array_equal(space.flatten(first["params"]), space.flatten(second["params"]))
+    np.testing.assert_array_equal(first["accuracy"], batch["accuracy"])
+    zeros = np.asarray(space.flatten(first["params"])) == 0
+    assert 0.05 < zeros.mean() < 0.15, "dropout ran last, on noisy weights"
+
+
+def test_bad_arguments_and_batches_are_named(cnn):
+    space = cnn.weight_space
+    with pytest.raises(ValueError, match="dropout rate must be in \\[0, 1\\)"):
+        weight_dropout(space, 1.0)
+    with pytest.raises(ValueError, match="pruning fraction"):
+        magnitude_pruning(space, -0.1)
+    with pytest.raises(ValueError, match="noise scale"):
+        gaussian_noise(space, -1.0)
+    with pytest.raises(WeightSpaceError, match="conv_9/kernel"):
+        magnitude_pruning(space, 0.1, tensors=["conv_9/kernel"])
+    with pytest.raises(ValueError, match="at least one hook"):
+        compose()
+    hook = gaussian_noise(space)
+    with pytest.raises(KeyError, match="'params' entry"):
+        hook(jax.random.key(0), {"weights": networks(cnn, 2)})
+    one = jax.tree.map(lambda a: a[0], networks(cnn, 1))
+    with pytest.raises(WeightSpaceError, match="one leading batch axis"):
+        hook(jax.random.key(0), {"params": one})
+    wrong = build("small_cnn", input_shape=(8, 8, 1), channels=4)
+    with pytest.raises(WeightSpaceError, match="conv_0/kernel"):
+        hook(jax.random.key(0), {"params": networks(wrong, 2)})

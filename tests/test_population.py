@@ -1,0 +1,243 @@
+"""The population trainer and recipes: learning, resume, device-count invariance, divergence, errors."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsl.sharding import make_mesh
+from zoos.architectures import build
+from zoos.datasets import load_dataset
+from zoos.population import (PopulationError, TrainSettings, _matmul_conv_interceptor,
+                             build_zoo, init_population, train_population)
+from zoos.recipes import RecipeError, get_recipe, plan
+
+ONE_DEVICE = make_mesh(("models",), devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def quick_zoo(tmp_path_factory):
+    return build_zoo(get_recipe("quick"), tmp_path_factory.mktemp("z") / "quick", progress=False,
+                     mesh=ONE_DEVICE)
+
+
+def test_quick_learns_well_above_chance(quick_zoo):
+    last = quick_zoo.filter(epoch="last").metrics
+    first = quick_zoo.filter(epoch=0).metrics
+    assert len(quick_zoo.model_ids) == 32 and len(quick_zoo) == 32 * 5
+    assert np.mean(last["test_acc"]) > 0.6, last["test_acc"]  # 10 classes: chance is 0.1
+    assert np.mean(first["test_acc"]) < 0.3  # untrained networks are near chance
+    assert np.all(last["test_loss"] < first["test_loss"] + 1e-6) or np.mean(last["test_loss"]) < 1.0
+    np.testing.assert_allclose(last["gap"], last["train_acc"] - last["test_acc"], atol=1e-12)
+    assert np.ptp(last["test_acc"]) > 0.05  # hyperparameters spread the accuracies
+    assert not last["diverged"].any()
+
+
+def test_interrupted_build_resumes_to_identical_zoo(quick_zoo, tmp_path):
+    recipe = get_recipe("quick")
+    out = tmp_path / "resumed"
+
+    def crash(index):
+        raise KeyboardInterrupt(f"killed after shard {index}")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(recipe, out, progress=False, mesh=ONE_DEVICE, on_shard=crash)
+    assert sorted(os.listdir(out / "shards")) == ["00000"]
+    assert not (out / "metrics.csv").exists()
+    kept = (out / "shards" / "00000" / "dense_0.kernel.npy").stat().st_mtime_ns
+    resumed = build_zoo(recipe, out, progress=False, mesh=ONE_DEVICE)
+    assert (out / "shards" / "00000" / "dense_0.kernel.npy").stat().st_mtime_ns == kept
+    np.testing.assert_array_equal(resumed.flat(), quick_zoo.flat())
+    for column in quick_zoo.columns:
+        np.testing.assert_array_equal(resumed.metrics[column], quick_zoo.metrics[column])
+    with pytest.raises(Exception, match="different zoo"):
+        build_zoo(get_recipe("quick", ["seed=1"]), out, progress=False)
+
+
+def _tiny_hparams(n, lr=0.01):
+    return {"lr": np.full(n, lr), "weight_decay": np.zeros(n), "init_scale": np.ones(n),
+            "bias_init": np.zeros(n), "dropout": np.full(n, 0.1), "train_fraction": np.full(n, 0.5),
+            "seed": np.arange(n), "init": ["default"] * n}
+
+
+_SHARDED_SCRIPT = """
+import sys, jax, numpy as np
+from wsl.sharding import make_mesh
+from zoos.population import train_population
+sys.path.insert(0, {test_dir!r})
+from test_population import _small
+assert len(jax.devices()) == 8, jax.devices()
+arch, data, hparams, settings = _small()
+result = train_population(arch, data, hparams, settings, mesh=make_mesh(("models",)))
+np.savez({out!r}, flat=np.asarray(arch.weight_space.flatten(result.params)),
+         test_acc=result.metrics["test_acc"])
+"""
+
+
+def _small():
+    """A population small enough for tests; shared so that its program compiles once."""
+    data = load_dataset("digits", max_train=512)
+    arch = build("mlp", input_shape=(8, 8, 1), widths=(16,))
+    settings = TrainSettings(epochs=3, checkpoints=(0, 1, 3), batch_size=32, optimizer="sgd")
+    return arch, data, _tiny_hparams(4, lr=0.3), settings
+
+
+def test_eight_devices_match_one_device(tmp_path):
+    # 4 models on 8 devices: padded to 8, each device trains one model.
+    arch, data, hparams, settings = _small()
+    result = train_population(arch, data, hparams, settings, mesh=ONE_DEVICE)
+    script = _SHARDED_SCRIPT.format(test_dir=os.path.dirname(__file__), out=str(tmp_path / "r.npz"))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = np.load(tmp_path / "r.npz")
+    flat = np.asarray(arch.weight_space.flatten(result.params))
+    assert np.abs(flat[:, 1] - flat[:, 0]).max() > 1e-3  # the models really trained
+    np.testing.assert_allclose(sharded["flat"], flat, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sharded["test_acc"], result.metrics["test_acc"], atol=1e-6)
+
+
+def test_diverging_member_is_flagged_and_others_unaffected():
+    arch, data, hparams, settings = _small()
+    hparams["lr"][2] = 1e12  # explodes at once
+    result = train_population(arch, data, hparams, settings, mesh=ONE_DEVICE)
+    assert result.metrics["diverged"][:, 0].tolist() == [False] * 4  # nothing before training
+    assert result.metrics["diverged"][:, -1].tolist() == [False, False, True, False]
+    flat = np.asarray(arch.weight_space.flatten(result.params))
+    assert np.isfinite(flat).all()  # the diverged member keeps its last finite weights
+    assert np.isfinite(result.metrics["test_acc"]).all()  # and its rows
+    # with a sane learning rate for member 2, members 0, 1 and 3 train exactly the same
+    hparams["lr"][2] = 0.3
+    calm = train_population(arch, data, hparams, settings, mesh=ONE_DEVICE)
+    assert not calm.metrics["diverged"].any()
+    healthy = [0, 1, 3]
+    np.testing.assert_allclose(np.asarray(arch.weight_space.flatten(calm.params))[healthy],
+                               flat[healthy], rtol=1e-5, atol=1e-6)
+    assert (calm.metrics["test_acc"][:, -1] > 0.5).all(), calm.metrics["test_acc"]
+
+
+def test_matmul_conv_matches_flax_conv():
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (3, 9, 7, 2))
+    for kwargs in ({"strides": (2, 2), "padding": "SAME"},
+                   {"kernel_size": (2, 3), "strides": (1, 2), "padding": "VALID"}):
+        conv = nn.Conv(5, kwargs.pop("kernel_size", (3, 3)), **kwargs)
+        shapes = jax.eval_shape(conv.init, jax.random.key(1), x)  # no eager init: fast
+        rng = np.random.default_rng(2)
+        params = jax.tree.map(lambda l: rng.standard_normal(l.shape).astype(np.float32), shapes)
+
+        def fast(params, x):
+            with nn.intercept_methods(_matmul_conv_interceptor):
+                return conv.apply(params, x)
+
+        np.testing.assert_allclose(jax.jit(fast)(params, x), jax.jit(conv.apply)(params, x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_init_schemes_have_their_scales():
+    arch = build("mlp", input_shape=(400,), widths=(300,))
+    n = 4
+    for scheme, scale, std in (("normal", 0.3, 0.3), ("truncated_normal", 0.05, 0.05),
+                               ("uniform", 2.0, 2.0), ("kaiming_normal", 1.0, np.sqrt(2 / 400)),
+                               ("kaiming_uniform", 0.5, 0.5 * np.sqrt(2 / 400)),
+                               ("default", 1.0, np.sqrt(1 / 400))):
+        params = init_population(arch, range(n), [scheme] * n, [scale] * n, [0.25] * n)
+        kernel = params["dense_0"]["kernel"]
+        assert abs(kernel.std() / std - 1) < 0.02, (scheme, kernel.std(), std)
+        assert (params["dense_0"]["bias"] == 0.25).all()
+        assert not np.allclose(kernel[0], kernel[1])  # seeds differ
+    again = init_population(arch, [1], ["normal"], [1.0], [0.0])
+    np.testing.assert_array_equal(again["dense_0"]["kernel"][0],
+                                  init_population(arch, [0, 1], ["normal"] * 2, [1.0] * 2,
+                                                  [0.0] * 2)["dense_0"]["kernel"][1])
+
+
+def test_plan_is_reproducible_and_grouped():
+    models, shards = plan(get_recipe("small-cnn", ["num_models=300"]))
+    again, _ = plan(get_recipe("small-cnn", ["num_models=300"]))
+    assert models == again
+    small, _ = plan(get_recipe("small-cnn", ["num_models=30"]))
+    by_seed = {m["seed"]: m for m in models}
+    for m in small:  # a smaller zoo holds the same models as the first seeds of a larger one
+        assert {k: v for k, v in m.items() if k != "model"} == \
+               {k: v for k, v in by_seed[m["seed"]].items() if k != "model"}
+    assert sorted(m["model"] for m in models) == list(range(300))
+    for shard in shards:
+        groups = {(models[i]["activation"], models[i]["optimizer"]) for i in shard.models}
+        assert len(groups) == 1 and len(shard.models) <= 128
+    assert len({(s.group["activation"], s.group["optimizer"]) for s in shards}) == 6
+    lrs = np.array([m["lr"] for m in models])
+    assert lrs.min() >= 5e-4 and lrs.max() <= 5e-2 and lrs.max() / lrs.min() > 20
+    grid, _ = plan(get_recipe("cnn-s"))
+    points = {tuple(sorted((k, v) for k, v in m.items() if k not in ("model", "seed"))) for m in grid}
+    assert len(points) == 256  # the full grid, one model per point
+
+
+def test_recipe_errors_are_clear():
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'.*quick"):
+        get_recipe("nope")
+    with pytest.raises(RecipeError, match="unknown config key 'epochz'.*epochs"):
+        get_recipe("quick", ["epochz=3"])
+    with pytest.raises(RecipeError, match="num_models"):
+        get_recipe("quick", ["num_models=many"])
+    with pytest.raises(RecipeError, match="key=value"):
+        get_recipe("quick", ["epochs"])
+    with pytest.raises(RecipeError, match=r"activation: unknown \['swish'\]"):
+        get_recipe("quick", ["activation=relu,swish"])
+    with pytest.raises(RecipeError, match="log-uniform range needs positive bounds"):
+        get_recipe("quick", ["weight_decay=[0,1e-3]"])
+    with pytest.raises(RecipeError, match="checkpoints"):
+        get_recipe("quick", ["checkpoints=[0,9]"])
+    recipe = get_recipe("quick", ["activation=relu,tanh", "lr=0.01", "arch={'widths': [8]}"])
+    assert recipe.activation == ("relu", "tanh") and recipe.lr == (0.01,)
+    assert recipe.arch == {"widths": [8]}
+
+
+def test_bad_population_inputs_are_named():
+    data = load_dataset("digits", max_train=64)
+    arch = build("mlp", input_shape=(8, 8, 1), widths=(4,))
+    settings = TrainSettings(epochs=1, checkpoints=(0, 1))
+    bad = _tiny_hparams(2)
+    bad["dropout"][1] = 1.5
+    with pytest.raises(PopulationError, match=r"dropout must be in \[0, 1\); model 1"):
+        train_population(arch, data, bad, settings)
+    with pytest.raises(PopulationError, match="expects"):
+        train_population(build("mlp", input_shape=(40,)), data, _tiny_hparams(2), settings)
+    with pytest.raises(PopulationError, match="checkpoints"):
+        TrainSettings(epochs=1, checkpoints=(0, 3))
+    with pytest.raises(PopulationError, match="unknown optimizer"):
+        TrainSettings(epochs=1, checkpoints=(0,), optimizer="lbfgs")
+
+
+def test_dropout_prng_bits_look_uniform_and_independent():
+    from zoos.population import DROPOUT_PRNG
+
+    keys = jax.random.wrap_key_data(np.array([[1, 2], [1, 3], [2, 2]], np.uint32), impl=DROPOUT_PRNG)
+    masks = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), 0.7,
+                                                               (200, 100)))(keys))
+    assert np.all(np.abs(masks.mean(axis=(1, 2)) - 0.7) < 0.01)
+    assert np.all(np.abs(masks.mean(axis=1) - 0.7) < 0.12)  # no stuck columns
+    # neighbouring keys give unrelated masks (agreement of independent masks: .7² + .3² = .58)
+    assert abs((masks[0] == masks[1]).mean() - 0.58) < 0.01
+    assert abs((masks[0] == masks[2]).mean() - 0.58) < 0.01
+    counts = np.bincount(np.asarray(jax.random.bits(keys[0], (64000,), jnp.uint8)) >> 4,
+                         minlength=16)
+    assert counts.min() > 3600 and counts.max() < 4400  # 16 bins of 4000 expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp-mnist1d", "small-cnn", "cnn-s", "seeds"])
+def test_every_recipe_builds_small(name, tmp_path):
+    recipe = get_recipe(name, ["num_models=6", "epochs=1", "checkpoints=[0,1]",
+                               "models_per_shard=6"])
+    zoo = build_zoo(recipe, tmp_path / name, progress=False)
+    assert len(zoo.model_ids) == 6 and len(zoo) == 12
+    last = zoo.filter(epoch="last").metrics
+    assert np.isfinite(last["test_acc"]).all() and last["test_acc"].max() > 0.15
+    assert zoo.architecture.weight_space.num_params == zoo.flat([0]).shape[1]

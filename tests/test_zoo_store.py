@@ -1,0 +1,211 @@
+"""The zoo store: exact round trips, views and splits, lazy checksummed reads, damage, export layouts."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from wsl.sharding import make_mesh, leading_axis
+from zoos import open_zoo
+from zoos.architectures import build
+from zoos.store import Zoo, ZooError, ZooWriter, to_torch_layout, write_zoo
+
+MODELS, EPOCHS = 6, (0, 2, 5)
+
+
+def _population(arch, rows, seed=0):
+    rng = np.random.default_rng(seed)
+    return arch.weight_space.unflatten(
+        rng.standard_normal((rows, arch.weight_space.num_params)).astype(np.float32))
+
+
+def _rows():
+    rng = np.random.default_rng(1)
+    out = []
+    for m in range(MODELS):
+        lr = float(10 ** rng.uniform(-4, -1))
+        for e in EPOCHS:
+            acc = float(rng.uniform())
+            out.append({"model": m, "epoch": e, "test_acc": acc, "train_acc": min(acc + 0.1, 1.0),
+                        "gap": 0.1, "diverged": bool(m == 3 and e == 5), "lr": lr,
+                        "activation": "relu" if m % 2 else "tanh"})
+    return out
+
+
+def _manifest(arch):
+    return {"architecture": {"name": arch.name, "config": {k: list(v) if isinstance(v, tuple) else v
+                                                           for k, v in arch.config.items()}},
+            "weight_space": arch.weight_space.to_dict(), "dataset": {"name": "none"},
+            "recipe": {"name": "test"}, "generated": True}
+
+
+@pytest.fixture(scope="module")
+def arch():
+    return build("mlp", input_shape=(6,), widths=(5, 4), num_classes=3)
+
+
+@pytest.fixture()
+def zoo_dir(tmp_path, arch):
+    rows = _rows()
+    params = _population(arch, len(rows))
+    write_zoo(tmp_path / "zoo", _manifest(arch), params, rows, rows_per_shard=7)
+    return tmp_path / "zoo", params, rows
+
+
+def test_round_trip_is_exact(zoo_dir, arch):
+    path, params, rows = zoo_dir
+    zoo = open_zoo(path)
+    assert isinstance(zoo, Zoo) and len(zoo) == len(rows) == MODELS * len(EPOCHS)
+    assert len(zoo.manifest["shards"]) == 3  # 18 rows in shards of 7
+    assert zoo.weight_space.to_dict() == arch.weight_space.to_dict()
+    assert zoo.architecture.weight_space.num_params == arch.weight_space.num_params
+    m = zoo.metrics
+    assert m["model"].dtype == np.int64 and m["diverged"].dtype == bool
+    assert m["activation"].dtype.kind == "U"
+    np.testing.assert_array_equal(m["test_acc"], [r["test_acc"] for r in rows])  # repr round trip
+    flat = np.asarray(arch.weight_space.flatten(params))
+    np.testing.assert_array_equal(zoo.flat(), flat)
+    np.testing.assert_array_equal(zoo.flat([17, 3, 8]), flat[[17, 3, 8]])
+    one = zoo.params(9)
+    np.testing.assert_array_equal(one["dense_1"]["kernel"], params["dense_1"]["kernel"][9])
+    stacked = zoo.weights([2, 15])
+    assert stacked["dense_0"]["kernel"].shape == (2, 6, 5)
+
+
+def test_metrics_table_opens_without_wsl(zoo_dir):
+    path, _, rows = zoo_dir
+    with open(path / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert table[0]["model"] == "0" and table[0]["epoch"] == "0"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["columns"]) == set(rows[0]) and manifest["generated"] is True
+    assert manifest["columns"]["test_acc"].startswith("accuracy on the test split")
+
+
+def test_filter_and_split_by_model(zoo_dir):
+    zoo = open_zoo(zoo_dir[0])
+    last = zoo.filter(epoch="last")
+    assert len(last) == MODELS and set(last.metrics["epoch"]) == {5}
+    assert len(zoo.filter(epoch=[0, 2])) == 2 * MODELS
+    good = zoo.filter(epoch="last", where=lambda m: ~m["diverged"])
+    assert 3 not in good.metrics["model"] and len(good) == MODELS - 1
+    # a view's row i is the parent's row global_rows[i]
+    np.testing.assert_array_equal(good.flat([1]), zoo.flat(good.global_rows[[1]]))
+    parts = zoo.split_by_model((0.5, 0.25, 0.25), seed=3)
+    ids = [set(p.metrics["model"]) for p in parts]
+    assert sum(len(p) for p in parts) == len(zoo)
+    assert set().union(*ids) == set(range(MODELS))
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for p in parts:  # never one model's rows in two parts: each model keeps all its epochs
+        for m in set(p.metrics["model"]):
+            assert (p.metrics["model"] == m).sum() == len(EPOCHS)
+    assert [set(p.metrics["model"]) for p in zoo.split_by_model((0.5, 0.25, 0.25), seed=3)] == ids
+    with pytest.raises(ZooError, match="sum to 1"):
+        zoo.split_by_model((0.5, 0.2))
+    with pytest.raises(ZooError, match="boolean mask"):
+        zoo.filter(where=lambda m: m["lr"])
+
+
+def test_batches_numpy_and_sharded(zoo_dir):
+    zoo = open_zoo(zoo_dir[0])
+    seen = []
+    for batch in zoo.batches(4, shuffle=True, seed=1, flat=True, columns=["test_acc"]):
+        assert set(batch) == {"flat", "rows", "test_acc"}
+        np.testing.assert_array_equal(batch["flat"], zoo.flat(batch["rows"]))
+        np.testing.assert_array_equal(batch["test_acc"], zoo.metrics["test_acc"][batch["rows"]])
+        seen.extend(batch["rows"].tolist())
+    assert sorted(seen) == list(range(len(zoo)))
+    sharding = leading_axis(make_mesh(("data",), devices=jax.devices()[:1]))
+    batch = next(zoo.batches(6, sharding=sharding, columns=["test_acc", "activation"]))
+    assert isinstance(batch["params"]["dense_0"]["kernel"], jax.Array)
+    assert isinstance(batch["test_acc"], jax.Array) and batch["activation"].dtype.kind == "U"
+
+
+def test_damaged_shard_is_named_and_others_still_read(zoo_dir):
+    path, params, _ = zoo_dir
+    victim = path / "shards" / "00001" / "dense_0.kernel.npy"
+    blob = bytearray(victim.read_bytes())
+    blob[-3] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    zoo = open_zoo(path)  # metrics and manifest are intact: opening works
+    with pytest.raises(ZooError, match=r"shards/00001/dense_0\.kernel\.npy: checksum mismatch"):
+        zoo.params(8)  # row 8 lives in shard 1
+    np.testing.assert_array_equal(zoo.params(2)["dense_0"]["kernel"], params["dense_0"]["kernel"][2])
+    np.testing.assert_array_equal(zoo.params(15)["dense_0"]["kernel"],
+                                  params["dense_0"]["kernel"][15])
+
+
+def test_truncated_manifest_and_metrics(zoo_dir):
+    path = zoo_dir[0]
+    text = (path / "manifest.json").read_text()
+    (path / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ZooError, match=r"manifest\.json: truncated or not valid JSON"):
+        open_zoo(path)
+    (path / "manifest.json").write_text(text)
+    lines = (path / "metrics.csv").read_text().splitlines(keepends=True)
+    (path / "metrics.csv").write_text("".join(lines[:-2]))
+    with pytest.raises(ZooError, match=r"metrics\.csv: checksum mismatch"):
+        open_zoo(path)
+    with pytest.raises(ZooError, match="no such zoo directory"):
+        open_zoo(path / "nope")
+
+
+def test_writer_resume_rules(tmp_path, arch):
+    rows = _rows()[:6]
+    params = _population(arch, 6)
+    half = lambda a: jax.tree.map(lambda x: x[:3], a)
+    writer = ZooWriter(tmp_path / "z", _manifest(arch))
+    writer.write_shard(0, half(params), rows[:3])
+    # a crash mid-write leaves only a temp folder, which does not count as done
+    (tmp_path / "z" / "shards" / ".tmp-00001-999").mkdir()
+    assert ZooWriter(tmp_path / "z", _manifest(arch)).done_shards() == [0]
+    other = {**_manifest(arch), "dataset": {"name": "something else"}}
+    with pytest.raises(ZooError, match=r"different zoo.*dataset\.name"):
+        ZooWriter(tmp_path / "z", other)
+    with pytest.raises(ZooError, match="already written"):
+        writer.write_shard(0, half(params), rows[:3])
+    with pytest.raises(ZooError, match="leading axes"):
+        writer.write_shard(1, params, rows[:3])
+    with pytest.raises(ZooError, match=r"cannot finalize, shards \[1\]"):
+        writer.finalize(2)
+    with pytest.raises(ZooError, match="not finished"):
+        open_zoo(tmp_path / "z")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(ZooError, match="not empty"):
+        ZooWriter(tmp_path / "junk", _manifest(arch))
+
+
+def test_export_files_and_torch_layout(tmp_path, zoo_dir):
+    zoo = open_zoo(zoo_dir[0])
+    zoo.export(4, tmp_path / "m.npz", "npz")
+    with np.load(tmp_path / "m.npz") as f:
+        np.testing.assert_array_equal(f["dense_1/kernel"], zoo.params(4)["dense_1"]["kernel"])
+    from safetensors.numpy import load_file
+
+    zoo.export(4, tmp_path / "m.safetensors", torch_layout=True)
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(loaded["dense_1.weight"], zoo.params(4)["dense_1"]["kernel"].T)
+    with pytest.raises(ZooError, match="unknown export format"):
+        zoo.export(4, tmp_path / "m.bin", "pickle")
+
+
+def test_torch_layout_of_cnn_s_computes_the_same_function():
+    arch = build("cnn_s")
+    rng = np.random.default_rng(0)
+    params = {t.path: rng.standard_normal(t.shape).astype(np.float32)
+              for t in arch.weight_space.tensors}
+    torch = to_torch_layout("cnn_s", arch.weight_space, params)
+    assert torch["dense_0.weight"].shape == (20, 36)
+    assert torch["conv_1.weight"].shape == (6, 8, 5, 5)
+    np.testing.assert_array_equal(torch["conv_1.weight"][2, 3, 1, 4], params["conv_1/kernel"][1, 4, 3, 2])
+    # dense_0 on a (H, W, C) map in JAX equals the torch weight on the NCHW-flattened map
+    feature = np.random.default_rng(0).standard_normal((3, 3, 4)).astype(np.float32)
+    jax_out = np.einsum("hwc,hwco->o", feature, params["dense_0/kernel"])
+    torch_out = torch["dense_0.weight"] @ feature.transpose(2, 0, 1).reshape(-1)
+    np.testing.assert_allclose(torch_out, jax_out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ZooError, match="torch layout is defined for"):
+        to_torch_layout("transformer", arch.weight_space, params)

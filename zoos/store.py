@@ -1,0 +1,685 @@
+"""The zoo store: a directory of manifest, metrics table and sharded per-tensor weights, read lazily.
+
+Layout of a zoo directory (schema version 1)::
+
+    manifest.json            what the zoo is: architecture + config, weight space, dataset, recipe,
+                             column meanings and types, provenance, and (once finished) its shards
+    metrics.csv              one row per (model, checkpoint); plain CSV any tool can open
+    shards/00000/            one shard: a group of whole models
+        conv_0.kernel.npy    one stacked array per tensor, leading axis = the shard's rows
+        rows.csv             the shard's metric rows, in the same order
+        shard.json           row count and the sha256, shape and dtype of every file above
+
+A shard is written into a temporary directory and renamed into place, so a killed build never
+leaves a half shard that looks finished; `ZooWriter.done_shards()` is what a resumed build skips.
+Weights are memory-mapped on first use and their checksums verified then: a damaged file is named
+in the error instead of being read.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsl.weight_space import WeightSpace, _nest
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+METRICS = "metrics.csv"
+SHARDS = "shards"
+SHARD_INFO = "shard.json"
+SHARD_ROWS = "rows.csv"
+
+# Column meanings written into every manifest; columns not listed here get the caller's meaning.
+STANDARD_COLUMNS: dict[str, str] = {
+    "model": "model id, unique within the zoo; all checkpoints of one model share it",
+    "epoch": "training epochs completed when the weights were saved (0 = initialisation)",
+    "train_loss": "mean cross-entropy on the model's own training subset (no dropout)",
+    "train_acc": "accuracy on the model's own training subset, fraction in [0, 1]",
+    "val_loss": "mean cross-entropy on the validation split",
+    "val_acc": "accuracy on the validation split, fraction in [0, 1]",
+    "test_loss": "mean cross-entropy on the test split",
+    "test_acc": "accuracy on the test split, fraction in [0, 1]",
+    "gap": "generalisation gap = train_acc - test_acc",
+    "diverged": "true once the model produced a non-finite loss or weight; it stopped updating then",
+    "lr": "learning rate",
+    "weight_decay": "L2 penalty coefficient (gradient += weight_decay * weight)",
+    "init_scale": "init std (normal / truncated_normal / uniform) or gain (default / kaiming_*)",
+    "bias_init": "constant every bias was initialised to",
+    "dropout": "dropout rate after every hidden activation",
+    "train_fraction": "fraction of the training split this model trained on",
+    "seed": "per-model seed; the model's keys derive from (recipe seed, this seed)",
+    "activation": "hidden activation",
+    "optimizer": "optimizer (sgd, momentum, adam, rmsprop)",
+    "init": "weight init scheme",
+}
+# Fields that differ between two runs of the same build and so do not count when resuming.
+_VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "metrics_sha256",
+             "num_rows")
+
+
+class ZooError(ValueError):
+    """A zoo directory that is missing, damaged, incomplete or does not match what was asked."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def tensor_filename(path: str) -> str:
+    """File name of a tensor inside a shard: ``conv_0/kernel`` -> ``conv_0.kernel.npy``."""
+    return path.replace("/", ".") + ".npy"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ZooError(f"{path}: missing ({what})")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ZooError(f"{path}: truncated or not valid JSON ({err.msg} at line {err.lineno}, "
+                       f"column {err.colno}, file has {len(text)} characters)") from err
+    if not isinstance(data, dict):
+        raise ZooError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # round-trips exactly; nan / inf stay readable
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def _column_type(values: Sequence[Any]) -> str:
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return "bool"
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return "int"
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+        return "float"
+    return "str"
+
+
+def _parse_column(name: str, kind: str, texts: list[str], where: str) -> np.ndarray:
+    try:
+        if kind == "bool":
+            bad = [t for t in texts if t not in ("true", "false")]
+            if bad:
+                raise ValueError(f"not true/false: {bad[0]!r}")
+            return np.array([t == "true" for t in texts], bool)
+        if kind == "int":
+            return np.array([int(t) for t in texts], np.int64)
+        if kind == "float":
+            return np.array([float(t) for t in texts], np.float64)
+    except ValueError as err:
+        raise ZooError(f"{where}: column {name!r} should hold {kind} values ({err})") from err
+    return np.array(texts, dtype=str)
+
+
+def _rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format(row[c]) for c in columns])
+    return out.getvalue()
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise ZooError(f"{path}: missing")
+    with open(path, newline="") as f:
+        table = list(csv.reader(f))
+    if not table:
+        raise ZooError(f"{path}: empty (no header)")
+    header, body = table[0], table[1:]
+    for i, line in enumerate(body):
+        if len(line) != len(header):
+            raise ZooError(f"{path}: line {i + 2} has {len(line)} fields, header has {len(header)} "
+                           f"(truncated or damaged file)")
+    return header, body
+
+
+def _provenance() -> dict:
+    import jax
+
+    return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wsl_version": _wsl_version(), "jax_version": jax.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "command": " ".join(sys.argv)}
+
+
+def _wsl_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wsl")
+    except Exception:  # an uninstalled checkout has no metadata; the version is informative only
+        return "unknown"
+
+
+def _stable(manifest: Mapping) -> dict:
+    return {k: v for k, v in manifest.items() if k not in _VOLATILE}
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys = list(dict.fromkeys([*a, *b]))
+        return [d for k in keys for d in _diff_keys(a.get(k, "<absent>"), b.get(k, "<absent>"),
+                                                     f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _jsonable(manifest: Mapping) -> dict:
+    return json.loads(json.dumps(manifest, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"manifest value {value!r} of type {type(value).__name__} is not JSON")
+
+
+# ------------------------------------------------------------------------------------- writing
+class ZooWriter:
+    """Writes a zoo shard by shard; reopening the same directory with the same manifest resumes.
+
+    `manifest` needs ``architecture`` ({name, config}) and ``weight_space`` (`WeightSpace.to_dict()`);
+    the writer adds ``schema_version``, ``generated`` (default false) and ``provenance``.
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any]):
+        self.path = Path(path)
+        for key in ("architecture", "weight_space"):
+            if key not in manifest:
+                raise ZooError(f"zoo manifest needs {key!r}; got keys {sorted(manifest)}")
+        manifest = _jsonable({"schema_version": SCHEMA_VERSION, "generated": False, **manifest})
+        self.weight_space = WeightSpace.from_dict(manifest["weight_space"])
+        existing = self.path / MANIFEST
+        if existing.exists():
+            old = _read_json(existing, "zoo manifest")
+            differ = _diff_keys(_stable(old), _stable(manifest))
+            if differ:
+                raise ZooError(f"{self.path} already holds a different zoo (manifest fields "
+                               f"{differ[:8]} differ); choose a new --out or delete it to rebuild")
+            self.manifest = old
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise ZooError(f"{self.path} exists, is not empty and has no {MANIFEST}; "
+                               f"refusing to write a zoo over it")
+            (self.path / SHARDS).mkdir(parents=True, exist_ok=True)
+            self.manifest = {**manifest, "provenance": {**_provenance(),
+                                                        **manifest.get("provenance", {})}}
+            self.manifest.pop("complete", None)
+            _write_text_atomic(existing, json.dumps(self.manifest, indent=2) + "\n")
+        (self.path / SHARDS).mkdir(exist_ok=True)
+
+    def shard_dir(self, index: int) -> Path:
+        return self.path / SHARDS / f"{int(index):05d}"
+
+    def done_shards(self) -> list[int]:
+        """Indices of shards already written completely (their rename happened)."""
+        done = []
+        for entry in sorted((self.path / SHARDS).iterdir()):
+            if entry.name.isdigit() and (entry / SHARD_INFO).is_file():
+                done.append(int(entry.name))
+        return done
+
+    def write_shard(self, index: int, params: Mapping, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write one shard atomically: `params` has a leading row axis matching `rows`."""
+        rows = list(rows)
+        lead = self.weight_space.batch_shape(params)
+        if len(lead) != 1 or lead[0] != len(rows):
+            raise ZooError(f"shard {index}: params have leading axes {lead} but {len(rows)} metric "
+                           f"rows were given; expected one leading row axis of {len(rows)}")
+        if not rows:
+            raise ZooError(f"shard {index}: no rows")
+        columns = list(rows[0])
+        for i, row in enumerate(rows):
+            if list(row) != columns:
+                raise ZooError(f"shard {index}: row {i} has columns {list(row)}, row 0 has {columns}")
+        for need in ("model", "epoch"):
+            if need not in columns:
+                raise ZooError(f"shard {index}: metric rows need a {need!r} column; got {columns}")
+        final = self.shard_dir(index)
+        if final.exists():
+            raise ZooError(f"{final}: shard {index} is already written")
+        tmp = self.path / SHARDS / f".tmp-{int(index):05d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files = {}
+        for t in self.weight_space.tensors:
+            name = tensor_filename(t.path)
+            array = np.ascontiguousarray(np.asarray(self.weight_space.as_flat_dict(params)[t.path]))
+            np.save(tmp / name, array)
+            files[name] = {"sha256": sha256_file(tmp / name), "shape": list(array.shape),
+                           "dtype": str(array.dtype)}
+        (tmp / SHARD_ROWS).write_text(_rows_to_csv(rows, columns))
+        files[SHARD_ROWS] = {"sha256": sha256_file(tmp / SHARD_ROWS)}
+        types = {c: _column_type([r[c] for r in rows]) for c in columns}
+        info = {"index": int(index), "rows": len(rows), "columns": types, "files": files}
+        (tmp / SHARD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        os.replace(tmp, final)
+
+    def verify_shard(self, index: int) -> None:
+        """Re-check a finished shard's checksums (a resumed build trusts nothing it did not check)."""
+        folder = self.shard_dir(index)
+        info = _read_json(folder / SHARD_INFO, f"shard {index} description")
+        for name, meta in info["files"].items():
+            _check_file(folder / name, meta["sha256"])
+
+    def finalize(self, expected_shards: int | None = None) -> dict:
+        """Join every shard's rows into metrics.csv and record the shards in the manifest."""
+        done = self.done_shards()
+        if expected_shards is not None and done != list(range(expected_shards)):
+            missing = sorted(set(range(expected_shards)) - set(done))
+            raise ZooError(f"{self.path}: cannot finalize, shards {missing[:10]} are not written")
+        if not done:
+            raise ZooError(f"{self.path}: cannot finalize a zoo with no shards")
+        all_rows, shards, types, columns = [], [], {}, None
+        for index in done:
+            folder = self.shard_dir(index)
+            info = _read_json(folder / SHARD_INFO, f"shard {index} description")
+            _check_file(folder / SHARD_ROWS, info["files"][SHARD_ROWS]["sha256"])
+            header, body = _read_csv(folder / SHARD_ROWS)
+            if columns is None:
+                columns = header
+            elif header != columns:
+                raise ZooError(f"{folder / SHARD_ROWS}: columns {header} differ from shard "
+                               f"{done[0]}'s {columns}")
+            for c, kind in info["columns"].items():
+                # A column that is int in one shard and float in another is float overall.
+                types[c] = kind if types.get(c, kind) == kind else (
+                    "float" if {kind, types[c]} <= {"int", "float"} else "str")
+            all_rows.extend(body)
+            shards.append({"name": f"{SHARDS}/{index:05d}", "rows": int(info["rows"]),
+                           "files": info["files"]})
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(all_rows)
+        _write_text_atomic(self.path / METRICS, out.getvalue())
+        given = self.manifest.get("columns") or {}
+        self.manifest.update({
+            "columns": {c: given.get(c, STANDARD_COLUMNS.get(c, "")) for c in columns},
+            "column_types": types, "num_rows": len(all_rows), "shards": shards,
+            "metrics_sha256": sha256_file(self.path / METRICS), "complete": True})
+        _write_text_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        return self.manifest
+
+
+def write_zoo(path: str | os.PathLike, manifest: Mapping[str, Any], params: Mapping,
+              rows: Sequence[Mapping[str, Any]], rows_per_shard: int | None = None) -> Zoo:
+    """Write a whole (small) zoo at once, e.g. a generated population; returns it opened."""
+    writer = ZooWriter(path, manifest)
+    rows = list(rows)
+    step = rows_per_shard or max(len(rows), 1)
+    for index, start in enumerate(range(0, len(rows), step)):
+        if index in writer.done_shards():
+            continue
+        part = {p: np.asarray(a)[start:start + step]
+                for p, a in writer.weight_space.as_flat_dict(params).items()}
+        writer.write_shard(index, _nest(part), rows[start:start + step])
+    writer.finalize(-(-len(rows) // step))
+    return Zoo.open(path)
+
+
+def _check_file(path: Path, sha: str) -> None:
+    if not path.is_file():
+        raise ZooError(f"{path}: missing file of a finished shard")
+    actual = sha256_file(path)
+    if actual != sha:
+        raise ZooError(f"{path}: checksum mismatch (sha256 {actual[:12]}…, expected {sha[:12]}…); "
+                       f"the file is damaged — rebuild this shard (delete its folder and resume "
+                       f"the build) or restore it")
+
+
+# ------------------------------------------------------------------------------------- reading
+class _Storage:
+    """What every view of one zoo shares: shard offsets and the lazily opened, verified arrays."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.shards = manifest["shards"]
+        self.starts = np.cumsum([0] + [s["rows"] for s in self.shards])
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+
+    def array(self, shard: int, tensor: str) -> np.ndarray:
+        key = (shard, tensor)
+        if key not in self._arrays:
+            meta = self.shards[shard]
+            name = tensor_filename(tensor)
+            file = self.path / meta["name"] / name
+            if name not in meta["files"]:
+                raise ZooError(f"{self.path / MANIFEST}: shard {meta['name']} lists no {name}")
+            _check_file(file, meta["files"][name]["sha256"])
+            try:
+                array = np.load(file, mmap_mode="r")
+            except ValueError as err:
+                raise ZooError(f"{file}: not a readable .npy file ({err})") from err
+            expected = tuple(meta["files"][name]["shape"])
+            if array.shape != expected:
+                raise ZooError(f"{file}: shape {array.shape}, manifest says {expected}")
+            self._arrays[key] = array
+        return self._arrays[key]
+
+    def gather(self, tensor: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (global indices) of one tensor, in the order given."""
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        first = self.array(int(shard[0]), tensor) if len(rows) else None
+        out = np.empty((len(rows),) + (first.shape[1:] if first is not None else ()),
+                       first.dtype if first is not None else np.float32)
+        for s in np.unique(shard):
+            pick = shard == s
+            out[pick] = self.array(int(s), tensor)[rows[pick] - self.starts[s]]
+        return out
+
+
+class Zoo:
+    """A view on the rows of a zoo directory; `Zoo.open(path)` gives all rows.
+
+    Numpy in, numpy out. Row indices passed to `params`, `weights`, `flat` and yielded by
+    `batches` are positions in this view (0..len-1); `global_rows` maps them to metrics.csv lines.
+    """
+
+    def __init__(self, path: Path, manifest: dict, table: dict[str, np.ndarray],
+                 storage: _Storage, rows: np.ndarray):
+        self.path, self.manifest, self._table, self._storage = path, manifest, table, storage
+        self.global_rows = np.asarray(rows, np.int64)
+        self._weight_space = None
+        self._architecture = None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Zoo:
+        path = Path(path)
+        if not path.is_dir():
+            raise ZooError(f"{path}: no such zoo directory")
+        manifest = _read_json(path / MANIFEST, "zoo manifest")
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ZooError(f"{path / MANIFEST}: schema_version {version!r}; this wsl reads "
+                           f"{SCHEMA_VERSION}")
+        if not manifest.get("complete"):
+            raise ZooError(f"{path}: the zoo is not finished (no shards recorded in {MANIFEST}); "
+                           f"resume the build that writes it")
+        for key in ("shards", "columns", "column_types", "weight_space", "architecture",
+                    "metrics_sha256"):
+            if key not in manifest:
+                raise ZooError(f"{path / MANIFEST}: missing field {key!r}")
+        _check_file(path / METRICS, manifest["metrics_sha256"])
+        header, body = _read_csv(path / METRICS)
+        types = manifest["column_types"]
+        if header != list(manifest["columns"]):
+            raise ZooError(f"{path / METRICS}: header {header} differs from the manifest's columns "
+                           f"{list(manifest['columns'])}")
+        if len(body) != manifest.get("num_rows", len(body)):
+            raise ZooError(f"{path / METRICS}: {len(body)} rows, manifest says "
+                           f"{manifest['num_rows']}")
+        table = {c: _parse_column(c, types.get(c, "str"), [line[j] for line in body],
+                                  str(path / METRICS)) for j, c in enumerate(header)}
+        storage = _Storage(path, manifest)
+        if storage.starts[-1] != len(body):
+            raise ZooError(f"{path / MANIFEST}: shards hold {storage.starts[-1]} rows but "
+                           f"{METRICS} has {len(body)}")
+        return cls(path, manifest, table, storage, np.arange(len(body)))
+
+    def _view(self, rows: np.ndarray) -> Zoo:
+        view = Zoo(self.path, self.manifest, self._table, self._storage, rows)
+        view._weight_space, view._architecture = self._weight_space, self._architecture
+        return view
+
+    # ------------------------------------------------------------------ description
+    def __len__(self) -> int:
+        return len(self.global_rows)
+
+    def __repr__(self) -> str:
+        arch = self.manifest["architecture"]["name"]
+        return (f"Zoo({str(self.path)!r}, {arch}, {len(self)} rows, "
+                f"{len(np.unique(self.metrics['model']))} models)")
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.manifest["columns"])
+
+    @property
+    def weight_space(self) -> WeightSpace:
+        if self._weight_space is None:
+            self._weight_space = WeightSpace.from_dict(self.manifest["weight_space"])
+        return self._weight_space
+
+    @property
+    def architecture(self):
+        """The `Architecture` rebuilt from the manifest (`zoos.architectures.build`)."""
+        if self._architecture is None:
+            from zoos.architectures import build
+
+            arch = self.manifest["architecture"]
+            self._architecture = build(arch["name"], **arch.get("config", {}))
+            if self._architecture.weight_space.to_dict() != self.weight_space.to_dict():
+                raise ZooError(f"{self.path / MANIFEST}: the weight space recorded differs from "
+                               f"the one architecture {arch['name']!r} builds with its config")
+        return self._architecture
+
+    def architecture_of(self, i: int):
+        """The architecture of row `i`: `architecture` with the row's own activation, if it varies."""
+        arch = self.architecture
+        act = self.metrics.get("activation")
+        if act is None or str(act[i]) == arch.config.get("activation", str(act[i])):
+            return arch
+        from zoos.architectures import build
+
+        return build(arch.name, **{**arch.config, "activation": str(act[i])})
+
+    @property
+    def metrics(self) -> dict[str, np.ndarray]:
+        return {c: v[self.global_rows] for c, v in self._table.items()}
+
+    @property
+    def model_ids(self) -> np.ndarray:
+        """The distinct model ids in this view, sorted."""
+        return np.unique(self._table["model"][self.global_rows])
+
+    # ------------------------------------------------------------------ selecting rows
+    def filter(self, epoch: int | Sequence[int] | str | None = None,
+               where: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> Zoo:
+        """Rows at `epoch` (an int, a list, or ``"last"`` = each model's last checkpoint) and `where`."""
+        keep = np.ones(len(self), bool)
+        metrics = self.metrics
+        if epoch is not None:
+            epochs, models = metrics["epoch"], metrics["model"]
+            if isinstance(epoch, str):
+                if epoch != "last":
+                    raise ZooError(f"epoch must be an int, a list of ints or 'last', got {epoch!r}")
+                last = {}
+                for m, e in zip(models, epochs):
+                    last[m] = max(last.get(m, e), e)
+                keep &= np.array([e == last[m] for m, e in zip(models, epochs)], bool)
+            else:
+                keep &= np.isin(epochs, np.atleast_1d(np.asarray(epoch)))
+        if where is not None:
+            mask = np.asarray(where(metrics))
+            if mask.shape != (len(self),) or mask.dtype != bool:
+                raise ZooError(f"where= must return a boolean mask of shape ({len(self)},), "
+                               f"got {mask.dtype} {mask.shape}")
+            keep &= mask
+        return self._view(self.global_rows[keep])
+
+    def split_by_model(self, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                       seed: int = 0) -> tuple[Zoo, ...]:
+        """Disjoint views whose models (never single rows) are split in `fractions`, shuffled by seed."""
+        fractions = np.asarray(fractions, np.float64)
+        if fractions.ndim != 1 or not len(fractions) or (fractions < 0).any() or \
+                abs(fractions.sum() - 1.0) > 1e-6:
+            raise ZooError(f"fractions must be non-negative and sum to 1, got {fractions.tolist()}")
+        models = np.random.default_rng(seed).permutation(self.model_ids)
+        bounds = np.round(np.cumsum(fractions) * len(models)).astype(int)
+        parts, start = [], 0
+        mine = self._table["model"][self.global_rows]
+        for end in bounds:
+            parts.append(self._view(self.global_rows[np.isin(mine, models[start:end])]))
+            start = end
+        return tuple(parts)
+
+    # ------------------------------------------------------------------ weights
+    def _rows(self, rows) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows, np.int64)) if rows is not None else np.arange(len(self))
+        if rows.ndim != 1 or (len(rows) and (rows.min() < -len(self) or rows.max() >= len(self))):
+            raise IndexError(f"row indices must be in [0, {len(self)}), got {rows.tolist()[:8]}")
+        return self.global_rows[rows % max(len(self), 1)]
+
+    def weights(self, rows) -> dict:
+        """The params of `rows` stacked on a leading row axis (numpy)."""
+        rows = self._rows(rows)
+        return _nest({t.path: self._storage.gather(t.path, rows) for t in self.weight_space.tensors})
+
+    def params(self, i: int) -> dict:
+        """The params pytree of row `i` (numpy)."""
+        return _first(self.weights([int(i)]))
+
+    def flat(self, rows=None) -> np.ndarray:
+        """(rows, num_params) in the weight space's flatten order."""
+        rows = self._rows(rows)
+        parts = [self._storage.gather(t.path, rows).reshape(len(rows), -1)
+                 for t in self.weight_space.tensors]
+        return np.concatenate(parts, axis=1)
+
+    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, flat: bool = False,
+                sharding=None, columns: Sequence[str] | None = None,
+                drop_last: bool = False) -> Iterator[dict]:
+        """Yield {"params" or "flat", "rows", **columns} over this view, one pass.
+
+        `columns` defaults to every metric column. With a `jax.sharding.Sharding`, weights and
+        numeric columns come as jax arrays placed with it (their leading axis must then divide
+        over its devices: use a fitting `batch_size` and `drop_last=True`).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        columns = self.columns if columns is None else list(columns)
+        unknown = [c for c in columns if c not in self._table]
+        if unknown:
+            raise ZooError(f"unknown metric columns {unknown}; columns are {self.columns}")
+        order = (np.random.default_rng(seed).permutation(len(self)) if shuffle
+                 else np.arange(len(self)))
+        metrics = self.metrics
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            if drop_last and len(rows) < batch_size:
+                break
+            batch: dict[str, Any] = {"flat": self.flat(rows)} if flat else {"params": self.weights(rows)}
+            batch["rows"] = rows
+            batch.update({c: metrics[c][rows] for c in columns})
+            if sharding is not None:
+                batch = _place(batch, sharding, columns)
+            yield batch
+
+    # ------------------------------------------------------------------ export
+    def export(self, i: int, path: str | os.PathLike, format: str = "safetensors",
+               torch_layout: bool = False) -> Path:
+        """Write row `i`'s params to one .safetensors or .npz file (PyTorch names/layouts optional)."""
+        params = self.weight_space.as_flat_dict(self.params(i))
+        if torch_layout:
+            params = to_torch_layout(self.manifest["architecture"]["name"], self.weight_space, params)
+        else:
+            params = {p: np.ascontiguousarray(a) for p, a in params.items()}
+        path = Path(path)
+        if format == "safetensors":
+            from safetensors.numpy import save_file
+
+            meta = {"architecture": json.dumps(self.manifest["architecture"]),
+                    "row": json.dumps({c: _format(v[i]) for c, v in self.metrics.items()}),
+                    "layout": "torch" if torch_layout else "jax"}
+            save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(path), meta)
+        elif format == "npz":
+            with open(path, "wb") as f:
+                np.savez(f, **params)
+        else:
+            raise ZooError(f"unknown export format {format!r}; choose safetensors or npz")
+        return path
+
+
+def _first(tree):
+    return {k: (_first(v) if isinstance(v, Mapping) else np.asarray(v[0])) for k, v in tree.items()}
+
+
+def _place(batch: dict, sharding, columns: Sequence[str]) -> dict:
+    import jax
+
+    devices = len(sharding.device_set)
+    size = len(batch["rows"])
+    if size % devices:
+        raise ZooError(f"a batch of {size} rows does not divide over the sharding's {devices} "
+                       f"devices; pick batch_size divisible by {devices} and drop_last=True")
+    out = dict(batch)
+    key = "flat" if "flat" in batch else "params"
+    out[key] = jax.device_put(batch[key], sharding)
+    for c in columns:
+        if batch[c].dtype.kind in "biuf":
+            out[c] = jax.device_put(batch[c], sharding)
+    return out
+
+
+def open_zoo(path: str | os.PathLike) -> Zoo:
+    return Zoo.open(path)
+
+
+# ------------------------------------------------------------------------------- torch layout
+_TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
+
+
+def to_torch_layout(architecture: str, space: WeightSpace, params: Mapping[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+    """PyTorch names (``conv_0.weight``) and layouts: conv OIHW; dense (out, in), with a dense
+    layer over a feature map (cnn_s ``dense_0``: (H, W, C, out)) flattened in NCHW order (C, H, W)."""
+    if architecture not in _TORCH_LAYOUT_ARCHS:
+        raise ZooError(f"torch layout is defined for {list(_TORCH_LAYOUT_ARCHS)}, not "
+                       f"{architecture!r}; export without --torch-layout")
+    out = {}
+    for t in space.tensors:
+        module, leaf = t.path.rsplit("/", 1)
+        array = np.asarray(params[t.path])
+        name = f"{module.replace('/', '.')}.{'weight' if leaf == 'kernel' else leaf}"
+        if leaf == "kernel" and module.startswith("conv"):
+            array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        elif leaf == "kernel" and array.ndim == 2:
+            array = array.T
+        elif leaf == "kernel" and array.ndim == 4:
+            # Dense over an (H, W, C) map; torch flattens NCHW, so inputs go (C, H, W).
+            array = array.transpose(3, 2, 0, 1).reshape(array.shape[3], -1)
+        elif leaf == "kernel":
+            raise ZooError(f"no torch layout for kernel {t.path!r} of shape {array.shape}")
+        out[name] = np.ascontiguousarray(array)
+    return out
