@@ -29,7 +29,7 @@ def test_wrong_shape_and_missing_key_are_named():
         from_torch_state(arch.weight_space, state)
 
 
-def test_cnn_s_logits_match_torch():
+def test_cnn_s_logits_match_torch(tmp_path):
     torch = pytest.importorskip("torch", reason="torch extra not installed")
     nn = torch.nn
 
@@ -46,11 +46,15 @@ def test_cnn_s_logits_match_torch():
             x = torch.tanh(self.conv_2(x)).flatten(1)
             return self.dense_1(torch.tanh(self.dense_0(x)))
 
+    from safetensors.numpy import load_file
+
+    from zoos.model_files import save_model
+
     arch = build("cnn_s")
     params = arch.init(jax.random.key(3))
+    path = save_model(tmp_path / "cnn_s.safetensors", arch.weight_space, params, torch_layout=True)
     net = CNNs()
-    net.load_state_dict({k: torch.from_numpy(np.array(v))
-                         for k, v in to_torch_state(arch.weight_space, params).items()})
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in load_file(str(path)).items()})
     x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype(np.float32)
     ours = np.asarray(arch.apply(params, x))
     theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
