@@ -1,7 +1,8 @@
 """`wsl gen`: train a weight generator on a zoo, sample networks into a zoo, evaluate them.
 
     wsl gen train --zoo Z --out G [--method flow|ddpm|latent-ddpm] [--min-acc A] [key=value ...]
-    wsl gen sample G -n 100 --out S [--seed 0] [--sampler rk4] [--steps 50]
+    wsl gen sample G -n 100 --out S [--seed 0] [--sampler heun] [--steps 20]
+                   [--cond-scalar 0.9|q90] [--guidance 2]
     wsl gen eval S --generator G
 
 ``key=value`` words set fields of the generator config (``hidden=256 backbone=transformer``) or,
@@ -22,6 +23,13 @@ from wsl.config import ConfigError, override
 
 DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
                             checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
+
+
+def _scalar(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a quantile name, checked against the generator's statistics
 
 
 def _split_overrides(words):
@@ -65,7 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--cond-class", default=None)
-    p.add_argument("--cond-scalar", type=float, default=None)
+    p.add_argument("--cond-scalar", type=_scalar, default=None,
+                   help="target of the scalar condition: a value (0.93) or a quantile of the "
+                        "training population's values (q50, q90, q100)")
     p.add_argument("--no-eval", action="store_true", help="skip the comparison with training")
     p = sub.add_parser("eval", help="compare a generated zoo with its generator's training zoo")
     p.add_argument("zoo", type=Path)
@@ -94,7 +104,8 @@ def main(argv=None) -> int:
                                       sampler=args.sampler, steps=args.steps,
                                       guidance=args.guidance, cond_class=args.cond_class,
                                       cond_scalar=args.cond_scalar)
-            print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s into {args.out}")
+            print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
+                  f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
             if not args.no_eval:
                 _report(zoo, args.generator, args.out, args.seed)
         else:

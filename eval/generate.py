@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
+from models.flow import SAMPLERS as FLOW_SAMPLERS
 from models.normalize import TensorNormalizer
 from models.weight_generator import (AutoencoderTask, GeneratorConfig, GeneratorTask,
                                      make_autoencoder, make_generator)
@@ -67,8 +69,9 @@ class Selection:
     activation: str | None
     class_names: list[str]
     cond_class: np.ndarray | None
-    cond_scalar: np.ndarray | None
+    cond_scalar: np.ndarray | None  # standardised by `scalar_stats`
     align_seconds: float
+    scalar_stats: dict | None = None  # mean, std and quantiles of the raw scalar condition
 
 
 def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None = None,
@@ -121,9 +124,21 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
         if config.condition_scalar not in metrics:
             raise GenerateError(f"condition_scalar {config.condition_scalar!r} is not a zoo "
                                 f"column; columns: {view.columns}")
-        cond_scalar = np.asarray(metrics[config.condition_scalar], np.float32)
+        raw = np.asarray(metrics[config.condition_scalar], np.float64)
+        if not np.isfinite(raw).all():
+            raise GenerateError(f"condition_scalar {config.condition_scalar!r} has "
+                                f"{int((~np.isfinite(raw)).sum())} non-finite values among the "
+                                f"selected models")
+        # Standardised, so the embedding sees the spread of the zoo, not raw values that all
+        # sit within a few points of each other.
+        scalar_stats = {"column": config.condition_scalar, "mean": float(raw.mean()),
+                        "std": float(max(raw.std(), 1e-8)),
+                        **{f"q{q}": float(np.percentile(raw, q)) for q in (10, 50, 90, 100)}}
+        cond_scalar = ((raw - scalar_stats["mean"]) / scalar_stats["std"]).astype(np.float32)
+    else:
+        scalar_stats = None
     return Selection(view, flat, x, normalizer, activation, class_names, cond_class, cond_scalar,
-                     align_seconds)
+                     align_seconds, scalar_stats)
 
 
 def _batch_data(x, cond_class, cond_scalar) -> dict:
@@ -133,6 +148,20 @@ def _batch_data(x, cond_class, cond_scalar) -> dict:
     if cond_scalar is not None:
         data["cond_scalar"] = cond_scalar
     return data
+
+
+def _fit_batch(config: TrainConfig, rows: int) -> int:
+    """The configured batch size, cut to the number of rows for a small zoo (every model in every
+    batch) and kept a multiple of the mesh's device count."""
+    from train.shardings import mesh_from_config
+
+    devices = mesh_from_config(config.mesh).devices.size
+    size = min(config.batch_size, rows)
+    size -= size % devices
+    if size < 1:
+        raise GenerateError(f"{rows} selected models cannot fill one batch on {devices} devices; "
+                            f"select more models or use fewer devices (mesh.data)")
+    return size
 
 
 def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConfig,
@@ -156,7 +185,7 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     if config.method == "latent-ddpm":
         ae = make_autoencoder(config, data.shape[1])
         ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0,
-                                     batch_size=min(train_config.batch_size, len(data)))
+                                     batch_size=_fit_batch(train_config, len(data)))
         ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder")
         ae_params = jax.device_get(ae_run.params)
         z = np.asarray(ae.encode(ae_params, jnp.asarray(data)))
@@ -172,11 +201,11 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
                       "align": align, "activation": selection.activation,
                       "num_models": len(selection.zoo), "align_seconds": selection.align_seconds},
         "class_names": selection.class_names, "latent": latent,
+        "scalar": selection.scalar_stats,
     }
     (out / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     space = selection.zoo.weight_space
-    if train_config.batch_size > len(data):  # a small zoo: every model in every batch
-        train_config = dataclasses.replace(train_config, batch_size=len(data))
+    train_config = dataclasses.replace(train_config, batch_size=_fit_batch(train_config, len(data)))
     generator = make_generator(config, data.shape[1], space if latent is None else None,
                                len(selection.class_names))
     train(GeneratorTask(generator), train_config,
@@ -196,6 +225,8 @@ class TrainedGenerator:
     params: Any
     autoencoder: Any = None
     ae_params: Any = None
+    compile_seconds: float = 0.0
+    _programs: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainedGenerator:
@@ -234,57 +265,145 @@ class TrainedGenerator:
             raise GenerateError(f"class {name!r} is not one this generator was conditioned on: {names}")
         return names.index(name)
 
+    def scalar_target(self, value: float | str) -> float:
+        """A raw scalar condition (e.g. 0.93) or a quantile of the training population's values
+        (``"q90"``, also q10, q50, q100), as the standardised value the generator was trained on."""
+        stats = self.meta.get("scalar")
+        if not stats:
+            raise GenerateError(f"{self.directory}: this generator has no scalar condition; "
+                                f"train one with condition_scalar=COLUMN")
+        if isinstance(value, str):
+            if value not in stats:
+                keys = sorted(k for k in stats if k.startswith("q"))
+                raise GenerateError(f"cond_scalar {value!r}: give a number or one of {keys}")
+            value = stats[value]
+        return (float(value) - stats["mean"]) / stats["std"]
+
+    def _program(self, n: int, method: str, steps: int, guidance: float, with_class: bool,
+                 with_scalar: bool):
+        """The compiled sampler for one chunk shape and setting, with its compile time."""
+        key = (n, method, steps, guidance, with_class, with_scalar)
+        if key not in self._programs:
+            generator, decode = self.generator, self.autoencoder is not None
+            latent = self.meta.get("latent")
+            mean, std = jnp.asarray(self.normalizer.mean), jnp.asarray(self.normalizer.std)
+
+            def run(params, ae_params, rng, cls, sca):
+                z = generator.sample(params, rng, n, steps=steps, method=method, cond_class=cls,
+                                     cond_scalar=sca, guidance=guidance)
+                if decode:
+                    z = z * jnp.asarray(latent["std"]) + jnp.asarray(latent["mean"])
+                    z = self.autoencoder.decode(ae_params, z)
+                return z * std + mean
+
+            args = (self.params, self.ae_params, jax.random.key(0),
+                    jnp.zeros((n,), jnp.int32) if with_class else None,
+                    jnp.zeros((n,), jnp.float32) if with_scalar else None)
+            start = time.perf_counter()
+            compiled = jax.jit(run).lower(*args).compile()
+            self._programs[key] = compiled
+            self.compile_seconds += time.perf_counter() - start
+        return self._programs[key]
+
+    def _settings(self, sampler, steps, guidance, cond_class, cond_scalar):
+        cfg = self.config
+        allowed = FLOW_SAMPLERS if cfg.method == "flow" else DIFFUSION_SAMPLERS
+        if sampler is not None and sampler not in allowed:
+            raise GenerateError(f"sampler {sampler!r} does not fit a {cfg.method} generator; "
+                                f"choose from {allowed}")
+        if steps is not None and steps < 1:
+            raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
+        return (sampler or cfg.default_sampler, steps or cfg.sample_steps,
+                float(cfg.guidance if guidance is None else guidance),
+                None if cond_class is None else self.class_id(cond_class),
+                None if cond_scalar is None else self.scalar_target(cond_scalar))
+
+    def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
+                guidance: float | None = None, cond_class: str | None = None,
+                cond_scalar: float | str | None = None, chunk: int = 1000) -> float:
+        """Compile what `sample` with these arguments will run; returns the seconds it took."""
+        method, steps, guidance, cls, sca = self._settings(sampler, steps, guidance, cond_class,
+                                                           cond_scalar)
+        before = self.compile_seconds
+        for n in {min(chunk, num - start) for start in range(0, num, chunk)}:
+            self._program(n, method, steps, guidance, cls is not None, sca is not None)
+        return self.compile_seconds - before
+
     def sample(self, num: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None,
-               cond_class: str | None = None, cond_scalar: float | None = None,
+               cond_class: str | None = None, cond_scalar: float | str | None = None,
                chunk: int = 1000) -> np.ndarray:
-        """`num` raw weight vectors (denormalised), deterministic for a seed."""
-        cfg = self.config
-        method = sampler or cfg.default_sampler
-        steps = steps or cfg.sample_steps
-        guidance = cfg.guidance if guidance is None else guidance
+        """`num` raw weight vectors (denormalised), deterministic for a seed.
+
+        Compiled once per chunk size and setting (`compile_seconds` adds up the compile time).
+        `cond_scalar` is a raw value or a training-population quantile such as ``"q90"``.
+        """
+        if num < 1:
+            raise GenerateError(f"number of samples must be ≥ 1, got {num}")
+        method, steps, guidance, cls_value, sca_value = self._settings(
+            sampler, steps, guidance, cond_class, cond_scalar)
         out = []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
+            program = self._program(n, method, steps, guidance, cls_value is not None,
+                                    sca_value is not None)
             key = jax.random.fold_in(jax.random.key(seed), start)
-            cls = None if cond_class is None else jnp.full((n,), self.class_id(cond_class), jnp.int32)
-            sca = None if cond_scalar is None else jnp.full((n,), cond_scalar, jnp.float32)
-            z = _sample_jit(self.generator, self.params, key, n, method, steps, guidance, cls, sca)
-            if self.autoencoder is not None:
-                lat = self.meta["latent"]
-                z = z * jnp.asarray(lat["std"]) + jnp.asarray(lat["mean"])
-                z = self.autoencoder.decode(self.ae_params, z)
-            out.append(np.asarray(self.normalizer.denormalize(np.asarray(z))))
+            cls = None if cls_value is None else jnp.full((n,), cls_value, jnp.int32)
+            sca = None if sca_value is None else jnp.full((n,), sca_value, jnp.float32)
+            out.append(np.asarray(program(self.params, self.ae_params, key, cls, sca)))
         return np.concatenate(out).astype(np.float32)
 
 
-def _sample_jit(generator, params, key, n, method, steps, guidance, cls, sca):
-    fn = jax.jit(lambda p, k, c, s: generator.sample(p, k, n, steps=steps, method=method,
-                                                     cond_class=c, cond_scalar=s,
-                                                     guidance=guidance))
-    return fn(params, key, cls, sca)
+_SPLIT_STATS: dict[int, tuple[Any, Any]] = {}
 
 
-def evaluate_population(arch, flat: np.ndarray, dataset, batch: int = 4096) -> dict[str, np.ndarray]:
-    """Loss and accuracy of every network on every split (rows of a zoo metrics table)."""
-    space = arch.weight_space
+def _split_stats(arch):
+    """Compiled (summed NLL, correct count, per model) of a population on one padded data chunk."""
+    entry = _SPLIT_STATS.get(id(arch))
+    if entry is None or entry[0] is not arch:
+        space = arch.weight_space
 
-    @jax.jit
-    def stats(vectors, x, y):
-        logits = jax.vmap(lambda v: arch.apply(space.unflatten(v), x))(vectors)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
-        return nll.sum(1), (jnp.argmax(logits, -1) == y[None]).sum(1)
+        @jax.jit
+        def stats(vectors, x, y, valid):
+            logits = jax.vmap(lambda v: arch.apply(space.unflatten(v), x))(vectors)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
+            correct = jnp.argmax(logits, -1) == y[None]
+            return (nll * valid).sum(1), (correct * valid).sum(1)
 
+        if len(_SPLIT_STATS) >= 8:
+            _SPLIT_STATS.pop(next(iter(_SPLIT_STATS)))
+        entry = _SPLIT_STATS[id(arch)] = (arch, stats)
+    return entry[1]
+
+
+def evaluate_population(arch, flat: np.ndarray, dataset, batch: int = 2048,
+                        model_chunk: int = 256) -> dict[str, np.ndarray]:
+    """Loss and accuracy of every network on every split (rows of a zoo metrics table).
+
+    Models and examples go in fixed-size, padded chunks: one compilation, bounded memory.
+    """
+    stats = _split_stats(arch)
+    flat = np.asarray(flat, np.float32)
+    mc = min(model_chunk, len(flat))
     out = {}
-    vectors = jnp.asarray(flat, jnp.float32)
     for split in ("train", "val", "test"):
         x, y = dataset.split(split)
+        bc = max(min(batch, len(x)), 1)
         loss, correct = np.zeros(len(flat)), np.zeros(len(flat))
-        for i in range(0, len(x), batch):
-            l, c = stats(vectors, jnp.asarray(x[i:i + batch]), jnp.asarray(y[i:i + batch]))
-            loss += np.asarray(l)
-            correct += np.asarray(c)
+        for m in range(0, len(flat), mc):
+            vectors = flat[m:m + mc]
+            padded = jnp.asarray(np.concatenate([vectors, np.zeros((mc - len(vectors),
+                                                                    flat.shape[1]), np.float32)]))
+            for i in range(0, len(x), bc):
+                xb, yb = x[i:i + bc], y[i:i + bc]
+                pad = bc - len(xb)
+                valid = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
+                xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+                yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+                l, c = stats(padded, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid))
+                loss[m:m + mc] += np.asarray(l)[:len(vectors)]
+                correct[m:m + mc] += np.asarray(c)[:len(vectors)]
         out[f"{split}_loss"] = loss / max(len(x), 1)
         out[f"{split}_acc"] = correct / max(len(x), 1)
     out["gap"] = out["train_acc"] - out["test_acc"]
@@ -293,12 +412,16 @@ def evaluate_population(arch, flat: np.ndarray, dataset, batch: int = 4096) -> d
 
 def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed: int = 0,
                   **sample_options) -> tuple[Zoo, dict]:
-    """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset."""
+    """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset.
+
+    Returns the zoo and timings: ``compile_seconds`` (compiling the sampler) and
+    ``sample_seconds`` (running it, excluding compilation).
+    """
     gen = TrainedGenerator.load(generator_dir)
     arch = gen.architecture
+    gen.compile(num, **sample_options)
     start = time.perf_counter()
     flat = gen.sample(num, seed=seed, **sample_options)
-    jax.block_until_ready(flat)
     sample_seconds = time.perf_counter() - start
     dataset = zoo_dataset(gen.meta)
     metrics = evaluate_population(arch, flat, dataset)
@@ -310,17 +433,26 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
         if arch.config.get("activation") is not None:
             row["activation"] = arch.config["activation"]
         rows.append(row)
+    cfg = gen.config
+    settings = {"sampler": sample_options.get("sampler") or cfg.default_sampler,
+                "steps": sample_options.get("steps") or cfg.sample_steps,
+                "guidance": cfg.guidance if sample_options.get("guidance") is None
+                else sample_options["guidance"],
+                "cond_class": sample_options.get("cond_class"),
+                "cond_scalar": sample_options.get("cond_scalar")}
     manifest = {
         "architecture": {"name": arch.name, "config": gen.meta["architecture"]["config"]},
         "weight_space": gen.meta["weight_space"], "dataset": gen.meta["dataset"],
         "generated": True,
         "recipe": {"name": "generated", "generator": str(Path(generator_dir).resolve()),
-                   "method": gen.config.method, "sampler": sample_options.get("sampler")
-                   or gen.config.default_sampler, "seed": seed, "num": num,
-                   "training_zoo": gen.meta["zoo"]},
+                   "method": cfg.method, "backbone": cfg.backbone, "prediction": cfg.prediction,
+                   **settings, "seed": seed, "num": num, "training_zoo": gen.meta["zoo"],
+                   "selection": {k: v for k, v in gen.meta["selection"].items() if k != "rows"},
+                   "generator_config": gen.meta["generator"]},
     }
     zoo = write_zoo(out, manifest, arch.weight_space.unflatten(flat), rows)
-    return zoo, {"sample_seconds": sample_seconds, "num": num}
+    return zoo, {"sample_seconds": sample_seconds, "compile_seconds": gen.compile_seconds,
+                 "num": num}
 
 
 def compare_with_training(generated: Zoo, generator_dir: str | Path, *, seed: int = 0,

@@ -1,4 +1,4 @@
-"""Registry of weight-space encoders, and the two pieces they all share: an MLP head and a normaliser.
+"""Registry of weight-space encoders, and what they all share: MLP head, normaliser, input check.
 
 `build_encoder(name, weight_space, **config)` returns a Flax module. Every encoder is called the
 same way, on a params pytree with a leading batch axis (a population slice)::
