@@ -313,7 +313,7 @@ class TrainedGenerator:
                                 f"choose from {allowed}")
         if steps is not None and steps < 1:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
-        return (sampler or cfg.default_sampler, steps or cfg.sample_steps,
+        return (sampler or cfg.default_sampler, steps or cfg.default_steps,
                 float(cfg.guidance if guidance is None else guidance),
                 None if cond_class is None else self.class_id(cond_class),
                 None if cond_scalar is None else self.scalar_target(cond_scalar))
@@ -435,7 +435,7 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
         rows.append(row)
     cfg = gen.config
     settings = {"sampler": sample_options.get("sampler") or cfg.default_sampler,
-                "steps": sample_options.get("steps") or cfg.sample_steps,
+                "steps": sample_options.get("steps") or cfg.default_steps,
                 "guidance": cfg.guidance if sample_options.get("guidance") is None
                 else sample_options["guidance"],
                 "cond_class": sample_options.get("cond_class"),

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, ProbeError, format_report, run_probe
-from wsl.config import ConfigError, _parse, override
+from wsl.config import ConfigError, parse_value, override
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         for word in args.overrides:
             if word.startswith("encoder."):
                 key, _, value = word.removeprefix("encoder.").partition("=")
-                encoder_config[key] = _parse(value)
+                encoder_config[key] = parse_value(value)
             else:
                 train_words.append(word)
         config = ProbeConfig(target=args.target, encoder=args.encoder, seeds=args.seeds,

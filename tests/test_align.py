@@ -16,7 +16,7 @@ from models.mixup import aligned_mixup
 from wsl import assignment
 from wsl.align import (activation_matching, align_zoo, group_orders, matching_objective,
                        weight_matching)
-from wsl.weight_space import TensorSpec, WeightSpace, WeightSpaceError, _nest
+from wsl.weight_space import TensorSpec, WeightSpace, WeightSpaceError, nest_paths
 from zoos.architectures import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _random_population(space, seed, num):
         else:
             value = rng.normal(size=(num,) + t.shape) * 0.1 + (t.path.endswith("scale"))
         out[t.path] = value.astype(np.float32)
-    return _nest(out)
+    return nest_paths(out)
 
 
 def _small_mlp(**config):

@@ -55,8 +55,8 @@ def test_wrong_permutation_changes_function(name, config):
     flat = arch.weight_space.as_flat_dict(params)
     broken = dict(flat)
     broken[first.path] = jnp.flip(flat[first.path], axis=-1)
-    from wsl.weight_space import _nest
-    diff = jnp.max(jnp.abs(arch.apply(params, x) - arch.apply(_nest(broken), x)))
+    from wsl.weight_space import nest_paths
+    diff = jnp.max(jnp.abs(arch.apply(params, x) - arch.apply(nest_paths(broken), x)))
     assert diff > 1e-4
 
 

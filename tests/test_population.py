@@ -1,5 +1,6 @@
 """The population trainer and recipes: learning, resume, device-count invariance, divergence, errors."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -120,6 +121,22 @@ def test_diverging_member_is_flagged_and_others_unaffected():
     np.testing.assert_allclose(np.asarray(arch.weight_space.flatten(calm.params))[healthy],
                                flat[healthy], rtol=1e-5, atol=1e-6)
     assert (calm.metrics["test_acc"][:, -1] > 0.5).all(), calm.metrics["test_acc"]
+
+
+def test_shared_initialisation_gives_every_model_the_same_start():
+    arch, data, hparams, settings = _small()
+    hparams["lr"] = [0.3, 0.1, 0.3, 0.1]
+    shared = train_population(arch, data, hparams, dataclasses.replace(settings, init_seeds=2),
+                              mesh=ONE_DEVICE)
+    start = np.asarray(arch.weight_space.flatten(shared.params))[:, 0]
+    # Model seeds are 0..3: with two shared draws, models 0 and 2 start alike, 1 and 3 too.
+    np.testing.assert_array_equal(start[0], start[2])
+    np.testing.assert_array_equal(start[1], start[3])
+    assert np.abs(start[0] - start[1]).max() > 1e-2
+    end = np.asarray(arch.weight_space.flatten(shared.params))[:, -1]
+    assert np.abs(end[0] - end[2]).max() > 1e-3  # different learning rates, different endpoints
+    with pytest.raises(PopulationError, match="init_seeds"):
+        dataclasses.replace(settings, init_seeds=-1)
 
 
 def test_matmul_conv_matches_flax_conv():

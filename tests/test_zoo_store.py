@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from wsl.sharding import make_mesh, leading_axis
+from wsl.weight_space import nest_paths
 from zoos import open_zoo
 from zoos.architectures import build
-from zoos.store import Zoo, ZooError, ZooWriter, to_torch_layout, write_zoo
+from zoos.store import Zoo, ZooError, ZooWriter, write_zoo
+from zoos.torch_layout import to_torch_state
 
 MODELS, EPOCHS = 6, (0, 2, 5)
 
@@ -193,12 +195,12 @@ def test_export_files_and_torch_layout(tmp_path, zoo_dir):
         zoo.export(4, tmp_path / "m.bin", "pickle")
 
 
-def test_torch_layout_of_cnn_s_computes_the_same_function():
+def test_torch_layout_of_cnn_s_computes_the_same_function(tmp_path):
     arch = build("cnn_s")
     rng = np.random.default_rng(0)
     params = {t.path: rng.standard_normal(t.shape).astype(np.float32)
               for t in arch.weight_space.tensors}
-    torch = to_torch_layout("cnn_s", arch.weight_space, params)
+    torch = to_torch_state(arch.weight_space, nest_paths(params))
     assert torch["dense_0.weight"].shape == (20, 36)
     assert torch["conv_1.weight"].shape == (6, 8, 5, 5)
     np.testing.assert_array_equal(torch["conv_1.weight"][2, 3, 1, 4], params["conv_1/kernel"][1, 4, 3, 2])
@@ -207,5 +209,10 @@ def test_torch_layout_of_cnn_s_computes_the_same_function():
     jax_out = np.einsum("hwc,hwco->o", feature, params["dense_0/kernel"])
     torch_out = torch["dense_0.weight"] @ feature.transpose(2, 0, 1).reshape(-1)
     np.testing.assert_allclose(torch_out, jax_out, rtol=1e-5, atol=1e-6)
+    transformer = build("transformer")
+    zoo = write_zoo(tmp_path / "t", {"architecture": {"name": "transformer", "config": {}},
+                                     "weight_space": transformer.weight_space.to_dict()},
+                    jax.tree.map(lambda a: np.asarray(a)[None], transformer.init(jax.random.key(0))),
+                    [{"model": 0, "epoch": 0}])
     with pytest.raises(ZooError, match="torch layout is defined for"):
-        to_torch_layout("transformer", arch.weight_space, params)
+        zoo.export(0, tmp_path / "t.safetensors", torch_layout=True)

@@ -84,7 +84,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _parse(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A CLI value: a Python/JSON literal where it parses as one, else the bare string."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
@@ -133,7 +133,7 @@ def _split(assignment: str) -> tuple[str, Any]:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {assignment!r} must look like key=value")
-    return key.strip(), _parse(text)
+    return key.strip(), parse_value(text)
 
 
 def to_dict(config) -> dict:

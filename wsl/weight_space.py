@@ -76,7 +76,8 @@ def _shape(leaf) -> tuple[int, ...]:
     return tuple(int(d) for d in (leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
 
 
-def _nest(flat: Mapping[str, Any]) -> dict:
+def nest_paths(flat: Mapping[str, Any]) -> dict:
+    """``{"a/b": x}`` -> ``{"a": {"b": x}}``: the params pytree of flat, slash-joined paths."""
     out: dict = {}
     for path, value in flat.items():
         node = out
@@ -312,17 +313,17 @@ class WeightSpace:
         for t in self.tensors:
             flat[t.path] = jnp.reshape(vector[..., start:start + t.size], lead + t.shape)
             start += t.size
-        return _nest(flat)
+        return nest_paths(flat)
 
     def map_tensors(self, fn, params: Params) -> dict:
         """Apply fn(spec, array) to every tensor; returns a nested dict in the same layout."""
-        return _nest({t.path: fn(t, _get(params, t.path)) for t in self.tensors})
+        return nest_paths({t.path: fn(t, _get(params, t.path)) for t in self.tensors})
 
     def as_flat_dict(self, params: Params) -> dict[str, Any]:
         return {t.path: _get(params, t.path) for t in self.tensors}
 
     def zeros(self, *lead: int, dtype=jnp.float32) -> dict:
-        return _nest({t.path: jnp.zeros(tuple(lead) + t.shape, dtype) for t in self.tensors})
+        return nest_paths({t.path: jnp.zeros(tuple(lead) + t.shape, dtype) for t in self.tensors})
 
     # ------------------------------------------------------------------ permutations
     def identity_permutation(self) -> dict[str, jax.Array]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsl.weight_space import WeightSpace, _nest
+from wsl.weight_space import WeightSpace, nest_paths
 from zoos.torch_layout import from_torch_state, to_torch_state
 
 FORMATS = ("safetensors", "npz", "msgpack", "torch")
@@ -55,7 +55,7 @@ def save_model(path: str | os.PathLike, space: WeightSpace, params, *, format: s
         from flax import serialization
 
         path.write_bytes(serialization.msgpack_serialize(
-            _nest(state) if not torch_layout else dict(state)))
+            nest_paths(state) if not torch_layout else dict(state)))
     else:
         from zoos.torch_pickle import write_torch_checkpoint
 
@@ -116,7 +116,7 @@ def load_model(path: str | os.PathLike, space: WeightSpace, *, format: str | Non
             if value.shape != t.shape:
                 raise ValueError(f"{path}: {t.path} has shape {value.shape}, expected {t.shape}")
             flat[t.path] = value
-        return _nest(flat)
+        return nest_paths(flat)
     try:
         return from_torch_state(space, state)
     except (KeyError, ValueError) as err:

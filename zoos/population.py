@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from wsl.sharding import axis_size, make_mesh, round_up
-from wsl.weight_space import _nest
+from wsl.weight_space import nest_paths
 from zoos.architectures import Architecture
 from zoos.datasets import Dataset
 
@@ -65,6 +65,10 @@ class TrainSettings:
     optimizer: str = "adam"
     seed: int = 0
     data_order: str = "shared"  # "shared": one batch order for all models; "per_model": own order
+    # 0: every model draws its own initial weights. k >= 1: initial weights come from k shared
+    # draws (model seed mod k), the "fixed seed" zoos of Schürholt et al.: members of one draw
+    # start in the same basin and differ only by hyperparameters and data.
+    init_seeds: int = 0
     eval_examples: int = 0  # examples of each split evaluated per checkpoint; 0 = all
     eval_batch: int = 500
 
@@ -73,6 +77,9 @@ class TrainSettings:
             raise PopulationError(f"unknown optimizer {self.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
         if self.data_order not in ("shared", "per_model"):
             raise PopulationError(f"data_order must be 'shared' or 'per_model', got {self.data_order!r}")
+        if self.init_seeds < 0:
+            raise PopulationError(f"init_seeds must be 0 (own init per model) or the number of "
+                                  f"shared initialisations, got {self.init_seeds}")
         if self.epochs < 0 or self.batch_size < 1:
             raise PopulationError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
         bad = [c for c in self.checkpoints if not 0 <= c <= self.epochs]
@@ -217,7 +224,7 @@ def init_population(arch: Architecture, seeds: Sequence[int], schemes: Sequence[
             elif leaf == "kernel":
                 fan_in = max(int(np.prod(t.shape[:-1])), 1)
                 out[t.path][m] = _draw_kernel(rng, str(scheme), t.shape, fan_in) * scale
-    return _nest(out)
+    return nest_paths(out)
 
 
 def _draw_kernel(rng: np.random.Generator, scheme: str, shape, fan_in: int) -> np.ndarray:
@@ -411,7 +418,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     programs = _programs(_arch_key(arch), settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
                          settings.eval_batch)
-    params = init_population(arch, seeds, schemes, floats["init_scale"], floats["bias_init"],
+    init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
+    params = init_population(arch, init_ids, schemes, floats["init_scale"], floats["bias_init"],
                              settings.seed)
     opt_state = jax.vmap(OPTIMIZERS[settings.optimizer]().init)(params)
     keys = lambda stream, impl=None: jax.random.wrap_key_data(
@@ -539,7 +547,7 @@ def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
                           "[{elapsed}<{remaining}, {rate_fmt}]")
     settings = dict(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
                     batch_size=recipe.batch_size, seed=recipe.seed, data_order=recipe.data_order,
-                    eval_examples=recipe.eval_examples)
+                    init_seeds=recipe.init_seeds, eval_examples=recipe.eval_examples)
     try:
         for shard in shards:
             if shard.index in done:

@@ -62,6 +62,7 @@ class Recipe:
     eval_examples: int = 0  # per split and checkpoint; 0 = whole split
     sampling: Literal["random", "grid"] = "random"
     data_order: Literal["shared", "per_model"] = "shared"
+    init_seeds: int = 0  # 0: own initial weights per model; k: k shared initialisations
     lr: tuple[float, ...] = (1e-3,)
     weight_decay: tuple[float, ...] = (0.0,)
     init_scale: tuple[float, ...] = (1.0,)
@@ -137,7 +138,7 @@ def _split_list(text: str) -> list[str]:
 
 def _normalise(assignments: Iterable[str]) -> dict[str, Any]:
     """Parse ``key=value``; lists of bare words (``activation=relu,tanh``) need no quotes."""
-    from wsl.config import _parse  # one literal syntax for the whole project
+    from wsl.config import parse_value  # one literal syntax for the whole project
 
     out = {}
     for text in assignments:
@@ -145,11 +146,11 @@ def _normalise(assignments: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise RecipeError(f"override {text!r} must look like key=value")
         key = key.strip()
-        parsed = _parse(value)
+        parsed = parse_value(value)
         if key in ("activation", "optimizer", "init") and isinstance(parsed, str):
             parsed = tuple(_split_list(parsed))
         elif key in HPARAMS + ("checkpoints",) and isinstance(parsed, str) and "," in parsed:
-            parsed = tuple(_parse(v) for v in _split_list(parsed))
+            parsed = tuple(parse_value(v) for v in _split_list(parsed))
         out[key] = parsed
     return out
 

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from wsl.weight_space import WeightSpace, _nest
+from wsl.weight_space import WeightSpace, nest_paths
+from zoos.torch_layout import to_torch_state
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -68,6 +69,10 @@ STANDARD_COLUMNS: dict[str, str] = {
 # Fields that differ between two runs of the same build and so do not count when resuming.
 _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "metrics_sha256",
              "num_rows")
+
+
+# Architectures whose PyTorch layout `zoos.torch_layout` defines and the tests check against torch.
+TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
 
 
 class ZooError(ValueError):
@@ -352,7 +357,7 @@ def write_zoo(path: str | os.PathLike, manifest: Mapping[str, Any], params: Mapp
             continue
         part = {p: np.asarray(a)[start:start + step]
                 for p, a in writer.weight_space.as_flat_dict(params).items()}
-        writer.write_shard(index, _nest(part), rows[start:start + step])
+        writer.write_shard(index, nest_paths(part), rows[start:start + step])
     writer.finalize(-(-len(rows) // step))
     return Zoo.open(path)
 
@@ -564,7 +569,7 @@ class Zoo:
     def weights(self, rows) -> dict:
         """The params of `rows` stacked on a leading row axis (numpy)."""
         rows = self._rows(rows)
-        return _nest({t.path: self._storage.gather(t.path, rows) for t in self.weight_space.tensors})
+        return nest_paths({t.path: self._storage.gather(t.path, rows) for t in self.weight_space.tensors})
 
     def params(self, i: int) -> dict:
         """The params pytree of row `i` (numpy)."""
@@ -610,11 +615,12 @@ class Zoo:
     def export(self, i: int, path: str | os.PathLike, format: str = "safetensors",
                torch_layout: bool = False) -> Path:
         """Write row `i`'s params to one .safetensors or .npz file (PyTorch names/layouts optional)."""
-        params = self.weight_space.as_flat_dict(self.params(i))
-        if torch_layout:
-            params = to_torch_layout(self.manifest["architecture"]["name"], self.weight_space, params)
-        else:
-            params = {p: np.ascontiguousarray(a) for p, a in params.items()}
+        architecture = self.manifest["architecture"]["name"]
+        if torch_layout and architecture not in TORCH_LAYOUT_ARCHS:
+            raise ZooError(f"torch layout is defined for {list(TORCH_LAYOUT_ARCHS)}, not "
+                           f"{architecture!r}; export without --torch-layout")
+        params = (dict(to_torch_state(self.weight_space, self.params(i))) if torch_layout else
+                  self.weight_space.as_flat_dict(self.params(i)))
         path = Path(path)
         if format == "safetensors":
             from safetensors.numpy import save_file
@@ -654,32 +660,3 @@ def _place(batch: dict, sharding, columns: Sequence[str]) -> dict:
 
 def open_zoo(path: str | os.PathLike) -> Zoo:
     return Zoo.open(path)
-
-
-# ------------------------------------------------------------------------------- torch layout
-_TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
-
-
-def to_torch_layout(architecture: str, space: WeightSpace, params: Mapping[str, np.ndarray]
-                    ) -> dict[str, np.ndarray]:
-    """PyTorch names (``conv_0.weight``) and layouts: conv OIHW; dense (out, in), with a dense
-    layer over a feature map (cnn_s ``dense_0``: (H, W, C, out)) flattened in NCHW order (C, H, W)."""
-    if architecture not in _TORCH_LAYOUT_ARCHS:
-        raise ZooError(f"torch layout is defined for {list(_TORCH_LAYOUT_ARCHS)}, not "
-                       f"{architecture!r}; export without --torch-layout")
-    out = {}
-    for t in space.tensors:
-        module, leaf = t.path.rsplit("/", 1)
-        array = np.asarray(params[t.path])
-        name = f"{module.replace('/', '.')}.{'weight' if leaf == 'kernel' else leaf}"
-        if leaf == "kernel" and module.startswith("conv"):
-            array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-        elif leaf == "kernel" and array.ndim == 2:
-            array = array.T
-        elif leaf == "kernel" and array.ndim == 4:
-            # Dense over an (H, W, C) map; torch flattens NCHW, so inputs go (C, H, W).
-            array = array.transpose(3, 2, 0, 1).reshape(array.shape[3], -1)
-        elif leaf == "kernel":
-            raise ZooError(f"no torch layout for kernel {t.path!r} of shape {array.shape}")
-        out[name] = np.ascontiguousarray(array)
-    return out

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from wsl.weight_space import WeightSpace, _nest
+from wsl.weight_space import WeightSpace, nest_paths
 
 _LINEAR_PREFIXES = ("dense", "head", "embed")
 
@@ -81,4 +81,4 @@ def from_torch_state(space: WeightSpace, state: Mapping[str, np.ndarray]) -> dic
             raise ValueError(f"{name}: shape {value.shape}, expected {tuple(expected)} for {t.path}")
         flat[t.path] = (_kernel_from_torch(t.path, value, t.shape)
                         if t.path.endswith("/kernel") else value)
-    return _nest(flat)
+    return nest_paths(flat)
