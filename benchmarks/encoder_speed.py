@@ -1,0 +1,251 @@
+"""Benchmark: NFN-HNP training throughput against the `nfn` PyTorch package, and neural-graph memory.
+
+1. NFN-HNP forward + backward (one gradient of a scalar loss, no optimiser step) in networks per
+   second, ours (`models.nfn.NFN`, jit-compiled, compile time excluded) against the reference
+   implementation of Zhou et al. (the `nfn` package on PyPI, torch) built the same way on the same
+   weight space: HNP layers of channels 16-16-5 with ReLU, HNP pooling, an MLP head 1000-1000-1.
+   Both run on this machine's CPU cores on the same random networks; timings interleave the two
+   and take the median of ``--repeats`` rounds. The torch side needs the optional extra
+   (``pip install torch==2.13.0 einops && pip install --no-deps nfn==0.1.2``) and is skipped with a
+   message when it is absent.
+2. Peak memory of the neural-graph GNN's compiled forward + backward (4 layers, width 64)
+   against the batch size, from XLA's memory analysis (arguments + outputs + temporaries). It
+   should grow linearly in the batch with a constant number of bytes per edge: everything is held
+   per edge (E), where an encoder on a dense N × N adjacency holds the same state for N² pairs;
+   the table gives N²/E, the factor such a layout multiplies it by.
+
+    python benchmarks/encoder_speed.py            # small-cnn and a 784-128-128-10 MLP
+    python benchmarks/encoder_speed.py --quick    # fewer rounds and batch sizes
+
+Prints two tables, then one JSON object as the last line with ``nfn_speedup_vs_torch`` (our
+networks/s over torch's at the largest batch, per weight space; null without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from models.encoders import build_encoder  # noqa: E402
+from models.neural_graph import layer_chain, neural_graph  # noqa: E402
+from zoos.architectures import build as build_architecture  # noqa: E402
+
+CHANNELS = (16, 16, 5)
+HEAD = (1000, 1000)
+# Weight spaces the reference package can express: dense / conv chains without flatten positions.
+SPACES = {
+    "small-cnn": ("small_cnn", {"input_shape": (8, 8, 1)}),
+    "mlp-784": ("mlp", {"input_shape": (784,), "widths": (128, 128)}),
+}
+
+
+def random_population(space, batch: int, seed: int = 0) -> dict:
+    """`batch` random networks with unit-scale entries (throughput does not depend on values)."""
+    rng = np.random.default_rng(seed)
+    return space.unflatten(rng.standard_normal((batch, space.num_params)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------ ours (JAX)
+def jax_step(space, batch):
+    """A compiled fwd + bwd of NFN-HNP on `batch`, and the call that runs it once to completion."""
+    encoder = build_encoder("nfn_hnp", space, channels=CHANNELS, head_widths=HEAD, out_dim=1)
+    params = encoder.init(jax.random.key(0), batch)["params"]
+
+    @jax.jit
+    def grad(p, b):
+        return jax.grad(lambda q: encoder.apply({"params": q}, b).mean())(p)
+
+    batch = jax.device_put(batch)
+    start = time.perf_counter()
+    jax.block_until_ready(grad(params, batch))
+    compile_s = time.perf_counter() - start
+    return (lambda: jax.block_until_ready(grad(params, batch))), compile_s
+
+
+# ---------------------------------------------------------------------------- reference (torch)
+def torch_available() -> str | None:
+    """None when torch and nfn import, else the reason they do not."""
+    try:
+        import nfn  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as err:
+        return f"{err.name or err} is not installed"
+    return None
+
+
+def torch_layout(space, batch: dict):
+    """Our (B, …, in, out) kernels as nfn's WeightSpaceFeatures: (B, 1, out, in[, kh, kw])."""
+    import torch
+    from nfn.common import WeightSpaceFeatures
+
+    from models.neural_graph import tensor_at
+
+    chain = layer_chain(space)
+    weights, biases = [], []
+    for layer in chain.layers:
+        kernel = np.asarray(tensor_at(batch, layer.kernel))  # (B, *taps, in, out)
+        taps = kernel.ndim - 3
+        order = (0, taps + 2, taps + 1) + tuple(range(1, taps + 1))
+        weights.append(torch.from_numpy(np.ascontiguousarray(kernel.transpose(order))[:, None]))
+        biases.append(torch.from_numpy(np.array(tensor_at(batch, layer.bias))[:, None]))
+    return WeightSpaceFeatures(weights, biases)
+
+
+def torch_step(features):
+    """The reference invariant NFN-HNP predictor, and one fwd + bwd with gradients zeroed."""
+    import torch
+    from nfn.common import network_spec_from_wsfeat
+    from nfn.layers import HNPLinear, HNPPool, TupleOp
+
+    spec = network_spec_from_wsfeat(features)
+    layers, previous = [], 1
+    for c in CHANNELS:
+        layers += [HNPLinear(spec, previous, c), TupleOp(torch.nn.ReLU())]
+        previous = c
+    head, width = [], HNPPool.get_num_outs(spec) * previous
+    for h in HEAD:
+        head += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    model = torch.nn.Sequential(*layers, HNPPool(spec), torch.nn.Flatten(start_dim=-2),
+                                *head, torch.nn.Linear(width, 1))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(features).mean().backward()
+
+    return step
+
+
+# ------------------------------------------------------------------------------------- helpers
+def interleaved(fns: dict, repeats: int, inner: int) -> dict:
+    """Median seconds per call of each function, alternating them round by round."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def table(head: tuple, rows: list[tuple]) -> str:
+    lines = [head] + rows
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def graph_memory(space, batch_size: int) -> dict:
+    """Compiled fwd + bwd of the NG-GNN at `batch_size`: peak bytes from XLA's memory analysis."""
+    encoder = build_encoder("ng_gnn", space, dim=64, num_layers=4)
+    batch = random_population(space, batch_size)
+    params = encoder.init(jax.random.key(0), jax.tree.map(lambda a: a[:1], batch))["params"]
+
+    def loss(p, b):
+        return encoder.apply({"params": p}, b).mean()
+
+    lowered = jax.jit(jax.grad(loss)).lower(params, batch)
+    analysis = lowered.compile().memory_analysis()
+    if analysis is None:  # some backends do not report; say so rather than guess
+        return {"peak_bytes": None}
+    peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return {"peak_bytes": int(peak), "temp_bytes": int(analysis.temp_size_in_bytes)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and batch sizes")
+    parser.add_argument("--spaces", default=",".join(SPACES), help=f"from {list(SPACES)}")
+    parser.add_argument("--batches", default=None, help="NFN batch sizes (default 32,128)")
+    parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5)")
+    args = parser.parse_args(argv)
+    names = args.spaces.split(",")
+    unknown = [n for n in names if n not in SPACES]
+    if unknown:
+        parser.error(f"unknown weight spaces {unknown}; choose from {list(SPACES)}")
+    batches = [int(b) for b in (args.batches or ("32" if args.quick else "32,128")).split(",")]
+    repeats = args.repeats or (3 if args.quick else 5)
+    missing = torch_available()
+    if missing:
+        print(f"torch baseline skipped: {missing} (pip install torch==2.13.0 einops && "
+              f"pip install --no-deps nfn==0.1.2)")
+    else:
+        import torch
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; jax {jax.__version__} "
+              f"on {jax.devices()[0].platform}")
+
+    speed_rows, speedups, result_rows = [], {}, []
+    for name in names:
+        arch_name, config = SPACES[name]
+        space = build_architecture(arch_name, **config).weight_space
+        for b in batches:
+            batch = random_population(space, b)
+            ours, compile_s = jax_step(space, batch)
+            fns = {"jax": ours}
+            if not missing:
+                fns["torch"] = torch_step(torch_layout(space, batch))
+            inner = max(1, 256 // b)
+            seconds = interleaved(fns, repeats, inner)
+            jax_rate = b / seconds["jax"]
+            torch_rate = b / seconds["torch"] if "torch" in seconds else None
+            ratio = jax_rate / torch_rate if torch_rate else None
+            speed_rows.append((name, space.num_params, b, f"{jax_rate:,.0f}",
+                               f"{torch_rate:,.0f}" if torch_rate else "skipped",
+                               f"{ratio:.2f}x" if ratio else "-", f"{compile_s:.1f}"))
+            result_rows.append({"space": name, "batch": b, "jax_networks_per_s": jax_rate,
+                                "torch_networks_per_s": torch_rate, "compile_s": compile_s})
+            speedups[name] = ratio  # the largest batch is the last one written
+            print(f"  {name} batch {b}: jax {jax_rate:,.0f}/s"
+                  + (f", torch {torch_rate:,.0f}/s" if torch_rate else ""), flush=True)
+    print("\nNFN-HNP forward + backward, networks per second (median of "
+          f"{repeats} rounds; compile excluded)")
+    print(table(("weight space", "params", "batch", "ours (jax)", "nfn (torch)", "speedup",
+                 "compile s"), speed_rows))
+
+    memory_batches = [8, 32] if args.quick else [8, 32, 128, 512]
+    memory_rows, memory = [], []
+    for name in names:
+        arch_name, config = SPACES[name]
+        space = build_architecture(arch_name, **config).weight_space
+        graph = neural_graph(space)
+        n, e = graph.num_nodes, graph.num_edges
+        for b in memory_batches:
+            peak = graph_memory(space, b)["peak_bytes"]
+            memory_rows.append((name, n, e, f"{n * n / e:.1f}", b,
+                                f"{peak / 2**20:,.1f}" if peak else "n/a",
+                                f"{peak / b / e:,.0f}" if peak else "n/a"))
+            memory.append({"space": name, "nodes": n, "edges": e, "batch": b, "peak_bytes": peak})
+    print("\nNG-GNN (4 layers, width 64) compiled forward + backward: peak memory vs batch size")
+    print(table(("weight space", "nodes N", "edges E", "N²/E", "batch", "peak MiB",
+                 "bytes / edge / network"), memory_rows))
+    for name in names:
+        rows = [m for m in memory if m["space"] == name and m["peak_bytes"]]
+        if len(rows) >= 2:
+            slope = (rows[-1]["peak_bytes"] - rows[0]["peak_bytes"]) / (rows[-1]["batch"]
+                                                                        - rows[0]["batch"])
+            print(f"{name}: {slope / 2**20:,.2f} MiB per extra network in the batch "
+                  f"({slope / rows[0]['edges']:,.0f} bytes per edge)")
+    print(json.dumps({"benchmark": "encoder_speed", "mode": "quick" if args.quick else "full",
+                      "nfn_speedup_vs_torch": speedups if not missing else None,
+                      "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
