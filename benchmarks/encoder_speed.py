@@ -42,8 +42,7 @@ from zoos.architectures import build as build_architecture  # noqa: E402
 
 CHANNELS = (16, 16, 5)
 HEAD = (1000, 1000)
-# Batch sizes of the memory table.
-MEMORY_BATCHES = {"small-cnn": [8, 32, 128, 512], "mlp-mnist1d": [8, 32, 128, 512]}
+MEMORY_BATCHES = (8, 32, 128, 512)  # the memory table's batch sizes (--quick: the first two)
 # Weight spaces the reference package can express: dense / conv chains without flatten positions.
 SPACES = {
     "small-cnn": ("small_cnn", {"input_shape": (8, 8, 1)}),
@@ -194,10 +193,10 @@ def main(argv=None) -> int:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; jax {jax.__version__} "
               f"on {jax.devices()[0].platform}")
 
+    spaces = {name: build_architecture(SPACES[name][0], **SPACES[name][1]).weight_space
+              for name in names}
     speed_rows, speedups, result_rows = [], {}, []
-    for name in names:
-        arch_name, config = SPACES[name]
-        space = build_architecture(arch_name, **config).weight_space
+    for name, space in spaces.items():
         for b in batches:
             batch = random_population(space, b)
             ours, compile_s = jax_step(space, batch)
@@ -223,12 +222,10 @@ def main(argv=None) -> int:
                  "compile s"), speed_rows))
 
     memory_rows, memory = [], []
-    for name in names:
-        arch_name, config = SPACES[name]
-        space = build_architecture(arch_name, **config).weight_space
+    for name, space in spaces.items():
         graph = neural_graph(space)
         n, e = graph.num_nodes, graph.num_edges
-        batches = MEMORY_BATCHES[name][:2] if args.quick else MEMORY_BATCHES[name]
+        batches = MEMORY_BATCHES[:2] if args.quick else MEMORY_BATCHES
         for b in batches:
             peak = graph_memory(space, b)["peak_bytes"]
             memory_rows.append((name, n, e, f"{n * n / e:.1f}", b,
