@@ -12,6 +12,11 @@ same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vect
 Without ``--zoo`` it builds (once, cached under ``--zoo-dir``) a `small-cnn` recipe zoo: 256 models
 × 3 epochs with ``--quick``, else 2,000 × 6 epochs (about 25 minutes on 2 cores). Prints the table,
 then one JSON object as the last line with ``tau`` (mean test τ) per encoder name.
+
+The full run takes hours on a laptop, so every encoder's runs live under ``--out`` (default: beside
+the cached zoos, one folder per zoo, target and step count): run the command again after an
+interruption and finished encoders are read back, an unfinished one resumes from its checkpoints
+(its s/seed then counts only the resumed part).
 """
 
 from __future__ import annotations
@@ -21,13 +26,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
-from wsl.config import override  # noqa: E402
+from wsl.config import override, to_dict  # noqa: E402
 from zoos.population import build_zoo  # noqa: E402
 from zoos.recipes import get_recipe  # noqa: E402
 from zoos.store import Zoo, ZooError  # noqa: E402
@@ -51,6 +55,19 @@ def open_or_build(zoo_dir: Path, quick: bool) -> Zoo:
         return build_zoo(get_recipe("small-cnn", words), path, progress=True)
 
 
+def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
+    """The results a previous run of this very configuration wrote in `folder`, if it finished."""
+    try:
+        report = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (report.get("zoo") != str(zoo.path)
+            or report.get("config") != json.loads(json.dumps(to_dict(config)))):
+        return None
+    print(f"{config.encoder}: reusing {folder / 'results.json'}", flush=True)
+    return report
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small zoo, one seed, short training")
@@ -61,6 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="default 1 quick, 3 full")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
     parser.add_argument("--target", default="test_acc")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="runs and results per encoder (default: under --zoo-dir); reused on rerun")
     args = parser.parse_args(argv)
     encoders = args.encoders.split(",")
     unknown = [e for e in encoders if e not in ENCODERS]
@@ -75,19 +94,20 @@ def main(argv=None) -> int:
         zoo = open_or_build(args.zoo_dir, args.quick)
     train = override(DEFAULT_TRAIN, [f"steps={steps}",
                                      f"eval.every={max(steps // 20, 25)}"])
+    out = args.out or args.zoo_dir / f"runs-{zoo.path.name}-{args.target}-{steps}steps"
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in encoders:
-            config = ProbeConfig(target=args.target, encoder=name, seeds=seeds,
-                                 encoder_config=ENCODER_CONFIG.get(name, {}), train=train)
-            start = time.perf_counter()
-            report = run_probe(zoo, config, Path(scratch) / name)
-            tau, r2 = report["summary"]["kendall_tau"], report["summary"]["r2"]
-            rows.append({"encoder": name, "tau": tau["mean"], "tau_std": tau["std"],
-                         "r2": r2["mean"], "seconds_per_seed": report["seconds"],
-                         "wall_s": time.perf_counter() - start, "num_rows": report["num_rows"]})
-            print(f"{name:15s} τ {tau['mean']:.4f} ± {tau['std']:.4f}  R² {r2['mean']:.3f}  "
-                  f"{report['seconds']:.0f} s/seed", flush=True)
+    for name in encoders:
+        config = ProbeConfig(target=args.target, encoder=name, seeds=seeds,
+                             encoder_config=ENCODER_CONFIG.get(name, {}), train=train)
+        report = finished_report(out / name, zoo, config)
+        if report is None:
+            report = run_probe(zoo, config, out / name)
+        tau, r2 = report["summary"]["kendall_tau"], report["summary"]["r2"]
+        rows.append({"encoder": name, "tau": tau["mean"], "tau_std": tau["std"],
+                     "r2": r2["mean"], "seconds_per_seed": report["seconds"],
+                     "num_rows": report["num_rows"]})
+        print(f"{name:15s} τ {tau['mean']:.4f} ± {tau['std']:.4f}  R² {r2['mean']:.3f}  "
+              f"{report['seconds']:.0f} s/seed", flush=True)
     head = ("encoder", "Kendall τ", "± std", "R²", "train s/seed")
     lines = [head] + [(r["encoder"], f"{r['tau']:.4f}", f"{r['tau_std']:.4f}", f"{r['r2']:.3f}",
                        f"{r['seconds_per_seed']:.0f}") for r in rows]
