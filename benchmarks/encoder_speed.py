@@ -36,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks._report import table  # noqa: E402
 from models.encoders import build_encoder  # noqa: E402
 from models.neural_graph import layer_chain, neural_graph  # noqa: E402
 from zoos.architectures import build as build_architecture  # noqa: E402
@@ -142,14 +143,6 @@ def interleaved(fns: dict, repeats: int, inner: int) -> dict:
                 fn()
             times[name].append((time.perf_counter() - start) / inner)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def table(head: tuple, rows: list[tuple]) -> str:
-    lines = [head] + rows
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def graph_memory(space, batch_size: int) -> dict:

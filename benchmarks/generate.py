@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._report import table  # noqa: E402
 from eval.generate import (TrainedGenerator, compare_with_training, sample_to_zoo,  # noqa: E402
                            train_generator)
 from models.weight_generator import GeneratorConfig  # noqa: E402
@@ -146,11 +147,11 @@ def best_of(rows: list[dict]) -> dict:
     return max(novel or rows, key=lambda r: r["gen_mean_acc"])
 
 
-def table(recipe: str, rows: list[dict], build: dict) -> str:
+def method_table(recipe: str, rows: list[dict], build: dict) -> str:
     per_model = build["build_seconds"] / build["num_models"]
     head = ("method", "train acc", "gen mean", "median", "min", "max", "gen IoU", "noise IoU",
             "novel/net", "target", "train s", "1000 in s", "compile s", "vs training")
-    lines = [head]
+    lines = []
     for r in rows:
         # Networks per second sampled over networks per second trained by the population trainer.
         ratio = (1000 / r["sample_1000_s"]) * per_model
@@ -160,13 +161,9 @@ def table(recipe: str, rows: list[dict], build: dict) -> str:
                       f"{r['noise_baseline_max_iou']:.3f}", f"{r['novel_fraction']:.0%}",
                       "met" if r["meets_target"] else "no", f"{r['train_s']:.0f}",
                       f"{r['sample_1000_s']:.2f}", f"{r['compile_s']:.1f}", f"{ratio:.0f}x"))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                     enumerate(zip(row, widths))) for row in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
     source = "cached build" if build.get("cached") else "built in this run"
     return (f"\n== {recipe}: {rows[0]['num_train']} training models; population trainer "
-            f"{per_model:.3f} s/model ({source})\n" + "\n".join(out))
+            f"{per_model:.3f} s/model ({source})\n" + table(head, lines))
 
 
 def main(argv=None) -> int:
@@ -201,7 +198,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 if args.tables:
                     print(f"\n-- {recipe} / {method}\n{row['table']}", flush=True)
-            print(table(recipe, rows, build), flush=True)
+            print(method_table(recipe, rows, build), flush=True)
             best = best_of(rows)
             results[recipe] = {
                 "best_method": best["method"],

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._report import table  # noqa: E402
 from eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
 from zoos.population import build_zoo  # noqa: E402
@@ -109,14 +110,10 @@ def main(argv=None) -> int:
         print(f"{name:15s} τ {tau['mean']:.4f} ± {tau['std']:.4f}  R² {r2['mean']:.3f}  "
               f"{report['seconds']:.0f} s/seed", flush=True)
     head = ("encoder", "Kendall τ", "± std", "R²", "train s/seed")
-    lines = [head] + [(r["encoder"], f"{r['tau']:.4f}", f"{r['tau_std']:.4f}", f"{r['r2']:.3f}",
+    lines = [(r["encoder"], f"{r['tau']:.4f}", f"{r['tau_std']:.4f}", f"{r['r2']:.3f}",
                        f"{r['seconds_per_seed']:.0f}") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                      enumerate(zip(line, widths))) for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
     print(f"\n{zoo.path}: {rows[0]['num_rows']} networks (last checkpoints), target "
-          f"{args.target}, {seeds} seed(s), {steps} steps\n" + "\n".join(text))
+          f"{args.target}, {seeds} seed(s), {steps} steps\n" + table(head, lines))
     tau = {r["encoder"]: r["tau"] for r in rows}
     best_equivariant = max((tau[e] for e in EQUIVARIANT if e in tau), default=None)
     verdict = {}
