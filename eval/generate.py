@@ -238,11 +238,11 @@ class TrainedGenerator:
         meta = json.loads(path.read_text())
         config = from_dict(GeneratorConfig, meta["generator"])
         train_cfg = from_dict(TrainConfig, meta["train"])
-        with np.load(directory / "normalizer.npz") as stats:
-            normalizer = TensorNormalizer(stats["mean"], stats["std"])
         from wsl.weight_space import WeightSpace
 
         space = WeightSpace.from_dict(meta["weight_space"])
+        with np.load(directory / "normalizer.npz") as stats:
+            normalizer = TensorNormalizer.from_vectors(space, stats["mean"], stats["std"])
         latent = meta.get("latent")
         dim = config.latent_dim if latent else space.num_params
         generator = make_generator(config, dim, None if latent else space,

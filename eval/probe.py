@@ -25,7 +25,8 @@ import numpy as np
 import optax
 from scipy import stats
 
-from models.encoders import TensorNormalizer, build_encoder, encoder_names
+from models.encoders import build_encoder, encoder_names
+from models.normalize import TensorNormalizer
 from train import TrainConfig, permutation_augmentation, train
 from wsl.config import to_dict
 

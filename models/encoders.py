@@ -23,8 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -51,52 +51,6 @@ class MLP(nn.Module):
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.out_dim)(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorNormalizer:
-    """Per-tensor scalar standardisation ``(w - mean) / std``, fitted on a training population.
-
-    One scalar pair per tensor keeps every permutation symmetry exact (an elementwise standardiser
-    would not), while putting layers of very different scales on one footing.
-    """
-
-    paths: tuple[str, ...]
-    means: tuple[float, ...]
-    stds: tuple[float, ...]
-
-    @classmethod
-    def fit(cls, weight_space: WeightSpace, params, min_std: float = 1e-8) -> TensorNormalizer:
-        """Mean and std of every tensor over all models and entries of `params` (a population)."""
-        if not weight_space.batch_shape(params):
-            raise WeightSpaceError("TensorNormalizer.fit needs a population (a leading model axis)")
-        flat = weight_space.as_flat_dict(params)
-        means, stds = [], []
-        for t in weight_space.tensors:
-            values = np.asarray(flat[t.path], np.float64)
-            means.append(float(values.mean()))
-            std = float(values.std())
-            stds.append(std if std > min_std else 1.0)  # constant tensors (zero biases) pass as is
-        return cls(weight_space.paths, tuple(means), tuple(stds))
-
-    def __call__(self, weight_space: WeightSpace, params) -> dict:
-        if tuple(weight_space.paths) != self.paths:
-            raise WeightSpaceError(f"normaliser was fitted on tensors {list(self.paths)} but the "
-                                   f"weight space has {list(weight_space.paths)}")
-        stats = dict(zip(self.paths, zip(self.means, self.stds)))
-        return weight_space.map_tensors(
-            lambda t, x: (jnp.asarray(x) - stats[t.path][0]) / stats[t.path][1], params)
-
-    def to_dict(self) -> dict:
-        return {"paths": list(self.paths), "means": list(self.means), "stds": list(self.stds)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> TensorNormalizer:
-        try:
-            return cls(tuple(data["paths"]), tuple(float(m) for m in data["means"]),
-                       tuple(float(s) for s in data["stds"]))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"malformed normaliser description: missing or bad {err}") from err
 
 
 def prepare(weight_space: WeightSpace, params, normalizer: TensorNormalizer | None) -> dict:

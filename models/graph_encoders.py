@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.encoders import ACTIVATIONS, MLP, TensorNormalizer, prepare
+from models.encoders import ACTIVATIONS, MLP, prepare
+from models.normalize import TensorNormalizer
 from models.neural_graph import NeuralGraph, neural_graph
 from wsl.weight_space import WeightSpace
 

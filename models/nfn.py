@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.encoders import MLP, TensorNormalizer, prepare
+from models.encoders import MLP, prepare
+from models.normalize import TensorNormalizer
 from models.neural_graph import LayerChain, layer_chain, tensor_at
 from wsl.weight_space import WeightSpace
 

@@ -1,37 +1,93 @@
-"""Per-tensor normalisation of flat weight vectors, fitted on a training population.
+"""Per-tensor normalisation of weights, fitted on a training population.
 
-Weights of different tensors live on very different scales (a bias vs a 3×3 kernel); generators
-and encoders see each tensor standardised by its own mean and std over the training population.
-The statistics are stored with the model that uses them (`to_dict` / `from_dict`).
+Weights of different tensors live on very different scales (a bias vs a 3×3 kernel); encoders and
+generators see each tensor standardised by its own mean and std over the training population.
+One scalar pair per tensor keeps every permutation symmetry exact (an elementwise standardiser
+would not). Encoders apply it to params pytrees (`__call__`), generators to flat vectors
+(`normalize` / `denormalize`). The statistics are stored with the model that uses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
-from wsl.weight_space import WeightSpace
+from wsl.weight_space import WeightSpace, WeightSpaceError
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class TensorNormalizer:
-    """Per-entry mean and std vectors, constant within each tensor."""
+    """``(w - mean) / std`` with one (mean, std) per tensor, in the weight space's tensor order.
 
-    mean: np.ndarray
-    std: np.ndarray
+    Tuples keep it hashable: encoders hold it as a module attribute.
+    """
+
+    paths: tuple[str, ...]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    sizes: tuple[int, ...]  # entries per tensor, for flat vectors
 
     @classmethod
-    def fit(cls, space: WeightSpace, flat: np.ndarray, min_std: float = 1e-6) -> TensorNormalizer:
-        flat = np.asarray(flat, np.float64)
-        if flat.ndim != 2 or flat.shape[1] != space.num_params:
-            raise ValueError(f"expected (models, {space.num_params}) weights, got {flat.shape}")
-        mean, std = np.empty(space.num_params), np.empty(space.num_params)
-        for start, end in space.offsets.values():
-            block = flat[:, start:end]
-            mean[start:end] = block.mean()
-            std[start:end] = max(block.std(), min_std)
-        return cls(mean.astype(np.float32), std.astype(np.float32))
+    def fit(cls, space: WeightSpace, population, min_std: float = 1e-8) -> TensorNormalizer:
+        """Mean and std of every tensor over all models and entries of `population`: a params
+        pytree with a leading model axis, or flat weights of shape (models, num_params)."""
+        if isinstance(population, np.ndarray | jnp.ndarray):
+            flat = np.asarray(population, np.float64)
+            if flat.ndim != 2 or flat.shape[1] != space.num_params:
+                raise WeightSpaceError(f"expected flat weights of shape (models, {space.num_params}),"
+                                       f" got {flat.shape}")
+            blocks = [flat[:, start:end] for start, end in space.offsets.values()]
+        else:
+            if not space.batch_shape(population):
+                raise WeightSpaceError("TensorNormalizer.fit needs a population (a leading model axis)")
+            tree = space.as_flat_dict(population)
+            blocks = [np.asarray(tree[t.path], np.float64) for t in space.tensors]
+        means = tuple(float(b.mean()) for b in blocks)
+        # A constant tensor passes unscaled: dividing by a tiny std would blow up any model that
+        # differs from the training population there.
+        stds = tuple(float(s) if s > min_std else 1.0 for s in (b.std() for b in blocks))
+        sizes = tuple(int(space.offsets[t.path][1] - space.offsets[t.path][0])
+                      for t in space.tensors)
+        return cls(tuple(space.paths), means, stds, sizes)
+
+    @classmethod
+    def from_vectors(cls, space: WeightSpace, mean: np.ndarray, std: np.ndarray) -> TensorNormalizer:
+        """From per-entry vectors (constant within each tensor), as generators store them."""
+        mean, std = np.asarray(mean).reshape(-1), np.asarray(std).reshape(-1)
+        if mean.shape != (space.num_params,) or std.shape != mean.shape:
+            raise WeightSpaceError(f"normaliser vectors of shapes {mean.shape} / {std.shape} do not "
+                                   f"fit a weight space of {space.num_params} parameters")
+        starts = [space.offsets[t.path][0] for t in space.tensors]
+        sizes = tuple(int(space.offsets[t.path][1] - space.offsets[t.path][0])
+                      for t in space.tensors)
+        return cls(tuple(space.paths), tuple(float(mean[s]) for s in starts),
+                   tuple(float(std[s]) for s in starts), sizes)
+
+    def _check(self, space: WeightSpace) -> None:
+        if tuple(space.paths) != self.paths:
+            raise WeightSpaceError(f"normaliser was fitted on tensors {list(self.paths)} but the "
+                                   f"weight space has {list(space.paths)}")
+
+    def __call__(self, space: WeightSpace, params) -> dict:
+        """A params pytree (any leading axes) normalised tensor by tensor."""
+        self._check(space)
+        stats = dict(zip(self.paths, zip(self.means, self.stds)))
+        return space.map_tensors(
+            lambda t, x: (jnp.asarray(x) - stats[t.path][0]) / stats[t.path][1], params)
+
+    @functools.cached_property
+    def mean(self) -> np.ndarray:
+        """Per-entry mean of flat weight vectors."""
+        return np.repeat(np.asarray(self.means, np.float32), self.sizes)
+
+    @functools.cached_property
+    def std(self) -> np.ndarray:
+        """Per-entry std of flat weight vectors."""
+        return np.repeat(np.asarray(self.stds, np.float32), self.sizes)
 
     def normalize(self, flat):
         return (flat - self.mean) / self.std
@@ -40,8 +96,19 @@ class TensorNormalizer:
         return z * self.std + self.mean
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"paths": list(self.paths), "means": list(self.means), "stds": list(self.stds),
+                "sizes": list(self.sizes)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> TensorNormalizer:
-        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32))
+    def from_dict(cls, data: Mapping) -> TensorNormalizer:
+        try:
+            normalizer = cls(tuple(data["paths"]), tuple(float(m) for m in data["means"]),
+                             tuple(float(s) for s in data["stds"]),
+                             tuple(int(n) for n in data["sizes"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed normaliser description: missing or bad {err}") from err
+        if not len(normalizer.paths) == len(normalizer.means) == len(normalizer.stds) \
+                == len(normalizer.sizes):
+            raise ValueError("malformed normaliser description: paths, means, stds and sizes "
+                             "differ in length")
+        return normalizer

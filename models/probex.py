@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.encoders import MLP, TensorNormalizer, prepare
+from models.encoders import MLP, prepare
+from models.normalize import TensorNormalizer
 from models.neural_graph import tensor_at
 from wsl.weight_space import WeightSpace, WeightSpaceError
 

@@ -16,7 +16,8 @@ import pytest
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
-from models.encoders import (TensorNormalizer, build_encoder, default_config, encoder_names,
+from models.normalize import TensorNormalizer
+from models.encoders import (build_encoder, default_config, encoder_names,
                              list_encoders)
 from models.neural_graph import ChainError, layer_chain, neural_graph, with_io_groups
 from models.nfn import nfn_structure
