@@ -1,15 +1,16 @@
-"""Benchmark: weight generators (flow, DDPM, latent DDPM, accuracy-conditioned flow) on two zoos.
+"""Benchmark: weight generators (flow, DDPM, latent DDPM, each also conditioned on accuracy).
 
 For the `mlp-mnist1d` and `small-cnn` recipes it builds a zoo (cached under ``--zoo-dir``; the
 recipes are narrowed to one activation and optimizer, moderate hyperparameter ranges and one
 shared initialisation, listed in ZOOS), then for every method: trains a generator on the aligned
-last-epoch models (`eval.generate.train_generator`), samples ``--samples`` networks into a generated zoo, evaluates
-them against the training population (`eval.generated`: accuracy, max-IoU novelty beside noised
-copies of training models, diversity) and times sampling 1,000 networks, compilation excluded
-and reported apart. ``flow+acc`` is the flow conditioned on each model's validation accuracy and
-sampled at the population's 90th percentile with classifier-free guidance: a legitimate way to
-ask for good networks, reported as such. Validation, not test, accuracy is the condition, so the
-test set only scores.
+last-epoch models (`eval.generate.train_generator`), samples ``--samples`` networks into a
+generated zoo, evaluates them against the training population (`eval.generated`: accuracy,
+max-IoU novelty beside noised copies of training models, diversity) and times sampling 1,000
+networks, compilation excluded and reported apart. ``flow+acc``, ``ddpm+acc`` and
+``latent-ddpm+acc`` are conditioned on each model's validation accuracy and sampled at the
+population's 90th percentile (with classifier-free guidance 2 for the first two): a legitimate way
+to ask for good networks, reported as such. Validation, not test, accuracy is the condition, so
+the test set only scores.
 
 Speed is compared with training: networks sampled per second against networks trained per
 second by the population trainer when the zoo was built (its build time is kept beside the
@@ -17,9 +18,12 @@ cached zoo). The best method per zoo is the most accurate among those whose medi
 below the noise baseline of equal accuracy (the most accurate overall if none does).
 
     python benchmarks/generate.py --quick     # 256-model zoos, short training
-    python benchmarks/generate.py             # 1,000-model zoos, full training
+    python benchmarks/generate.py             # 1,000-model zoos, full training (about 2 hours)
 
-Prints a table per zoo, then one JSON object as the last line.
+Prints a table per zoo, then one JSON object as the last line. Generators, samples and each
+method's row live under ``--out`` (default: beside the cached zoos, one folder per mode and step
+count): run the command again after an interruption and finished methods are read back, an
+unfinished generator resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ METHODS = {
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90", "guidance": 2.0}),
+    "ddpm+acc": (["method=ddpm", "condition_scalar=val_acc"], {"cond_scalar": "q90", "guidance": 2.0}),
+    # Guidance 1 (the plain conditional model): stronger guidance lowered latent samples' accuracy.
+    "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
+                        {"cond_scalar": "q90", "guidance": 1.0}),
 }
 TARGET_DROP = 0.01  # acceptance: generated mean ≥ training mean − 1 point
 
@@ -96,14 +104,35 @@ def build_or_open(recipe_name: str, quick: bool, zoo_dir: Path) -> tuple[Zoo, di
 
 
 def run_method(zoo: Zoo, name: str, workdir: Path, quick: bool, samples: int, steps: int) -> dict:
+    """One method's row, read back from ``workdir`` when an earlier run finished it."""
     words, sample_options = METHODS[name]
-    config = override(GeneratorConfig(), words + (["ae_steps=600"] if quick else []))
+    words = words + (["ae_steps=600"] if quick else [])
+    saved = workdir / f"{name}.row.json"
+    settings = {"words": words, "sample_options": sample_options, "steps": steps,
+                "samples": samples, "zoo": str(zoo.path)}
+    if saved.exists():
+        row = json.loads(saved.read_text())
+        if row.get("settings") == settings:
+            print(f"{name}: reusing {saved}", flush=True)
+            return row
+        shutil.rmtree(workdir / f"{name}-generator", ignore_errors=True)  # other settings
+    workdir.mkdir(parents=True, exist_ok=True)
+    row = {**_run_method(zoo, name, words, sample_options, workdir, samples, steps),
+           "settings": settings}
+    saved.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def _run_method(zoo: Zoo, name: str, words: list[str], sample_options: dict, workdir: Path,
+                samples: int, steps: int) -> dict:
+    config = override(GeneratorConfig(), words)
     train_config = override(TrainConfig(), [f"steps={steps}", "batch_size=64", "ema_decay=0.99",
-                                            "log.progress=false", "checkpoint.every=0"])
+                                            "log.progress=false", "checkpoint.every=1000"])
     gen_dir = workdir / f"{name}-generator"
     start = time.perf_counter()
     train_generator(zoo.path, gen_dir, config, train_config)
     train_seconds = time.perf_counter() - start
+    shutil.rmtree(workdir / f"{name}-samples", ignore_errors=True)  # an interrupted run's
     generated, info = sample_to_zoo(gen_dir, workdir / f"{name}-samples", samples, seed=0,
                                     **sample_options)
     report = compare_with_training(generated, gen_dir, seed=0)
@@ -176,8 +205,8 @@ def main(argv=None) -> int:
                         help="generator training steps (default 800 quick, 4000 full)")
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-generate")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="keep generators and samples here (default: a temporary directory)")
+    parser.add_argument("--out", "--keep", type=Path, default=None,
+                        help="generators, samples and finished rows (default: under --zoo-dir)")
     parser.add_argument("--tables", action="store_true",
                         help="also print every method's full evaluation table")
     args = parser.parse_args(argv)
@@ -188,27 +217,26 @@ def main(argv=None) -> int:
         parser.error(f"unknown {unknown}; zoos {list(ZOOS)}, methods {list(METHODS)}")
     args.zoo_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or Path(scratch)
-        for recipe in args.zoos.split(","):
-            zoo, build = build_or_open(recipe, args.quick, args.zoo_dir)
-            rows = []
-            for method in args.methods.split(","):
-                row = run_method(zoo, method, root / recipe, args.quick, args.samples, steps)
-                rows.append(row)
-                if args.tables:
-                    print(f"\n-- {recipe} / {method}\n{row['table']}", flush=True)
-            print(method_table(recipe, rows, build), flush=True)
-            best = best_of(rows)
-            results[recipe] = {
-                "best_method": best["method"],
-                **{k: best[k] for k in ("train_mean_acc", "gen_mean_acc", "gen_median_max_iou",
-                                        "noise_baseline_max_iou", "sample_1000_s", "compile_s",
-                                        "meets_target", "novel_fraction")},
-                "build_s_per_model": build["build_seconds"] / build["num_models"],
-                "methods": {r["method"]: {k: v for k, v in r.items() if k not in ("table", "method")}
-                            for r in rows},
-            }
+    root = args.out or args.zoo_dir / f"runs-{'quick' if args.quick else 'full'}-{steps}"
+    for recipe in args.zoos.split(","):
+        zoo, build = build_or_open(recipe, args.quick, args.zoo_dir)
+        rows = []
+        for method in args.methods.split(","):
+            row = run_method(zoo, method, root / recipe, args.quick, args.samples, steps)
+            rows.append(row)
+            if args.tables:
+                print(f"\n-- {recipe} / {method}\n{row['table']}", flush=True)
+        print(method_table(recipe, rows, build), flush=True)
+        best = best_of(rows)
+        results[recipe] = {
+            "best_method": best["method"],
+            **{k: best[k] for k in ("train_mean_acc", "gen_mean_acc", "gen_median_max_iou",
+                                    "noise_baseline_max_iou", "sample_1000_s", "compile_s",
+                                    "meets_target", "novel_fraction")},
+            "build_s_per_model": build["build_seconds"] / build["num_models"],
+            "methods": {r["method"]: {k: v for k, v in r.items() if k not in ("table", "method")}
+                        for r in rows},
+        }
     print(json.dumps({"benchmark": "generate", "mode": "quick" if args.quick else "full",
                       "steps": steps, "samples": args.samples, "zoos": results}))
     return 0
