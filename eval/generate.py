@@ -37,6 +37,7 @@ from train import TrainConfig, load_params, train
 from wsl.align import align_zoo
 from wsl.config import from_dict, to_dict
 from zoos.architectures import build
+from zoos.population import population_logits
 from zoos.store import Zoo, write_zoo
 
 GENERATOR_FILE = "generator.json"
@@ -361,11 +362,9 @@ def _split_stats(arch):
     """Compiled (summed NLL, correct count, per model) of a population on one padded data chunk."""
     entry = _SPLIT_STATS.get(id(arch))
     if entry is None or entry[0] is not arch:
-        space = arch.weight_space
-
         @jax.jit
         def stats(vectors, x, y, valid):
-            logits = jax.vmap(lambda v: arch.apply(space.unflatten(v), x))(vectors)
+            logits = population_logits(arch, vectors, x)
             logp = jax.nn.log_softmax(logits, axis=-1)
             nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
             correct = jnp.argmax(logits, -1) == y[None]

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoos.architectures import Architecture
+from zoos.population import population_logits
 
 # Gaussian noise added to training models, × each tensor's std over the training population (the
 # generators' normalised units); dense where small models start to lose accuracy.
@@ -38,12 +39,9 @@ def _predictor(arch: Architecture) -> Callable:
     """One jit-compiled `(vectors, inputs) -> classes` per architecture object, reused across calls."""
     entry = _PREDICTORS.get(id(arch))
     if entry is None or entry[0] is not arch:
-        space = arch.weight_space
-
         @jax.jit
         def run(vectors, inputs):
-            logits = jax.vmap(lambda v: arch.apply(space.unflatten(v), inputs))(vectors)
-            return jnp.argmax(logits, axis=-1)
+            return jnp.argmax(population_logits(arch, vectors, inputs), axis=-1)
 
         if len(_PREDICTORS) >= 8:
             _PREDICTORS.pop(next(iter(_PREDICTORS)))

@@ -142,6 +142,19 @@ def population_apply(arch: Architecture, params, x, dropout_rate=0.0, key=None):
         return arch.apply(params, x, dropout_rate=dropout_rate, key=key)
 
 
+def population_logits(arch: Architecture, vectors, x):
+    """Logits (models, examples, classes) of flat weight vectors on shared inputs, for evaluation.
+
+    On CPU one model at a time (`lax.map`) over a large batch of examples is 5x faster than
+    `vmap`'s per-model convolutions for the small CNNs and 2x for MLPs; accelerators get `vmap`.
+    """
+    space = arch.weight_space
+    one = lambda v: population_apply(arch, space.unflatten(v), x)
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(one, vectors)
+    return jax.vmap(one)(vectors)
+
+
 # ------------------------------------------------------------------------ dropout randomness
 # Dropout masks are most of a small network's random numbers, and threefry costs ~100 integer
 # ops per value on CPU. Dropout needs independent-looking bits, not threefry's strength, so
