@@ -18,7 +18,7 @@ cached zoo). The best method per zoo is the most accurate among those whose medi
 below the noise baseline of equal accuracy (the most accurate overall if none does).
 
     python benchmarks/generate.py --quick     # 256-model zoos, short training
-    python benchmarks/generate.py             # 1,000-model zoos, full training (about 2 hours)
+    python benchmarks/generate.py             # 1,000-model zoos, full training (~70 min on 2 cores)
 
 Prints a table per zoo, then one JSON object as the last line. Generators, samples and each
 method's row live under ``--out`` (default: beside the cached zoos, one folder per mode and step
