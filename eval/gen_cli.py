@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--method", choices=METHODS, default=None)
     p.add_argument("--min-acc", type=float, default=None,
-                   help="train only on models with at least this test accuracy")
+                   help="train only on models with at least this validation accuracy")
     p.add_argument("--align", choices=("mean", "first", "none"), default="mean")
     p.add_argument("--max-models", type=int, default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value")

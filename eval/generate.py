@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,16 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
     view = zoo.filter(epoch="last")
     m = view.metrics
     keep = ~m["diverged"].astype(bool) if "diverged" in m else np.ones(len(view), bool)
+    criterion = ""
     if min_acc is not None:
-        keep &= m["test_acc"] >= min_acc
+        # Selecting on test accuracy would let the test set choose the training data of a
+        # generator that the test set then scores; only zoos without a validation split fall back.
+        column = "val_acc" if "val_acc" in m else "test_acc"
+        if column == "test_acc":
+            warnings.warn(f"{zoo.path}: no val_acc column, so min_acc selects on test_acc and the "
+                          f"generated networks' test accuracy is no longer held out", stacklevel=2)
+        keep &= m[column] >= min_acc
+        criterion = f", {column} ≥ {min_acc}"
     activation = None
     if "activation" in m and config.condition_class != "activation":
         # One function family per generator: sampled weights are evaluated with one activation.
@@ -97,7 +106,7 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
         view = view.filter(where=lambda _: pick)
     if len(view) < 2:
         raise GenerateError(f"{zoo.path}: only {len(view)} models pass the selection "
-                            f"(last epoch, not diverged, min_acc={min_acc}); need at least 2")
+                            f"(last epoch, not diverged{criterion}); need at least 2")
     space = view.weight_space
     population = view.weights(np.arange(len(view)))
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eval.generate import (GenerateError, TrainedGenerator, compare_with_training, sample_to_zoo,
-                           train_generator)
+                           select_and_align, train_generator)
 from models.weight_generator import GeneratorConfig
 from train import TrainConfig
 from wsl.config import override
@@ -84,6 +84,18 @@ def test_accuracy_condition_and_its_errors(trained):
         gen.sample(2, sampler="rk5")
     with pytest.raises(GenerateError, match="not a generator directory"):
         TrainedGenerator.load(trained / "zoo")
+
+
+def test_min_acc_selects_on_validation_not_test_accuracy(trained):
+    zoo = Zoo.open(trained / "zoo")
+    last = zoo.filter(epoch="last")
+    val, test = last.metrics["val_acc"], last.metrics["test_acc"]
+    threshold = float(np.median(val))
+    selection = select_and_align(zoo, GeneratorConfig(), min_acc=threshold, align="none")
+    assert sorted(selection.zoo.global_rows) == sorted(last.global_rows[val >= threshold])
+    assert (val >= threshold).sum() >= 2 and not np.array_equal(val >= threshold, test >= threshold)
+    with pytest.raises(GenerateError, match="val_acc ≥ 2.0"):
+        select_and_align(zoo, GeneratorConfig(), min_acc=2.0, align="none")
 
 
 SHARDED = textwrap.dedent("""
