@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 
+DEMO_ZOO = ["num_models=128", "init_seeds=1", "data_order=per_model"]
+
+
 def _stage(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
@@ -39,7 +42,9 @@ def main(argv=None) -> int:
 
     zoo_dir, gen_dir, samples_dir = args.out / "zoo", args.out / "generator", args.out / "samples"
     t = _stage("1/4 build the quick zoo (a population trained in one compiled program)")
-    if zoo_main(["build", "quick", "--out", str(zoo_dir)]):  # resumes, or finds it finished
+    # One shared initialisation with per-model data orders keeps the population in one basin,
+    # which a generator needs (independent initialisations on 32 models give it only copies).
+    if zoo_main(["build", "quick", "--out", str(zoo_dir), *DEMO_ZOO]):  # resumes, or is finished
         return 2
     zoo_main(["info", str(zoo_dir)])
     print(f"   ({time.perf_counter() - t:.0f} s)")
