@@ -36,17 +36,17 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eval.lmc import linear_mode_connectivity  # noqa: E402
+from wsl.eval.lmc import linear_mode_connectivity  # noqa: E402
 from wsl import assignment  # noqa: E402
 from wsl.align import group_orders, matching_objective, weight_matching  # noqa: E402
-from zoos.architectures import build  # noqa: E402
-from zoos.datasets import load_dataset  # noqa: E402
+from wsl.zoos.architectures import build  # noqa: E402
+from wsl.zoos.datasets import load_dataset  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ a small zoo
 def _apply(arch):
     try:  # convolutions as matmuls: several times faster vmapped over models on CPU
-        from zoos.population import population_apply
+        from wsl.zoos.population import population_apply
         return lambda p, x: population_apply(arch, p, x)
     except ImportError:
         return arch.apply

@@ -37,9 +37,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._report import table  # noqa: E402
-from models.encoders import build_encoder  # noqa: E402
-from models.neural_graph import layer_chain, neural_graph  # noqa: E402
-from zoos.architectures import build as build_architecture  # noqa: E402
+from wsl.models.encoders import build_encoder  # noqa: E402
+from wsl.models.neural_graph import layer_chain, neural_graph  # noqa: E402
+from wsl.zoos.architectures import build as build_architecture  # noqa: E402
 
 CHANNELS = (16, 16, 5)
 HEAD = (1000, 1000)
@@ -92,7 +92,7 @@ def torch_layout(space, batch: dict):
     import torch
     from nfn.common import WeightSpaceFeatures
 
-    from models.neural_graph import tensor_at
+    from wsl.models.neural_graph import tensor_at
 
     chain = layer_chain(space)
     weights, biases = [], []

@@ -41,14 +41,14 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
-from eval.generate import (TrainedGenerator, compare_with_training, sample_to_zoo,  # noqa: E402
+from wsl.eval.generate import (TrainedGenerator, compare_with_training, sample_to_zoo,  # noqa: E402
                            train_generator)
-from models.weight_generator import GeneratorConfig  # noqa: E402
-from train import TrainConfig  # noqa: E402
+from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
+from wsl.train import TrainConfig  # noqa: E402
 from wsl.config import override  # noqa: E402
-from zoos.population import build_zoo  # noqa: E402
-from zoos.recipes import get_recipe  # noqa: E402
-from zoos.store import Zoo, ZooError  # noqa: E402
+from wsl.zoos.population import build_zoo  # noqa: E402
+from wsl.zoos.recipes import get_recipe  # noqa: E402
+from wsl.zoos.store import Zoo, ZooError  # noqa: E402
 
 # The benchmark zoos are "fixed seed" zoos (Schürholt et al. 2022): every model starts from one
 # shared initialisation and sees its own data order, with one activation and optimizer and moderate

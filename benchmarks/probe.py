@@ -31,11 +31,11 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
-from eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
+from wsl.eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
-from zoos.population import build_zoo  # noqa: E402
-from zoos.recipes import get_recipe  # noqa: E402
-from zoos.store import Zoo, ZooError  # noqa: E402
+from wsl.zoos.population import build_zoo  # noqa: E402
+from wsl.zoos.recipes import get_recipe  # noqa: E402
+from wsl.zoos.store import Zoo, ZooError  # noqa: E402
 
 # The seven, in the order of the published tables; ProbeX is an optional extra row.
 DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng_gnn",

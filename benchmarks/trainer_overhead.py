@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import ArraySource, Pipeline, TrainConfig, train
-from train.optim import make_optimizer, make_schedule
-from train.shardings import batch_sharding, mesh_from_config
+from wsl.train import ArraySource, Pipeline, TrainConfig, train
+from wsl.train.optim import make_optimizer, make_schedule
+from wsl.train.shardings import batch_sharding, mesh_from_config
 from wsl.config import override
 
 

@@ -31,7 +31,7 @@ def rss_mb() -> float:
 
 
 def write_zoo(directory: Path, rows: int) -> None:
-    from zoos.architectures import build
+    from wsl.zoos.architectures import build
 
     space = build("small_cnn").weight_space
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             write_zoo(directory, args.rows)
             print(f"wrote {directory} in {time.perf_counter() - t:.1f} s")
-        from zoos.architectures import build
-        from zoos.small_cnn_zoo import SmallCNNZoo
+        from wsl.zoos.architectures import build
+        from wsl.zoos.small_cnn_zoo import SmallCNNZoo
 
         build("small_cnn")  # start JAX first: its one-off start-up is not the reader's memory
         file_mb = (directory / "weights.npy").stat().st_size / 2**20

@@ -30,15 +30,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     begin = time.perf_counter()
 
-    from eval.gen_cli import DEFAULT_TRAIN as GEN_TRAIN
-    from eval.gen_cli import _report
-    from eval.generate import sample_to_zoo, train_generator
-    from eval.probe import DEFAULT_TRAIN as PROBE_TRAIN
-    from eval.probe import ProbeConfig, format_report, run_probe
-    from models.weight_generator import GeneratorConfig
+    from wsl.eval.gen_cli import DEFAULT_TRAIN as GEN_TRAIN
+    from wsl.eval.gen_cli import _report
+    from wsl.eval.generate import sample_to_zoo, train_generator
+    from wsl.eval.probe import DEFAULT_TRAIN as PROBE_TRAIN
+    from wsl.eval.probe import ProbeConfig, format_report, run_probe
+    from wsl.models.weight_generator import GeneratorConfig
     from wsl.config import override
-    from zoos.cli import main as zoo_main
-    from zoos.store import Zoo
+    from wsl.zoos.cli import main as zoo_main
+    from wsl.zoos.store import Zoo
 
     zoo_dir, gen_dir, samples_dir = args.out / "zoo", args.out / "generator", args.out / "samples"
     t = _stage("1/4 build the quick zoo (a population trained in one compiled program)")

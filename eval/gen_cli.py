@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from models.weight_generator import METHODS, GeneratorConfig
-from train import TrainConfig
+from wsl.models.weight_generator import METHODS, GeneratorConfig
+from wsl.train import TrainConfig
 from wsl.config import ConfigError, override
 
 DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
@@ -40,8 +40,8 @@ def _split_overrides(words):
 
 
 def _report(generated, generator_dir: Path, out: Path, seed: int) -> dict:
-    from eval.generate import compare_with_training
-    from eval.generated import plot_report
+    from wsl.eval.generate import compare_with_training
+    from wsl.eval.generated import plot_report
 
     report = compare_with_training(generated, generator_dir, seed=seed)
     print(report.table())
@@ -83,10 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from eval.generate import GenerateError, sample_to_zoo, train_generator
-    from train import PipelineError, TrainError
-    from train.checkpoint import CheckpointError
-    from zoos.store import Zoo, ZooError
+    from wsl.eval.generate import GenerateError, sample_to_zoo, train_generator
+    from wsl.train import PipelineError, TrainError
+    from wsl.train.checkpoint import CheckpointError
+    from wsl.zoos.store import Zoo, ZooError
 
     try:
         if args.command == "train":

@@ -29,17 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
-from models.flow import SAMPLERS as FLOW_SAMPLERS
-from models.normalize import TensorNormalizer
-from models.weight_generator import (AutoencoderTask, GeneratorConfig, GeneratorTask,
+from wsl.models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
+from wsl.models.flow import SAMPLERS as FLOW_SAMPLERS
+from wsl.models.normalize import TensorNormalizer
+from wsl.models.weight_generator import (AutoencoderTask, GeneratorConfig, GeneratorTask,
                                      make_autoencoder, make_generator)
-from train import TrainConfig, load_params, train
+from wsl.train import TrainConfig, load_params, train
 from wsl.align import align_zoo
 from wsl.config import from_dict, to_dict
-from zoos.architectures import build
-from zoos.population import population_logits
-from zoos.store import Zoo, write_zoo
+from wsl.zoos.architectures import build
+from wsl.zoos.population import population_logits
+from wsl.zoos.store import Zoo, write_zoo
 
 GENERATOR_FILE = "generator.json"
 
@@ -50,7 +50,7 @@ class GenerateError(ValueError):
 
 def zoo_dataset(manifest: Mapping[str, Any]):
     """The dataset a zoo was trained on, rebuilt from its manifest (same splits, same transforms)."""
-    from zoos.datasets import load_dataset
+    from wsl.zoos.datasets import load_dataset
 
     spec = manifest.get("dataset")
     if not isinstance(spec, Mapping) or "name" not in spec:
@@ -163,7 +163,7 @@ def _batch_data(x, cond_class, cond_scalar) -> dict:
 def _fit_batch(config: TrainConfig, rows: int) -> int:
     """The configured batch size, cut to the number of rows for a small zoo (every model in every
     batch) and kept a multiple of the mesh's device count."""
-    from train.shardings import mesh_from_config
+    from wsl.train.shardings import mesh_from_config
 
     devices = mesh_from_config(config.mesh).devices.size
     size = min(config.batch_size, rows)
@@ -466,7 +466,7 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
 def compare_with_training(generated: Zoo, generator_dir: str | Path, *, seed: int = 0,
                           max_train: int = 1000):
     """`eval.generated` report of a generated zoo against its generator's training population."""
-    from eval.generated import evaluate_generated
+    from wsl.eval.generated import evaluate_generated
 
     gen = TrainedGenerator.load(generator_dir)
     train_flat = np.load(Path(generator_dir) / "aligned_train.npy")

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoos.architectures import Architecture
-from zoos.population import population_logits
+from wsl.zoos.architectures import Architecture
+from wsl.zoos.population import population_logits
 
 # Gaussian noise added to training models, × each tensor's std over the training population (the
 # generators' normalised units); dense where small models start to lose accuracy.

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from wsl.align import activation_matching, weight_matching
-from zoos.architectures import Architecture, activation_fn
+from wsl.zoos.architectures import Architecture, activation_fn
 
 DEFAULT_LAMBDAS = np.linspace(0.0, 1.0, 11)
 

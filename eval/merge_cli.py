@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_dataset(manifest: dict, path: Path):
-    from zoos.datasets import load_dataset
+    from wsl.zoos.datasets import load_dataset
 
     info = manifest.get("dataset")
     if not isinstance(info, dict) or "name" not in info:
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import jax
 
-    from eval.merging import merge
-    from zoos.model_files import format_from_suffix, save_model
-    from zoos.store import Zoo, ZooError
+    from wsl.eval.merging import merge
+    from wsl.zoos.model_files import format_from_suffix, save_model
+    from wsl.zoos.store import Zoo, ZooError
 
     out = Path(args.out)
     try:

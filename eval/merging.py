@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval.lmc import cross_entropy_and_correct, padded_batches
+from wsl.eval.lmc import cross_entropy_and_correct, padded_batches
 from wsl.align import align_zoo
-from zoos.architectures import Architecture
+from wsl.zoos.architectures import Architecture
 
 METHODS = ("uniform", "greedy", "fisher")
 

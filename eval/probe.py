@@ -25,9 +25,9 @@ import numpy as np
 import optax
 from scipy import stats
 
-from models.encoders import build_encoder, encoder_names
-from models.normalize import TensorNormalizer
-from train import TrainConfig, permutation_augmentation, train
+from wsl.models.encoders import build_encoder, encoder_names
+from wsl.models.normalize import TensorNormalizer
+from wsl.train import TrainConfig, permutation_augmentation, train
 from wsl.config import to_dict
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
@@ -175,7 +175,7 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
         train_split, val_split, test_split = splits
         start = time.perf_counter()
         if config.encoder == "statnn_gbt":
-            from models.statnn import GradientBoostedStats
+            from wsl.models.statnn import GradientBoostedStats
 
             # scikit-learn's default leaf size (20) leaves a small zoo one constant leaf.
             gbt = GradientBoostedStats(space, "classification" if kind == "classes" else "regression",

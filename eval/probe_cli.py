@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, ProbeError, format_report, run_probe
+from wsl.eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, ProbeError, format_report, run_probe
 from wsl.config import ConfigError, parse_value, override
 
 
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
                         help="results directory (default runs/probe-<encoder>-<target>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
-    from zoos.store import Zoo, ZooError
+    from wsl.zoos.store import Zoo, ZooError
 
     try:
         encoder_config = {}

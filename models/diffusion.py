@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.flow import drop_conditions, guided
+from wsl.models.flow import drop_conditions, guided
 
 SAMPLERS = ("ddpm", "ddim")
 PREDICTIONS = ("data", "noise")

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.normalize import TensorNormalizer
+from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -66,18 +66,18 @@ def prepare(weight_space: WeightSpace, params, normalizer: TensorNormalizer | No
 # ------------------------------------------------------------------------------------ registry
 # name -> (module path, class name, fixed config, description)
 _ENCODERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
-    "flat_mlp": ("models.statnn", "FlatMLP", {}, "MLP on the flattened weight vector (not invariant)"),
-    "statnn": ("models.statnn", "StatNN", {},
+    "flat_mlp": ("wsl.models.statnn", "FlatMLP", {}, "MLP on the flattened weight vector (not invariant)"),
+    "statnn": ("wsl.models.statnn", "StatNN", {},
                "7 statistics per tensor (mean, var, quantiles 0/25/50/75/100) → MLP"),
-    "nfn_np": ("models.nfn", "NFN", {"mode": "np"},
+    "nfn_np": ("wsl.models.nfn", "NFN", {"mode": "np"},
                "NFN with every neuron permutable, inputs and outputs included (Zhou et al. 2023)"),
-    "nfn_hnp": ("models.nfn", "NFN", {"mode": "hnp"},
+    "nfn_hnp": ("wsl.models.nfn", "NFN", {"mode": "hnp"},
                 "NFN with only hidden neurons permutable (Zhou et al. 2023)"),
-    "ng_gnn": ("models.graph_encoders", "NeuralGraphGNN", {},
+    "ng_gnn": ("wsl.models.graph_encoders", "NeuralGraphGNN", {},
                "PNA message passing on the neural graph (Kofinas et al. 2024)"),
-    "ng_transformer": ("models.graph_encoders", "NeuralGraphTransformer", {},
+    "ng_transformer": ("wsl.models.graph_encoders", "NeuralGraphTransformer", {},
                        "relational transformer on the neural graph, attention along edges"),
-    "probex": ("models.probex", "ProbeX", {}, "learned probes through one layer (Horwitz et al. 2025)"),
+    "probex": ("wsl.models.probex", "ProbeX", {}, "learned probes through one layer (Horwitz et al. 2025)"),
 }
 
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.encoders import ACTIVATIONS, MLP, prepare
-from models.normalize import TensorNormalizer
-from models.neural_graph import NeuralGraph, neural_graph
+from wsl.models.encoders import ACTIVATIONS, MLP, prepare
+from wsl.models.normalize import TensorNormalizer
+from wsl.models.neural_graph import NeuralGraph, neural_graph
 from wsl.weight_space import WeightSpace
 
 

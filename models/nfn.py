@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.encoders import MLP, prepare
-from models.normalize import TensorNormalizer
-from models.neural_graph import LayerChain, layer_chain, tensor_at
+from wsl.models.encoders import MLP, prepare
+from wsl.models.normalize import TensorNormalizer
+from wsl.models.neural_graph import LayerChain, layer_chain, tensor_at
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")

@@ -16,9 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.encoders import MLP, prepare
-from models.normalize import TensorNormalizer
-from models.neural_graph import tensor_at
+from wsl.models.encoders import MLP, prepare
+from wsl.models.normalize import TensorNormalizer
+from wsl.models.neural_graph import tensor_at
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 

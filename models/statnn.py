@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.encoders import MLP, prepare
-from models.normalize import TensorNormalizer
+from wsl.models.encoders import MLP, prepare
+from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace
 
 STATISTICS = ("mean", "var", "q0", "q25", "q50", "q75", "q100")

@@ -13,10 +13,10 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from models.autoencoder import Autoencoding, WeightAutoencoder
-from models.backbones import MLPBackbone, TokenTransformer
-from models.diffusion import Diffusion
-from models.flow import FlowMatching
+from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
+from wsl.models.backbones import MLPBackbone, TokenTransformer
+from wsl.models.diffusion import Diffusion
+from wsl.models.flow import FlowMatching
 from wsl.weight_space import WeightSpace
 
 METHODS = ("flow", "ddpm", "latent-ddpm")

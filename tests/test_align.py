@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from models.mixup import aligned_mixup
+from wsl.models.mixup import aligned_mixup
 from wsl import assignment
 from wsl.align import (activation_matching, align_zoo, group_orders, matching_objective,
                        weight_matching)
 from wsl.weight_space import TensorSpec, WeightSpace, WeightSpaceError, nest_paths
-from zoos.architectures import build
+from wsl.zoos.architectures import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -324,7 +324,7 @@ def test_sharded_over_eight_devices_gives_the_same_alignment():
         import jax, numpy as np
         from wsl.align import weight_matching
         from wsl.sharding import make_mesh
-        from zoos.architectures import build
+        from wsl.zoos.architectures import build
         assert len(jax.devices()) == 8
         arch = build("mlp", widths=(8, 8))
         space = arch.weight_space
@@ -347,7 +347,7 @@ def test_sharded_over_eight_devices_gives_the_same_alignment():
 
 # ------------------------------------------------------------------------------ activations
 def test_activation_matching_recovers_planted_permutations():
-    from eval.lmc import unit_features
+    from wsl.eval.lmc import unit_features
 
     # tanh: no unit is dead on all inputs (dead ReLU units are indistinguishable by activations).
     arch = _small_mlp(activation="tanh")
@@ -379,7 +379,7 @@ def test_activation_matching_hands_featureless_groups_to_weight_matching():
 
 @pytest.mark.slow
 def test_activation_matching_on_a_transformer():
-    from eval.lmc import unit_features
+    from wsl.eval.lmc import unit_features
 
     arch = build("transformer", depth=1, heads=2, head_dim=4, dim=8, mlp_dim=8)
     space = arch.weight_space

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoos.architectures import build, list_architectures
+from wsl.zoos.architectures import build, list_architectures
 
 CONFIGS = [
     ("mlp", {}),

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.augment import (compose, gaussian_noise, magnitude_pruning, random_permutation,
+from wsl.models.augment import (compose, gaussian_noise, magnitude_pruning, random_permutation,
                             weight_dropout)
 from wsl.weight_space import WeightSpaceError
-from zoos.architectures import build
+from wsl.zoos.architectures import build
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 

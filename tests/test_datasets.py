@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from zoos.datasets import Dataset, list_datasets, load_dataset, read_idx
+from wsl.zoos.datasets import Dataset, list_datasets, load_dataset, read_idx
 
 SPLITS = ("train", "val", "test")
 

@@ -2,7 +2,7 @@
 
 import json
 
-from eval import demo
+from wsl.eval import demo
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

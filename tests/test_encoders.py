@@ -16,15 +16,15 @@ import pytest
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
-from models.normalize import TensorNormalizer
-from models.encoders import (build_encoder, default_config, encoder_names,
+from wsl.models.normalize import TensorNormalizer
+from wsl.models.encoders import (build_encoder, default_config, encoder_names,
                              list_encoders)
-from models.neural_graph import ChainError, layer_chain, neural_graph, with_io_groups
-from models.nfn import nfn_structure
-from models.probex import layer_matrix
-from models.statnn import GradientBoostedStats, fit_feature_scaling, stat_feature_names, stat_features
+from wsl.models.neural_graph import ChainError, layer_chain, neural_graph, with_io_groups
+from wsl.models.nfn import nfn_structure
+from wsl.models.probex import layer_matrix
+from wsl.models.statnn import GradientBoostedStats, fit_feature_scaling, stat_feature_names, stat_features
 from wsl.weight_space import WeightSpaceError
-from zoos.architectures import build
+from wsl.zoos.architectures import build
 
 SPACES = {
     "mlp": ("mlp", {"widths": (8, 8)}),
@@ -437,9 +437,9 @@ SHARDED = textwrap.dedent("""
     import sys
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from models.encoders import build_encoder
+    from wsl.models.encoders import build_encoder
     from wsl.sharding import make_mesh, shard_leading
-    from zoos.architectures import build
+    from wsl.zoos.architectures import build
     assert jax.device_count() == 8
     ws = build("small_cnn", input_shape=(8, 8, 1), channels=4).weight_space
     params = ws.unflatten(np.random.default_rng(0).normal(0, 0.3, (16, ws.num_params)).astype("f4"))
@@ -475,7 +475,7 @@ def test_encoder_runs_data_parallel_on_eight_devices(encoder):
 def trained_population(n=160, seed=0, max_steps=300):
     """Small CNNs trained on digits with log-uniform SGD learning rates and stopped at random
     steps: a little zoo whose test accuracies spread from chance to ~95 %."""
-    from zoos.datasets import load_dataset
+    from wsl.zoos.datasets import load_dataset
 
     data = load_dataset("digits", seed=seed)
     arch = build("small_cnn", input_shape=(8, 8, 1), channels=8)

@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 
-from eval.generated import affine_span_distance, evaluate_generated, max_wrong_iou, plot_report
-from zoos.architectures import build
+from wsl.eval.generated import affine_span_distance, evaluate_generated, max_wrong_iou, plot_report
+from wsl.zoos.architectures import build
 
 
 def test_max_wrong_iou_matches_sets():

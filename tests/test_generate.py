@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.generate import (GenerateError, TrainedGenerator, compare_with_training, sample_to_zoo,
+from wsl.eval.generate import (GenerateError, TrainedGenerator, compare_with_training, sample_to_zoo,
                            select_and_align, train_generator)
-from models.weight_generator import GeneratorConfig
-from train import TrainConfig
+from wsl.models.weight_generator import GeneratorConfig
+from wsl.train import TrainConfig
 from wsl.config import override
-from zoos.population import build_zoo
-from zoos.recipes import get_recipe
-from zoos.store import Zoo
+from wsl.zoos.population import build_zoo
+from wsl.zoos.recipes import get_recipe
+from wsl.zoos.store import Zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_TRAIN = ["steps=300", "batch_size=16", "ema_decay=0.99", "log.progress=false",
@@ -101,8 +101,8 @@ def test_min_acc_selects_on_validation_not_test_accuracy(trained):
 SHARDED = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from models.weight_generator import GeneratorConfig, GeneratorTask, make_generator
-    from train import TrainConfig, train
+    from wsl.models.weight_generator import GeneratorConfig, GeneratorTask, make_generator
+    from wsl.train import TrainConfig, train
     from wsl.config import override
     import jax
 

@@ -6,12 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from models.autoencoder import Autoencoding, WeightAutoencoder
-from models.backbones import MLPBackbone, TokenTransformer, token_layout
-from models.diffusion import Diffusion
-from models.flow import FlowMatching
-from models.normalize import TensorNormalizer
-from zoos.architectures import build
+from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
+from wsl.models.backbones import MLPBackbone, TokenTransformer, token_layout
+from wsl.models.diffusion import Diffusion
+from wsl.models.flow import FlowMatching
+from wsl.models.normalize import TensorNormalizer
+from wsl.zoos.architectures import build
 
 DIM = 8
 MEANS = jnp.stack([jnp.full(DIM, 2.0), jnp.full(DIM, -2.0)])

@@ -5,9 +5,9 @@ import numpy as np
 
 from tests.test_model_zoos import write_trial
 from tests.test_small_cnn_zoo import write_fixture
-from zoos.architectures import build
-from zoos.importers import import_zoo
-from zoos.model_files import save_model
+from wsl.zoos.architectures import build
+from wsl.zoos.importers import import_zoo
+from wsl.zoos.model_files import save_model
 
 
 def test_small_cnn_zoo_import(tmp_path):

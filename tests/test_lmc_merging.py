@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from eval.lmc import (accuracy_barrier, interpolate, linear_mode_connectivity, loss_barrier,
+from wsl.eval.lmc import (accuracy_barrier, interpolate, linear_mode_connectivity, loss_barrier,
                       path_metrics, plot_lmc)
-from eval.merging import (evaluate, fisher_average, fisher_diagonal, greedy_soup, merge,
+from wsl.eval.merging import (evaluate, fisher_average, fisher_diagonal, greedy_soup, merge,
                           uniform_average)
-from zoos.architectures import build
-from zoos.datasets import load_dataset
+from wsl.zoos.architectures import build
+from wsl.zoos.datasets import load_dataset
 
 NUM_MODELS = 40  # 20 disjoint pairs
 
@@ -172,7 +172,7 @@ def test_merge_refuses_diverged_models(trained):
 
 # ------------------------------------------------------------------------------ wsl merge
 def _write_zoo(path, arch, params, data):
-    from zoos.store import write_zoo
+    from wsl.zoos.store import write_zoo
 
     n = 7
     acc = evaluate(arch.apply, jax.tree.map(lambda a: a[:n], params), data.x_val, data.y_val)["acc"]
@@ -188,9 +188,9 @@ def _write_zoo(path, arch, params, data):
 
 
 def test_wsl_merge_command(trained, tmp_path, capsys):
-    from eval.merge_cli import main
+    from wsl.eval.merge_cli import main
     from wsl.cli import main as wsl_main
-    from zoos.model_files import load_model
+    from wsl.zoos.model_files import load_model
 
     arch, data, params = trained
     zoo = tmp_path / "zoo"

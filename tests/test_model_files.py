@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from zoos.architectures import build
-from zoos.model_files import load_model, save_model
+from wsl.zoos.architectures import build
+from wsl.zoos.model_files import load_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from zoos.architectures import build
-from zoos.model_zoos import read_trial, trial_folders
-from zoos.torch_layout import to_torch_state
-from zoos.torch_pickle import write_torch_checkpoint
+from wsl.zoos.architectures import build
+from wsl.zoos.model_zoos import read_trial, trial_folders
+from wsl.zoos.torch_layout import to_torch_state
+from wsl.zoos.torch_pickle import write_torch_checkpoint
 
 MODULE_INDEX = [0, 3, 6, 9, 11]  # conv, pool, act, conv, pool, act, conv, act, flatten, fc, act, fc
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from train import (ArraySource, Pipeline, PipelineError, Position, ZooSource,
+from wsl.train import (ArraySource, Pipeline, PipelineError, Position, ZooSource,
                    permutation_augmentation)
 from wsl.sharding import make_mesh
 from wsl.weight_space import WeightSpaceError
-from zoos.architectures import build
+from wsl.zoos.architectures import build
 
 
 def rows_source(n=50):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from wsl.sharding import make_mesh
-from zoos.architectures import build
-from zoos.datasets import load_dataset
-from zoos.population import (PopulationError, TrainSettings, _matmul_conv_interceptor,
+from wsl.zoos.architectures import build
+from wsl.zoos.datasets import load_dataset
+from wsl.zoos.population import (PopulationError, TrainSettings, _matmul_conv_interceptor,
                              build_zoo, init_population, train_population)
-from zoos.recipes import RecipeError, get_recipe, plan
+from wsl.zoos.recipes import RecipeError, get_recipe, plan
 
 ONE_DEVICE = make_mesh(("models",), devices=jax.devices()[:1])
 
@@ -69,7 +69,7 @@ def _tiny_hparams(n, lr=0.01):
 _SHARDED_SCRIPT = """
 import sys, jax, numpy as np
 from wsl.sharding import make_mesh
-from zoos.population import train_population
+from wsl.zoos.population import train_population
 sys.path.insert(0, {test_dir!r})
 from test_population import _small
 assert len(jax.devices()) == 8, jax.devices()
@@ -233,7 +233,7 @@ def test_bad_population_inputs_are_named():
 
 
 def test_dropout_prng_bits_look_uniform_and_independent():
-    from zoos.population import DROPOUT_PRNG
+    from wsl.zoos.population import DROPOUT_PRNG
 
     keys = jax.random.wrap_key_data(np.array([[1, 2], [1, 3], [2, 2]], np.uint32), impl=DROPOUT_PRNG)
     masks = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), 0.7,

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from eval.probe import DEFAULT_TRAIN, ProbeConfig, ProbeError, run_probe
+from wsl.eval.probe import DEFAULT_TRAIN, ProbeConfig, ProbeError, run_probe
 from wsl.config import override
-from zoos.architectures import build
-from zoos.store import write_zoo
+from wsl.zoos.architectures import build
+from wsl.zoos.store import write_zoo
 
 
 @pytest.fixture(scope="module")

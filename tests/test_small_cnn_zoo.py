@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from zoos.architectures import build
-from zoos.small_cnn_zoo import SmallCNNZoo
+from wsl.zoos.architectures import build
+from wsl.zoos.small_cnn_zoo import SmallCNNZoo
 
 TF_NAMES = {"conv_0": "conv2d", "conv_1": "conv2d_1", "conv_2": "conv2d_2", "dense_0": "dense"}
 

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from zoos.architectures import build
-from zoos.torch_layout import from_torch_state, to_torch_state
+from wsl.zoos.architectures import build
+from wsl.zoos.torch_layout import from_torch_state, to_torch_state
 
 
 @pytest.mark.parametrize("name,config", [("mlp", {}), ("small_cnn", {"input_shape": (8, 8, 1)}),
@@ -48,7 +48,7 @@ def test_cnn_s_logits_match_torch(tmp_path):
 
     from safetensors.numpy import load_file
 
-    from zoos.model_files import save_model
+    from wsl.zoos.model_files import save_model
 
     arch = build("cnn_s")
     params = arch.init(jax.random.key(3))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from wsl.cli import main as wsl
-from zoos.cli import SUBCOMMANDS, histogram, register
-from zoos.store import open_zoo
+from wsl.zoos.cli import SUBCOMMANDS, histogram, register
+from wsl.zoos.store import open_zoo
 
 
 @pytest.fixture(scope="module")

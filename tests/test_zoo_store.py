@@ -9,10 +9,10 @@ import pytest
 
 from wsl.sharding import make_mesh, leading_axis
 from wsl.weight_space import nest_paths
-from zoos import open_zoo
-from zoos.architectures import build
-from zoos.store import Zoo, ZooError, ZooWriter, write_zoo
-from zoos.torch_layout import to_torch_state
+from wsl.zoos import open_zoo
+from wsl.zoos.architectures import build
+from wsl.zoos.store import Zoo, ZooError, ZooWriter, write_zoo
+from wsl.zoos.torch_layout import to_torch_state
 
 MODELS, EPOCHS = 6, (0, 2, 5)
 

@@ -5,15 +5,15 @@ the rest — optimizer and schedule, mesh and shardings, the zoo input pipeline,
 and resume, logging and early stopping — all driven by one `TrainConfig`.
 """
 
-from train.augment import permutation_augmentation
-from train.checkpoint import CheckpointError, Checkpoints, load_params
-from train.config import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, MeshConfig,
+from wsl.train.augment import permutation_augmentation
+from wsl.train.checkpoint import CheckpointError, Checkpoints, load_params
+from wsl.train.config import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, MeshConfig,
                           OptimizerConfig, TrainConfig, config_from_argv)
-from train.pipeline import (ArraySource, BatchIterator, Pipeline, PipelineError, Position,
+from wsl.train.pipeline import (ArraySource, BatchIterator, Pipeline, PipelineError, Position,
                             RowSource, ZooSource)
-from train.step import TrainState
-from train.task import Task, TaskError
-from train.trainer import Trainer, TrainError, TrainResult, train
+from wsl.train.step import TrainState
+from wsl.train.task import Task, TaskError
+from wsl.train.trainer import Trainer, TrainError, TrainResult, train
 
 __all__ = [
     "ArraySource", "BatchIterator", "CheckpointConfig", "CheckpointError", "Checkpoints",

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train.config import OptimizerConfig
+from wsl.train.config import OptimizerConfig
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

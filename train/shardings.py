@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from train.config import MeshConfig
+from wsl.train.config import MeshConfig
 from wsl.config import ConfigError
 from wsl.sharding import make_mesh
 

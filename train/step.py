@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from train.optim import ema_update
+from wsl.train.optim import ema_update
 
 
 @struct.dataclass

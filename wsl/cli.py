@@ -11,12 +11,12 @@ import sys
 
 # name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("eval.demo", "the whole pipeline on the quick zoo: build, probe, align, generate, evaluate"),
+    "demo": ("wsl.eval.demo", "the whole pipeline on the quick zoo: build, probe, align, generate, evaluate"),
     "list": ("wsl.cli", "list architectures (with parameter counts) and datasets (with sizes)"),
-    "zoo": ("zoos.cli", "build, inspect, import and export model zoos"),
-    "merge": ("eval.merge_cli", "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
-    "probe": ("eval.probe_cli", "train an encoder to predict a zoo column from weights (Kendall τ, R²)"),
-    "gen": ("eval.gen_cli", "train weight generators on a zoo, sample and evaluate new networks"),
+    "zoo": ("wsl.zoos.cli", "build, inspect, import and export model zoos"),
+    "merge": ("wsl.eval.merge_cli", "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
+    "probe": ("wsl.eval.probe_cli", "train an encoder to predict a zoo column from weights (Kendall τ, R²)"),
+    "gen": ("wsl.eval.gen_cli", "train weight generators on a zoo, sample and evaluate new networks"),
 }
 
 
@@ -40,14 +40,14 @@ def list_main(argv: list[str]) -> int:
                         default="all")
     args = parser.parse_args(argv)
     if args.what in ("all", "architectures"):
-        from zoos.architectures import list_architectures
+        from wsl.zoos.architectures import list_architectures
 
         print("architectures (default config)")
         for a in list_architectures():
             print(f"  {a['name']:<12} {a['num_params']:>7,} params  {a['description']}")
             print(f"  {'':<12} {'':>7}         {a['config']}")
     if args.what in ("all", "datasets"):
-        from zoos.datasets import list_datasets
+        from wsl.zoos.datasets import list_datasets
 
         print("datasets")
         for d in list_datasets():

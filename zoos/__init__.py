@@ -1,6 +1,6 @@
 """zoos: where populations come from — architectures, datasets, the population trainer, recipes, the zoo store.
 
-`Zoo` and `open_zoo` are imported lazily so that `import zoos.architectures` stays light.
+`Zoo` and `open_zoo` are imported lazily so that `import wsl.zoos.architectures` stays light.
 """
 
 __all__ = ["Zoo", "open_zoo"]
@@ -8,7 +8,7 @@ __all__ = ["Zoo", "open_zoo"]
 
 def __getattr__(name):
     if name in __all__:
-        from zoos import store
+        from wsl.zoos import store
 
         return getattr(store, name)
     raise AttributeError(f"module 'zoos' has no attribute {name!r}")

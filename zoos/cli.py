@@ -2,7 +2,7 @@
 
 Each subcommand is ``SUBCOMMANDS[name] = (module, function, help)``; the function takes argv and
 returns an exit code, and its module is imported only when the subcommand runs. `register` adds one
-(e.g. ``register("import", "zoos.importers", "import_main", "convert a published zoo")``).
+(e.g. ``register("import", "wsl.zoos.importers", "import_main", "convert a published zoo")``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import sys
 import time
 
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "build": ("zoos.cli", "build_main", "train a recipe's population into a zoo directory (resumes)"),
-    "info": ("zoos.cli", "info_main", "summarise a zoo: architecture, counts, metrics, accuracy histogram"),
-    "export": ("zoos.cli", "export_main", "write one model to .safetensors or .npz"),
-    "recipes": ("zoos.cli", "recipes_main", "list the named recipes and their settings"),
-    "import": ("zoos.importers", "import_main",
+    "build": ("wsl.zoos.cli", "build_main", "train a recipe's population into a zoo directory (resumes)"),
+    "info": ("wsl.zoos.cli", "info_main", "summarise a zoo: architecture, counts, metrics, accuracy histogram"),
+    "export": ("wsl.zoos.cli", "export_main", "write one model to .safetensors or .npz"),
+    "recipes": ("wsl.zoos.cli", "recipes_main", "list the named recipes and their settings"),
+    "import": ("wsl.zoos.importers", "import_main",
                "import a Small CNN Zoo, Model Zoos trials or a folder of checkpoints"),
 }
 
@@ -52,7 +52,7 @@ def _fail(prog: str, err: Exception, code: int = 2) -> int:
 
 # ------------------------------------------------------------------------------------ build
 def build_main(argv: list[str]) -> int:
-    from zoos.recipes import RECIPES
+    from wsl.zoos.recipes import RECIPES
 
     parser = argparse.ArgumentParser(
         prog="wsl zoo build", description="Train a recipe's population into a zoo directory. "
@@ -68,9 +68,9 @@ def build_main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_intermixed_args(argv)
 
-    from zoos.population import PopulationError, build_zoo
-    from zoos.recipes import RecipeError, get_recipe
-    from zoos.store import ZooError
+    from wsl.zoos.population import PopulationError, build_zoo
+    from wsl.zoos.recipes import RecipeError, get_recipe
+    from wsl.zoos.store import ZooError
 
     overrides = list(args.overrides)
     if args.num_models is not None:
@@ -162,7 +162,7 @@ def info_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsl zoo info", description=SUBCOMMANDS["info"][2])
     parser.add_argument("zoo", help="zoo directory")
     args = parser.parse_args(argv)
-    from zoos.store import Zoo, ZooError
+    from wsl.zoos.store import Zoo, ZooError
 
     try:
         print(summarise(Zoo.open(args.zoo)))
@@ -184,7 +184,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import numpy as np
 
-    from zoos.store import Zoo, ZooError
+    from wsl.zoos.store import Zoo, ZooError
 
     try:
         zoo = Zoo.open(args.zoo)
@@ -218,7 +218,7 @@ def recipes_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsl zoo recipes", description=SUBCOMMANDS["recipes"][2])
     parser.add_argument("name", nargs="?", help="show one recipe's fields")
     args = parser.parse_args(argv)
-    from zoos.recipes import RECIPES, RecipeError, describe, get_recipe
+    from wsl.zoos.recipes import RECIPES, RecipeError, describe, get_recipe
 
     if args.name:
         try:

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from zoos.architectures import Architecture, build
-from zoos.store import ZooWriter, Zoo
+from wsl.zoos.architectures import Architecture, build
+from wsl.zoos.store import ZooWriter, Zoo
 
 FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints")
 
@@ -51,7 +51,7 @@ def import_small_cnn_zoo(source: str | os.PathLike, out: str | os.PathLike, *,
                          step: int | None = None, rows_per_shard: int = 2048,
                          progress: bool = True) -> Zoo:
     """Copy a Small CNN Zoo (optionally one `step` only) into a wsl zoo."""
-    from zoos.small_cnn_zoo import SmallCNNZoo
+    from wsl.zoos.small_cnn_zoo import SmallCNNZoo
 
     src = SmallCNNZoo(source)
     rows = np.arange(len(src)) if step is None else np.flatnonzero(src.metrics["epoch"] == step)
@@ -81,7 +81,7 @@ def import_model_zoos(source: str | os.PathLike, out: str | os.PathLike, *,
                       architecture: Architecture | None = None, models_per_shard: int = 64,
                       progress: bool = True) -> Zoo:
     """Copy a folder of Model Zoos trials (CNN-s unless `architecture` says otherwise)."""
-    from zoos.model_zoos import PARAM_MAP, read_trial, trial_folders
+    from wsl.zoos.model_zoos import PARAM_MAP, read_trial, trial_folders
 
     trials = trial_folders(source)
     arch, _ = read_trial(trials[0], architecture)
@@ -111,7 +111,7 @@ def import_checkpoints(source: str | os.PathLike, out: str | os.PathLike, *, arc
                        config: Mapping[str, Any] | None = None, models_per_shard: int = 256,
                        progress: bool = True) -> Zoo:
     """One model per file in `source` (sorted by name), for the named architecture."""
-    from zoos.model_files import _SUFFIXES, load_model
+    from wsl.zoos.model_files import _SUFFIXES, load_model
 
     arch = build(architecture, **dict(config or {}))
     root = Path(source)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.weight_space import WeightSpace, nest_paths
-from zoos.torch_layout import from_torch_state, to_torch_state
+from wsl.zoos.torch_layout import from_torch_state, to_torch_state
 
 FORMATS = ("safetensors", "npz", "msgpack", "torch")
 _SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".msgpack": "msgpack", ".pt": "torch",
@@ -57,7 +57,7 @@ def save_model(path: str | os.PathLike, space: WeightSpace, params, *, format: s
         path.write_bytes(serialization.msgpack_serialize(
             nest_paths(state) if not torch_layout else dict(state)))
     else:
-        from zoos.torch_pickle import write_torch_checkpoint
+        from wsl.zoos.torch_pickle import write_torch_checkpoint
 
         write_torch_checkpoint(path, state)
     return path
@@ -87,7 +87,7 @@ def _read_state(path: Path, format: str) -> dict[str, np.ndarray]:
 
             walk(tree, ())
             return flat
-        from zoos.torch_pickle import load_torch_checkpoint
+        from wsl.zoos.torch_pickle import load_torch_checkpoint
 
         state = load_torch_checkpoint(path)
         if not isinstance(state, dict):

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from zoos.architectures import Architecture, build
-from zoos.torch_layout import from_torch_state, to_torch_state
-from zoos.torch_pickle import load_torch_checkpoint
+from wsl.zoos.architectures import Architecture, build
+from wsl.zoos.torch_layout import from_torch_state, to_torch_state
+from wsl.zoos.torch_pickle import load_torch_checkpoint
 
 # params.json keys → wsl hyperparameter columns.
 PARAM_MAP = {

@@ -35,8 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from wsl.sharding import axis_size, make_mesh, round_up
 from wsl.weight_space import nest_paths
-from zoos.architectures import Architecture
-from zoos.datasets import Dataset
+from wsl.zoos.architectures import Architecture
+from wsl.zoos.datasets import Dataset
 
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     # Learning rates are per-model values, so every optimizer is written with unit step size
@@ -495,7 +495,7 @@ def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
 def build_manifest(recipe, data: Dataset) -> dict:
     """The manifest a build of `recipe` writes: everything needed to rebuild and to read it."""
     from wsl.config import to_dict
-    from zoos.recipes import plan
+    from wsl.zoos.recipes import plan
 
     models, shards = plan(recipe)
     arch = _group_architecture(recipe, data, shards[0].group["activation"])
@@ -519,14 +519,14 @@ def _jsonable_config(config: Mapping[str, Any]) -> dict:
 
 
 def _group_architecture(recipe, data: Dataset, activation: str) -> Architecture:
-    from zoos.architectures import build
+    from wsl.zoos.architectures import build
 
     return build(recipe.architecture, **recipe.arch, activation=activation,
                  input_shape=tuple(data.input_shape), num_classes=data.num_classes)
 
 
 def load_recipe_dataset(recipe) -> Dataset:
-    from zoos.datasets import load_dataset
+    from wsl.zoos.datasets import load_dataset
 
     options = dict(recipe.dataset_options)
     for key in ("resize", "classes"):
@@ -544,8 +544,8 @@ def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    from zoos.recipes import plan
-    from zoos.store import Zoo, ZooWriter
+    from wsl.zoos.recipes import plan
+    from wsl.zoos.store import Zoo, ZooWriter
 
     data = load_recipe_dataset(recipe)
     models, shards = plan(recipe)

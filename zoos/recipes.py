@@ -29,8 +29,8 @@ from typing import Any, Literal
 import numpy as np
 
 from wsl.config import ConfigError, override, to_dict
-from zoos.architectures import ACTIVATIONS
-from zoos.population import INITS, OPTIMIZERS
+from wsl.zoos.architectures import ACTIVATIONS
+from wsl.zoos.population import INITS, OPTIMIZERS
 
 LOG_RANGES = ("lr", "weight_decay", "init_scale")
 LINEAR_RANGES = ("dropout", "bias_init")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoos.architectures import Architecture, build
+from wsl.zoos.architectures import Architecture, build
 
 # Small CNN Zoo metric columns → wsl zoo columns.
 COLUMN_MAP = {

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsl.weight_space import WeightSpace, nest_paths
-from zoos.torch_layout import to_torch_state
+from wsl.zoos.torch_layout import to_torch_state
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -490,7 +490,7 @@ class Zoo:
     def architecture(self):
         """The `Architecture` rebuilt from the manifest (`zoos.architectures.build`)."""
         if self._architecture is None:
-            from zoos.architectures import build
+            from wsl.zoos.architectures import build
 
             arch = self.manifest["architecture"]
             self._architecture = build(arch["name"], **arch.get("config", {}))
@@ -505,7 +505,7 @@ class Zoo:
         act = self.metrics.get("activation")
         if act is None or str(act[i]) == arch.config.get("activation", str(act[i])):
             return arch
-        from zoos.architectures import build
+        from wsl.zoos.architectures import build
 
         return build(arch.name, **{**arch.config, "activation": str(act[i])})
 
