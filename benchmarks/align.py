@@ -36,9 +36,9 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wsl.eval.lmc import linear_mode_connectivity  # noqa: E402
 from wsl import assignment  # noqa: E402
 from wsl.align import group_orders, matching_objective, weight_matching  # noqa: E402
+from wsl.eval.lmc import linear_mode_connectivity  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.datasets import load_dataset  # noqa: E402
 
@@ -46,7 +46,7 @@ from wsl.zoos.datasets import load_dataset  # noqa: E402
 # ------------------------------------------------------------------------------ a small zoo
 def _apply(arch):
     try:  # convolutions as matmuls: several times faster vmapped over models on CPU
-        from wsl.zoos.population import population_apply
+        from wsl.zoos.fast_conv import population_apply
         return lambda p, x: population_apply(arch, p, x)
     except ImportError:
         return arch.apply
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         narrow = build("resnet", input_shape=(8, 8, 1), width=width)
         rec[label] = recovery(narrow, narrow.init_population(jax.random.fold_in(key, width), 100),
                               jax.random.fold_in(key, 9), restarts=3)
-    print(f"\nplanted permutations undone exactly (3 restarts):")
+    print("\nplanted permutations undone exactly (3 restarts):")
     for label, (hits, total_trials) in rec.items():
         print(f"  {label:<16} {hits}/{total_trials}")
 

@@ -29,7 +29,6 @@ unfinished generator resumes from its checkpoints.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -41,12 +40,16 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
-from wsl.eval.generate import (TrainedGenerator, compare_with_training, sample_to_zoo,  # noqa: E402
-                           train_generator)
+from wsl.config import override  # noqa: E402
+from wsl.eval.generate import (  # noqa: E402
+    TrainedGenerator,
+    compare_with_training,
+    sample_to_zoo,
+    train_generator,
+)
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
-from wsl.config import override  # noqa: E402
-from wsl.zoos.population import build_zoo  # noqa: E402
+from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo, ZooError  # noqa: E402
 

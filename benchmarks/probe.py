@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
-from wsl.eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
-from wsl.zoos.population import build_zoo  # noqa: E402
+from wsl.eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
+from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo, ZooError  # noqa: E402
 

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wsl.config import override
 from wsl.train import ArraySource, Pipeline, TrainConfig, train
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.shardings import batch_sharding, mesh_from_config
-from wsl.config import override
 
 
 class FlatEncoder:

@@ -28,9 +28,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wsl.sharding import make_mesh  # noqa: E402
-from wsl.zoos.population import (FLOAT_HPARAMS, TrainSettings, _group_architecture,  # noqa: E402
-                             _subset_masks, build_zoo, init_population, load_recipe_dataset,
-                             train_population)
+from wsl.zoos.population import (  # noqa: E402
+    FLOAT_HPARAMS,
+    TrainSettings,
+    _group_architecture,
+    _subset_masks,
+    build_zoo,
+    init_population,
+    load_recipe_dataset,
+    train_population,
+)
 from wsl.zoos.recipes import get_recipe, plan  # noqa: E402
 from wsl.zoos.store import to_torch_layout  # noqa: E402
 

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.eval.errors import EvaluationError
+from wsl.train.generator import TrainedGenerator
 from wsl.zoos.architectures import Architecture
-from wsl.zoos.population import population_logits
+from wsl.zoos.datasets import dataset_from_spec
+from wsl.zoos.scoring import population_logits
 
 # Gaussian noise added to training models, × each tensor's std over the training population (the
 # generators' normalised units); dense where small models start to lose accuracy.
@@ -63,7 +67,7 @@ def predict(arch: Architecture, flat: np.ndarray, x: np.ndarray, model_chunk: in
     flat = np.asarray(flat, np.float32)
     x = np.asarray(x, np.float32)
     if flat.ndim != 2 or flat.shape[1] != arch.num_params:
-        raise ValueError(f"expected weight vectors of shape (models, {arch.num_params}) for "
+        raise EvaluationError(f"expected weight vectors of shape (models, {arch.num_params}) for "
                          f"{arch.name!r}, got {flat.shape}")
     run = _predictor(arch)
     mc, dc = min(model_chunk, max(len(flat), 1)), min(data_chunk, max(len(x), 1))
@@ -264,11 +268,11 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
     train_flat = np.asarray(train_flat, np.float32)
     for name, flat in (("generated", generated_flat), ("training", train_flat)):
         if flat.ndim != 2 or flat.shape[1] != arch.num_params or not len(flat):
-            raise ValueError(f"{name} weights must be (models ≥ 1, {arch.num_params}) for "
+            raise EvaluationError(f"{name} weights must be (models ≥ 1, {arch.num_params}) for "
                              f"{arch.name!r}, got {flat.shape}")
     levels = np.asarray(noise_levels, np.float64)
     if not len(levels) or (np.diff(levels) <= 0).any() or levels[0] <= 0:
-        raise ValueError(f"noise_levels must be positive and increasing, got {list(noise_levels)}")
+        raise EvaluationError(f"noise_levels must be positive and increasing, got {list(noise_levels)}")
     gen_pred = predict(arch, generated_flat, x_test)
     train_pred = predict(arch, train_flat, x_test)
     gen_wrong, train_wrong = gen_pred != y_test, train_pred != y_test
@@ -332,3 +336,16 @@ def plot_report(report: GeneratedReport, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def compare_with_training(generated, generator_dir: str | Path, *, seed: int = 0,
+                          max_train: int = 1000):
+    """`eval.generated` report of a generated zoo against its generator's training population."""
+    gen = TrainedGenerator.load(generator_dir)
+    train_flat = np.load(Path(generator_dir) / "aligned_train.npy")
+    if len(train_flat) > max_train:
+        train_flat = train_flat[np.sort(np.random.default_rng(seed).choice(
+            len(train_flat), max_train, replace=False))]
+    dataset = dataset_from_spec(gen.meta.get("dataset"))
+    return evaluate_generated(gen.architecture, generated.flat(), train_flat,
+                              dataset.x_test, dataset.y_test, seed=seed)

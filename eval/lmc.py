@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from wsl.align import activation_matching, weight_matching
+from wsl.eval.errors import EvaluationError
 from wsl.zoos.architectures import Architecture, activation_fn
 
 DEFAULT_LAMBDAS = np.linspace(0.0, 1.0, 11)
@@ -51,7 +52,7 @@ def accuracy_barrier(acc: np.ndarray, lambdas: Sequence[float]) -> np.ndarray:
 
 def _check_grid(lam: np.ndarray, size: int) -> None:
     if lam.ndim != 1 or len(lam) != size or len(lam) < 2 or lam[0] != 0.0 or lam[-1] != 1.0:
-        raise ValueError(f"λ grid must be 1-D from 0 to 1 with one value per loss; got "
+        raise EvaluationError(f"λ grid must be 1-D from 0 to 1 with one value per loss; got "
                          f"{len(lam)} λ values {lam[:3]}… for {size} losses")
 
 
@@ -60,7 +61,7 @@ def padded_batches(x, y, batch_size: int):
     that one compiled evaluation serves every dataset size."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or not len(x):
-        raise ValueError(f"need as many labels as inputs (and at least one): x {x.shape}, "
+        raise EvaluationError(f"need as many labels as inputs (and at least one): x {x.shape}, "
                          f"y {y.shape}")
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -145,7 +146,7 @@ def linear_mode_connectivity(arch: Architecture, params_a, params_b, x, y, *,
     space = arch.weight_space
     lead_a, lead_b = space.batch_shape(params_a), space.batch_shape(params_b)
     if len(lead_a) != 1 or lead_a != lead_b:
-        raise ValueError(f"params_a and params_b need the same single leading pair axis; got "
+        raise EvaluationError(f"params_a and params_b need the same single leading pair axis; got "
                          f"{lead_a} and {lead_b}")
     if method == "weights":
         al = weight_matching(space, params_a, params_b, key=key, **matching)
@@ -153,7 +154,7 @@ def linear_mode_connectivity(arch: Architecture, params_a, params_b, x, y, *,
         al = activation_matching(space, unit_features(arch), params_a, params_b,
                                  x if features_x is None else features_x, key=key, **matching)
     else:
-        raise ValueError(f"method must be 'weights' or 'activations'; got {method!r}")
+        raise EvaluationError(f"method must be 'weights' or 'activations'; got {method!r}")
     aligned = space.permute(params_b, al.perms)
     before = path_metrics(arch.apply, params_a, params_b, x, y, lambdas=lambdas,
                           batch_size=batch_size)
@@ -212,7 +213,7 @@ def unit_features(arch: Architecture) -> Callable:
         if len(outputs) == 1 and outputs[0] is not None:  # not heads × head dims
             sources.setdefault(outputs[0], []).append(keys[:-1])
     if not sources:
-        raise ValueError(f"architecture {arch.name!r} has no layer whose output units are a "
+        raise EvaluationError(f"architecture {arch.name!r} has no layer whose output units are a "
                          f"permutation group")
     acts = {g: activation_fn(arch.weight_space.nonlinearity[g])
             for g in sources if g in arch.weight_space.nonlinearity}

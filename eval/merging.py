@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.eval.lmc import cross_entropy_and_correct, padded_batches
 from wsl.align import align_zoo
+from wsl.eval.errors import EvaluationError
+from wsl.eval.lmc import cross_entropy_and_correct, padded_batches
 from wsl.zoos.architectures import Architecture
 
 METHODS = ("uniform", "greedy", "fisher")
@@ -35,7 +36,7 @@ METHODS = ("uniform", "greedy", "fisher")
 def _num_models(population) -> int:
     sizes = {np.shape(a)[0] if np.ndim(a) else None for a in jax.tree.leaves(population)}
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"a population needs one shared leading model axis; got leading sizes "
+        raise EvaluationError(f"a population needs one shared leading model axis; got leading sizes "
                          f"{sorted(map(str, sizes))}")
     return sizes.pop()
 
@@ -48,7 +49,7 @@ def _select(population, index) -> dict:
 def uniform_average(population) -> dict:
     """The elementwise mean over the leading model axis."""
     if _num_models(population) == 0:
-        raise ValueError("cannot average an empty population")
+        raise EvaluationError("cannot average an empty population")
     return jax.tree.map(lambda a: jnp.mean(jnp.asarray(a, jnp.float32), axis=0), population)
 
 
@@ -89,12 +90,12 @@ def greedy_soup(population, score: Callable[[dict], float], *,
     """
     num = _num_models(population)
     if num == 0:
-        raise ValueError("cannot make a soup from an empty population")
+        raise EvaluationError("cannot make a soup from an empty population")
     if individual_scores is None:
         individual_scores = np.array([score(_select(population, i)) for i in range(num)])
     individual_scores = np.asarray(individual_scores, np.float64)
     if individual_scores.shape != (num,):
-        raise ValueError(f"individual_scores has shape {individual_scores.shape}; expected "
+        raise EvaluationError(f"individual_scores has shape {individual_scores.shape}; expected "
                          f"({num},)")
     order = [int(i) for i in np.argsort(-individual_scores, kind="stable")]
     members = [order[0]]
@@ -134,7 +135,7 @@ def fisher_diagonal(apply: Callable, population, x, *, batch_size: int = 256) ->
     """
     x = np.asarray(x)
     if not len(x):
-        raise ValueError("the Fisher needs at least one input")
+        raise EvaluationError("the Fisher needs at least one input")
     num = _num_models(population)
     total = None
     for start in range(0, len(x), batch_size):
@@ -154,7 +155,7 @@ def fisher_average(population, fishers, *, eps: float = 1e-8) -> dict:
     def merge(theta, fisher):
         theta, fisher = jnp.asarray(theta, jnp.float32), jnp.asarray(fisher, jnp.float32)
         if theta.shape != fisher.shape:
-            raise ValueError(f"Fisher of shape {fisher.shape} for params of shape {theta.shape}")
+            raise EvaluationError(f"Fisher of shape {fisher.shape} for params of shape {theta.shape}")
         fisher = fisher + eps * jnp.maximum(jnp.mean(fisher), 1e-30)
         return jnp.sum(fisher * theta, axis=0) / jnp.sum(fisher, axis=0)
     return jax.tree.map(merge, population, fishers)
@@ -182,15 +183,15 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
     validation and (if given) test data. `matching` goes to `wsl.align.weight_matching`.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown merge method {method!r}; choose from {METHODS}")
+        raise EvaluationError(f"unknown merge method {method!r}; choose from {METHODS}")
     space = arch.weight_space
     population = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), population)
     num = _num_models(population)
     if num < 1:
-        raise ValueError("cannot merge an empty population")
+        raise EvaluationError("cannot merge an empty population")
     finite = np.asarray(jnp.all(jnp.isfinite(space.flatten(population)), axis=-1))
     if not finite.all():
-        raise ValueError(f"models {np.flatnonzero(~finite).tolist()[:10]} have NaN or inf "
+        raise EvaluationError(f"models {np.flatnonzero(~finite).tolist()[:10]} have NaN or inf "
                          f"weights; leave diverged models out of a merge")
     val = evaluate(arch.apply, population, x_val, y_val)
     best = int(np.argmax(val["acc"]))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from wsl.models.errors import ModelError
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 Batch = Mapping[str, object]
@@ -51,7 +52,7 @@ def _per_tensor_keys(weight_space: WeightSpace, key: jax.Array) -> dict[str, jax
 def _check_fraction(name: str, value: float, allow_zero: bool = True) -> float:
     value = float(value)
     if not (0.0 <= value < 1.0) or (value == 0.0 and not allow_zero):
-        raise ValueError(f"{name} must be in [0, 1); got {value}")
+        raise ModelError(f"{name} must be in [0, 1); got {value}")
     return value
 
 
@@ -74,7 +75,7 @@ def gaussian_noise(weight_space: WeightSpace, scale: float = 0.05) -> Hook:
     """
     scale = float(scale)
     if scale < 0:
-        raise ValueError(f"noise scale must be non-negative; got {scale}")
+        raise ModelError(f"noise scale must be non-negative; got {scale}")
 
     def hook(key: jax.Array, batch: Batch) -> dict:
         params, _ = _params(weight_space, batch)
@@ -148,7 +149,7 @@ def magnitude_pruning(weight_space: WeightSpace, fraction: float = 0.1,
 def compose(*hooks: Hook) -> Hook:
     """One hook applying `hooks` in order, each with its own key split from the given one."""
     if not hooks:
-        raise ValueError("compose needs at least one hook")
+        raise ModelError("compose needs at least one hook")
 
     def hook(key: jax.Array, batch: Batch) -> dict:
         for k, h in zip(jax.random.split(key, len(hooks)), hooks):

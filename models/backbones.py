@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.models.errors import ModelError
 from wsl.weight_space import WeightSpace
 
 
@@ -132,7 +133,7 @@ def build_backbone(name: str, space: WeightSpace, *, hidden: int = 512, depth: i
         return MLPBackbone(space.num_params, hidden, depth, num_classes, use_scalar)
     if name == "transformer":
         return TokenTransformer(space, token_dim, hidden, depth, heads, num_classes, use_scalar)
-    raise ValueError(f"unknown backbone {name!r}; choose 'mlp' or 'transformer'")
+    raise ModelError(f"unknown backbone {name!r}; choose 'mlp' or 'transformer'")
 
 
 def backbone_names() -> Sequence[str]:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.models.errors import ModelError
 from wsl.models.flow import drop_conditions, guided
 
 SAMPLERS = ("ddpm", "ddim")
@@ -38,7 +39,7 @@ def beta_schedule(kind: str, num_steps: int) -> np.ndarray:
         steps = np.arange(num_steps + 1) / num_steps
         alpha_bar = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
         return np.clip(1 - alpha_bar[1:] / alpha_bar[:-1], 1e-8, 0.999)
-    raise ValueError(f"unknown beta schedule {kind!r}; choose 'linear' or 'cosine'")
+    raise ModelError(f"unknown beta schedule {kind!r}; choose 'linear' or 'cosine'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Diffusion:
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown diffusion prediction {self.prediction!r}; choose from "
+            raise ModelError(f"unknown diffusion prediction {self.prediction!r}; choose from "
                              f"{PREDICTIONS}")
         beta_schedule(self.schedule, self.num_steps)  # names a bad schedule now, not at sampling
 
@@ -97,7 +98,7 @@ class Diffusion:
                eta: float = 0.0, cond_class=None, cond_scalar=None, guidance: float = 1.0):
         """DDPM (every step of the schedule) or DDIM on `steps` evenly spaced steps."""
         if method not in SAMPLERS:
-            raise ValueError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
+            raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if method == "ddpm":
             steps, eta = self.num_steps, 1.0
         steps = steps or 50

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsl.models.errors import ModelError
 from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
@@ -43,7 +44,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; "
+            raise ModelError(f"unknown activation {self.activation!r}; "
                              f"choose from {sorted(ACTIVATIONS)}")
         act = ACTIVATIONS[self.activation]
         for width in self.widths:
@@ -87,7 +88,7 @@ def encoder_names() -> list[str]:
 
 def _encoder_class(name: str) -> type[nn.Module]:
     if name not in _ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; registered: {encoder_names()}")
+        raise ModelError(f"unknown encoder {name!r}; registered: {encoder_names()}")
     module, cls, _, _ = _ENCODERS[name]
     return getattr(importlib.import_module(module), cls)
 
@@ -115,11 +116,11 @@ def build_encoder(name: str, weight_space: WeightSpace, **config) -> nn.Module:
     valid = default_config(name)
     unknown = set(config) - set(valid)
     if unknown:
-        raise ValueError(f"unknown config {sorted(unknown)} for encoder {name!r}; "
+        raise ModelError(f"unknown config {sorted(unknown)} for encoder {name!r}; "
                          f"valid: {sorted(valid)}")
     missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in config]
     if missing:
-        raise ValueError(f"encoder {name!r} needs config {missing}")
+        raise ModelError(f"encoder {name!r} needs config {missing}")
     normalizer = config.get("normalizer")
     if isinstance(normalizer, Mapping):
         config["normalizer"] = TensorNormalizer.from_dict(normalizer)

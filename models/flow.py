@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsl.models.errors import ModelError
+
 SAMPLERS = ("euler", "heun", "rk4")
 PREDICTIONS = ("data", "velocity")
 
@@ -69,10 +71,10 @@ class FlowMatching:
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown flow prediction {self.prediction!r}; choose from "
+            raise ModelError(f"unknown flow prediction {self.prediction!r}; choose from "
                              f"{PREDICTIONS}")
         if not 0 < self.min_gap < 1:
-            raise ValueError(f"min_gap must lie in (0, 1), got {self.min_gap}")
+            raise ModelError(f"min_gap must lie in (0, 1), got {self.min_gap}")
 
     def init(self, key):
         x = jnp.zeros((1, self.dim))
@@ -104,9 +106,9 @@ class FlowMatching:
                cond_class=None, cond_scalar=None, guidance: float = 1.0):
         """`num` samples, integrating the learned field from noise (deterministic given `key`)."""
         if method not in SAMPLERS:
-            raise ValueError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
+            raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if steps < 1:
-            raise ValueError(f"steps must be ≥ 1, got {steps}")
+            raise ModelError(f"steps must be ≥ 1, got {steps}")
         field = lambda x, t: guided(self.velocity, params, x, jnp.full((x.shape[0],), t),
                                     cond_class, cond_scalar, guidance)
         h = 1.0 / steps

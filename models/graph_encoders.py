@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsl.models.encoders import ACTIVATIONS, MLP, prepare
-from wsl.models.normalize import TensorNormalizer
+from wsl.models.errors import ModelError
 from wsl.models.neural_graph import NeuralGraph, neural_graph
+from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace
 
 
@@ -148,7 +149,7 @@ class RelationalAttentionLayer(nn.Module):
     def __call__(self, h: jax.Array, e: jax.Array):
         g, act = self.graph, ACTIVATIONS[self.activation]
         if self.dim % self.heads:
-            raise ValueError(f"transformer dim {self.dim} is not divisible by heads {self.heads}")
+            raise ModelError(f"transformer dim {self.dim} is not divisible by heads {self.heads}")
         head_dim = self.dim // self.heads
         hn, en = nn.LayerNorm()(h), nn.LayerNorm()(e)
         # Both directions as one edge list: forward edges, then the same edges reversed.
@@ -196,10 +197,10 @@ class _NeuralGraphEncoder(nn.Module):
 
     def check(self):
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; "
+            raise ModelError(f"unknown activation {self.activation!r}; "
                              f"choose from {sorted(ACTIVATIONS)}")
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1; got {self.num_layers}")
+            raise ModelError(f"num_layers must be at least 1; got {self.num_layers}")
         self.graph()
 
     def make_layer(self, graph: NeuralGraph) -> nn.Module:
@@ -234,7 +235,7 @@ class NeuralGraphTransformer(_NeuralGraphEncoder):
     def check(self):
         super().check()
         if self.heads < 1 or self.dim % self.heads:
-            raise ValueError(f"transformer dim {self.dim} is not divisible by heads {self.heads}")
+            raise ModelError(f"transformer dim {self.dim} is not divisible by heads {self.heads}")
 
     def make_layer(self, graph: NeuralGraph) -> nn.Module:
         return RelationalAttentionLayer(graph, self.dim, self.heads, self.activation)

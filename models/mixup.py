@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsl.align import weight_matching
+from wsl.models.errors import ModelError
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 Batch = Mapping[str, object]
@@ -55,7 +56,7 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
     """
     alpha = float(alpha)
     if not alpha > 0:
-        raise ValueError(f"alpha must be positive; got {alpha}")
+        raise ModelError(f"alpha must be positive; got {alpha}")
 
     def hook(key: jax.Array, batch: Batch) -> dict:
         params, n = _network_params(space, batch)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+
 import jax.numpy as jnp
 import numpy as np
 

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsl.models.encoders import MLP, prepare
-from wsl.models.normalize import TensorNormalizer
+from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain, tensor_at
+from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")
@@ -80,7 +81,7 @@ class Entity:
 def nfn_structure(chain: LayerChain, mode: str) -> tuple[Entity, ...]:
     """The entities of a chain for NP (every neuron set permutable) or HNP (hidden sets only)."""
     if mode not in MODES:
-        raise ValueError(f"NFN mode must be one of {MODES}; got {mode!r}")
+        raise ModelError(f"NFN mode must be one of {MODES}; got {mode!r}")
     num_sets = chain.num_layers + 1
     fixed = set() if mode == "np" else {0, num_sets - 1}
     sizes = chain.sizes
@@ -158,7 +159,7 @@ class NFNLayer(nn.Module):
     def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
         structure = self.structure
         if len(features) != len(structure):
-            raise ValueError(f"NFNLayer got {len(features)} feature arrays for "
+            raise ModelError(f"NFNLayer got {len(features)} feature arrays for "
                              f"{len(structure)} entities")
         terms, bounds = _plan(structure, self.in_channels, self.out_channels)
 
@@ -210,9 +211,9 @@ class NFN(nn.Module):
 
     def check(self):
         if self.output not in OUTPUTS:
-            raise ValueError(f"NFN output must be one of {OUTPUTS}; got {self.output!r}")
+            raise ModelError(f"NFN output must be one of {OUTPUTS}; got {self.output!r}")
         if not self.channels and self.output == "invariant":
-            raise ValueError("an invariant NFN needs at least one equivariant layer before "
+            raise ModelError("an invariant NFN needs at least one equivariant layer before "
                              "pooling (channels is empty)")
         self.structure()
 

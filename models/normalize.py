@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.models.errors import ModelError
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 
@@ -106,9 +107,9 @@ class TensorNormalizer:
                              tuple(float(s) for s in data["stds"]),
                              tuple(int(n) for n in data["sizes"]))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed normaliser description: missing or bad {err}") from err
+            raise ModelError(f"malformed normaliser description: missing or bad {err}") from err
         if not len(normalizer.paths) == len(normalizer.means) == len(normalizer.stds) \
                 == len(normalizer.sizes):
-            raise ValueError("malformed normaliser description: paths, means, stds and sizes "
+            raise ModelError("malformed normaliser description: paths, means, stds and sizes "
                              "differ in length")
         return normalizer

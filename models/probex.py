@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from wsl.models.encoders import MLP, prepare
-from wsl.models.normalize import TensorNormalizer
 from wsl.models.neural_graph import tensor_at
+from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 

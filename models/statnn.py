@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsl.models.encoders import MLP, prepare
+from wsl.models.errors import ModelError
 from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace
 
@@ -54,7 +55,7 @@ def fit_feature_scaling(features) -> tuple[tuple[float, ...], tuple[float, ...]]
     """Per-column mean and std of training features, for `StatNN(feature_mean=, feature_std=)`."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2:
-        raise ValueError(f"features must be (models, columns); got shape {features.shape}")
+        raise ModelError(f"features must be (models, columns); got shape {features.shape}")
     std = features.std(0)
     std = np.where(std > 1e-12, std, 1.0)  # constant columns (e.g. all-zero biases) pass through
     return tuple(features.mean(0).tolist()), tuple(std.tolist())
@@ -76,7 +77,7 @@ class StatNN(nn.Module):
         for name in ("feature_mean", "feature_std"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
-                raise ValueError(f"StatNN {name} has {len(value)} entries; the weight space has "
+                raise ModelError(f"StatNN {name} has {len(value)} entries; the weight space has "
                                  f"{n} features (7 per tensor)")
 
     @nn.compact
@@ -115,12 +116,15 @@ class GradientBoostedStats:
 
     def __init__(self, weight_space: WeightSpace, task: str = "regression", seed: int = 0,
                  chunk: int = 4096, **sklearn_kwargs):
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+        from sklearn.ensemble import (
+            HistGradientBoostingClassifier,
+            HistGradientBoostingRegressor,
+        )
 
         models = {"regression": HistGradientBoostingRegressor,
                   "classification": HistGradientBoostingClassifier}
         if task not in models:
-            raise ValueError(f"task must be one of {sorted(models)}; got {task!r}")
+            raise ModelError(f"task must be one of {sorted(models)}; got {task!r}")
         self.weight_space, self.task, self.chunk = weight_space, task, int(chunk)
         self.model = models[task](random_state=seed, **sklearn_kwargs)
         self._features = jax.jit(lambda p: stat_features(weight_space, p))
@@ -131,11 +135,11 @@ class GradientBoostedStats:
             x = np.asarray(x, np.float32)
             width = 7 * len(self.weight_space.tensors)
             if x.ndim != 2 or x.shape[1] != width:
-                raise ValueError(f"feature array has shape {x.shape}; expected (models, {width})")
+                raise ModelError(f"feature array has shape {x.shape}; expected (models, {width})")
             return x
         n = self.weight_space.batch_shape(x)
         if len(n) != 1:
-            raise ValueError(f"params must have one leading model axis; got {n}")
+            raise ModelError(f"params must have one leading model axis; got {n}")
         # Chunks are padded to a power of two (at most `chunk`) so that few shapes are compiled.
         size = min(self.chunk, 1 << max(n[0] - 1, 0).bit_length())
         x, parts = jax.tree.map(np.asarray, x), []
@@ -149,7 +153,7 @@ class GradientBoostedStats:
     def fit(self, x, y) -> GradientBoostedStats:
         features, y = self.features(x), np.asarray(y)
         if y.shape[0] != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} models but {y.shape[0]} targets")
+            raise ModelError(f"{features.shape[0]} models but {y.shape[0]} targets")
         self.model.fit(features, y)
         return self
 
@@ -158,5 +162,5 @@ class GradientBoostedStats:
 
     def predict_proba(self, x) -> np.ndarray:
         if self.task != "classification":
-            raise ValueError("predict_proba needs task='classification'")
+            raise ModelError("predict_proba needs task='classification'")
         return self.model.predict_proba(self.features(x))

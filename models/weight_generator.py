@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
 from wsl.models.backbones import MLPBackbone, TokenTransformer
 from wsl.models.diffusion import Diffusion
+from wsl.models.errors import ModelError
 from wsl.models.flow import FlowMatching
 from wsl.weight_space import WeightSpace
 
@@ -64,17 +65,17 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
     use_scalar = config.condition_scalar is not None
     if config.backbone == "transformer":
         if space is None or space.num_params != dim:
-            raise ValueError("the transformer backbone tokenises weights and needs their weight "
+            raise ModelError("the transformer backbone tokenises weights and needs their weight "
                              "space (latent-ddpm uses the mlp backbone on latents)")
         backbone = TokenTransformer(space, config.token_dim, config.hidden, config.depth,
                                     config.heads, num_classes, use_scalar)
     else:
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar)
     if config.method not in METHODS:
-        raise ValueError(f"unknown generator method {config.method!r}; choose from {METHODS}")
+        raise ModelError(f"unknown generator method {config.method!r}; choose from {METHODS}")
     allowed = ("data", "velocity") if config.method == "flow" else ("data", "noise")
     if config.prediction not in allowed:
-        raise ValueError(f"prediction={config.prediction!r} does not fit method "
+        raise ModelError(f"prediction={config.prediction!r} does not fit method "
                          f"{config.method!r}; choose from {allowed}")
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,

@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from wsl.models.mixup import aligned_mixup
 from wsl import assignment
-from wsl.align import (activation_matching, align_zoo, group_orders, matching_objective,
-                       weight_matching)
+from wsl.align import (
+    activation_matching,
+    align_zoo,
+    group_orders,
+    matching_objective,
+    weight_matching,
+)
+from wsl.models.mixup import aligned_mixup
 from wsl.weight_space import TensorSpec, WeightSpace, WeightSpaceError, nest_paths
 from wsl.zoos.architectures import build
 

@@ -6,8 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsl.models.augment import (compose, gaussian_noise, magnitude_pruning, random_permutation,
-                            weight_dropout)
+from wsl.models.augment import (
+    compose,
+    gaussian_noise,
+    magnitude_pruning,
+    random_permutation,
+    weight_dropout,
+)
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
 

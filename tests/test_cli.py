@@ -1,6 +1,6 @@
 """The `wsl` entry point: help, unknown commands, the listing."""
 
-from wsl.cli import main
+from wsl.commands import main
 
 
 def test_help_and_unknown_command(capsys):

@@ -2,7 +2,7 @@
 
 import json
 
-from wsl.eval import demo
+from wsl.commands import demo
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

@@ -16,13 +16,27 @@ import pytest
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
 
-from wsl.models.normalize import TensorNormalizer
-from wsl.models.encoders import (build_encoder, default_config, encoder_names,
-                             list_encoders)
-from wsl.models.neural_graph import ChainError, layer_chain, neural_graph, with_io_groups
+from wsl.models.encoders import (
+    build_encoder,
+    default_config,
+    encoder_names,
+    list_encoders,
+)
+from wsl.models.neural_graph import (
+    ChainError,
+    layer_chain,
+    neural_graph,
+    with_io_groups,
+)
 from wsl.models.nfn import nfn_structure
+from wsl.models.normalize import TensorNormalizer
 from wsl.models.probex import layer_matrix
-from wsl.models.statnn import GradientBoostedStats, fit_feature_scaling, stat_feature_names, stat_features
+from wsl.models.statnn import (
+    GradientBoostedStats,
+    fit_feature_scaling,
+    stat_feature_names,
+    stat_features,
+)
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
 

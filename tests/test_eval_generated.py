@@ -3,7 +3,12 @@
 import jax
 import numpy as np
 
-from wsl.eval.generated import affine_span_distance, evaluate_generated, max_wrong_iou, plot_report
+from wsl.eval.generated import (
+    affine_span_distance,
+    evaluate_generated,
+    max_wrong_iou,
+    plot_report,
+)
 from wsl.zoos.architectures import build
 
 

@@ -10,12 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsl.eval.generate import (GenerateError, TrainedGenerator, compare_with_training, sample_to_zoo,
-                           select_and_align, train_generator)
+from wsl.config import override
+from wsl.eval.generated import compare_with_training
+from wsl.train.generator import (
+    GenerateError,
+    TrainedGenerator,
+    sample_to_zoo,
+    select_and_align,
+    train_generator,
+)
 from wsl.models.weight_generator import GeneratorConfig
 from wsl.train import TrainConfig
-from wsl.config import override
-from wsl.zoos.population import build_zoo
+from wsl.zoos.build import build_zoo
 from wsl.zoos.recipes import get_recipe
 from wsl.zoos.store import Zoo
 

@@ -45,7 +45,7 @@ def test_checkpoint_folder_import(tmp_path):
 
 
 def test_import_command_and_info(tmp_path, capsys):
-    from wsl.cli import main
+    from wsl.commands import main
 
     write_fixture(tmp_path / "src", num_models=3)
     assert main(["zoo", "import", "--format", "small-cnn-zoo", str(tmp_path / "src"),
@@ -53,5 +53,5 @@ def test_import_command_and_info(tmp_path, capsys):
     assert main(["zoo", "info", str(tmp_path / "zoo")]) == 0
     assert "small_cnn" in capsys.readouterr().out
     assert main(["zoo", "import", "--format", "model-zoos", str(tmp_path / "missing"),
-                 "--out", str(tmp_path / "z2")]) == 2
+                 "--out", str(tmp_path / "z2")]) == 1
     assert "missing" in capsys.readouterr().err

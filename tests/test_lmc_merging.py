@@ -8,10 +8,22 @@ import numpy as np
 import optax
 import pytest
 
-from wsl.eval.lmc import (accuracy_barrier, interpolate, linear_mode_connectivity, loss_barrier,
-                      path_metrics, plot_lmc)
-from wsl.eval.merging import (evaluate, fisher_average, fisher_diagonal, greedy_soup, merge,
-                          uniform_average)
+from wsl.eval.lmc import (
+    accuracy_barrier,
+    interpolate,
+    linear_mode_connectivity,
+    loss_barrier,
+    path_metrics,
+    plot_lmc,
+)
+from wsl.eval.merging import (
+    evaluate,
+    fisher_average,
+    fisher_diagonal,
+    greedy_soup,
+    merge,
+    uniform_average,
+)
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import load_dataset
 
@@ -188,8 +200,7 @@ def _write_zoo(path, arch, params, data):
 
 
 def test_wsl_merge_command(trained, tmp_path, capsys):
-    from wsl.eval.merge_cli import main
-    from wsl.cli import main as wsl_main
+    from wsl.commands import main as wsl_main
     from wsl.zoos.model_files import load_model
 
     arch, data, params = trained
@@ -208,9 +219,10 @@ def test_wsl_merge_command(trained, tmp_path, capsys):
                    data.x_test, data.y_test)["acc"][0]
     assert acc == pytest.approx(report["test"]["merged_acc"], abs=1e-6)
 
-    assert main(["--zoo", str(zoo), "--models", "9", "--out", str(out)]) == 2
+    # A zoo that lacks what was asked is a runtime error (1), a wrong option a usage error (2).
+    assert wsl_main(["merge", "--zoo", str(zoo), "--models", "9", "--out", str(out)]) == 1
     assert "models [9] are not in" in capsys.readouterr().err
-    assert main(["--zoo", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert wsl_main(["merge", "--zoo", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert "no such zoo" in capsys.readouterr().err
-    assert main(["--zoo", str(zoo), "--out", str(tmp_path / "merged.xyz")]) == 2
+    assert wsl_main(["merge", "--zoo", str(zoo), "--out", str(tmp_path / "merged.xyz")]) == 2
     assert "suffix" in capsys.readouterr().err

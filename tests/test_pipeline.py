@@ -6,11 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from wsl.train import (ArraySource, Pipeline, PipelineError, Position, ZooSource,
-                   permutation_augmentation)
 from wsl.sharding import make_mesh
+from wsl.train import (
+    ArraySource,
+    Pipeline,
+    PipelineError,
+    Position,
+    ZooSource,
+    permutation_augmentation,
+)
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
 

@@ -13,9 +13,11 @@ import pytest
 
 from wsl.sharding import make_mesh
 from wsl.zoos.architectures import build
+from wsl.zoos.build import build_zoo
 from wsl.zoos.datasets import load_dataset
-from wsl.zoos.population import (PopulationError, TrainSettings, _matmul_conv_interceptor,
-                             build_zoo, init_population, train_population)
+from wsl.zoos.fast_conv import _matmul_conv_interceptor
+from wsl.zoos.init_schemes import initial_population
+from wsl.zoos.population import PopulationError, TrainSettings, train_population
 from wsl.zoos.recipes import RecipeError, get_recipe, plan
 
 ONE_DEVICE = make_mesh(("models",), devices=jax.devices()[:1])
@@ -164,14 +166,14 @@ def test_init_schemes_have_their_scales():
                                ("uniform", 2.0, 2.0), ("kaiming_normal", 1.0, np.sqrt(2 / 400)),
                                ("kaiming_uniform", 0.5, 0.5 * np.sqrt(2 / 400)),
                                ("default", 1.0, np.sqrt(1 / 400))):
-        params = init_population(arch, range(n), [scheme] * n, [scale] * n, [0.25] * n)
+        params = initial_population(arch, range(n), [scheme] * n, [scale] * n, [0.25] * n)
         kernel = params["dense_0"]["kernel"]
         assert abs(kernel.std() / std - 1) < 0.02, (scheme, kernel.std(), std)
         assert (params["dense_0"]["bias"] == 0.25).all()
         assert not np.allclose(kernel[0], kernel[1])  # seeds differ
-    again = init_population(arch, [1], ["normal"], [1.0], [0.0])
+    again = initial_population(arch, [1], ["normal"], [1.0], [0.0])
     np.testing.assert_array_equal(again["dense_0"]["kernel"][0],
-                                  init_population(arch, [0, 1], ["normal"] * 2, [1.0] * 2,
+                                  initial_population(arch, [0, 1], ["normal"] * 2, [1.0] * 2,
                                                   [0.0] * 2)["dense_0"]["kernel"][1])
 
 
@@ -233,7 +235,7 @@ def test_bad_population_inputs_are_named():
 
 
 def test_dropout_prng_bits_look_uniform_and_independent():
-    from wsl.zoos.population import DROPOUT_PRNG
+    from wsl.zoos.dropout_prng import DROPOUT_PRNG
 
     keys = jax.random.wrap_key_data(np.array([[1, 2], [1, 3], [2, 2]], np.uint32), impl=DROPOUT_PRNG)
     masks = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), 0.7,

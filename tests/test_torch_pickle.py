@@ -8,7 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from wsl.zoos.torch_pickle import UnsafeCheckpointError, load_torch_checkpoint, write_torch_checkpoint
+from wsl.zoos.torch_pickle import (
+    UnsafeCheckpointError,
+    load_torch_checkpoint,
+    write_torch_checkpoint,
+)
 
 
 def sample_state():

@@ -17,12 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsl.train import (OptimizerConfig, TaskError, TrainConfig, TrainError, config_from_argv,
-                   load_params, train)
+from wsl.config import ConfigError, load, override
+from wsl.train import (
+    OptimizerConfig,
+    TaskError,
+    TrainConfig,
+    TrainError,
+    config_from_argv,
+    load_params,
+    train,
+)
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.run_log import RunLog, read_records
-from wsl.config import ConfigError, load, override
 
 needs_eight = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (run by "
                                  "test_sharding_on_fake_devices)")

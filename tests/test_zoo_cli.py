@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from wsl.cli import main as wsl
-from wsl.zoos.cli import SUBCOMMANDS, histogram, register
+from wsl.commands import main as wsl
+from wsl.commands.zoo import histogram
 from wsl.zoos.store import open_zoo
 
 
@@ -79,15 +79,6 @@ def test_help_recipes_and_registration(capsys):
     assert all(name in out for name in ("quick", "small-cnn", "cnn-s", "mlp-mnist1d", "seeds"))
     assert wsl(["zoo", "recipes", "small-cnn"]) == 0
     assert "train_fraction" in capsys.readouterr().out
-    register("hello", __name__, "_hello", "test subcommand")
-    try:
-        assert wsl(["zoo", "hello", "x"]) == 7
-    finally:
-        SUBCOMMANDS.pop("hello")
-
-
-def _hello(argv):
-    return 7 if argv == ["x"] else 1
 
 
 def test_histogram_counts_everything():

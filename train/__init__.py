@@ -7,10 +7,25 @@ and resume, logging and early stopping — all driven by one `TrainConfig`.
 
 from wsl.train.augment import permutation_augmentation
 from wsl.train.checkpoint import CheckpointError, Checkpoints, load_params
-from wsl.train.config import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, MeshConfig,
-                          OptimizerConfig, TrainConfig, config_from_argv)
-from wsl.train.pipeline import (ArraySource, BatchIterator, Pipeline, PipelineError, Position,
-                            RowSource, ZooSource)
+from wsl.train.config import (
+                          CheckpointConfig,
+                          DataConfig,
+                          EvalConfig,
+                          LogConfig,
+                          MeshConfig,
+                          OptimizerConfig,
+                          TrainConfig,
+                          config_from_argv,
+)
+from wsl.train.pipeline import (
+                          ArraySource,
+                          BatchIterator,
+                          Pipeline,
+                          PipelineError,
+                          Position,
+                          RowSource,
+                          ZooSource,
+)
 from wsl.train.step import TrainState
 from wsl.train.task import Task, TaskError
 from wsl.train.trainer import Trainer, TrainError, TrainResult, train

@@ -15,10 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from wsl.errors import WslError
+
 STATE, META = "state", "meta"
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(WslError, FileNotFoundError):
     """No checkpoint where one was asked for."""
 
 

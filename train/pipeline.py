@@ -22,12 +22,14 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import numpy as np
 
+from wsl.errors import WslError
+
 Augmentation = Callable[[jax.Array, dict], dict]
 
 _AUGMENT_STREAM = 0x61756700  # folds the seed into a key stream of its own ("aug")
 
 
-class PipelineError(ValueError):
+class PipelineError(WslError, ValueError):
     """Rows that cannot become a batch: mismatched lengths, text columns, too few rows."""
 
 

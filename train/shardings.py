@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from wsl.train.config import MeshConfig
 from wsl.config import ConfigError
 from wsl.sharding import make_mesh
+from wsl.train.config import MeshConfig
 
 AXES = ("data", "fsdp")
 BATCH_SPEC = P(AXES)

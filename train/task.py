@@ -22,11 +22,13 @@ from typing import Any, Protocol
 
 import jax
 
+from wsl.errors import WslError
+
 Batch = Mapping[str, Any]
 Params = Any
 
 
-class TaskError(TypeError):
+class TaskError(WslError, TypeError):
     """An object passed as a task lacks a method the trainer needs."""
 
 

@@ -26,23 +26,29 @@ from typing import Any
 import jax
 import numpy as np
 
+from wsl.config import save, to_dict
+from wsl.errors import WslError
+from wsl.sharding import replicated
 from wsl.train.checkpoint import Checkpoints, load_params
 from wsl.train.config import TrainConfig
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.pipeline import ArraySource, Augmentation, Pipeline, Position
 from wsl.train.run_log import RunLog, read_records
-from wsl.train.shardings import (batch_sharding, check_batch_size, mesh_from_config, state_shardings,
-                             with_shardings)
+from wsl.train.shardings import (
+    batch_sharding,
+    check_batch_size,
+    mesh_from_config,
+    state_shardings,
+    with_shardings,
+)
 from wsl.train.step import TrainState, make_init, make_train_step
 from wsl.train.task import TaskError, check_task
-from wsl.config import save, to_dict
-from wsl.sharding import replicated
 
 Hook = Callable[[int, TrainState], None]
 
 
-class TrainError(RuntimeError):
+class TrainError(WslError, RuntimeError):
     """A run that cannot start or go on: a diverged loss, a checkpoint that does not fit."""
 
 

@@ -337,9 +337,9 @@ def weight_matching(space: WeightSpace, reference: Params, other: Params, *,
         solver: the exact assignment solver; `wsl.assignment.solve_reference` calls scipy always.
     """
     if max_sweeps < 1 or restarts < 1:
-        raise ValueError(f"max_sweeps ({max_sweeps}) and restarts ({restarts}) must be ≥ 1")
+        raise WeightSpaceError(f"max_sweeps ({max_sweeps}) and restarts ({restarts}) must be ≥ 1")
     if restarts > 1 and key is None:
-        raise ValueError("restarts > 1 need a key to draw different group orders")
+        raise WeightSpaceError("restarts > 1 need a key to draw different group orders")
     unknown = set(fixed) - set(space.group_sizes)
     if unknown:
         raise WeightSpaceError(f"fixed names unknown groups {sorted(unknown)}; groups are "
@@ -353,7 +353,7 @@ def weight_matching(space: WeightSpace, reference: Params, other: Params, *,
         valid = _finite(space, ref, 1) & _finite(space, oth, 1)
     else:
         if not _finite(space, ref, 0):
-            raise ValueError("the reference has NaN or inf weights; it cannot be aligned to")
+            raise WeightSpaceError("the reference has NaN or inf weights; it cannot be aligned to")
         valid = _finite(space, oth, 1)
     padded = num
     if mesh is not None:
@@ -467,10 +467,10 @@ def align_zoo(space: WeightSpace, population: Params, *, reference: int | str | 
     num = lead[0]
     if isinstance(reference, str):
         if reference != "mean":
-            raise ValueError(f"reference must be a model index, params or 'mean'; got "
+            raise WeightSpaceError(f"reference must be a model index, params or 'mean'; got "
                              f"{reference!r}")
         if num < 2:
-            raise ValueError("aligning to the population mean needs at least 2 models")
+            raise WeightSpaceError("aligning to the population mean needs at least 2 models")
         reference_params, iterate = None, True
     elif isinstance(reference, (int, np.integer)):
         if not -num <= reference < num:
@@ -487,7 +487,7 @@ def align_zoo(space: WeightSpace, population: Params, *, reference: int | str | 
 
     finite = np.asarray(jnp.isfinite(space.flatten(population)).all(-1))
     if finite.sum() < 2:
-        raise ValueError(f"aligning to the mean needs at least 2 finite models; "
+        raise WeightSpaceError(f"aligning to the mean needs at least 2 finite models; "
                          f"{int(finite.sum())} of {num} are")
     first = jax.tree.map(lambda a: a[int(np.argmax(finite))], population)
     al = weight_matching(space, first, population, key=key_for(0), **matching)
@@ -547,7 +547,7 @@ def activation_correlations(space: WeightSpace, features_fn: Callable, reference
         other = jax.tree.map(lambda a: jnp.asarray(a)[None], other)
     inputs = np.asarray(inputs)
     if len(inputs) == 0:
-        raise ValueError("activation matching needs at least one input sample")
+        raise WeightSpaceError("activation matching needs at least one input sample")
     total = None
     for start in range(0, len(inputs), batch_size):
         m = _feature_moments(reference, other, jnp.asarray(inputs[start:start + batch_size]),
@@ -583,7 +583,7 @@ def activation_matching(space: WeightSpace, features_fn: Callable, reference: Pa
     (``remaining="identity"``). The returned objective is the weight-matching objective.
     """
     if remaining not in ("weights", "identity"):
-        raise ValueError(f"remaining must be 'weights' or 'identity'; got {remaining!r}")
+        raise WeightSpaceError(f"remaining must be 'weights' or 'identity'; got {remaining!r}")
     corr = activation_correlations(space, features_fn, reference, other, inputs,
                                    batch_size=batch_size)
     perms = {g: assignment.solve(np.nan_to_num(c), blocks=space.blocks.get(g, 1))

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from wsl.weight_space import WeightSpaceError
+
 
 def assignment_value(scores, perm) -> np.ndarray:
     """Σ_i S[i, p[i]] for each matrix in a batch (..., n, n) and permutation (..., n)."""
@@ -30,14 +32,14 @@ def assignment_value(scores, perm) -> np.ndarray:
 
 def _check(scores: np.ndarray, blocks: int) -> None:
     if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2]:
-        raise ValueError(f"assignment scores must be square matrices (..., n, n); got shape "
+        raise WeightSpaceError(f"assignment scores must be square matrices (..., n, n); got shape "
                          f"{scores.shape}")
     n = scores.shape[-1]
     if blocks < 1 or n % blocks:
-        raise ValueError(f"cannot split {n} units into {blocks} equal blocks")
+        raise WeightSpaceError(f"cannot split {n} units into {blocks} equal blocks")
     bad = ~np.isfinite(scores).reshape(-1, n * n).all(-1)
     if bad.any():
-        raise ValueError(f"assignment scores of shape {scores.shape} contain NaN or inf "
+        raise WeightSpaceError(f"assignment scores of shape {scores.shape} contain NaN or inf "
                          f"(batch entries {np.flatnonzero(bad)[:10].tolist()}); align only "
                          f"finite networks")
 
@@ -119,7 +121,7 @@ def _threads(workers: int | None, problems: int, n: int) -> int:
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     if workers < 1:
-        raise ValueError(f"workers must be at least 1; got {workers}")
+        raise WeightSpaceError(f"workers must be at least 1; got {workers}")
     work = problems * n ** 3  # the solver is cubic in n
     return int(max(1, min(workers, problems, work // (16 * 32 ** 3))))
 

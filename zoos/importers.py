@@ -23,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wsl.zoos.architectures import Architecture, build
-from wsl.zoos.store import ZooWriter, Zoo
+from wsl.zoos.errors import ZooError
+from wsl.zoos.store import Zoo, ZooWriter
 
 FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints")
 
@@ -56,7 +57,7 @@ def import_small_cnn_zoo(source: str | os.PathLike, out: str | os.PathLike, *,
     src = SmallCNNZoo(source)
     rows = np.arange(len(src)) if step is None else np.flatnonzero(src.metrics["epoch"] == step)
     if not rows.size:
-        raise ValueError(f"{source}: no rows with step == {step}")
+        raise ZooError(f"{source}: no rows with step == {step}")
     metrics = src.metrics
     columns = ["model", "epoch"] + [c for c in metrics if c not in ("model", "epoch")]
     dataset = str(metrics["dataset"][0]) if "dataset" in metrics else None
@@ -119,8 +120,7 @@ def import_checkpoints(source: str | os.PathLike, out: str | os.PathLike, *, arc
         raise FileNotFoundError(f"{root}: not a directory")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in _SUFFIXES)
     if not files:
-        raise ValueError(f"{root}: no model files ({', '.join(sorted(_SUFFIXES))})")
-    columns = ["model", "epoch", "file", "diverged"]
+        raise ZooError(f"{root}: no model files ({', '.join(sorted(_SUFFIXES))})")
     writer = ZooWriter(out, _manifest(arch, "checkpoints", root, None, {"files": len(files)}))
     done = set(writer.done_shards())
     groups = [files[i:i + models_per_shard] for i in range(0, len(files), models_per_shard)]
@@ -141,49 +141,9 @@ def import_zoo(format: str, source, out, **options) -> Zoo:
     importers = {"small-cnn-zoo": import_small_cnn_zoo, "model-zoos": import_model_zoos,
                  "checkpoints": import_checkpoints}
     if format not in importers:
-        raise ValueError(f"unknown import format {format!r}; choose from {FORMATS}")
+        raise ZooError(f"unknown import format {format!r}; choose from {FORMATS}")
     return importers[format](source, out, **options)
 
 
 __all__ = ["FORMATS", "import_checkpoints", "import_model_zoos", "import_small_cnn_zoo",
            "import_zoo"]
-
-
-def import_main(argv: list[str]) -> int:
-    """`wsl zoo import --format FORMAT SRC --out DIR`."""
-    import argparse
-    import json
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="wsl zoo import", description="Import a published zoo or a folder of checkpoints "
-        "into a wsl zoo (rerun to resume).")
-    parser.add_argument("source", type=Path)
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--step", type=int, default=None,
-                        help="small-cnn-zoo: keep only rows of this step (e.g. 86)")
-    parser.add_argument("--arch", default=None,
-                        help="architecture name (checkpoints; model-zoos default: CNN-s)")
-    parser.add_argument("--arch-config", default="{}",
-                        help="architecture config as JSON, e.g. '{\"widths\": [32]}'")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    progress = not args.no_progress
-    try:
-        config = json.loads(args.arch_config)
-        if args.format == "small-cnn-zoo":
-            zoo = import_small_cnn_zoo(args.source, args.out, step=args.step, progress=progress)
-        elif args.format == "model-zoos":
-            arch = build(args.arch, **config) if args.arch else None
-            zoo = import_model_zoos(args.source, args.out, architecture=arch, progress=progress)
-        else:
-            if not args.arch:
-                parser.error("--format checkpoints needs --arch (and --arch-config if not default)")
-            zoo = import_checkpoints(args.source, args.out, architecture=args.arch, config=config,
-                                     progress=progress)
-    except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as err:
-        print(f"wsl zoo import: error: {err}", file=sys.stderr)
-        return 2
-    print(f"imported {len(zoo)} rows into {args.out}; see `wsl zoo info {args.out}`")
-    return 0

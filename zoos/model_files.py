@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.weight_space import WeightSpace, nest_paths
+from wsl.zoos.errors import ModelFileError
 from wsl.zoos.torch_layout import from_torch_state, to_torch_state
 
 FORMATS = ("safetensors", "npz", "msgpack", "torch")
@@ -23,7 +24,7 @@ _SUFFIXES = {".safetensors": "safetensors", ".npz": "npz", ".msgpack": "msgpack"
 def format_from_suffix(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(f"{path}: cannot tell the format from the suffix {suffix!r}; "
+        raise ModelFileError(f"{path}: cannot tell the format from the suffix {suffix!r}; "
                          f"use one of {sorted(_SUFFIXES)} or name the format ({', '.join(FORMATS)})")
     return _SUFFIXES[suffix]
 
@@ -40,7 +41,7 @@ def save_model(path: str | os.PathLike, space: WeightSpace, params, *, format: s
     path = Path(path)
     format = format or format_from_suffix(path)
     if format not in FORMATS:
-        raise ValueError(f"unknown model format {format!r}; choose from {FORMATS}")
+        raise ModelFileError(f"unknown model format {format!r}; choose from {FORMATS}")
     torch_layout = format == "torch" if torch_layout is None else torch_layout
     state = _flat_state(space, params, torch_layout or format == "torch")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,16 +92,16 @@ def _read_state(path: Path, format: str) -> dict[str, np.ndarray]:
 
         state = load_torch_checkpoint(path)
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+            raise ModelFileError(f"{path}: expected a state dict, got {type(state).__name__}")
         return {k: np.asarray(v) for k, v in state.items()}
     except FileNotFoundError:
         raise
     except (ValueError, OSError, KeyError, TypeError) as err:
         if str(path) in str(err):
             raise
-        raise ValueError(f"{path}: cannot read as {format} ({err})") from err
+        raise ModelFileError(f"{path}: cannot read as {format} ({err})") from err
     except Exception as err:  # safetensors and msgpack raise their own error types
-        raise ValueError(f"{path}: cannot read as {format} ({type(err).__name__}: {err})") from err
+        raise ModelFileError(f"{path}: cannot read as {format} ({type(err).__name__}: {err})") from err
 
 
 def load_model(path: str | os.PathLike, space: WeightSpace, *, format: str | None = None):
@@ -114,10 +115,10 @@ def load_model(path: str | os.PathLike, space: WeightSpace, *, format: str | Non
         for t in space.tensors:
             value = np.asarray(state[t.path])
             if value.shape != t.shape:
-                raise ValueError(f"{path}: {t.path} has shape {value.shape}, expected {t.shape}")
+                raise ModelFileError(f"{path}: {t.path} has shape {value.shape}, expected {t.shape}")
             flat[t.path] = value
         return nest_paths(flat)
     try:
         return from_torch_state(space, state)
     except (KeyError, ValueError) as err:
-        raise ValueError(f"{path}: tensors do not match the weight space ({err})") from None
+        raise ModelFileError(f"{path}: tensors do not match the weight space ({err})") from None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wsl.zoos.architectures import Architecture, build
+from wsl.zoos.errors import ZooError
 from wsl.zoos.torch_layout import from_torch_state, to_torch_state
 from wsl.zoos.torch_pickle import load_torch_checkpoint
 
@@ -45,7 +46,7 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (every Model Zoos trial folder has one)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise ZooError(f"{path}: not valid JSON ({err})") from err
 
 
 def read_results(path: Path) -> dict[int, dict[str, float]]:
@@ -60,7 +61,7 @@ def read_results(path: Path) -> dict[int, dict[str, float]]:
             record = json.loads(line)
             epoch = int(record["training_iteration"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: line {number} is not a result record ({err})") from err
+            raise ZooError(f"{path}: line {number} is not a result record ({err})") from err
         out[epoch] = {ours: float(record[theirs]) for theirs, ours in _RESULT_MAP.items()
                       if theirs in record and record[theirs] is not None}
     return out
@@ -69,7 +70,7 @@ def read_results(path: Path) -> dict[int, dict[str, float]]:
 def _layer_key(name: str) -> tuple[int, int]:
     match = re.fullmatch(r"module_list\.(\d+)\.(weight|bias)", name)
     if not match:
-        raise ValueError(f"unexpected state-dict key {name!r} (expected module_list.<i>.weight|bias)")
+        raise ZooError(f"unexpected state-dict key {name!r} (expected module_list.<i>.weight|bias)")
     return int(match.group(1)), 0 if match.group(2) == "weight" else 1
 
 
@@ -79,15 +80,15 @@ def state_to_params(state: dict[str, np.ndarray], arch: Architecture, source: st
     try:
         theirs = sorted(state, key=_layer_key)
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise ZooError(f"{source}: {err}") from None
     if len(theirs) != len(ours):
-        raise ValueError(f"{source}: {len(theirs)} tensors in the state dict, "
+        raise ZooError(f"{source}: {len(theirs)} tensors in the state dict, "
                          f"{arch.name} has {len(ours)}")
     renamed = {}
     for key, (name, template) in zip(theirs, ours):
         value = np.asarray(state[key], dtype=np.float32)
         if value.shape != template.shape:
-            raise ValueError(f"{source}: {key} has shape {value.shape}; {arch.name}'s {name} "
+            raise ZooError(f"{source}: {key} has shape {value.shape}; {arch.name}'s {name} "
                              f"expects {template.shape}")
         renamed[name] = value
     return from_torch_state(arch.weight_space, renamed)
@@ -102,7 +103,7 @@ def infer_cnn_s(state: dict[str, np.ndarray], source: str) -> Architecture:
         shapes = [v.shape for v in to_torch_state(arch.weight_space, arch.weight_space.zeros()).values()]
         if shapes == [np.shape(state[k]) for k in sorted(state, key=_layer_key)]:
             return arch
-    raise ValueError(f"{source}: the state dict does not match CNN-s on 28×28 or 32×32 inputs")
+    raise ZooError(f"{source}: the state dict does not match CNN-s on 28×28 or 32×32 inputs")
 
 
 def trial_folders(directory: str | os.PathLike) -> list[Path]:
@@ -111,7 +112,7 @@ def trial_folders(directory: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{root}: not a directory")
     trials = sorted(p for p in root.iterdir() if p.is_dir() and (p / "params.json").exists())
     if not trials:
-        raise ValueError(f"{root}: no trial folders (subfolders with params.json) found")
+        raise ZooError(f"{root}: no trial folders (subfolders with params.json) found")
     return trials
 
 
@@ -119,13 +120,13 @@ def read_trial(folder: Path, arch: Architecture | None = None):
     """(architecture, list of (epoch, params, row)) for one trial folder, epochs ascending."""
     params_json = _read_json(folder / "params.json")
     if not isinstance(params_json, dict):
-        raise ValueError(f"{folder / 'params.json'}: expected a JSON object")
+        raise ZooError(f"{folder / 'params.json'}: expected a JSON object")
     results = read_results(folder / "result.json")
     hyper = {ours: params_json[theirs] for theirs, ours in PARAM_MAP.items() if theirs in params_json}
     checkpoints = sorted((int(m.group(1)), p) for p in folder.iterdir()
                          if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
     if not checkpoints:
-        raise ValueError(f"{folder}: no checkpoint_* folders")
+        raise ZooError(f"{folder}: no checkpoint_* folders")
     out = []
     for epoch, path in checkpoints:
         file = path / "checkpoints"
@@ -133,7 +134,7 @@ def read_trial(folder: Path, arch: Architecture | None = None):
             raise FileNotFoundError(f"{file}: missing state dict")
         state = load_torch_checkpoint(file)
         if not isinstance(state, dict):
-            raise ValueError(f"{file}: expected a state dict, got {type(state).__name__}")
+            raise ZooError(f"{file}: expected a state dict, got {type(state).__name__}")
         if isinstance(state.get("model_state_dict"), dict):  # some zoos wrap it with optimizer state
             state = state["model_state_dict"]
         arch = arch or infer_cnn_s(state, str(file))

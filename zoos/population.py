@@ -22,21 +22,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.extend.random as jax_random_ext
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wsl.sharding import axis_size, make_mesh, round_up
-from wsl.weight_space import nest_paths
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.datasets import Dataset
+from wsl.zoos.dropout_prng import DROPOUT_PRNG
+from wsl.zoos.errors import PopulationError
+from wsl.zoos.fast_conv import population_apply
+from wsl.zoos.init_schemes import INITS, initial_population, model_key_data
 
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     # Learning rates are per-model values, so every optimizer is written with unit step size
@@ -46,13 +48,8 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "adam": optax.scale_by_adam,
     "rmsprop": lambda: optax.scale_by_rms(decay=0.9, eps=1e-7),
 }
-INITS = ("default", "normal", "truncated_normal", "uniform", "kaiming_normal", "kaiming_uniform")
 FLOAT_HPARAMS = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction")
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-
-
-class PopulationError(ValueError):
-    """Hyperparameters or settings a population cannot be trained with."""
+METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,171 +92,6 @@ class PopulationResult:
     params: dict
     metrics: dict[str, np.ndarray]
     epochs: tuple[int, ...]
-
-
-# ------------------------------------------------------------------------- fast population conv
-def _same_or_valid(size: int, k: int, stride: int, padding) -> tuple[tuple[int, int], int]:
-    if padding == "VALID":
-        return (0, 0), (size - k) // stride + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return (total // 2, total - total // 2), out
-
-
-def _conv_as_matmul(module: nn.Conv, x: jax.Array) -> jax.Array:
-    kh, kw = module.kernel_size
-    strides = module.strides or 1
-    sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    kernel = module.get_variable("params", "kernel")
-    (ph, oh), (pw, ow) = (_same_or_valid(x.shape[-3], kh, sh, module.padding),
-                          _same_or_valid(x.shape[-2], kw, sw, module.padding))
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [ph, pw, (0, 0)])
-    taps = [x[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
-    patches = jnp.stack(taps, axis=-2).reshape(x.shape[:-3] + (oh, ow, kh * kw * x.shape[-1]))
-    y = patches @ kernel.reshape(-1, kernel.shape[-1])  # HWIO flattens in (tap, channel) order
-    return y + module.get_variable("params", "bias") if module.use_bias else y
-
-
-def _matmul_conv_interceptor(next_fun, args, kwargs, context):
-    """Run plain 2-D convs as patches @ kernel.
-
-    Vmapped over a population, XLA:CPU lowers a convolution with per-model kernels to a grouped
-    convolution that is several times slower than the batched matmul this becomes instead.
-    """
-    m = context.module
-    if (isinstance(m, nn.Conv) and context.method_name == "__call__" and len(m.kernel_size) == 2
-            and m.feature_group_count == 1 and m.padding in ("SAME", "VALID") and m.mask is None
-            and m.input_dilation in (None, 1, (1, 1)) and m.kernel_dilation in (None, 1, (1, 1))
-            and not kwargs and len(args) == 1 and args[0].ndim >= 4):
-        return _conv_as_matmul(m, args[0])
-    return next_fun(*args, **kwargs)
-
-
-def population_apply(arch: Architecture, params, x, dropout_rate=0.0, key=None):
-    """`arch.apply` with convs as matmuls (same numbers, faster under vmap on CPU)."""
-    with nn.intercept_methods(_matmul_conv_interceptor):
-        return arch.apply(params, x, dropout_rate=dropout_rate, key=key)
-
-
-def population_logits(arch: Architecture, vectors, x):
-    """Logits (models, examples, classes) of flat weight vectors on shared inputs, for evaluation.
-
-    On CPU one model at a time (`lax.map`) over a large batch of examples is 5x faster than
-    `vmap`'s per-model convolutions for the small CNNs and 2x for MLPs; accelerators get `vmap`.
-    """
-    space = arch.weight_space
-    one = lambda v: population_apply(arch, space.unflatten(v), x)
-    if jax.default_backend() == "cpu":
-        return jax.lax.map(one, vectors)
-    return jax.vmap(one)(vectors)
-
-
-# ------------------------------------------------------------------------ dropout randomness
-# Dropout masks are most of a small network's random numbers, and threefry costs ~100 integer
-# ops per value on CPU. Dropout needs independent-looking bits, not threefry's strength, so
-# dropout keys use a counter-based hash (two murmur3 finalisers over (counter, key)): ~12 ops.
-_GOLDEN = np.uint32(0x9E3779B9)
-
-
-def _fmix32(x):
-    x = x ^ (x >> 16)
-    x = x * np.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * np.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _hash_seed(seed):
-    s = jnp.asarray(seed).astype(jnp.uint32)
-    return jnp.stack([_fmix32(s ^ np.uint32(0x243F6A88)), _fmix32(s + _GOLDEN)])
-
-
-def _hash_fold_in(key, data):
-    d = jnp.asarray(data).astype(jnp.uint32)
-    return jnp.stack([_fmix32(key[0] ^ _fmix32(d + np.uint32(0x13198A2E))),
-                      _fmix32(key[1] + d * _GOLDEN)])
-
-
-def _hash_split(key, shape):
-    i = jax.lax.iota(jnp.uint32, int(np.prod(shape)))
-    out = jnp.stack([_fmix32(key[0] ^ _fmix32(i + np.uint32(0x03707344))),
-                     _fmix32((key[1] ^ np.uint32(0xA4093822)) + i * _GOLDEN)], -1)
-    return out.reshape(tuple(shape) + (2,))
-
-
-def _hash_bits(key, bit_width, shape):
-    i = jax.lax.iota(jnp.uint32, int(np.prod(shape)))
-    low = _fmix32(_fmix32(i * _GOLDEN + key[0]) ^ key[1])
-    if bit_width == 64:
-        high = _fmix32(_fmix32(i * _GOLDEN + key[1]) ^ key[0])
-        return ((high.astype(jnp.uint64) << 32) | low.astype(jnp.uint64)).reshape(shape)
-    return low.astype({8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bit_width]).reshape(shape)
-
-
-DROPOUT_PRNG = jax_random_ext.define_prng_impl(
-    key_shape=(2,), seed=_hash_seed, split=_hash_split, random_bits=_hash_bits,
-    fold_in=_hash_fold_in, name="wsl_hash_dropout", tag="whd")
-
-
-# ------------------------------------------------------------------------------------ init
-def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
-    """Standard normal truncated to ±2, rescaled to unit variance (as in Keras / flax)."""
-    x = rng.standard_normal(shape)
-    while (bad := np.abs(x) > 2).any():
-        x[bad] = rng.standard_normal(int(bad.sum()))
-    return x / 0.87962566
-
-
-def init_population(arch: Architecture, seeds: Sequence[int], schemes: Sequence[str],
-                    scales: Sequence[float], biases: Sequence[float], base_seed: int = 0) -> dict:
-    """Initial params of a population, one model per seed, drawn on the host.
-
-    Kernels follow the model's scheme (see INITS; ``default`` is LeCun normal, flax's default for
-    Dense and Conv: truncated normal with std 1/sqrt(fan_in), times `scale`); biases are the
-    constant `bias`. Other tensors (norm scales, embeddings) get the architecture's own init.
-    Drawn with numpy from (base_seed, seed): no compilation, and the same on any device count.
-    """
-    space = arch.weight_space
-    others = [t for t in space.tensors if t.path.rsplit("/", 1)[-1] not in ("kernel", "bias")]
-    out = {t.path: np.empty((len(seeds),) + t.shape, np.float32) for t in space.tensors}
-    if others:
-        keys = jax.random.wrap_key_data(np.stack([_key_data(base_seed, s, 0) for s in seeds]))
-        native = space.as_flat_dict(jax.jit(jax.vmap(arch.init))(keys))
-        for t in others:
-            out[t.path][:] = np.asarray(native[t.path])
-    for m, (seed, scheme, scale, bias) in enumerate(zip(seeds, schemes, scales, biases)):
-        rng = np.random.default_rng([base_seed % 2**63, int(seed) % 2**63, 1])
-        for t in space.tensors:
-            leaf = t.path.rsplit("/", 1)[-1]
-            if leaf == "bias":
-                out[t.path][m] = bias
-            elif leaf == "kernel":
-                fan_in = max(int(np.prod(t.shape[:-1])), 1)
-                out[t.path][m] = _draw_kernel(rng, str(scheme), t.shape, fan_in) * scale
-    return nest_paths(out)
-
-
-def _draw_kernel(rng: np.random.Generator, scheme: str, shape, fan_in: int) -> np.ndarray:
-    if scheme == "default":
-        return _truncated_normal(rng, shape) / np.sqrt(fan_in)
-    if scheme == "normal":
-        return rng.standard_normal(shape)
-    if scheme == "truncated_normal":
-        return _truncated_normal(rng, shape)
-    if scheme == "uniform":
-        return rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), shape)  # unit variance
-    if scheme == "kaiming_normal":
-        return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    if scheme == "kaiming_uniform":
-        return rng.uniform(-1.0, 1.0, shape) * np.sqrt(6.0 / fan_in)
-    raise PopulationError(f"unknown init scheme {scheme!r}; choose from {list(INITS)}")
-
-
-def _key_data(base_seed: int, seed: int, stream: int) -> np.ndarray:
-    """Raw threefry key data for (base seed, model seed, stream), derived on the host."""
-    rng = np.random.default_rng([base_seed % 2**63, int(seed) % 2**63, 2, stream])
-    return rng.integers(0, 2**32, size=2, dtype=np.uint32)
 
 
 def _subset_masks(seeds, fractions, n: int, base_seed: int) -> np.ndarray:
@@ -432,11 +264,11 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
                          bool((floats["dropout"] > 0).any()), settings.data_order,
                          settings.eval_batch)
     init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
-    params = init_population(arch, init_ids, schemes, floats["init_scale"], floats["bias_init"],
+    params = initial_population(arch, init_ids, schemes, floats["init_scale"], floats["bias_init"],
                              settings.seed)
     opt_state = jax.vmap(OPTIMIZERS[settings.optimizer]().init)(params)
     keys = lambda stream, impl=None: jax.random.wrap_key_data(
-        np.stack([_key_data(settings.seed, s, stream) for s in seeds]), impl=impl)
+        np.stack([model_key_data(settings.seed, s, stream) for s in seeds]), impl=impl)
     put = lambda tree: jax.device_put(tree, models_sharding)
     state = put({"params": params, "opt_state": opt_state,
                  "diverged": np.zeros(padded, bool),
@@ -460,7 +292,7 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     x_eval, y_eval = rep(np.concatenate([x for x, _ in parts])), rep(np.concatenate([y for _, y in parts]))
     weight = put(weight)
     x_train, y_train, subset = rep(data.x_train), rep(data.y_train), put(subset)
-    order_key = rep(jax.random.wrap_key_data(_key_data(settings.seed, -1, 3)))
+    order_key = rep(jax.random.wrap_key_data(model_key_data(settings.seed, -1, 3)))
 
     snapshots, scores, diverged = [], [], []
     for epoch in range(settings.epochs + 1):
@@ -483,118 +315,3 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     metrics["gap"] = metrics["train_acc"] - metrics["test_acc"]
     metrics["diverged"] = np.stack(diverged, axis=1)[:n_models]
     return PopulationResult(stacked, metrics, tuple(settings.checkpoints))
-
-
-# ------------------------------------------------------------------------------- zoo builds
-def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction", "seed",
-            "activation", "optimizer", "init")
-    return {k: row[k] for k in keys}
-
-
-def build_manifest(recipe, data: Dataset) -> dict:
-    """The manifest a build of `recipe` writes: everything needed to rebuild and to read it."""
-    from wsl.config import to_dict
-    from wsl.zoos.recipes import plan
-
-    models, shards = plan(recipe)
-    arch = _group_architecture(recipe, data, shards[0].group["activation"])
-    return {
-        "architecture": {"name": arch.name, "config": _jsonable_config(arch.config)},
-        "weight_space": arch.weight_space.to_dict(),
-        "dataset": {"name": data.name, "options": dict(recipe.dataset_options),
-                    "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                    "sizes": data.sizes},
-        "recipe": {"name": recipe.name, "config": to_dict(recipe)},
-        "build": {"num_models": len(models), "num_shards": len(shards),
-                  "checkpoints": list(recipe.checkpoint_epochs),
-                  "shards": [{"group": s.group, "models": [s.models[0], s.models[-1]]}
-                             for s in shards]},
-        "generated": False,
-    }
-
-
-def _jsonable_config(config: Mapping[str, Any]) -> dict:
-    return json.loads(json.dumps(dict(config), default=list))
-
-
-def _group_architecture(recipe, data: Dataset, activation: str) -> Architecture:
-    from wsl.zoos.architectures import build
-
-    return build(recipe.architecture, **recipe.arch, activation=activation,
-                 input_shape=tuple(data.input_shape), num_classes=data.num_classes)
-
-
-def load_recipe_dataset(recipe) -> Dataset:
-    from wsl.zoos.datasets import load_dataset
-
-    options = dict(recipe.dataset_options)
-    for key in ("resize", "classes"):
-        if isinstance(options.get(key), list):
-            options[key] = tuple(options[key])
-    return load_dataset(recipe.dataset, **options)
-
-
-def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
-              on_shard: Callable[[int], None] | None = None):
-    """Train `recipe`'s population into the zoo directory `out`, resuming if it exists.
-
-    Finished shards are verified and skipped; `on_shard(index)` runs after each new shard is
-    written (a test raises there to simulate a killed build). Returns the opened `Zoo`.
-    """
-    from tqdm.auto import tqdm
-
-    from wsl.zoos.recipes import plan
-    from wsl.zoos.store import Zoo, ZooWriter
-
-    data = load_recipe_dataset(recipe)
-    models, shards = plan(recipe)
-    writer = ZooWriter(out, build_manifest(recipe, data))
-    done = set(writer.done_shards())
-    for index in sorted(done):
-        writer.verify_shard(index)
-    total = len(models)
-    finished = sum(len(s.models) for s in shards if s.index in done)
-    bar = tqdm(total=total, initial=finished, unit="model", disable=not progress, smoothing=0.1,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
-                          "[{elapsed}<{remaining}, {rate_fmt}]")
-    settings = dict(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
-                    batch_size=recipe.batch_size, seed=recipe.seed, data_order=recipe.data_order,
-                    init_seeds=recipe.init_seeds, eval_examples=recipe.eval_examples)
-    try:
-        for shard in shards:
-            if shard.index in done:
-                continue
-            rows = [models[m] for m in shard.models]
-            hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")}
-            arch = _group_architecture(recipe, data, shard.group["activation"])
-            per_epoch = len(rows) / max(recipe.epochs, 1)
-            result = train_population(
-                arch, data, hparams,
-                TrainSettings(optimizer=shard.group["optimizer"], **settings), mesh=mesh,
-                on_epoch=lambda _: bar.update(per_epoch))
-            writer.write_shard(shard.index, *_shard_rows(result, rows))
-            bar.n = finished = finished + len(rows)  # exact count, not the sum of epoch fractions
-            bar.refresh()
-            if on_shard is not None:
-                on_shard(shard.index)
-    finally:
-        bar.close()
-    writer.finalize(len(shards))
-    return Zoo.open(out)
-
-
-def _shard_rows(result: PopulationResult, models: Sequence[Mapping[str, Any]]):
-    """Flatten (models, checkpoints) into rows ordered by model then epoch."""
-    n, c = len(models), len(result.epochs)
-    params = jax.tree.map(lambda a: a.reshape((n * c,) + a.shape[2:]), result.params)
-    rows = []
-    for i, model in enumerate(models):
-        for j, epoch in enumerate(result.epochs):
-            row = {"model": int(model["model"]), "epoch": int(epoch)}
-            for k in METRICS + ("gap",):
-                row[k] = float(result.metrics[k][i, j])
-            row["diverged"] = bool(result.metrics["diverged"][i, j])
-            row.update(_hparam_columns(model))
-            rows.append(row)
-    return params, rows

@@ -30,17 +30,15 @@ import numpy as np
 
 from wsl.config import ConfigError, override, to_dict
 from wsl.zoos.architectures import ACTIVATIONS
-from wsl.zoos.population import INITS, OPTIMIZERS
+from wsl.zoos.errors import RecipeError
+from wsl.zoos.init_schemes import INITS
+from wsl.zoos.population import OPTIMIZERS
 
 LOG_RANGES = ("lr", "weight_decay", "init_scale")
 LINEAR_RANGES = ("dropout", "bias_init")
 CHOICES = ("train_fraction", "activation", "optimizer", "init")
 HPARAMS = LOG_RANGES + LINEAR_RANGES + CHOICES
 GROUP_KEYS = ("activation", "optimizer")  # change the compiled program
-
-
-class RecipeError(ConfigError):
-    """An unknown recipe or a recipe field with a value it cannot take."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from wsl.zoos.architectures import Architecture, build
+from wsl.zoos.errors import ZooError
 
 # Small CNN Zoo metric columns → wsl zoo columns.
 COLUMN_MAP = {
@@ -42,10 +43,10 @@ def _read_table(path: Path) -> dict[str, list[str]]:
             header = next(reader)
             rows = list(reader)
     except (OSError, EOFError, StopIteration, csv.Error, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read CSV table ({err or 'empty file'})") from err
+        raise ZooError(f"{path}: cannot read CSV table ({err or 'empty file'})") from err
     for i, row in enumerate(rows):
         if len(row) != len(header):
-            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, header has {len(header)}")
+            raise ZooError(f"{path}: line {i + 2} has {len(row)} fields, header has {len(header)}")
     return {name: [row[j] for row in rows] for j, name in enumerate(header)}
 
 
@@ -59,7 +60,7 @@ def _column(values: list[str]) -> np.ndarray:
 def _parse_shape(text: str, path: Path, varname: str) -> tuple[int, ...]:
     dims = re.findall(r"-?\d+", text)
     if not dims:
-        raise ValueError(f"{path}: variable {varname!r} has an unreadable shape {text!r}")
+        raise ZooError(f"{path}: variable {varname!r} has an unreadable shape {text!r}")
     return tuple(int(d) for d in dims)
 
 
@@ -82,15 +83,15 @@ class SmallCNNZoo:
             # pread (see `flat`), so that only the rows asked for ever become resident.
             self.weights = np.load(weights_path, mmap_mode="r")
         except (ValueError, OSError) as err:
-            raise ValueError(f"{weights_path}: not a readable .npy array ({err})") from err
+            raise ZooError(f"{weights_path}: not a readable .npy array ({err})") from err
         self._weights_path = weights_path
         if self.weights.ndim != 2:
-            raise ValueError(f"{weights_path}: expected a 2-D (rows, params) array, "
+            raise ZooError(f"{weights_path}: expected a 2-D (rows, params) array, "
                              f"got shape {self.weights.shape}")
         self.raw_metrics = {k: _column(v) for k, v in _read_table(metrics_path).items()}
         num_rows = len(next(iter(self.raw_metrics.values()), []))
         if num_rows != self.weights.shape[0]:
-            raise ValueError(f"{metrics_path}: {num_rows} metric rows but {weights_path} has "
+            raise ZooError(f"{metrics_path}: {num_rows} metric rows but {weights_path} has "
                              f"{self.weights.shape[0]} weight rows")
         self.architecture, self._index = self._map_layout(layout_path)
         self.metrics = self._map_metrics()
@@ -103,28 +104,28 @@ class SmallCNNZoo:
         table = _read_table(path)
         for needed in ("varname", "start_idx", "end_idx", "shape"):
             if needed not in table:
-                raise ValueError(f"{path}: missing column {needed!r}")
+                raise ZooError(f"{path}: missing column {needed!r}")
         layers: dict[str, dict[str, tuple[int, int, tuple[int, ...]]]] = {}
         for name, start, end, shape in zip(table["varname"], table["start_idx"], table["end_idx"],
                                            table["shape"]):
             parts = name.replace(":0", "").split("/")
             if len(parts) < 2 or parts[-1] not in ("kernel", "bias"):
-                raise ValueError(f"{path}: variable {name!r} is not a layer's kernel or bias")
+                raise ZooError(f"{path}: variable {name!r} is not a layer's kernel or bias")
             dims = _parse_shape(shape, path, name)
             start, end = int(float(start)), int(float(end))
             if end - start != int(np.prod(dims)):
-                raise ValueError(f"{path}: variable {name!r} spans {end - start} entries "
+                raise ZooError(f"{path}: variable {name!r} spans {end - start} entries "
                                  f"but has shape {dims}")
             layers.setdefault(parts[-2], {})[parts[-1]] = (start, end, dims)
         ordered = sorted(layers.items(), key=lambda kv: min(v[0] for v in kv[1].values()))
         total = max(v[1] for layer in layers.values() for v in layer.values())
         if total != self.weights.shape[1]:
-            raise ValueError(f"{path}: layout covers {total} entries per row but weights.npy rows "
+            raise ZooError(f"{path}: layout covers {total} entries per row but weights.npy rows "
                              f"have {self.weights.shape[1]}")
         convs = [(n, l) for n, l in ordered if len(l["kernel"][2]) == 4]
         dense = [(n, l) for n, l in ordered if len(l["kernel"][2]) == 2]
         if not convs or len(dense) != 1 or len(convs) + 1 != len(ordered):
-            raise ValueError(f"{path}: expected convolutions followed by one dense layer, "
+            raise ZooError(f"{path}: expected convolutions followed by one dense layer, "
                              f"found layers {[n for n, _ in ordered]}")
         first = convs[0][1]["kernel"][2]
         dataset = str(self.raw_metrics.get("config.dataset", ["mnist"])[0])
@@ -139,7 +140,7 @@ class SmallCNNZoo:
         for t in arch.weight_space.tensors:
             start, end, dims = sources[t.path]
             if tuple(dims) != t.shape:
-                raise ValueError(f"{path}: {t.path} has shape {dims} in the layout, "
+                raise ZooError(f"{path}: {t.path} has shape {dims} in the layout, "
                                  f"SmallCNN expects {t.shape}")
             index.append(np.arange(start, end))
         return arch, np.concatenate(index)
@@ -181,7 +182,7 @@ class SmallCNNZoo:
                 got = os.preadv(fd, [memoryview(raw[i]).cast("B")],
                                 self.weights.offset + int(r) * row_bytes)
                 if got != row_bytes:
-                    raise ValueError(f"{self._weights_path}: row {r} is truncated")
+                    raise ZooError(f"{self._weights_path}: row {r} is truncated")
         finally:
             os.close(fd)
         return raw[:, self._index].astype(np.float32, copy=False)
@@ -197,7 +198,7 @@ class SmallCNNZoo:
         if step is not None:
             rows = rows[self.metrics["epoch"] == step]
             if not rows.size:
-                raise ValueError(f"{self.directory}: no rows with step == {step}; steps present: "
+                raise ZooError(f"{self.directory}: no rows with step == {step}; steps present: "
                                  f"{sorted(set(self.metrics['epoch'].tolist()))}")
         if split_file is not None:
             order = np.asarray(np.loadtxt(split_file, dtype=np.int64, ndmin=1))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsl.weight_space import WeightSpace, nest_paths
+from wsl.zoos.errors import ZooError
 from wsl.zoos.torch_layout import to_torch_state
 
 SCHEMA_VERSION = 1
@@ -73,10 +74,6 @@ _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "met
 
 # Architectures whose PyTorch layout `zoos.torch_layout` defines and the tests check against torch.
 TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
-
-
-class ZooError(ValueError):
-    """A zoo directory that is missing, damaged, incomplete or does not match what was asked."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -138,7 +135,7 @@ def _parse_column(name: str, kind: str, texts: list[str], where: str) -> np.ndar
         if kind == "bool":
             bad = [t for t in texts if t not in ("true", "false")]
             if bad:
-                raise ValueError(f"not true/false: {bad[0]!r}")
+                raise ZooError(f"not true/false: {bad[0]!r}")
             return np.array([t == "true" for t in texts], bool)
         if kind == "int":
             return np.array([int(t) for t in texts], np.int64)
@@ -499,6 +496,12 @@ class Zoo:
                                f"the one architecture {arch['name']!r} builds with its config")
         return self._architecture
 
+    def dataset(self):
+        """The dataset this zoo was trained on, rebuilt from its manifest (same splits)."""
+        from wsl.zoos.datasets import dataset_from_spec
+
+        return dataset_from_spec(self.manifest.get("dataset"), str(self.path / MANIFEST))
+
     def architecture_of(self, i: int):
         """The architecture of row `i`: `architecture` with the row's own activation, if it varies."""
         arch = self.architecture
@@ -592,7 +595,7 @@ class Zoo:
         over its devices: use a fitting `batch_size` and `drop_last=True`).
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ZooError(f"batch_size must be positive, got {batch_size}")
         columns = self.columns if columns is None else list(columns)
         unknown = [c for c in columns if c not in self._table]
         if unknown:

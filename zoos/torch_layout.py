@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from wsl.weight_space import WeightSpace, nest_paths
+from wsl.zoos.errors import ModelFileError
 
 _LINEAR_PREFIXES = ("dense", "head", "embed")
 
@@ -42,7 +43,7 @@ def _kernel_to_torch(path: str, kernel: np.ndarray) -> np.ndarray:
         return np.transpose(kernel, axes).reshape(out, -1)
     if kernel.ndim == 4:
         return np.transpose(kernel, (3, 2, 0, 1))
-    raise ValueError(f"{path}: no PyTorch layout for a {kernel.ndim}-D kernel")
+    raise ModelFileError(f"{path}: no PyTorch layout for a {kernel.ndim}-D kernel")
 
 
 def _kernel_from_torch(path: str, weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -54,7 +55,7 @@ def _kernel_from_torch(path: str, weight: np.ndarray, shape: tuple[int, ...]) ->
         return np.transpose(chw, tuple(range(2, 2 + len(spatial))) + (1, 0))
     if len(shape) == 4:
         return np.transpose(weight, (2, 3, 1, 0))
-    raise ValueError(f"{path}: no PyTorch layout for a {len(shape)}-D kernel")
+    raise ModelFileError(f"{path}: no PyTorch layout for a {len(shape)}-D kernel")
 
 
 def to_torch_state(space: WeightSpace, params) -> collections.OrderedDict:
@@ -78,7 +79,7 @@ def from_torch_state(space: WeightSpace, state: Mapping[str, np.ndarray]) -> dic
         expected = _kernel_to_torch(t.path, np.zeros(t.shape)).shape if t.path.endswith(
             "/kernel") else t.shape
         if value.shape != tuple(expected):
-            raise ValueError(f"{name}: shape {value.shape}, expected {tuple(expected)} for {t.path}")
+            raise ModelFileError(f"{name}: shape {value.shape}, expected {tuple(expected)} for {t.path}")
         flat[t.path] = (_kernel_from_torch(t.path, value, t.shape)
                         if t.path.endswith("/kernel") else value)
     return nest_paths(flat)

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from wsl.errors import WslError
+from wsl.zoos.errors import ModelFileError
+
 # Storage class names → numpy dtypes (torch's legacy typed storages; bfloat16 has no numpy dtype).
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -25,7 +28,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(WslError, pickle.UnpicklingError):
     """The checkpoint's pickle asks for a global outside the tensor-rebuild allowlist."""
 
 
@@ -86,9 +89,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             try:
                 raw = self._archive.read(f"{self._prefix}data/{key}")
             except KeyError:
-                raise ValueError(f"{self._source}: storage {key} is missing from the archive") from None
+                raise ModelFileError(f"{self._source}: storage {key} is missing from the archive") from None
             if len(raw) < numel * dtype.itemsize:
-                raise ValueError(f"{self._source}: storage {key} is truncated "
+                raise ModelFileError(f"{self._source}: storage {key} is truncated "
                                  f"({len(raw)} bytes for {numel} × {dtype})")
             self._storages[key] = np.frombuffer(raw, dtype, count=numel).astype(dtype.newbyteorder("="))
         return self._storages[key]
@@ -104,21 +107,21 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     try:
         archive = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
-        raise ValueError(f"{source}: not a PyTorch zip checkpoint (legacy torch.save files from "
+        raise ModelFileError(f"{source}: not a PyTorch zip checkpoint (legacy torch.save files from "
                          f"before torch 1.6 are not supported; re-save them with a recent torch)") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{source}: expected one data.pkl in the archive, found {pickles}")
+            raise ModelFileError(f"{source}: expected one data.pkl in the archive, found {pickles}")
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = f"{prefix}byteorder"
         if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise ValueError(f"{source}: big-endian checkpoints are not supported")
+            raise ModelFileError(f"{source}: big-endian checkpoints are not supported")
         try:
             with archive.open(pickles[0]) as file:
                 return _RestrictedUnpickler(file, archive, prefix, source).load()
         except (EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{source}: damaged checkpoint ({err})") from err
+            raise ModelFileError(f"{source}: damaged checkpoint ({err})") from err
 
 
 class _Global:
@@ -170,7 +173,7 @@ def write_torch_checkpoint(path: str | os.PathLike, state: dict[str, np.ndarray]
     for i, (key, value) in enumerate(state.items()):
         array = np.require(np.asarray(value), requirements="C")  # keeps 0-d arrays 0-d
         if array.dtype not in type_names:
-            raise ValueError(f"tensor {key!r}: dtype {array.dtype} has no PyTorch storage type")
+            raise ModelFileError(f"tensor {key!r}: dtype {array.dtype} has no PyTorch storage type")
         stride, step = [], 1
         for dim in reversed(array.shape):
             stride.insert(0, step)

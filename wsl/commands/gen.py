@@ -14,15 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from wsl.models.weight_generator import METHODS, GeneratorConfig
-from wsl.train import TrainConfig
-from wsl.config import ConfigError, override
-
-DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
-                            checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
+from wsl.models.weight_generator import METHODS
 
 
 def _scalar(text: str):
@@ -32,27 +26,20 @@ def _scalar(text: str):
         return text  # a quantile name, checked against the generator's statistics
 
 
-def _split_overrides(words):
-    gen, trn = [], []
-    for word in words:
-        (trn if word.startswith("train.") else gen).append(word.removeprefix("train."))
-    return gen, trn
+def report(generated, generator_dir: Path, out: Path, seed: int) -> dict:
+    """Print and write (`evaluation.json`, `evaluation.png`) the comparison with training."""
+    from wsl.eval.generated import compare_with_training, plot_report
 
-
-def _report(generated, generator_dir: Path, out: Path, seed: int) -> dict:
-    from wsl.eval.generate import compare_with_training
-    from wsl.eval.generated import plot_report
-
-    report = compare_with_training(generated, generator_dir, seed=seed)
-    print(report.table())
-    summary = report.to_dict()
+    result = compare_with_training(generated, generator_dir, seed=seed)
+    print(result.table())
+    summary = result.to_dict()
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_report(report, out / "evaluation.png")
+    plot_report(result, out / "evaluation.png")
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
     return summary
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsl gen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a generator on a zoo")
@@ -81,41 +68,34 @@ def main(argv=None) -> int:
     p.add_argument("zoo", type=Path)
     p.add_argument("--generator", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
 
-    from wsl.eval.generate import GenerateError, sample_to_zoo, train_generator
-    from wsl.train import PipelineError, TrainError
-    from wsl.train.checkpoint import CheckpointError
-    from wsl.zoos.store import Zoo, ZooError
 
-    try:
-        if args.command == "train":
-            gen_words, train_words = _split_overrides(args.overrides)
-            config = override(GeneratorConfig(), gen_words)
-            if args.method:
-                config = dataclasses.replace(config, method=args.method)
-            train_config = override(DEFAULT_TRAIN, train_words)
-            train_generator(args.zoo, args.out, config, train_config, min_acc=args.min_acc,
-                            align=args.align, max_models=args.max_models)
-            print(f"generator written to {args.out}; sample it with "
-                  f"`wsl gen sample {args.out} -n 100 --out SAMPLES`")
-        elif args.command == "sample":
-            zoo, info = sample_to_zoo(args.generator, args.out, args.num, seed=args.seed,
-                                      sampler=args.sampler, steps=args.steps,
-                                      guidance=args.guidance, cond_class=args.cond_class,
-                                      cond_scalar=args.cond_scalar)
-            print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
-                  f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
-            if not args.no_eval:
-                _report(zoo, args.generator, args.out, args.seed)
-        else:
-            _report(Zoo.open(args.zoo), args.generator, args.zoo, args.seed)
-    except (ConfigError, GenerateError, ZooError, FileNotFoundError, PipelineError, TrainError,
-            CheckpointError) as err:
-        print(f"wsl gen: {err}", file=sys.stderr)
-        return 2
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from wsl.config import override
+    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train.generator import DEFAULT_TRAIN, sample_to_zoo, train_generator
+    from wsl.zoos.store import Zoo
+
+    if args.command == "train":
+        gen_words = [w for w in args.overrides if not w.startswith("train.")]
+        train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
+        config = override(GeneratorConfig(), gen_words)
+        if args.method:
+            config = dataclasses.replace(config, method=args.method)
+        train_generator(args.zoo, args.out, config, override(DEFAULT_TRAIN, train_words),
+                        min_acc=args.min_acc, align=args.align, max_models=args.max_models)
+        print(f"generator written to {args.out}; sample it with "
+              f"`wsl gen sample {args.out} -n 100 --out SAMPLES`")
+    elif args.command == "sample":
+        zoo, info = sample_to_zoo(args.generator, args.out, args.num, seed=args.seed,
+                                  sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                  cond_class=args.cond_class, cond_scalar=args.cond_scalar)
+        print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
+              f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
+        if not args.no_eval:
+            report(zoo, args.generator, args.out, args.seed)
+    else:
+        report(Zoo.open(args.zoo), args.generator, args.zoo, args.seed)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-
+# One shared initialisation with per-model data orders keeps the population in one basin, which a
+# generator needs (independent initialisations on 32 models give it only copies).
 DEMO_ZOO = ["num_models=128", "init_seeds=1", "data_order=per_model"]
 
 
@@ -22,7 +22,7 @@ def _stage(title: str) -> float:
     return time.perf_counter()
 
 
-def main(argv=None) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsl demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--samples", type=int, default=100)
@@ -30,49 +30,45 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     begin = time.perf_counter()
 
-    from wsl.eval.gen_cli import DEFAULT_TRAIN as GEN_TRAIN
-    from wsl.eval.gen_cli import _report
-    from wsl.eval.generate import sample_to_zoo, train_generator
-    from wsl.eval.probe import DEFAULT_TRAIN as PROBE_TRAIN
-    from wsl.eval.probe import ProbeConfig, format_report, run_probe
-    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.commands.gen import report
+    from wsl.commands.zoo import summarise
     from wsl.config import override
-    from wsl.zoos.cli import main as zoo_main
+    from wsl.eval.probe_report import format_report, plot_probe
+    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train import generator as generators
+    from wsl.train import probe
+    from wsl.zoos.build import build_zoo
+    from wsl.zoos.recipes import get_recipe
     from wsl.zoos.store import Zoo
 
     zoo_dir, gen_dir, samples_dir = args.out / "zoo", args.out / "generator", args.out / "samples"
     t = _stage("1/4 build the quick zoo (a population trained in one compiled program)")
-    # One shared initialisation with per-model data orders keeps the population in one basin,
-    # which a generator needs (independent initialisations on 32 models give it only copies).
-    if zoo_main(["build", "quick", "--out", str(zoo_dir), *DEMO_ZOO]):  # resumes, or is finished
-        return 2
-    zoo_main(["info", str(zoo_dir)])
+    zoo = build_zoo(get_recipe("quick", DEMO_ZOO), zoo_dir)  # resumes, or is finished
+    print(summarise(zoo))
     print(f"   ({time.perf_counter() - t:.0f} s)")
 
     t = _stage("2/4 probe: predict each network's test accuracy from its weights (StatNN)")
-    report = run_probe(Zoo.open(zoo_dir), ProbeConfig(
-        encoder="statnn", train=override(PROBE_TRAIN, ["steps=600", "eval.every=100"])),
+    result = probe.run_probe(zoo, probe.ProbeConfig(
+        encoder="statnn", train=override(probe.DEFAULT_TRAIN, ["steps=600", "eval.every=100"])),
         args.out / "probe")
-    print(format_report(report))
+    plot_probe(result, args.out / "probe" / "scatter.png")
+    print(format_report(result))
     print(f"   ({time.perf_counter() - t:.0f} s)")
 
     t = _stage("3/4 align the zoo by weight matching and train a flow-matching generator")
     config = GeneratorConfig(method="flow", hidden=256, depth=2)
     train_config = dataclasses.replace(
-        override(GEN_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99",
-                             "log.progress=false"]), batch_size=32)
-    train_generator(zoo_dir, gen_dir, config, train_config)
+        override(generators.DEFAULT_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99",
+                                            "log.progress=false"]), batch_size=32)
+    generators.train_generator(zoo_dir, gen_dir, config, train_config)
     print(f"   ({time.perf_counter() - t:.0f} s)")
 
     t = _stage(f"4/4 sample {args.samples} networks and evaluate them on held-out data")
-    samples_dir_exists = (samples_dir / "manifest.json").exists()
-    generated = Zoo.open(samples_dir) if samples_dir_exists else \
-        sample_to_zoo(gen_dir, samples_dir, args.samples)[0]
-    _report(generated, gen_dir, samples_dir, seed=0)
+    if (samples_dir / "manifest.json").exists():
+        generated = Zoo.open(samples_dir)
+    else:
+        generated = generators.sample_to_zoo(gen_dir, samples_dir, args.samples)[0]
+    report(generated, gen_dir, samples_dir, seed=0)
     print(f"   ({time.perf_counter() - t:.0f} s)")
     print(f"\ndemo finished in {time.perf_counter() - begin:.0f} s; everything is in {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

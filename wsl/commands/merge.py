@@ -5,7 +5,7 @@
 
 The zoo's dataset (named in its manifest) supplies validation data for the greedy soup and the
 Fisher, and test data for the report. The merged model is written in the format its suffix names
-(`zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the best and
+(`wsl.zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the best and
 the mean model is written next to it (same name, ``.json``) and printed.
 """
 
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from wsl.errors import UsageError
 
 
 def _model_ids(specs: list[str]) -> list[int]:
@@ -33,10 +34,9 @@ def _model_ids(specs: list[str]) -> list[int]:
                 else:
                     ids.append(int(part))
             except ValueError:
-                raise SystemExit(f"wsl merge: --models takes ids and ranges like '0-9 12'; got "
+                raise UsageError(f"--models takes ids and ranges like '0-9 12'; got "
                                  f"{part!r}") from None
     return ids
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsl merge", description=__doc__.splitlines()[0])
@@ -59,21 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_dataset(manifest: dict, path: Path):
-    from wsl.zoos.datasets import load_dataset
-
-    info = manifest.get("dataset")
-    if not isinstance(info, dict) or "name" not in info:
-        raise SystemExit(f"wsl merge: {path / 'manifest.json'} names no dataset (field "
-                         f"'dataset.name'); merging needs its validation data")
-    options = dict(info.get("options") or {})
-    for key in ("resize", "classes"):
-        if isinstance(options.get(key), list):
-            options[key] = tuple(options[key])
-    return load_dataset(info["name"], **options)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import jax
 
@@ -85,48 +71,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         format_from_suffix(out)
     except ValueError as err:
-        print(f"wsl merge: --out {err}", file=sys.stderr)
-        return 2
-    try:
-        zoo = Zoo.open(args.zoo)
-        epoch = args.epoch if args.epoch == "last" else int(args.epoch)
-        zoo = zoo.filter(epoch=epoch)
-        if args.models is not None:
-            wanted = _model_ids(args.models)
-            missing = sorted(set(wanted) - set(zoo.model_ids.tolist()))
-            if missing:
-                print(f"wsl merge: models {missing[:10]} are not in {args.zoo} at epoch "
-                      f"{args.epoch}", file=sys.stderr)
-                return 2
-            zoo = zoo.filter(where=lambda m: np.isin(m["model"], wanted))
-        if "diverged" in zoo.columns:
-            dropped = int(np.sum(zoo.metrics["diverged"].astype(bool)))
-            zoo = zoo.filter(where=lambda m: ~m["diverged"].astype(bool))
-            if dropped:
-                print(f"wsl merge: leaving out {dropped} diverged models")
-        if len(zoo) < 2:
-            print(f"wsl merge: need at least 2 models to merge, {args.zoo} gives {len(zoo)}",
-                  file=sys.stderr)
-            return 2
-        if "activation" in zoo.columns and len(set(zoo.metrics["activation"])) > 1:
-            print(f"wsl merge: the selected models use different activations "
-                  f"{sorted(set(zoo.metrics['activation']))}; merge one activation at a time "
-                  f"with --models", file=sys.stderr)
-            return 2
-        arch = zoo.architecture_of(0)
-        population = zoo.weights(np.arange(len(zoo)))
-    except (ZooError, ValueError, OSError) as err:
-        print(f"wsl merge: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--out {err}") from None
+    if args.epoch != "last" and not args.epoch.isdigit():
+        raise UsageError(f"--epoch takes 'last' or an epoch number, got {args.epoch!r}")
+    zoo = Zoo.open(args.zoo)
+    zoo = zoo.filter(epoch=args.epoch if args.epoch == "last" else int(args.epoch))
+    if args.models is not None:
+        wanted = _model_ids(args.models)
+        missing = sorted(set(wanted) - set(zoo.model_ids.tolist()))
+        if missing:
+            raise ZooError(f"models {missing[:10]} are not in {args.zoo} at epoch {args.epoch}")
+        zoo = zoo.filter(where=lambda m: np.isin(m["model"], wanted))
+    if "diverged" in zoo.columns:
+        dropped = int(np.sum(zoo.metrics["diverged"].astype(bool)))
+        zoo = zoo.filter(where=lambda m: ~m["diverged"].astype(bool))
+        if dropped:
+            print(f"wsl merge: leaving out {dropped} diverged models")
+    if len(zoo) < 2:
+        raise ZooError(f"need at least 2 models to merge, {args.zoo} gives {len(zoo)}")
+    if "activation" in zoo.columns and len(set(zoo.metrics["activation"])) > 1:
+        raise ZooError(f"the selected models use different activations "
+                       f"{sorted(set(zoo.metrics['activation']))}; merge one activation at a "
+                       f"time with --models")
     if args.align in ("best", "mean", "none"):
         align = args.align
     elif args.align.isdigit() and int(args.align) < len(zoo):
         align = int(args.align)
     else:
-        print(f"wsl merge: --align takes best, mean, none or a row index below {len(zoo)}; got "
-              f"{args.align!r}", file=sys.stderr)
-        return 2
-    data = _load_dataset(zoo.manifest, Path(args.zoo))
+        raise UsageError(f"--align takes best, mean, none or a row index below {len(zoo)}; got "
+                         f"{args.align!r}")
+    arch = zoo.architecture_of(0)
+    population = zoo.weights(np.arange(len(zoo)))
+    data = zoo.dataset()
     result = merge(arch, population, args.method, x_val=data.x_val, y_val=data.y_val,
                    x_test=data.x_test, y_test=data.y_test, align=align,
                    key=jax.random.key(args.seed), fisher_samples=args.fisher_samples,
@@ -146,7 +122,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['mean_model_acc']:.4f}")
     print(f"  report: {report_path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

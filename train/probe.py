@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ import numpy as np
 import optax
 from scipy import stats
 
+from wsl.config import to_dict
+from wsl.errors import WslError
 from wsl.models.encoders import build_encoder, encoder_names
 from wsl.models.normalize import TensorNormalizer
 from wsl.train import TrainConfig, permutation_augmentation, train
-from wsl.config import to_dict
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
 DEFAULT_TRAIN = TrainConfig(
@@ -40,7 +42,7 @@ DEFAULT_TRAIN = TrainConfig(
     log=dataclasses.replace(TrainConfig().log, progress=False))
 
 
-class ProbeError(ValueError):
+class ProbeError(WslError, ValueError):
     """A probe that cannot run as asked (unknown target or encoder, too few models)."""
 
 
@@ -153,13 +155,28 @@ def select_rows(zoo, target: str, epoch: str = "last"):
 
 
 def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
-    """Train and score the encoder on `zoo` for `config.seeds` seeds; returns (and writes) results."""
+    """Train and score the encoder on `zoo` for `config.seeds` seeds; returns the results.
+
+    With `out`, the training runs (checkpoints: an interrupted probe resumes) and `results.json`
+    are kept there; without it the runs go to a temporary directory that is removed afterwards.
+    """
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="wsl-probe-") as scratch:
+            report = _run_probe(zoo, config, Path(scratch))
+        return report
+    out = Path(out)
+    report = _run_probe(zoo, config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _run_probe(zoo, config: ProbeConfig, out: Path) -> dict:
     if config.encoder not in ENCODERS:
         raise ProbeError(f"unknown encoder {config.encoder!r}; choose from {list(ENCODERS)}")
     view = select_rows(zoo, config.target, config.epoch)
     space = view.weight_space
     results = []
-    out = Path(out) if out is not None else None
     for seed in range(config.seeds):
         parts = view.split_by_model(config.split, seed=seed)
         if min(len(p) for p in parts) < 2:
@@ -194,7 +211,7 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
                              float(train_split.y.std() or 1.0))
             train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=min(
                 config.train.batch_size, len(train_split.y)))
-            run_dir = (out or Path("runs") / "probe") / f"{config.encoder}-seed{seed}"
+            run_dir = out / f"{config.encoder}-seed{seed}"
             result = train(task, train_cfg, {"params": train_split.params, "y": train_split.y},
                            run_dir, eval_data=val_split,
                            augment=[permutation_augmentation(space, "params")] if config.augment else [])
@@ -213,44 +230,4 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
               "num_rows": len(view), "seeds": config.seeds, "summary": summary,
               "seconds": float(np.mean([r["seconds"] for r in results])),
               "config": to_dict(config), "runs": results}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_probe(report, out / "scatter.png")
     return report
-
-
-def plot_probe(report: dict, path) -> None:
-    """Predicted vs true on the test split (first seed), or a confusion matrix for classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run = report["runs"][0]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    true, pred = np.asarray(run["true"]), np.asarray(run["prediction"])
-    if "accuracy" in run:
-        k = int(max(true.max(), pred.max())) + 1
-        matrix = np.zeros((k, k))
-        np.add.at(matrix, (true, pred), 1)
-        ax.imshow(matrix, cmap="Blues")
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"{report['encoder']}: accuracy {run['accuracy']:.3f}")
-    else:
-        ax.scatter(true, pred, s=8, alpha=0.6)
-        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set_xlabel(f"true {report['target']}")
-        ax.set_ylabel(f"predicted {report['target']}")
-        ax.set_title(f"{report['encoder']}: τ = {run['kendall_tau']:.3f}, R² = {run['r2']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def format_report(report: dict) -> str:
-    parts = [f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in report["summary"].items()]
-    return (f"{report['encoder']} → {report['target']} on {report['num_rows']} networks, "
-            f"{report['seeds']} seed(s): " + ", ".join(parts) + f"  ({report['seconds']:.1f} s/seed)")

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +28,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.align import align_zoo
+from wsl.config import from_dict, to_dict
+from wsl.errors import WslError
 from wsl.models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from wsl.models.flow import SAMPLERS as FLOW_SAMPLERS
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.weight_generator import (AutoencoderTask, GeneratorConfig, GeneratorTask,
-                                     make_autoencoder, make_generator)
+from wsl.models.weight_generator import (
+    AutoencoderTask,
+    GeneratorConfig,
+    GeneratorTask,
+    make_autoencoder,
+    make_generator,
+)
 from wsl.train import TrainConfig, load_params, train
-from wsl.align import align_zoo
-from wsl.config import from_dict, to_dict
 from wsl.zoos.architectures import build
-from wsl.zoos.population import population_logits
+from wsl.zoos.datasets import dataset_from_spec
+from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import Zoo, write_zoo
 
 GENERATOR_FILE = "generator.json"
+DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
+                            checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
 
 
-class GenerateError(ValueError):
+class GenerateError(WslError, ValueError):
     """A zoo or generator directory that cannot be used as asked."""
-
-
-def zoo_dataset(manifest: Mapping[str, Any]):
-    """The dataset a zoo was trained on, rebuilt from its manifest (same splits, same transforms)."""
-    from wsl.zoos.datasets import load_dataset
-
-    spec = manifest.get("dataset")
-    if not isinstance(spec, Mapping) or "name" not in spec:
-        raise GenerateError("the zoo's manifest names no dataset to evaluate generated networks on")
-    options = {k: tuple(v) if isinstance(v, list) else v
-               for k, v in dict(spec.get("options", {})).items()}
-    return load_dataset(spec["name"], **options)
 
 
 @dataclasses.dataclass
@@ -364,60 +360,6 @@ class TrainedGenerator:
         return np.concatenate(out).astype(np.float32)
 
 
-_SPLIT_STATS: dict[int, tuple[Any, Any]] = {}
-
-
-def _split_stats(arch):
-    """Compiled (summed NLL, correct count, per model) of a population on one padded data chunk."""
-    entry = _SPLIT_STATS.get(id(arch))
-    if entry is None or entry[0] is not arch:
-        @jax.jit
-        def stats(vectors, x, y, valid):
-            logits = population_logits(arch, vectors, x)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
-            correct = jnp.argmax(logits, -1) == y[None]
-            return (nll * valid).sum(1), (correct * valid).sum(1)
-
-        if len(_SPLIT_STATS) >= 8:
-            _SPLIT_STATS.pop(next(iter(_SPLIT_STATS)))
-        entry = _SPLIT_STATS[id(arch)] = (arch, stats)
-    return entry[1]
-
-
-def evaluate_population(arch, flat: np.ndarray, dataset, batch: int = 2048,
-                        model_chunk: int = 256) -> dict[str, np.ndarray]:
-    """Loss and accuracy of every network on every split (rows of a zoo metrics table).
-
-    Models and examples go in fixed-size, padded chunks: one compilation, bounded memory.
-    """
-    stats = _split_stats(arch)
-    flat = np.asarray(flat, np.float32)
-    mc = min(model_chunk, len(flat))
-    out = {}
-    for split in ("train", "val", "test"):
-        x, y = dataset.split(split)
-        bc = max(min(batch, len(x)), 1)
-        loss, correct = np.zeros(len(flat)), np.zeros(len(flat))
-        for m in range(0, len(flat), mc):
-            vectors = flat[m:m + mc]
-            padded = jnp.asarray(np.concatenate([vectors, np.zeros((mc - len(vectors),
-                                                                    flat.shape[1]), np.float32)]))
-            for i in range(0, len(x), bc):
-                xb, yb = x[i:i + bc], y[i:i + bc]
-                pad = bc - len(xb)
-                valid = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
-                xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-                yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-                l, c = stats(padded, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid))
-                loss[m:m + mc] += np.asarray(l)[:len(vectors)]
-                correct[m:m + mc] += np.asarray(c)[:len(vectors)]
-        out[f"{split}_loss"] = loss / max(len(x), 1)
-        out[f"{split}_acc"] = correct / max(len(x), 1)
-    out["gap"] = out["train_acc"] - out["test_acc"]
-    return out
-
-
 def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed: int = 0,
                   **sample_options) -> tuple[Zoo, dict]:
     """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset.
@@ -431,8 +373,8 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
     start = time.perf_counter()
     flat = gen.sample(num, seed=seed, **sample_options)
     sample_seconds = time.perf_counter() - start
-    dataset = zoo_dataset(gen.meta)
-    metrics = evaluate_population(arch, flat, dataset)
+    dataset = dataset_from_spec(gen.meta.get("dataset"))
+    metrics = population_metrics(arch, flat, dataset)
     rows = []
     for i in range(num):
         row = {"model": i, "epoch": 0}
@@ -461,18 +403,3 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
     zoo = write_zoo(out, manifest, arch.weight_space.unflatten(flat), rows)
     return zoo, {"sample_seconds": sample_seconds, "compile_seconds": gen.compile_seconds,
                  "num": num}
-
-
-def compare_with_training(generated: Zoo, generator_dir: str | Path, *, seed: int = 0,
-                          max_train: int = 1000):
-    """`eval.generated` report of a generated zoo against its generator's training population."""
-    from wsl.eval.generated import evaluate_generated
-
-    gen = TrainedGenerator.load(generator_dir)
-    train_flat = np.load(Path(generator_dir) / "aligned_train.npy")
-    if len(train_flat) > max_train:
-        train_flat = train_flat[np.sort(np.random.default_rng(seed).choice(
-            len(train_flat), max_train, replace=False))]
-    dataset = zoo_dataset(gen.meta)
-    return evaluate_generated(gen.architecture, generated.flat(), train_flat,
-                              dataset.x_test, dataset.y_test, seed=seed)

@@ -1,0 +1,84 @@
+"""The `wsl` command line: one dispatcher, one error handler, thin `main(argv)` per command.
+
+Each command module parses its arguments and calls the library; it never prints errors itself.
+A library error (`wsl.errors.WslError`) or an unreadable file reaches `main` here, which prints
+one line ``wsl COMMAND: error: ...`` and exits 2 for usage errors, 1 for runtime errors. With
+``--debug`` (or ``WSL_DEBUG=1``) the traceback is shown instead. Modules are imported only when
+their command runs, so `wsl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from wsl.errors import WslError
+
+# name -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("wsl.commands.demo",
+             "the whole pipeline on the quick zoo: build, probe, align, generate, evaluate"),
+    "list": ("wsl.commands.listing",
+             "list architectures (with parameter counts) and datasets (with sizes)"),
+    "zoo": ("wsl.commands.zoo", "build, inspect, import and export model zoos"),
+    "probe": ("wsl.commands.probe",
+              "train an encoder to predict a zoo column from weights (Kendall τ, R²)"),
+    "gen": ("wsl.commands.gen",
+            "train weight generators on a zoo, sample and evaluate new networks"),
+    "merge": ("wsl.commands.merge",
+              "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: wsl [--debug] COMMAND [options]   (wsl COMMAND --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "--debug (or WSL_DEBUG=1) shows the traceback of an error"]
+    return "\n".join(lines)
+
+
+def fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(prog: str, main, argv: list[str], debug: bool = False) -> int:
+    """Run a command's `main(argv)`; user errors become one line and an exit code."""
+    try:
+        return int(main(argv) or 0)
+    except SystemExit as err:  # argparse: --help (0) or a usage error it already printed (2)
+        return err.code if isinstance(err.code, int) else fail(prog, str(err.code), 2)
+    except (WslError, OSError) as err:
+        if debug:
+            raise
+        message = str(err) or type(err).__name__
+        if isinstance(err, OSError) and not isinstance(err, WslError) and err.filename:
+            message = f"{err.filename}: {err.strerror or message}"
+        return fail(prog, message, getattr(err, "exit_code", 1))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("WSL_DEBUG", "") not in ("", "0")
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        return fail("wsl", f"unknown command {name!r}\n\n{usage()}", 2)
+    module = importlib.import_module(COMMANDS[name][0])
+    return run(f"wsl {name}", module.main, rest, debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
