@@ -36,7 +36,7 @@ import optax
 from wsl.config import override
 from wsl.train import ArraySource, Pipeline, TrainConfig, train
 from wsl.train.optim import make_optimizer, make_schedule
-from wsl.train.shardings import batch_sharding, mesh_from_config
+from wsl.train.layout import batch_sharding, mesh_from_config
 
 
 class FlatEncoder:

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wsl.sharding import make_mesh  # noqa: E402
+from wsl.mesh import make_mesh  # noqa: E402
 from wsl.zoos.population import (  # noqa: E402
     FLOAT_HPARAMS,
     TrainSettings,

@@ -328,7 +328,7 @@ def test_sharded_over_eight_devices_gives_the_same_alignment():
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         import jax, numpy as np
         from wsl.align import weight_matching
-        from wsl.sharding import make_mesh
+        from wsl.mesh import make_mesh
         from wsl.zoos.architectures import build
         assert len(jax.devices()) == 8
         arch = build("mlp", widths=(8, 8))

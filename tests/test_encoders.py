@@ -452,7 +452,7 @@ SHARDED = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from wsl.models.encoders import build_encoder
-    from wsl.sharding import make_mesh, shard_leading
+    from wsl.mesh import make_mesh, shard_leading
     from wsl.zoos.architectures import build
     assert jax.device_count() == 8
     ws = build("small_cnn", input_shape=(8, 8, 1), channels=4).weight_space

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wsl.sharding import make_mesh
+from wsl.mesh import make_mesh
 from wsl.train import (
     ArraySource,
     Pipeline,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsl.sharding import make_mesh
+from wsl.mesh import make_mesh
 from wsl.zoos.architectures import build
 from wsl.zoos.build import build_zoo
 from wsl.zoos.datasets import load_dataset
@@ -70,7 +70,7 @@ def _tiny_hparams(n, lr=0.01):
 
 _SHARDED_SCRIPT = """
 import sys, jax, numpy as np
-from wsl.sharding import make_mesh
+from wsl.mesh import make_mesh
 from wsl.zoos.population import train_population
 sys.path.insert(0, {test_dir!r})
 from test_population import _small

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from wsl.sharding import leading_axis, make_mesh
+from wsl.mesh import leading_axis, make_mesh
 from wsl.weight_space import nest_paths
 from wsl.zoos import open_zoo
 from wsl.zoos.architectures import build

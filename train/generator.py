@@ -159,7 +159,7 @@ def _batch_data(x, cond_class, cond_scalar) -> dict:
 def _fit_batch(config: TrainConfig, rows: int) -> int:
     """The configured batch size, cut to the number of rows for a small zoo (every model in every
     batch) and kept a multiple of the mesh's device count."""
-    from wsl.train.shardings import mesh_from_config
+    from wsl.train.layout import mesh_from_config
 
     devices = mesh_from_config(config.mesh).devices.size
     size = min(config.batch_size, rows)

@@ -28,14 +28,14 @@ import numpy as np
 
 from wsl.config import save, to_dict
 from wsl.errors import WslError
-from wsl.sharding import replicated
+from wsl.mesh import replicated
 from wsl.train.checkpoint import Checkpoints, load_params
 from wsl.train.config import TrainConfig
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.pipeline import ArraySource, Augmentation, Pipeline, Position
 from wsl.train.run_log import RunLog, read_records
-from wsl.train.shardings import (
+from wsl.train.layout import (
     batch_sharding,
     check_batch_size,
     mesh_from_config,
@@ -45,7 +45,7 @@ from wsl.train.shardings import (
 from wsl.train.step import TrainState, make_init, make_train_step
 from wsl.train.task import TaskError, check_task
 
-Hook = Callable[[int, TrainState], None]
+StepCallback = Callable[[int, TrainState], None]  # called after every step
 
 
 class TrainError(WslError, RuntimeError):
@@ -177,7 +177,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, data, eval_data: Any = None, *, augment: Sequence[Augmentation] = (),
-            hooks: Sequence[Hook] = ()) -> TrainResult:
+            hooks: Sequence[StepCallback] = ()) -> TrainResult:
         """Train on `data` (a row source or a dict of arrays with a leading row axis).
 
         `eval_data` goes to ``task.evaluate`` every `eval.every` steps and at the end; `augment`
@@ -255,6 +255,6 @@ class Trainer:
 
 
 def train(task, config: TrainConfig, data, run_dir: str | Path, *, eval_data: Any = None,
-          augment: Sequence[Augmentation] = (), hooks: Sequence[Hook] = ()) -> TrainResult:
+          augment: Sequence[Augmentation] = (), hooks: Sequence[StepCallback] = ()) -> TrainResult:
     """Train `task` on `data` under `config`, writing (and resuming) the run in `run_dir`."""
     return Trainer(task, config, run_dir).fit(data, eval_data, augment=augment, hooks=hooks)

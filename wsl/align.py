@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsl import assignment
-from wsl.sharding import round_up, shard_leading
+from wsl.mesh import round_up, shard_leading
 from wsl.weight_space import Params, WeightSpace, WeightSpaceError
 
 _HIGHEST = jax.lax.Precision.HIGHEST

@@ -32,7 +32,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wsl.sharding import axis_size, make_mesh, round_up
+from wsl.mesh import axis_size, make_mesh, round_up
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.datasets import Dataset
 from wsl.zoos.dropout_prng import DROPOUT_PRNG

@@ -39,7 +39,7 @@ from wsl.zoos.torch_layout import to_torch_state
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-METRICS = "metrics.csv"
+METRICS_FILE = "metrics.csv"
 SHARDS = "shards"
 SHARD_INFO = "shard.json"
 SHARD_ROWS = "rows.csv"
@@ -333,12 +333,12 @@ class ZooWriter:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(all_rows)
-        _write_text_atomic(self.path / METRICS, out.getvalue())
+        _write_text_atomic(self.path / METRICS_FILE, out.getvalue())
         given = self.manifest.get("columns") or {}
         self.manifest.update({
             "columns": {c: given.get(c, STANDARD_COLUMNS.get(c, "")) for c in columns},
             "column_types": types, "num_rows": len(all_rows), "shards": shards,
-            "metrics_sha256": sha256_file(self.path / METRICS), "complete": True})
+            "metrics_sha256": sha256_file(self.path / METRICS_FILE), "complete": True})
         _write_text_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
         return self.manifest
 
@@ -442,21 +442,21 @@ class Zoo:
                     "metrics_sha256"):
             if key not in manifest:
                 raise ZooError(f"{path / MANIFEST}: missing field {key!r}")
-        _check_file(path / METRICS, manifest["metrics_sha256"])
-        header, body = _read_csv(path / METRICS)
+        _check_file(path / METRICS_FILE, manifest["metrics_sha256"])
+        header, body = _read_csv(path / METRICS_FILE)
         types = manifest["column_types"]
         if header != list(manifest["columns"]):
-            raise ZooError(f"{path / METRICS}: header {header} differs from the manifest's columns "
+            raise ZooError(f"{path / METRICS_FILE}: header {header} differs from the manifest's columns "
                            f"{list(manifest['columns'])}")
         if len(body) != manifest.get("num_rows", len(body)):
-            raise ZooError(f"{path / METRICS}: {len(body)} rows, manifest says "
+            raise ZooError(f"{path / METRICS_FILE}: {len(body)} rows, manifest says "
                            f"{manifest['num_rows']}")
         table = {c: _parse_column(c, types.get(c, "str"), [line[j] for line in body],
-                                  str(path / METRICS)) for j, c in enumerate(header)}
+                                  str(path / METRICS_FILE)) for j, c in enumerate(header)}
         storage = _Storage(path, manifest)
         if storage.starts[-1] != len(body):
             raise ZooError(f"{path / MANIFEST}: shards hold {storage.starts[-1]} rows but "
-                           f"{METRICS} has {len(body)}")
+                           f"{METRICS_FILE} has {len(body)}")
         return cls(path, manifest, table, storage, np.arange(len(body)))
 
     def _view(self, rows: np.ndarray) -> Zoo:

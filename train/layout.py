@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wsl.config import ConfigError
-from wsl.sharding import make_mesh
+from wsl.mesh import make_mesh
 from wsl.train.config import MeshConfig
 
 AXES = ("data", "fsdp")
