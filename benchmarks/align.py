@@ -14,6 +14,7 @@ It also measures planted-permutation recovery (100 trials per architecture: perm
 randomly, match it back, count exact inverses) and the loss barrier between pairs of independently
 trained MLPs before and after alignment.
 
+    python benchmarks/align.py --smoke     # seconds: 8 models, a few steps (checks it runs)
     python benchmarks/align.py --quick     # a few minutes on 2 CPU cores, mostly training
     python benchmarks/align.py             # longer training, more timing repeats
 
@@ -36,11 +37,13 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._reference_matching import published_weight_matching  # noqa: E402
 from wsl import assignment  # noqa: E402
 from wsl.align import group_orders, matching_objective, weight_matching  # noqa: E402
 from wsl.eval.lmc import linear_mode_connectivity  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.datasets import load_dataset  # noqa: E402
+from wsl.zoos.init_schemes import initial_population  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ a small zoo
@@ -52,11 +55,14 @@ def _apply(arch):
         return arch.apply
 
 
-def train_population(arch, data, key, num, *, steps, batch_size=64, lr=3e-3):
+def train_population(arch, data, seed, num, *, steps, batch_size=64, lr=3e-3):
     """`num` models trained independently (own init, own data order) with Adam, vmapped."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    init_key, data_key = jax.random.split(key)
-    params = arch.init_population(init_key, num)
+    # The population trainer's initialisation (flax's default, LeCun normal kernels and zero
+    # biases), drawn with numpy: compiling flax's vmapped init costs seconds per architecture.
+    params = initial_population(arch, np.arange(num), ["default"] * num, np.ones(num),
+                                np.zeros(num), seed)
+    data_key = jax.random.key(seed)
     opt = optax.adam(lr)
     state = jax.vmap(opt.init)(params)
 
@@ -84,9 +90,6 @@ def accuracy(arch, params, x, y):
 
 
 # ------------------------------------------------------------------------------ the baseline
-LSA = linear_sum_assignment  # replaced by a timing wrapper to measure the assignment share
-
-
 class SolverClock:
     """Wraps an assignment solver and adds up the seconds spent in it."""
 
@@ -101,45 +104,12 @@ class SolverClock:
             self.seconds += time.perf_counter() - start
 
 
-def published_weight_matching(space, reference, other, orders, tol):
-    """Weight matching of one pair as published: per group, NumPy products, scipy LSA."""
-    sizes = space.group_sizes
-    axes = {t.path: t.axes for t in space.tensors}
-    perm = {g: np.arange(n) for g, n in sizes.items()}
-
-    def permuted(path, except_axis):
-        w = other[path]
-        for ax, g in enumerate(axes[path]):
-            if g is not None and ax != except_axis:
-                w = np.take(w, perm[g], axis=ax)
-        return w
-
-    for order in orders:
-        progress = False
-        for g in order:
-            n = sizes[g]
-            a = np.zeros((n, n), np.float32)
-            for path, axis in space.members(g):
-                wa = np.moveaxis(reference[path], axis, 0).reshape(n, -1)
-                wb = np.moveaxis(permuted(path, axis), axis, 0).reshape(n, -1)
-                a += wa @ wb.T
-            _, ci = LSA(a, maximize=True)
-            rows = np.arange(n)
-            old, new = a[rows, perm[g]].sum(), a[rows, ci].sum()
-            if new > old + tol * np.abs(a).max(1).sum():
-                progress = True
-                perm[g] = ci
-        if not progress:
-            break
-    return perm
-
-
-def reference_zoo(space, reference, population, orders, tol):
+def reference_zoo(space, reference, population, orders, tol, solver=linear_sum_assignment):
     ref = {p: np.asarray(a) for p, a in space.as_flat_dict(reference).items()}
     pop = {p: np.asarray(a) for p, a in space.as_flat_dict(population).items()}
     num = len(next(iter(pop.values())))
-    perms = [published_weight_matching(space, ref, {k: v[i] for k, v in pop.items()}, orders, tol)
-             for i in range(num)]
+    perms = [published_weight_matching(space, ref, {k: v[i] for k, v in pop.items()}, orders, tol,
+                                       solver) for i in range(num)]
     return {g: np.stack([p[g] for p in perms]) for g in perms[0]}
 
 
@@ -172,14 +142,10 @@ def compare_zoo(name, arch, population, key, tol, repeats):
     (t_ours, t_ref), (c_ours, c_ref), (al, ref_perms) = interleaved([ours, baseline], repeats)
     # One more run of each with the assignment solver timed: the share both implementations spend
     # in scipy (a floor batching cannot lower).
-    global LSA
     ours_clock = SolverClock(assignment.solve)
     weight_matching(space, reference, population, key=key, tol=tol, solver=ours_clock)
-    LSA = ref_clock = SolverClock(linear_sum_assignment)
-    try:
-        baseline()
-    finally:
-        LSA = linear_sum_assignment
+    ref_clock = SolverClock(linear_sum_assignment)
+    reference_zoo(space, reference, population, orders, tol, solver=ref_clock)
     ref_obj = matching_objective(space, reference, population, ref_perms)
     same = np.all([np.all(al.perms[g] == ref_perms[g], axis=-1) for g in groups], axis=0)
     rel = np.abs(al.final_objective - ref_obj) / np.abs(ref_obj)
@@ -206,31 +172,40 @@ def recovery(arch, population, key, restarts):
 
 
 ZOOS = {
-    # name: (architecture, config, training steps full / quick)
-    "mlp 64-32-32-10": ("mlp", {"input_shape": (8, 8, 1), "widths": (32, 32)}, (1500, 300)),
-    "small_cnn 3x16": ("small_cnn", {"input_shape": (8, 8, 1)}, (600, 150)),
-    "resnet w8": ("resnet", {"input_shape": (8, 8, 1)}, (400, 100)),
+    # name: (architecture, config, training steps full / quick / smoke)
+    "mlp 64-32-32-10": ("mlp", {"input_shape": (8, 8, 1), "widths": (32, 32)}, (1500, 300, 5)),
+    "small_cnn 3x16": ("small_cnn", {"input_shape": (8, 8, 1)}, (600, 150, 5)),
+    "resnet w8": ("resnet", {"input_shape": (8, 8, 1)}, (400, 100, 5)),
 }
+MODES = ("full", "quick", "smoke")
+MLP = "mlp 64-32-32-10"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter training, fewer repeats")
-    parser.add_argument("--models", type=int, default=100)
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="shorter training, fewer repeats")
+    speed.add_argument("--smoke", action="store_true",
+                       help="seconds: 8 models, 5 training steps, one repeat (checks it runs)")
+    parser.add_argument("--models", type=int, default=None, help="default 100 (smoke: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-6)
     args = parser.parse_args(argv)
     key = jax.random.key(args.seed)
-    repeats = 3 if args.quick else 7
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    repeats = {"full": 7, "quick": 3, "smoke": 1}[mode]
     data = load_dataset("digits", seed=args.seed)
-    n = args.models
+    n = args.models or (8 if args.smoke else 100)
 
+    # Smoke: the MLP zoo alone runs every stage (training, timing against the reference,
+    # recovery, LMC); the convolutional zoos would only add compile time.
+    zoos = {k: v for k, v in ZOOS.items() if k == MLP or mode != "smoke"}
     archs, trained, rows = {}, {}, []
-    for i, (name, (arch_name, config, steps)) in enumerate(ZOOS.items()):
+    for i, (name, (arch_name, config, steps)) in enumerate(zoos.items()):
         archs[name] = arch = build(arch_name, **config)
         start = time.perf_counter()
-        trained[name] = train_population(arch, data, jax.random.fold_in(key, i), n,
-                                         steps=steps[1] if args.quick else steps[0])
+        trained[name] = train_population(arch, data, 1000 * args.seed + i, n,
+                                         steps=steps[MODES.index(mode)])
         acc = accuracy(arch, trained[name], data.x_test, data.y_test)
         print(f"# trained {n} x {name} in {time.perf_counter() - start:.1f}s: test accuracy "
               f"{acc.mean():.3f} +- {acc.std():.3f}", flush=True)
@@ -267,19 +242,20 @@ def main(argv=None) -> int:
 
     # Planted permutations on the trained zoos, plus narrow residual nets at initialisation.
     rec = {}
-    for label, name in (("mlp", "mlp 64-32-32-10"), ("cnn", "small_cnn 3x16"),
-                        ("resnet", "resnet w8")):
-        rec[label] = recovery(archs[name], trained[name], jax.random.fold_in(key, 7), restarts=3)
-    for label, width in (("resnet_w4_init", 4), ("resnet_w2_init", 2)):
+    for label, name in (("mlp", MLP), ("cnn", "small_cnn 3x16"), ("resnet", "resnet w8")):
+        if name in trained:
+            rec[label] = recovery(archs[name], trained[name], jax.random.fold_in(key, 7),
+                                  restarts=3)
+    for label, width in (("resnet_w4_init", 4), ("resnet_w2_init", 2))[:0 if args.smoke else 2]:
         narrow = build("resnet", input_shape=(8, 8, 1), width=width)
-        rec[label] = recovery(narrow, narrow.init_population(jax.random.fold_in(key, width), 100),
+        rec[label] = recovery(narrow, narrow.init_population(jax.random.fold_in(key, width), n),
                               jax.random.fold_in(key, 9), restarts=3)
     print("\nplanted permutations undone exactly (3 restarts):")
     for label, (hits, total_trials) in rec.items():
         print(f"  {label:<16} {hits}/{total_trials}")
 
     # Linear mode connectivity: disjoint pairs of independently trained MLPs.
-    name = "mlp 64-32-32-10"
+    name = MLP
     half = n // 2
     a = jax.tree.map(lambda v: v[:half], trained[name])
     b = jax.tree.map(lambda v: v[half:2 * half], trained[name])
@@ -289,9 +265,10 @@ def main(argv=None) -> int:
           f"{lmc['barrier_before']:.4f} before, {lmc['barrier_after']:.4f} after alignment; "
           f"accuracy barrier {lmc['acc_barrier_before']:.4f} -> {lmc['acc_barrier_after']:.4f}")
 
-    fraction = lambda label: rec[label][0] / rec[label][1]
+    fraction = lambda label: rec[label][0] / rec[label][1] if label in rec else None
     result = {
-        "benchmark": "align", "quick": args.quick, "models": n, "backend": jax.default_backend(),
+        "benchmark": "align", "mode": mode, "quick": args.quick, "models": n,
+        "backend": jax.default_backend(),
         "speedup_vs_reference": round(speedup_cpu, 2), "speedup_wall_clock": round(speedup, 2),
         "speedup_per_zoo": {r["zoo"]: round(r["speedup_cpu"], 2) for r in rows},
         "assignment_seconds": {"ours": round(lsa_ours, 4), "reference": round(lsa_ref, 4)},
@@ -299,7 +276,8 @@ def main(argv=None) -> int:
         "max_rel_objective_diff": max(r["max_rel_objective_diff"] for r in rows),
         "recovery_mlp": fraction("mlp"), "recovery_cnn": fraction("cnn"),
         "recovery_resnet": fraction("resnet"),
-        "recovery_resnet_narrow": min(fraction("resnet_w4_init"), fraction("resnet_w2_init")),
+        "recovery_resnet_narrow": None if args.smoke else min(fraction("resnet_w4_init"),
+                                                              fraction("resnet_w2_init")),
         "barrier_before": round(lmc["barrier_before"], 5),
         "barrier_after": round(lmc["barrier_after"], 5),
     }

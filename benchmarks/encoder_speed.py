@@ -1,4 +1,4 @@
-"""Benchmark: NFN-HNP training throughput against the `nfn` PyTorch package, and neural-graph memory.
+"""Benchmark: NFN-HNP training throughput against the `nfn` PyTorch package; neural-graph memory.
 
 1. NFN-HNP forward + backward (one gradient of a scalar loss, no optimiser step) in networks per
    second, ours (`models.nfn.NFN`, jit-compiled, compile time excluded) against the reference
@@ -16,6 +16,7 @@
 
     python benchmarks/encoder_speed.py            # small-cnn and a 40-32-32-10 MLP
     python benchmarks/encoder_speed.py --quick    # fewer rounds and batch sizes
+    python benchmarks/encoder_speed.py --smoke    # seconds: the MLP space, tiny batches
 
 Prints two tables, then one JSON object as the last line with ``nfn_speedup_vs_torch`` (our
 networks/s over torch's at the largest batch, per weight space; null without torch).
@@ -42,6 +43,7 @@ from wsl.zoos.architectures import build as build_architecture  # noqa: E402
 
 CHANNELS = (16, 16, 5)
 HEAD = (1000, 1000)
+SMOKE_NFN = {"channels": (4,), "head": (16,)}  # one narrow layer: same code, less to compile
 MEMORY_BATCHES = (8, 32, 128, 512)  # the memory table's batch sizes (--quick: the first two)
 # Weight spaces the reference package can express: dense / conv chains without flatten positions.
 SPACES = {
@@ -59,10 +61,10 @@ def random_population(space, batch: int, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------ ours (JAX)
-def jax_step(space, batch):
+def jax_step(space, batch, channels=CHANNELS, head=HEAD):
     """A compiled fwd + bwd of NFN-HNP on `batch`, and the call that runs it once to completion."""
-    encoder = build_encoder("nfn_hnp", space, channels=CHANNELS, head_widths=HEAD, out_dim=1)
-    params = encoder.init(jax.random.key(0), batch)["params"]
+    encoder = build_encoder("nfn_hnp", space, channels=channels, head_widths=head, out_dim=1)
+    params = jax.jit(encoder.init)(jax.random.key(0), batch)["params"]  # one compile, not per op
 
     @jax.jit
     def grad(p, b):
@@ -104,7 +106,7 @@ def torch_layout(space, batch: dict):
     return WeightSpaceFeatures(weights, biases)
 
 
-def torch_step(features):
+def torch_step(features, channels=CHANNELS, head=HEAD):
     """The reference invariant NFN-HNP predictor, and one fwd + bwd with gradients zeroed."""
     import torch
     from nfn.common import network_spec_from_wsfeat
@@ -112,15 +114,15 @@ def torch_step(features):
 
     spec = network_spec_from_wsfeat(features)
     layers, previous = [], 1
-    for c in CHANNELS:
+    for c in channels:
         layers += [HNPLinear(spec, previous, c), TupleOp(torch.nn.ReLU())]
         previous = c
-    head, width = [], HNPPool.get_num_outs(spec) * previous
-    for h in HEAD:
-        head += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+    mlp, width = [], HNPPool.get_num_outs(spec) * previous
+    for h in head:
+        mlp += [torch.nn.Linear(width, h), torch.nn.ReLU()]
         width = h
     model = torch.nn.Sequential(*layers, HNPPool(spec), torch.nn.Flatten(start_dim=-2),
-                                *head, torch.nn.Linear(width, 1))
+                                *mlp, torch.nn.Linear(width, 1))
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -144,11 +146,13 @@ def interleaved(fns: dict, repeats: int, inner: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def graph_memory(space, batch_size: int) -> dict:
+def graph_memory(space, batch_size: int, dim: int = 64, num_layers: int = 4) -> dict:
     """Compiled fwd + bwd of the NG-GNN at `batch_size`: peak bytes from XLA's memory analysis."""
-    encoder = build_encoder("ng_gnn", space, dim=64, num_layers=4)
-    batch = random_population(space, batch_size)
-    params = encoder.init(jax.random.key(0), jax.tree.map(lambda a: a[:1], batch))["params"]
+    encoder = build_encoder("ng_gnn", space, dim=dim, num_layers=num_layers)
+    # Shapes are all that compiling needs: no arrays, no initialisation to run.
+    batch = jax.eval_shape(lambda: random_population(space, batch_size))
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), batch)
+    params = jax.eval_shape(encoder.init, jax.random.key(0), one)["params"]
 
     def loss(p, b):
         return encoder.apply({"params": p}, b).mean()
@@ -164,17 +168,23 @@ def graph_memory(space, batch_size: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and batch sizes")
-    parser.add_argument("--spaces", default=",".join(SPACES), help=f"from {list(SPACES)}")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="fewer rounds and batch sizes")
+    speed.add_argument("--smoke", action="store_true",
+                       help="seconds: the MLP space, one narrow layer, batch 4, one round")
+    parser.add_argument("--spaces", default=None,
+                        help=f"from {list(SPACES)} (default all; smoke: mlp-mnist1d)")
     parser.add_argument("--batches", default=None, help="NFN batch sizes (default 32,128)")
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5)")
     args = parser.parse_args(argv)
-    names = args.spaces.split(",")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    names = (args.spaces or ("mlp-mnist1d" if args.smoke else ",".join(SPACES))).split(",")
     unknown = [n for n in names if n not in SPACES]
     if unknown:
         parser.error(f"unknown weight spaces {unknown}; choose from {list(SPACES)}")
-    batches = [int(b) for b in (args.batches or ("32" if args.quick else "32,128")).split(",")]
-    repeats = args.repeats or (3 if args.quick else 5)
+    default_batches = {"full": "32,128", "quick": "32", "smoke": "4"}[mode]
+    batches = [int(b) for b in (args.batches or default_batches).split(",")]
+    repeats = args.repeats or {"full": 5, "quick": 3, "smoke": 1}[mode]
     missing = torch_available()
     if missing:
         print(f"torch baseline skipped: {missing} (pip install torch==2.13.0 einops && "
@@ -182,20 +192,21 @@ def main(argv=None) -> int:
     else:
         import torch
 
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; jax {jax.__version__} "
-              f"on {jax.devices()[0].platform}")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"jax {jax.__version__} on {jax.devices()[0].platform}")
 
     spaces = {name: build_architecture(SPACES[name][0], **SPACES[name][1]).weight_space
               for name in names}
     speed_rows, speedups, result_rows = [], {}, []
+    nfn = SMOKE_NFN if args.smoke else {"channels": CHANNELS, "head": HEAD}
     for name, space in spaces.items():
         for b in batches:
             batch = random_population(space, b)
-            ours, compile_s = jax_step(space, batch)
+            ours, compile_s = jax_step(space, batch, **nfn)
             fns = {"jax": ours}
             if not missing:
-                fns["torch"] = torch_step(torch_layout(space, batch))
-            inner = max(1, 256 // b)
+                fns["torch"] = torch_step(torch_layout(space, batch), **nfn)
+            inner = 1 if args.smoke else max(1, 256 // b)
             seconds = interleaved(fns, repeats, inner)
             jax_rate = b / seconds["jax"]
             torch_rate = b / seconds["torch"] if "torch" in seconds else None
@@ -214,17 +225,20 @@ def main(argv=None) -> int:
                  "compile s"), speed_rows))
 
     memory_rows, memory = [], []
+    # Smoke: one narrow layer, the same code path at a fraction of the compile time.
+    gnn = {"dim": 16, "num_layers": 1} if args.smoke else {"dim": 64, "num_layers": 4}
     for name, space in spaces.items():
         graph = neural_graph(space)
         n, e = graph.num_nodes, graph.num_edges
-        batches = MEMORY_BATCHES[:2] if args.quick else MEMORY_BATCHES
+        batches = {"full": MEMORY_BATCHES, "quick": MEMORY_BATCHES[:2], "smoke": (4,)}[mode]
         for b in batches:
-            peak = graph_memory(space, b)["peak_bytes"]
+            peak = graph_memory(space, b, **gnn)["peak_bytes"]
             memory_rows.append((name, n, e, f"{n * n / e:.1f}", b,
                                 f"{peak / 2**20:,.1f}" if peak else "n/a",
                                 f"{peak / b / e:,.0f}" if peak else "n/a"))
             memory.append({"space": name, "nodes": n, "edges": e, "batch": b, "peak_bytes": peak})
-    print("\nNG-GNN (4 layers, width 64) compiled forward + backward: peak memory vs batch size")
+    print(f"\nNG-GNN ({gnn['num_layers']} layers, width {gnn['dim']}) compiled forward + "
+          f"backward: peak memory vs batch size")
     print(table(("weight space", "nodes N", "edges E", "N²/E", "batch", "peak MiB",
                  "bytes / edge / network"), memory_rows))
     for name in names:
@@ -234,9 +248,10 @@ def main(argv=None) -> int:
                                                                         - rows[0]["batch"])
             print(f"{name}: {slope / 2**20:,.2f} MiB per extra network in the batch "
                   f"({slope / rows[0]['edges']:,.0f} bytes per edge)")
-    print(json.dumps({"benchmark": "encoder_speed", "mode": "quick" if args.quick else "full",
+    print(json.dumps({"benchmark": "encoder_speed", "mode": mode,
                       "nfn_speedup_vs_torch": speedups if not missing else None,
-                      "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory}))
+                      "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory,
+                      "graph_encoder": gnn}))
     return 0
 
 

@@ -3,8 +3,8 @@
 For the `mlp-mnist1d` and `small-cnn` recipes it builds a zoo (cached under ``--zoo-dir``; the
 recipes are narrowed to one activation and optimizer, moderate hyperparameter ranges and one
 shared initialisation, listed in ZOOS), then for every method: trains a generator on the aligned
-last-epoch models (`eval.generate.train_generator`), samples ``--samples`` networks into a
-generated zoo, evaluates them against the training population (`eval.generated`: accuracy,
+last-epoch models (`wsl.train.generator.train_generator`), samples ``--samples`` networks into a
+generated zoo, evaluates them against the training population (`wsl.eval.generated`: accuracy,
 max-IoU novelty beside noised copies of training models, diversity) and times sampling 1,000
 networks, compilation excluded and reported apart. ``flow+acc``, ``ddpm+acc`` and
 ``latent-ddpm+acc`` are conditioned on each model's validation accuracy and sampled at the
@@ -17,6 +17,7 @@ second by the population trainer when the zoo was built (its build time is kept 
 cached zoo). The best method per zoo is the most accurate among those whose median max IoU lies
 below the noise baseline of equal accuracy (the most accurate overall if none does).
 
+    python benchmarks/generate.py --smoke     # seconds: 16 digits MLPs, flow, 20 steps, temp dir
     python benchmarks/generate.py --quick     # 256-model zoos, short training
     python benchmarks/generate.py             # 1,000-model zoos, full training (~70 min on 2 cores)
 
@@ -41,14 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override  # noqa: E402
-from wsl.eval.generate import (  # noqa: E402
-    TrainedGenerator,
-    compare_with_training,
-    sample_to_zoo,
-    train_generator,
-)
+from wsl.eval.generated import compare_with_training  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
+from wsl.train.generator import TrainedGenerator, sample_to_zoo, train_generator  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo, ZooError  # noqa: E402
@@ -61,15 +58,17 @@ from wsl.zoos.store import Zoo, ZooError  # noqa: E402
 SHARED = ["activation=relu", "optimizer=adam", "init_seeds=1", "data_order=per_model",
           "models_per_shard=128"]
 ZOOS = {
-    # recipe: (overrides for both modes, quick overrides, full overrides)
+    # recipe: (overrides for every mode, {mode: overrides}); a zoo runs in the modes it lists
     "mlp-mnist1d": (SHARED + ["lr=[1e-3,1e-2]", "weight_decay=[1e-6,1e-3]", "init_scale=1.0",
                               "dropout=[0.0,0.2]", "train_fraction=[0.5,1.0]"],
-                    ["num_models=256", "epochs=20", "checkpoints=[0,20]"],
-                    ["num_models=1000", "epochs=40", "checkpoints=[0,40]"]),
+                    {"quick": ["num_models=256", "epochs=20", "checkpoints=[0,20]"],
+                     "full": ["num_models=1000", "epochs=40", "checkpoints=[0,40]"]}),
     "small-cnn": (SHARED + ["lr=[2e-3,1e-2]", "weight_decay=[1e-6,1e-4]", "init_scale=0.1",
                             "dropout=[0.0,0.1]", "train_fraction=[0.5,1.0]"],
-                  ["num_models=256", "epochs=3", "checkpoints=[0,3]"],
-                  ["num_models=1000", "epochs=6", "checkpoints=[0,6]"]),
+                  {"quick": ["num_models=256", "epochs=3", "checkpoints=[0,3]"],
+                   "full": ["num_models=1000", "epochs=6", "checkpoints=[0,6]"]}),
+    # Smoke: sklearn's digits load in a moment, where MNIST-1D is generated for seconds.
+    "quick": (SHARED, {"smoke": ["num_models=16", "epochs=1", "checkpoints=[0,1]"]}),
 }
 # name: (generator config words, sampling options)
 METHODS = {
@@ -77,18 +76,20 @@ METHODS = {
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90", "guidance": 2.0}),
-    "ddpm+acc": (["method=ddpm", "condition_scalar=val_acc"], {"cond_scalar": "q90", "guidance": 2.0}),
+    "ddpm+acc": (["method=ddpm", "condition_scalar=val_acc"],
+                 {"cond_scalar": "q90", "guidance": 2.0}),
     # Guidance 1 (the plain conditional model): stronger guidance lowered latent samples' accuracy.
     "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
                         {"cond_scalar": "q90", "guidance": 1.0}),
 }
 TARGET_DROP = 0.01  # acceptance: generated mean ≥ training mean − 1 point
+TIMED = {"full": 1000, "quick": 1000, "smoke": 32}  # networks in the sampling-speed measurement
 
 
-def build_or_open(recipe_name: str, quick: bool, zoo_dir: Path) -> tuple[Zoo, dict]:
-    both, quick_words, full_words = ZOOS[recipe_name]
-    words = both + (quick_words if quick else full_words)
-    path = zoo_dir / f"{recipe_name}-{'quick' if quick else 'full'}"
+def build_or_open(recipe_name: str, mode: str, zoo_dir: Path) -> tuple[Zoo, dict]:
+    both, per_mode = ZOOS[recipe_name]
+    words = both + per_mode[mode]
+    path = zoo_dir / f"{recipe_name}-{mode}"
     record = path.with_suffix(".build.json")
     try:
         zoo = Zoo.open(path)
@@ -106,13 +107,14 @@ def build_or_open(recipe_name: str, quick: bool, zoo_dir: Path) -> tuple[Zoo, di
     return zoo, {**info, "cached": False}
 
 
-def run_method(zoo: Zoo, name: str, workdir: Path, quick: bool, samples: int, steps: int) -> dict:
+def run_method(zoo: Zoo, name: str, workdir: Path, mode: str, samples: int, steps: int) -> dict:
     """One method's row, read back from ``workdir`` when an earlier run finished it."""
     words, sample_options = METHODS[name]
-    words = words + (["ae_steps=600"] if quick else [])
+    words = words + {"full": [], "quick": ["ae_steps=600"],
+                     "smoke": ["ae_steps=20", "hidden=64", "depth=1"]}[mode]
     saved = workdir / f"{name}.row.json"
     settings = {"words": words, "sample_options": sample_options, "steps": steps,
-                "samples": samples, "zoo": str(zoo.path)}
+                "samples": samples, "zoo": str(zoo.path), "timed": TIMED[mode]}
     if saved.exists():
         row = json.loads(saved.read_text())
         if row.get("settings") == settings:
@@ -120,14 +122,14 @@ def run_method(zoo: Zoo, name: str, workdir: Path, quick: bool, samples: int, st
             return row
         shutil.rmtree(workdir / f"{name}-generator", ignore_errors=True)  # other settings
     workdir.mkdir(parents=True, exist_ok=True)
-    row = {**_run_method(zoo, name, words, sample_options, workdir, samples, steps),
-           "settings": settings}
+    row = {**_run_method(zoo, name, words, sample_options, workdir, samples, steps,
+                         TIMED[mode]), "settings": settings}
     saved.write_text(json.dumps(row, indent=1) + "\n")
     return row
 
 
 def _run_method(zoo: Zoo, name: str, words: list[str], sample_options: dict, workdir: Path,
-                samples: int, steps: int) -> dict:
+                samples: int, steps: int, timed: int) -> dict:
     config = override(GeneratorConfig(), words)
     train_config = override(TrainConfig(), [f"steps={steps}", "batch_size=64", "ema_decay=0.99",
                                             "log.progress=false", "checkpoint.every=1000"])
@@ -140,12 +142,13 @@ def _run_method(zoo: Zoo, name: str, words: list[str], sample_options: dict, wor
                                     **sample_options)
     report = compare_with_training(generated, gen_dir, seed=0)
     summary = report.to_dict()
-    # Time 1,000 networks with the same settings; compilation apart.
+    # Time 1,000 networks (smoke: fewer, scaled to 1,000) with the same settings; compilation
+    # apart.
     gen = TrainedGenerator.load(gen_dir)
-    compile_seconds = gen.compile(1000, **sample_options)
+    compile_seconds = gen.compile(timed, **sample_options)
     start = time.perf_counter()
-    gen.sample(1000, seed=1, **sample_options)
-    sample_1000 = time.perf_counter() - start
+    gen.sample(timed, seed=1, **sample_options)
+    sample_1000 = (time.perf_counter() - start) * 1000 / timed
     selection = json.loads((gen_dir / "generator.json").read_text())["selection"]
     base = summary["noise_baseline_equal_acc"]
     return {
@@ -200,32 +203,55 @@ def method_table(recipe: str, rows: list[dict], build: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small zoos, short training")
-    parser.add_argument("--zoos", default=",".join(ZOOS), help="comma-separated recipes")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--samples", type=int, default=100, help="networks per evaluation")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="small zoos, short training")
+    speed.add_argument("--smoke", action="store_true",
+                       help="seconds: 16 digits MLPs, flow only, 20 steps, in a temporary "
+                            "directory unless --zoo-dir is given (checks it runs)")
+    parser.add_argument("--zoos", default=None,
+                        help="comma-separated recipes (default mlp-mnist1d,small-cnn; smoke: "
+                             "quick)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods (default all; smoke: flow)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="networks per evaluation (default 100; smoke: 16)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="generator training steps (default 800 quick, 4000 full)")
-    parser.add_argument("--zoo-dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "wsl-bench-generate")
+                        help="generator training steps (default 800 quick, 4000 full, 20 smoke)")
+    parser.add_argument("--zoo-dir", type=Path, default=None,
+                        help="cached zoos (default: wsl-bench-generate in the temporary "
+                             "directory; smoke: a new temporary directory, removed at the end)")
     parser.add_argument("--out", "--keep", type=Path, default=None,
                         help="generators, samples and finished rows (default: under --zoo-dir)")
     parser.add_argument("--tables", action="store_true",
                         help="also print every method's full evaluation table")
     args = parser.parse_args(argv)
-    steps = args.steps or (800 if args.quick else 4000)
-    unknown = [m for m in args.methods.split(",") if m not in METHODS]
-    unknown += [z for z in args.zoos.split(",") if z not in ZOOS]
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    steps = args.steps or {"full": 4000, "quick": 800, "smoke": 20}[mode]
+    samples = args.samples or (16 if args.smoke else 100)
+    methods = (args.methods or ("flow" if args.smoke else ",".join(METHODS))).split(",")
+    zoos = (args.zoos or ",".join(z for z in ZOOS if mode in ZOOS[z][1])).split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    unknown += [z for z in zoos if z not in ZOOS or mode not in ZOOS[z][1]]
     if unknown:
-        parser.error(f"unknown {unknown}; zoos {list(ZOOS)}, methods {list(METHODS)}")
-    args.zoo_dir.mkdir(parents=True, exist_ok=True)
+        parser.error(f"unknown {unknown}; {mode} zoos "
+                     f"{[z for z in ZOOS if mode in ZOOS[z][1]]}, methods {list(METHODS)}")
+    if args.zoo_dir is None and args.smoke:
+        with tempfile.TemporaryDirectory(prefix="wsl-bench-generate-") as scratch:
+            return run(args, mode, steps, samples, methods, zoos, Path(scratch))
+    default = Path(tempfile.gettempdir()) / "wsl-bench-generate"
+    return run(args, mode, steps, samples, methods, zoos, args.zoo_dir or default)
+
+
+def run(args, mode: str, steps: int, samples: int, methods: list[str], zoos: list[str],
+        zoo_dir: Path) -> int:
+    zoo_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    root = args.out or args.zoo_dir / f"runs-{'quick' if args.quick else 'full'}-{steps}"
-    for recipe in args.zoos.split(","):
-        zoo, build = build_or_open(recipe, args.quick, args.zoo_dir)
+    root = args.out or zoo_dir / f"runs-{mode}-{steps}"
+    for recipe in zoos:
+        zoo, build = build_or_open(recipe, mode, zoo_dir)
         rows = []
-        for method in args.methods.split(","):
-            row = run_method(zoo, method, root / recipe, args.quick, args.samples, steps)
+        for method in methods:
+            row = run_method(zoo, method, root / recipe, mode, samples, steps)
             rows.append(row)
             if args.tables:
                 print(f"\n-- {recipe} / {method}\n{row['table']}", flush=True)
@@ -240,8 +266,8 @@ def main(argv=None) -> int:
             "methods": {r["method"]: {k: v for k, v in r.items() if k not in ("table", "method")}
                         for r in rows},
         }
-    print(json.dumps({"benchmark": "generate", "mode": "quick" if args.quick else "full",
-                      "steps": steps, "samples": args.samples, "zoos": results}))
+    print(json.dumps({"benchmark": "generate", "mode": mode, "steps": steps, "samples": samples,
+                      "zoos": results}))
     return 0
 
 

@@ -1,13 +1,22 @@
 """Benchmark: predicting a small CNN's test accuracy from its weights, every encoder side by side.
 
-Each encoder is trained with `eval.probe.run_probe` (each model's last checkpoint, split by model
+Each encoder is trained with `train.probe.run_probe` (each model's last checkpoint, split by model
 70/15/15, per-tensor normalisation, random hidden-unit permutations as augmentation, early stopping
 on validation Kendall τ) once per seed; the table reports test Kendall τ (mean ± std over seeds),
 R² and training seconds per seed. StatNN-GBT is scikit-learn's histogram gradient boosting on the
 same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vector.
 
+    python benchmarks/probe.py --smoke            # seconds: 24 digits MLPs, StatNN (+GBT), temp dir
     python benchmarks/probe.py --quick            # 256-model zoo, 1 seed, short training: minutes
     python benchmarks/probe.py --zoo Z            # the acceptance run: ≥ 2,000 models, 3 seeds
+    python benchmarks/probe.py --quick --augmentations --save benchmarks/results/X.json
+
+``--augmentations`` measures the augmentations of Shamsian et al. 2023 instead
+(`wsl.train.augment`): one encoder (``--encoders``, default statnn) trained with each setting of
+``--settings`` (none, permute, permute+noise, ...) on the same zoo and the same splits (seed s
+splits alike for every setting), ≥ 3 seeds each; the table gives validation τ, test τ with its
+95 % t-interval over seeds and the paired test-τ change against ``none``. The setting to use is
+the one with the best mean validation τ; test τ is only reported.
 
 Without ``--zoo`` it builds (once, cached under ``--zoo-dir``) a `small-cnn` recipe zoo: 256 models
 × 3 epochs with ``--quick``, else 2,000 × 6 epochs (about 25 minutes on 2 cores). Prints the table,
@@ -22,17 +31,23 @@ interruption and finished encoders are read back, an unfinished one resumes from
 from __future__ import annotations
 
 import argparse
+import atexit
+import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
-from wsl.eval.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
+from wsl.train.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo, ZooError  # noqa: E402
@@ -44,9 +59,16 @@ DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng
 # head 1000-1000); the neural-graph encoders run 2 layers of width 64 instead of 4, for 2 CPU cores.
 ENCODER_CONFIG = {"ng_gnn": {"num_layers": 2}, "ng_transformer": {"num_layers": 2}}
 EQUIVARIANT = ("nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer")
+# --augmentations: settings compared (names joined by "+"), each against no augmentation.
+AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "permute+prune",
+                    "permute+mixup")
 
 
-def open_or_build(zoo_dir: Path, quick: bool) -> Zoo:
+def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False) -> Zoo:
+    if smoke:  # the digits MLP recipe: a zoo in seconds, enough rows for a 70/15/15 split
+        path = zoo_dir / "probe-quick-smoke"
+        words = ["num_models=24", "epochs=1", "checkpoints=[0,1]"]
+        return build_zoo(get_recipe("quick", words), path, progress=False)
     words = ["num_models=256", "epochs=3", "checkpoints=[0,3]"] if quick else ["num_models=2000"]
     path = zoo_dir / ("probe-small-cnn-quick" if quick else "probe-small-cnn-2000")
     try:
@@ -72,30 +94,64 @@ def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small zoo, one seed, short training")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: 24 digits MLPs, statnn and statnn_gbt, 20 steps, in a "
+                             "temporary --zoo-dir removed at exit (checks it runs)")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: build one)")
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-probe")
-    parser.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS))
-    parser.add_argument("--seeds", type=int, default=None, help="default 1 quick, 3 full")
+    parser.add_argument("--encoders", default=None,
+                        help="default: the seven; statnn with --augmentations")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="default 1 quick, 3 full or with --augmentations")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
     parser.add_argument("--target", default="test_acc")
     parser.add_argument("--out", type=Path, default=None,
-                        help="runs and results per encoder (default: under --zoo-dir); reused on rerun")
+                        help="runs and results per encoder (default: under --zoo-dir); reused "
+                             "on rerun")
+    parser.add_argument("--augmentations", action="store_true",
+                        help="compare augmentation settings instead of encoders")
+    parser.add_argument("--settings", default=",".join(AUGMENT_SETTINGS),
+                        help="--augmentations: comma-separated settings, names joined by '+'")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also write the final JSON object to this file")
     args = parser.parse_args(argv)
-    encoders = args.encoders.split(",")
+    if args.smoke:
+        args.quick = False
+        args.encoders = args.encoders or "statnn,statnn_gbt"
+        args.seeds, args.steps = args.seeds or 1, args.steps or 20
+        # Only a scratch directory: a smoke run leaves nothing behind.
+        args.zoo_dir = Path(tempfile.mkdtemp(prefix="wsl-bench-probe-"))
+        atexit.register(shutil.rmtree, args.zoo_dir, True)
+    encoders = (args.encoders.split(",") if args.encoders
+                else ["statnn"] if args.augmentations else list(DEFAULT_ENCODERS))
     unknown = [e for e in encoders if e not in ENCODERS]
     if unknown:
         parser.error(f"unknown encoders {unknown}; choose from {list(ENCODERS)}")
-    seeds = args.seeds or (1 if args.quick else 3)
+    if args.augmentations and "statnn_gbt" in encoders:
+        parser.error("statnn_gbt trains no network on batches: nothing to augment")
+    seeds = args.seeds or (1 if args.quick and not args.augmentations else 3)
+    if args.augmentations and seeds < 3:
+        parser.error("--augmentations needs --seeds ≥ 3 for its intervals")
     steps = args.steps or (400 if args.quick else 3000)
     if args.zoo is not None:
         zoo = Zoo.open(args.zoo)
     else:
         args.zoo_dir.mkdir(parents=True, exist_ok=True)
-        zoo = open_or_build(args.zoo_dir, args.quick)
+        zoo = open_or_build(args.zoo_dir, args.quick, args.smoke)
     train = override(DEFAULT_TRAIN, [f"steps={steps}",
                                      f"eval.every={max(steps // 20, 25)}"])
     out = args.out or args.zoo_dir / f"runs-{zoo.path.name}-{args.target}-{steps}steps"
+    if args.augmentations:
+        settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+        try:
+            configs = {s: ProbeConfig(augment=s.replace("+", ",")) for s in settings}
+        except ValueError as err:
+            parser.error(str(err))
+        result = augmentation_report(zoo, encoders, configs, train, seeds, args.target, out)
+        result.update({"mode": "augmentations-quick" if args.quick else "augmentations",
+                       "steps": steps})
+        return finish(result, args.save)
     rows = []
     for name in encoders:
         config = ProbeConfig(target=args.target, encoder=name, seeds=seeds,
@@ -122,13 +178,80 @@ def main(argv=None) -> int:
     if "flat_mlp" in tau:
         verdict["equivariant_minus_flat_mlp"] = {e: tau[e] - tau["flat_mlp"]
                                                  for e in EQUIVARIANT if e in tau}
-    print(json.dumps({"benchmark": "probe", "mode": "quick" if args.quick else "full",
-                      "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
-                      "steps": steps, "tau": tau, **verdict,
-                      "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
-                      "r2": {r["encoder"]: r["r2"] for r in rows},
-                      "seconds_per_seed": {r["encoder"]: r["seconds_per_seed"] for r in rows}}))
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    return finish({"benchmark": "probe", "mode": mode,
+                   "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
+                   "steps": steps, "tau": tau, **verdict,
+                   "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
+                   "r2": {r["encoder"]: r["r2"] for r in rows},
+                   "seconds_per_seed": {r["encoder"]: r["seconds_per_seed"] for r in rows}},
+                  args.save)
+
+
+def finish(result: dict, save: Path | None) -> int:
+    """Print `result` as the last line (and write it to `save`)."""
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
     return 0
+
+
+def interval(values) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t interval of the mean over seeds."""
+    values = np.asarray(values, np.float64)
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def augmentation_report(zoo: Zoo, encoders, configs: dict[str, ProbeConfig], train, seeds: int,
+                        target: str, out: Path) -> dict:
+    """Every encoder under every augmentation setting; the setting with the best mean validation
+    τ is the choice, its test τ what is reported for it."""
+    results, lines, num_rows = {}, [], None
+    for encoder in encoders:
+        per_setting = {}
+        for setting, base in configs.items():
+            config = dataclasses.replace(base, target=target, encoder=encoder, seeds=seeds,
+                                         encoder_config=ENCODER_CONFIG.get(encoder, {}),
+                                         train=train)
+            folder = out / f"augment-{encoder}-{setting}"
+            report = finished_report(folder, zoo, config) or run_probe(zoo, config, folder)
+            num_rows = report["num_rows"]
+            test = [r["kendall_tau"] for r in report["runs"]]
+            val = [r["val"]["kendall_tau"] for r in report["runs"]]
+            per_setting[setting] = {"augment": list(config.augment), "test_tau_runs": test,
+                                    "val_tau_runs": val, "seconds_per_seed": report["seconds"]}
+            tau, half = interval(test)
+            print(f"{encoder} {setting:18s} val τ {np.mean(val):.4f}  test τ {tau:.4f} ± "
+                  f"{half:.4f}  {report['seconds']:.0f} s/seed", flush=True)
+        none = per_setting.get("none")
+        for setting, row in per_setting.items():
+            row["val_tau"], row["val_tau_ci95"] = interval(row["val_tau_runs"])
+            row["test_tau"], row["test_tau_ci95"] = interval(row["test_tau_runs"])
+            if none is not None and setting != "none":
+                # Paired over seeds: seed s splits the zoo alike under every setting.
+                delta = np.subtract(row["test_tau_runs"], none["test_tau_runs"])
+                row["test_tau_minus_none"], row["test_tau_minus_none_ci95"] = interval(delta)
+        chosen = max(per_setting, key=lambda s: per_setting[s]["val_tau"])
+        results[encoder] = {"settings": per_setting, "chosen_by_val": chosen,
+                            "chosen_test_tau": per_setting[chosen]["test_tau"],
+                            "chosen_test_tau_ci95": per_setting[chosen]["test_tau_ci95"]}
+        for setting, row in per_setting.items():
+            delta = (f"{row['test_tau_minus_none']:+.4f} ± {row['test_tau_minus_none_ci95']:.4f}"
+                     if "test_tau_minus_none" in row else "")
+            lines.append((encoder, setting + (" *" if setting == chosen else ""),
+                          f"{row['val_tau']:.4f}", f"{row['test_tau']:.4f}",
+                          f"± {row['test_tau_ci95']:.4f}", delta,
+                          f"{row['seconds_per_seed']:.0f}"))
+    head = ("encoder", "augment", "val τ", "test τ", "95 % CI", "Δ test τ vs none (paired)",
+            "train s/seed")
+    print(f"\n{zoo.path}: {num_rows} networks (last checkpoints), target {target}, {seeds} "
+          f"seeds, {train.steps} steps; * = chosen by validation τ\n" + table(head, lines))
+    strengths = {k: getattr(next(iter(configs.values())), k)
+                 for k in ("noise_scale", "dropout_rate", "prune_fraction", "mixup_alpha")}
+    return {"benchmark": "probe", "zoo": str(zoo.path), "num_rows": num_rows, "seeds": seeds,
+            "target": target, "strengths": strengths, "encoders": results}
 
 
 if __name__ == "__main__":

@@ -17,11 +17,15 @@ The loops alternate `--repeats` times so that load from other processes hits the
 table gives the median and the minimum wall time over all windows, and the median CPU time of the
 whole process (all threads), which other processes' load disturbs less. The last line printed is
 a JSON object with ``overhead_ratio`` = median trainer / median bare + pipeline (wall time).
+
+    python benchmarks/trainer_overhead.py           # Small CNN Zoo sized rows, 3 repeats
+    python benchmarks/trainer_overhead.py --smoke   # seconds: tiny rows and model, few steps
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -35,8 +39,8 @@ import optax
 
 from wsl.config import override
 from wsl.train import ArraySource, Pipeline, TrainConfig, train
-from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.layout import batch_sharding, mesh_from_config
+from wsl.train.optim import make_optimizer, make_schedule
 
 
 class FlatEncoder:
@@ -77,6 +81,14 @@ def bare_update(task, tx):
     return jax.jit(update, donate_argnums=(0, 1))
 
 
+@functools.lru_cache
+def bare_programs(task, config: TrainConfig):
+    """The optimizer and the jitted init and update, built once: every bare loop and repeat
+    reuses the compiled programs instead of compiling its own."""
+    tx = make_optimizer(config.optimizer, make_schedule(config.optimizer, config.steps))
+    return tx, jax.jit(task.init), bare_update(task, tx)
+
+
 def _now() -> tuple[float, float]:
     # Wall time, and CPU time of the whole process (every thread: XLA's, the prefetcher's,
     # orbax's writers). On a shared machine the CPU time moves less with other people's load.
@@ -93,11 +105,10 @@ def time_bare(task, config: TrainConfig, data: dict, warmup: int, window: int,
     sharding = batch_sharding(mesh_from_config(config.mesh))
     pipeline = Pipeline(ArraySource(data), config.batch_size, seed=config.seed,
                         prefetch=config.data.prefetch)
-    tx = make_optimizer(config.optimizer, make_schedule(config.optimizer, config.steps))
-    update = bare_update(task, tx)
+    tx, init, update = bare_programs(task, config)
     with pipeline.iterate(sharding=sharding) as batches:
         first = next(batches)
-        params = jax.jit(task.init)(jax.random.key(config.seed), first)
+        params = init(jax.random.key(config.seed), first)
         opt_state = tx.init(params)
         feed = (lambda: first) if fixed_batch else (lambda: next(batches))
         marks = []
@@ -134,7 +145,13 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: tiny rows and model, a few windows (checks it runs)")
     args = parser.parse_args(argv)
+    if args.smoke:  # every loop and every save still runs, on sizes that compile in a moment
+        args.rows, args.dim, args.hidden, args.batch_size = 256, 64, 32, 32
+        args.warmup, args.steps, args.checkpoint_every, args.log_every = 10, 20, 10, 5
+        args.repeats = 1
 
     config = override(TrainConfig(), {
         "steps": args.warmup + args.steps, "batch_size": args.batch_size,
@@ -170,8 +187,10 @@ def main(argv=None) -> int:
         runs = " ".join(f"{1e3 * v:.1f}" for v in wall[name])
         print(f"{name:<18} {1e3 * median[name]:>8.2f} {median[name] / median[base]:>6.3f} "
               f"{1e3 * best[name]:>7.2f} {best[name] / best[base]:>6.3f} "
-              f"{1e3 * cpu_median[name]:>7.2f} {cpu_median[name] / cpu_median[base]:>6.3f}   {runs}")
+              f"{1e3 * cpu_median[name]:>7.2f} {cpu_median[name] / cpu_median[base]:>6.3f}   "
+              f"{runs}")
     print(json.dumps({
+        "benchmark": "trainer_overhead", "mode": "smoke" if args.smoke else "full",
         "overhead_ratio": round(median["trainer"] / median[base], 4),
         "overhead_ratio_min": round(best["trainer"] / best[base], 4),
         "overhead_ratio_cpu": round(cpu_median["trainer"] / cpu_median[base], 4),

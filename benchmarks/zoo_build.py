@@ -1,6 +1,6 @@
 """Benchmark: models trained per second by the population trainer against one-at-a-time loops.
 
-For the `mlp-mnist1d` and `small-cnn` recipes it trains a population with `zoos.population`
+For the `mlp-mnist1d` and `small-cnn` recipes it builds a zoo with `wsl.zoos.build.build_zoo`
 (vmapped, one compiled program per group) and compares with (a) a PyTorch loop that trains the same
 models one at a time — same architecture, init weights, data, batch size, steps, subset masks,
 optimizer, dropout and checkpoint evaluations — and (b) the same JAX trainer run on one model at a
@@ -8,6 +8,7 @@ time (a per-model jitted loop). Baselines time a sample of the models after one 
 model; the population is timed end to end twice: the first build includes compilation, the second
 (fresh directory, programs cached) is the steady state used for the speedups.
 
+    python benchmarks/zoo_build.py --smoke     # seconds: 8 digits MLPs, one epoch (checks it runs)
     python benchmarks/zoo_build.py --quick     # under 2 minutes on 2 cores
     python benchmarks/zoo_build.py             # full: recipe sizes (longer)
 
@@ -23,45 +24,64 @@ import sys
 import tempfile
 import time
 
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wsl.mesh import make_mesh  # noqa: E402
+from wsl.zoos.architectures import build  # noqa: E402
+from wsl.zoos.build import build_zoo, load_recipe_dataset  # noqa: E402
+from wsl.zoos.init_schemes import initial_population  # noqa: E402
+
+# The trainer's own subset masks (private): the torch baseline must learn from exactly the
+# examples each population member learns from.
 from wsl.zoos.population import (  # noqa: E402
     FLOAT_HPARAMS,
     TrainSettings,
-    _group_architecture,
     _subset_masks,
-    build_zoo,
-    init_population,
-    load_recipe_dataset,
     train_population,
 )
 from wsl.zoos.recipes import get_recipe, plan  # noqa: E402
-from wsl.zoos.store import to_torch_layout  # noqa: E402
+from wsl.zoos.torch_layout import to_torch_state  # noqa: E402
 
 SETUPS = {
-    # name: (recipe, quick overrides, full overrides, baseline sample sizes quick / full)
-    "mlp": ("mlp-mnist1d", ["num_models=256", "epochs=2", "checkpoints=[0,2]",
-                            "models_per_shard=256", "optimizer=adam", "activation=relu"],
-            [], (6, 16)),
-    "cnn": ("small-cnn", ["num_models=64", "epochs=1", "checkpoints=[0,1]",
-                          "models_per_shard=64", "optimizer=adam", "activation=relu"],
-            ["num_models=256"], (3, 6)),
+    # name: (recipe, {mode: overrides}, {mode: baseline sample size}); a setup runs in the
+    # modes it lists
+    "mlp": ("mlp-mnist1d",
+            {"quick": ["num_models=256", "epochs=2", "checkpoints=[0,2]", "models_per_shard=256",
+                       "optimizer=adam", "activation=relu"],
+             "full": []},
+            {"quick": 6, "full": 16}),
+    "cnn": ("small-cnn",
+            {"quick": ["num_models=64", "epochs=1", "checkpoints=[0,1]", "models_per_shard=64",
+                       "optimizer=adam", "activation=relu"],
+             "full": ["num_models=256"]},
+            {"quick": 3, "full": 6}),
+    # Smoke: the digits MLP, whose data load in a moment (MNIST-1D is generated for seconds).
+    "digits": ("quick",
+               {"smoke": ["num_models=8", "epochs=1", "checkpoints=[0,1]", "models_per_shard=8"]},
+               {"smoke": 1}),
 }
+
+
+def group_architecture(recipe, data, activation: str):
+    """The architecture a build of `recipe` trains for one activation group."""
+    return build(recipe.architecture, **recipe.arch, activation=activation,
+                 input_shape=tuple(data.input_shape), num_classes=data.num_classes)
 
 
 # ------------------------------------------------------------------------------ torch baseline
 def _torch_model(arch, torch):
-    """The architecture in PyTorch with parameter names matching `to_torch_layout`."""
+    """The architecture in PyTorch with parameter names matching `to_torch_state`."""
     nn, F = torch.nn, torch.nn.functional
     act = {"relu": F.relu, "tanh": torch.tanh}[arch.config["activation"]]
 
     class MLP(nn.Module):
         def __init__(self):
             super().__init__()
-            sizes = [int(np.prod(arch.input_shape))] + list(arch.config["widths"]) + [arch.num_classes]
+            sizes = ([int(np.prod(arch.input_shape))] + list(arch.config["widths"])
+                     + [arch.num_classes])
             for i in range(len(sizes) - 1):
                 setattr(self, f"dense_{i}", nn.Linear(sizes[i], sizes[i + 1]))
             self.depth = len(sizes) - 1
@@ -84,7 +104,8 @@ def _torch_model(arch, torch):
 
         def forward(self, x, p):
             for i in range(self.layers):
-                # flax "SAME" with stride 2 pads (0, 1) on even sizes; torch's padding=1 would not match
+                # flax "SAME" with stride 2 pads (0, 1) on even sizes; torch's padding=1 would not
+                # match
                 h = x.shape[-1]
                 total = max((-(-h // 2) - 1) * 2 + 3 - h, 0)
                 x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
@@ -109,10 +130,11 @@ def torch_train(torch, arch, data, model, optimizer, recipe, x_t, subset, max_st
 
     `max_steps` stops early without evaluating (used to calibrate the thread count)."""
     net = _torch_model(arch, torch)
-    init = init_population(arch, [model["seed"]], [model["init"]], [model["init_scale"]],
-                           [model["bias_init"]], recipe.seed)
-    flat = {k: v for k, v in arch.weight_space.as_flat_dict(init).items()}
-    weights = to_torch_layout(arch.name, arch.weight_space, {k: v[0] for k, v in flat.items()})
+    # The population trainer's initial weights (shared draws in a fixed-seed recipe).
+    init_id = model["seed"] % recipe.init_seeds if recipe.init_seeds else model["seed"]
+    init = initial_population(arch, [init_id], [model["init"]], [model["init_scale"]],
+                              [model["bias_init"]], recipe.seed)
+    weights = to_torch_state(arch.weight_space, jax.tree.map(lambda v: v[0], init))
     net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
     opt = _torch_optimizer(torch, optimizer, net.parameters(), model["lr"], model["weight_decay"])
     x_train, y_train, evals = x_t
@@ -178,9 +200,9 @@ def _sample(models, k):
     return [models[i] for i in picks]  # first is the untimed warm-up
 
 
-def measure(name, quick, torch):
-    recipe_name, quick_over, full_over, (k_quick, k_full) = SETUPS[name]
-    recipe = get_recipe(recipe_name, quick_over if quick else full_over)
+def measure(name, mode, torch):
+    recipe_name, overrides, sample_sizes = SETUPS[name]
+    recipe = get_recipe(recipe_name, overrides[mode])
     data = load_recipe_dataset(recipe)
     models, shards = plan(recipe)
     row = {"setup": name, "recipe": recipe.name, "models": len(models), "epochs": recipe.epochs,
@@ -198,16 +220,15 @@ def measure(name, quick, torch):
     row["wsl_models_per_s"] = len(models) / row["wsl_s"]
     row["wsl_models_per_s_with_compile"] = len(models) / row["wsl_first_s"]
 
-    sample = _sample(models, k_quick if quick else k_full)
+    sample = _sample(models, sample_sizes[mode])
     one = make_mesh(("models",), devices=mesh.devices.flat[:1])
 
     def jax_one(model):
-        arch = _group_architecture(recipe, data, model["activation"])
+        arch = group_architecture(recipe, data, model["activation"])
         hp = {k: [model[k]] for k in FLOAT_HPARAMS + ("seed", "init")}
-        settings = TrainSettings(epochs=recipe.epochs, checkpoints=recipe.checkpoint_epochs,
-                                 batch_size=recipe.batch_size, optimizer=model["optimizer"],
-                                 seed=recipe.seed, eval_examples=recipe.eval_examples)
-        return float(train_population(arch, data, hp, settings, mesh=one).metrics["test_acc"][0, -1])
+        settings = TrainSettings.from_recipe(recipe, model["optimizer"])
+        result = train_population(arch, data, hp, settings, mesh=one)
+        return float(result.metrics["test_acc"][0, -1])
 
     for group in {(m["activation"], m["optimizer"]) for m in sample}:  # compile every group once
         jax_one(next(m for m in models if (m["activation"], m["optimizer"]) == group))
@@ -219,7 +240,7 @@ def measure(name, quick, torch):
     if torch is not None:
         x_t = _torch_data(torch, data, recipe)
         def torch_one(model, max_steps=None):
-            arch = _group_architecture(recipe, data, model["activation"])
+            arch = group_architecture(recipe, data, model["activation"])
             subset = _subset_masks([model["seed"]], [model["train_fraction"]], len(data.y_train),
                                    recipe.seed)[0]
             return torch_train(torch, arch, data, model, model["optimizer"], recipe, x_t, subset,
@@ -255,9 +276,13 @@ def _fmt(v):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small populations (< 2 minutes)")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="small populations (< 2 minutes)")
+    speed.add_argument("--smoke", action="store_true",
+                       help="seconds: 8 digits MLPs, one epoch, one baseline model")
     parser.add_argument("--only", choices=sorted(SETUPS), help="run one setup")
     args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     try:
         import torch
         torch.manual_seed(0)
@@ -265,7 +290,10 @@ def main(argv=None) -> int:
         torch = None
         print("PyTorch is not installed: skipping the torch column "
               "(pip install torch==2.13.0, or the wsl[torch] extra)")
-    rows = [measure(name, args.quick, torch) for name in SETUPS if args.only in (None, name)]
+    rows = [measure(name, mode, torch) for name in SETUPS
+            if args.only in (None, name) and mode in SETUPS[name][1]]
+    if not rows:
+        parser.error(f"--only {args.only} has no {mode} setup")
     for row in rows:
         row["speedup_vs_torch"] = (row["wsl_models_per_s"] / row["torch_models_per_s"]
                                    if "torch_models_per_s" in row else None)
@@ -283,9 +311,10 @@ def main(argv=None) -> int:
           f"a warm-up; wsl timed on the whole population, steady state = second build)")
     for r in rows:
         if "torch_threads" in r:
-            print(f"torch {r['setup']}: ms per step by thread count {r['torch_step_ms_by_threads']}, "
-                  f"timed with {r['torch_threads']} thread(s)")
-    result = {"quick": args.quick, "torch": torch is not None, "cpu_count": os.cpu_count()}
+            print(f"torch {r['setup']}: ms per step by thread count "
+                  f"{r['torch_step_ms_by_threads']}, timed with {r['torch_threads']} thread(s)")
+    result = {"benchmark": "zoo_build", "mode": mode, "quick": args.quick,
+              "torch": torch is not None, "cpu_count": os.cpu_count()}
     for r in rows:
         p = r["setup"]
         result.update({f"{p}_models_per_s": r["wsl_models_per_s"],

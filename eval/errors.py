@@ -6,4 +6,5 @@ from wsl.errors import WslError
 
 
 class EvaluationError(WslError, ValueError):
-    """Networks, data or options that an evaluation (LMC, merging, generated networks) cannot use."""
+    """Networks, data or options that an evaluation (LMC, merging, generated networks) cannot
+    use."""

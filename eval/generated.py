@@ -17,67 +17,21 @@ Reported side by side for generated and training networks, never best-of-N alone
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from wsl.eval.errors import EvaluationError
 from wsl.train.generator import TrainedGenerator
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.datasets import dataset_from_spec
-from wsl.zoos.scoring import population_logits
+from wsl.zoos.scoring import population_predictions
 
 # Gaussian noise added to training models, × each tensor's std over the training population (the
 # generators' normalised units); dense where small models start to lose accuracy.
 NOISE_LEVELS = (0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 ACCURACY_TOLERANCE = 0.005  # "equal accuracy" for noise baselines: within half a point
-
-
-_PREDICTORS: dict[int, tuple[Architecture, Callable]] = {}
-
-
-def _predictor(arch: Architecture) -> Callable:
-    """One jit-compiled `(vectors, inputs) -> classes` per architecture object, reused across calls."""
-    entry = _PREDICTORS.get(id(arch))
-    if entry is None or entry[0] is not arch:
-        @jax.jit
-        def run(vectors, inputs):
-            return jnp.argmax(population_logits(arch, vectors, inputs), axis=-1)
-
-        if len(_PREDICTORS) >= 8:
-            _PREDICTORS.pop(next(iter(_PREDICTORS)))
-        entry = _PREDICTORS[id(arch)] = (arch, run)
-    return entry[1]
-
-
-def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
-    return a if len(a) == size else np.concatenate([a, np.zeros((size - len(a),) + a.shape[1:],
-                                                                a.dtype)])
-
-
-def predict(arch: Architecture, flat: np.ndarray, x: np.ndarray, model_chunk: int = 256,
-            data_chunk: int = 4096) -> np.ndarray:
-    """Class predictions (models, examples) for a population given as flat weight vectors.
-
-    Chunks are zero-padded to one shape, so a population compiles once whatever its size.
-    """
-    flat = np.asarray(flat, np.float32)
-    x = np.asarray(x, np.float32)
-    if flat.ndim != 2 or flat.shape[1] != arch.num_params:
-        raise EvaluationError(f"expected weight vectors of shape (models, {arch.num_params}) for "
-                         f"{arch.name!r}, got {flat.shape}")
-    run = _predictor(arch)
-    mc, dc = min(model_chunk, max(len(flat), 1)), min(data_chunk, max(len(x), 1))
-    out = np.empty((len(flat), len(x)), np.int32)
-    for i in range(0, len(flat), mc):
-        vectors = jnp.asarray(_pad_rows(flat[i:i + mc], mc))
-        for j in range(0, len(x), dc):
-            pred = np.asarray(run(vectors, jnp.asarray(_pad_rows(x[j:j + dc], dc))))
-            out[i:i + mc, j:j + dc] = pred[:len(flat[i:i + mc]), :len(x[j:j + dc])]
-    return out
 
 
 def max_wrong_iou(wrong: np.ndarray, reference_wrong: np.ndarray, exclude_self: bool = False,
@@ -199,7 +153,8 @@ class GeneratedReport:
             "noise_baselines": self.noise,
             "noise_baseline_equal_acc": {**baseline, "tolerance": self.tolerance},
             "more_novel_than_noise": bool(iou["median"] < baseline["median_max_iou"]),
-            "generated_diversity": self.generated_diversity, "train_diversity": self.train_diversity,
+            "generated_diversity": self.generated_diversity,
+            "train_diversity": self.train_diversity,
             "span_distance": summary(self.span_distance),
         }
         if self.matched_max_iou is not None:
@@ -216,11 +171,13 @@ class GeneratedReport:
             rows.append((name, str(n), f"{acc['mean']:.4f}", f"{acc['median']:.4f}",
                          f"{acc['min']:.4f}", f"{acc['max']:.4f}", f"{iou['median']:.3f}"))
         for row in self.noise:
-            rows.append((f"train + noise σ={row['sigma']:g}", str(row["n"]), f"{row['mean_acc']:.4f}",
-                         f"{row['median_acc']:.4f}", f"{row['min_acc']:.4f}", f"{row['max_acc']:.4f}",
+            rows.append((f"train + noise σ={row['sigma']:g}", str(row["n"]),
+                         f"{row['mean_acc']:.4f}", f"{row['median_acc']:.4f}",
+                         f"{row['min_acc']:.4f}", f"{row['max_acc']:.4f}",
                          f"{row['median_max_iou']:.3f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
+                           for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         base = d["noise_baseline_equal_acc"]
@@ -244,7 +201,8 @@ class GeneratedReport:
                 f"noised copies of their nearest training model at their own accuracy (median "
                 f"matched baseline {d['matched_noise_max_iou']['median']:.3f})")
         lines += [
-            f"diversity: pairwise weight distance {d['generated_diversity']['pairwise_distance']:.3f} "
+            f"diversity: pairwise weight distance "
+            f"{d['generated_diversity']['pairwise_distance']:.3f} "
             f"(training {d['train_diversity']['pairwise_distance']:.3f}), prediction disagreement "
             f"{d['generated_diversity']['disagreement']:.3f} "
             f"(training {d['train_diversity']['disagreement']:.3f})",
@@ -272,9 +230,10 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
                              f"{arch.name!r}, got {flat.shape}")
     levels = np.asarray(noise_levels, np.float64)
     if not len(levels) or (np.diff(levels) <= 0).any() or levels[0] <= 0:
-        raise EvaluationError(f"noise_levels must be positive and increasing, got {list(noise_levels)}")
-    gen_pred = predict(arch, generated_flat, x_test)
-    train_pred = predict(arch, train_flat, x_test)
+        raise EvaluationError(f"noise_levels must be positive and increasing, "
+                              f"got {list(noise_levels)}")
+    gen_pred = population_predictions(arch, generated_flat, x_test)
+    train_pred = population_predictions(arch, train_flat, x_test)
     gen_wrong, train_wrong = gen_pred != y_test, train_pred != y_test
     gen_acc = (~gen_wrong).mean(axis=1)
     gen_iou, nearest = max_wrong_iou(gen_wrong, train_wrong, return_index=True)
@@ -284,8 +243,9 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
         tensor_std[start:end] = train_flat[:, start:end].std()
     noise, noise_acc, noise_iou = [], [], []
     for sigma in levels:
-        noised = train_flat + sigma * tensor_std * rng.standard_normal(train_flat.shape).astype(np.float32)
-        pred = predict(arch, noised, x_test)
+        noised = (train_flat
+                  + sigma * tensor_std * rng.standard_normal(train_flat.shape).astype(np.float32))
+        pred = population_predictions(arch, noised, x_test)
         acc = (pred == y_test).mean(axis=1)
         iou = max_wrong_iou(pred != y_test, train_wrong)
         noise_acc.append(acc)
@@ -326,9 +286,11 @@ def plot_report(report: GeneratedReport, path) -> None:
     left.set_xlabel("test accuracy")
     left.set_ylabel("networks")
     left.legend()
-    right.scatter(report.train_acc, report.train_max_iou, s=8, alpha=0.5, label="training vs others")
+    right.scatter(report.train_acc, report.train_max_iou, s=8, alpha=0.5,
+                  label="training vs others")
     right.scatter(report.generated_acc, report.generated_max_iou, s=8, alpha=0.6, label="generated")
-    right.scatter([r["mean_acc"] for r in report.noise], [r["median_max_iou"] for r in report.noise],
+    right.scatter([r["mean_acc"] for r in report.noise],
+                  [r["median_max_iou"] for r in report.noise],
                   marker="x", color="k", label="noised training (median)")
     right.set_xlabel("test accuracy")
     right.set_ylabel("max IoU of wrong predictions vs training set")

@@ -3,8 +3,9 @@
 For networks θ_A and θ_B of one architecture, the path is θ(λ) = (1 − λ) θ_A + λ θ_B on a λ grid.
 The loss barrier is max over λ of loss(λ) − [(1 − λ) loss(0) + λ loss(1)], the accuracy barrier
 max over λ of [(1 − λ) acc(0) + λ acc(1)] − acc(λ). Both are measured before and after aligning
-θ_B to θ_A (weight matching or activation matching, `wsl.align`), for many pairs at once: the path
-of every pair and every λ is one vmapped, jit-compiled evaluation. `plot_lmc` draws the curves.
+θ_B to θ_A (weight matching or activation matching, `wsl.align`), for many pairs at once: the
+networks of every pair at one λ are scored as one population (`zoos.scoring.population_metrics`).
+`plot_lmc` draws the curves.
 
 `unit_features(arch)` gives activation matching its per-group unit features for any zoo
 architecture, read from the outputs of the layers whose kernels end in a permuted axis.
@@ -13,17 +14,16 @@ architecture, read from the outputs of the layers whose kernels end in a permute
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from wsl.align import activation_matching, weight_matching
 from wsl.eval.errors import EvaluationError
 from wsl.zoos.architectures import Architecture, activation_fn
+from wsl.zoos.scoring import as_vectors, population_metrics
 
 DEFAULT_LAMBDAS = np.linspace(0.0, 1.0, 11)
 
@@ -56,48 +56,21 @@ def _check_grid(lam: np.ndarray, size: int) -> None:
                          f"{len(lam)} λ values {lam[:3]}… for {size} losses")
 
 
-def padded_batches(x, y, batch_size: int):
-    """(x, y, weight) batches of exactly `batch_size` rows, the last one padded with weight 0, so
-    that one compiled evaluation serves every dataset size."""
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y) or not len(x):
-        raise EvaluationError(f"need as many labels as inputs (and at least one): x {x.shape}, "
-                         f"y {y.shape}")
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        pad = batch_size - len(xb)
-        weight = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
-        yield (jnp.asarray(np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])),
-               jnp.asarray(np.concatenate([yb, np.zeros(pad, yb.dtype)])), jnp.asarray(weight))
-
-
-def cross_entropy_and_correct(logits, y, weight):
-    """Weighted sums of the cross-entropy and of correct predictions over a batch."""
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return (loss * weight).sum(), ((jnp.argmax(logits, -1) == y) * weight).sum()
-
-
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _path_metrics(apply, params_a, params_b, lambdas, x, y, weight):
-    """(pairs, λ) summed loss and correct count of every pair's path on one batch."""
-    def at(a, b, lam):
-        return cross_entropy_and_correct(apply(interpolate(a, b, lam), x), y, weight)
-    along = jax.vmap(at, in_axes=(None, None, 0))
-    return jax.vmap(along, in_axes=(0, 0, None))(params_a, params_b, lambdas)
-
-
-def path_metrics(apply: Callable, params_a, params_b, x, y, *,
+def path_metrics(arch: Architecture, params_a, params_b, x, y, *,
                  lambdas: Sequence[float] = DEFAULT_LAMBDAS, batch_size: int = 256):
     """Mean cross-entropy and accuracy (pairs, λ) along the paths between paired populations.
 
-    `params_a` and `params_b` have a leading pair axis; `apply(params, x) -> logits`.
+    `params_a` and `params_b` have a leading pair axis; the networks at each λ are scored as one
+    population (`zoos.scoring.population_metrics`, one compiled program for every λ).
     """
-    lam = jnp.asarray(lambdas, jnp.float32)
-    loss = correct = 0.0
-    for xb, yb, wb in padded_batches(x, y, batch_size):
-        l, c = _path_metrics(apply, params_a, params_b, lam, xb, yb, wb)
-        loss, correct = loss + np.asarray(l, np.float64), correct + np.asarray(c, np.float64)
-    return loss / len(y), correct / len(y)
+    flat_a, flat_b = as_vectors(arch, params_a), as_vectors(arch, params_b)
+    loss, acc = [], []
+    for lam in np.asarray(lambdas, np.float32):
+        scores = population_metrics(arch, (1 - lam) * flat_a + lam * flat_b, (x, y),
+                                    batch=batch_size)
+        loss.append(scores["loss"])
+        acc.append(scores["acc"])
+    return np.stack(loss, axis=1), np.stack(acc, axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,10 +129,8 @@ def linear_mode_connectivity(arch: Architecture, params_a, params_b, x, y, *,
     else:
         raise EvaluationError(f"method must be 'weights' or 'activations'; got {method!r}")
     aligned = space.permute(params_b, al.perms)
-    before = path_metrics(arch.apply, params_a, params_b, x, y, lambdas=lambdas,
-                          batch_size=batch_size)
-    after = path_metrics(arch.apply, params_a, aligned, x, y, lambdas=lambdas,
-                         batch_size=batch_size)
+    before = path_metrics(arch, params_a, params_b, x, y, lambdas=lambdas, batch_size=batch_size)
+    after = path_metrics(arch, params_a, aligned, x, y, lambdas=lambdas, batch_size=batch_size)
     return LMCResult(np.asarray(lambdas, np.float64), *before, *after)
 
 

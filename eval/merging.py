@@ -27,8 +27,8 @@ import numpy as np
 
 from wsl.align import align_zoo
 from wsl.eval.errors import EvaluationError
-from wsl.eval.lmc import cross_entropy_and_correct, padded_batches
 from wsl.zoos.architectures import Architecture
+from wsl.zoos.scoring import population_metrics
 
 METHODS = ("uniform", "greedy", "fisher")
 
@@ -36,8 +36,8 @@ METHODS = ("uniform", "greedy", "fisher")
 def _num_models(population) -> int:
     sizes = {np.shape(a)[0] if np.ndim(a) else None for a in jax.tree.leaves(population)}
     if len(sizes) != 1 or None in sizes:
-        raise EvaluationError(f"a population needs one shared leading model axis; got leading sizes "
-                         f"{sorted(map(str, sizes))}")
+        raise EvaluationError(f"a population needs one shared leading model axis; "
+                              f"got leading sizes {sorted(map(str, sizes))}")
     return sizes.pop()
 
 
@@ -53,18 +53,10 @@ def uniform_average(population) -> dict:
     return jax.tree.map(lambda a: jnp.mean(jnp.asarray(a, jnp.float32), axis=0), population)
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _batch_metrics(apply, population, x, y, weight):
-    return jax.vmap(lambda p: cross_entropy_and_correct(apply(p, x), y, weight))(population)
-
-
-def evaluate(apply: Callable, population, x, y, *, batch_size: int = 256) -> dict:
-    """Mean cross-entropy and accuracy (models,) of every model of a population on (x, y)."""
-    loss = correct = 0.0
-    for xb, yb, wb in padded_batches(x, y, batch_size):
-        l, c = _batch_metrics(apply, population, xb, yb, wb)
-        loss, correct = loss + np.asarray(l, np.float64), correct + np.asarray(c, np.float64)
-    return {"loss": loss / len(y), "acc": correct / len(y)}
+def evaluate(arch: Architecture, population, x, y, *, batch_size: int = 256) -> dict:
+    """Mean cross-entropy and accuracy (models,) of every model of a population on (x, y)
+    (`zoos.scoring.population_metrics`)."""
+    return population_metrics(arch, population, (x, y), batch=batch_size)
 
 
 def _one(params):
@@ -155,7 +147,8 @@ def fisher_average(population, fishers, *, eps: float = 1e-8) -> dict:
     def merge(theta, fisher):
         theta, fisher = jnp.asarray(theta, jnp.float32), jnp.asarray(fisher, jnp.float32)
         if theta.shape != fisher.shape:
-            raise EvaluationError(f"Fisher of shape {fisher.shape} for params of shape {theta.shape}")
+            raise EvaluationError(f"Fisher of shape {fisher.shape} "
+                                  f"for params of shape {theta.shape}")
         fisher = fisher + eps * jnp.maximum(jnp.mean(fisher), 1e-30)
         return jnp.sum(fisher * theta, axis=0) / jnp.sum(fisher, axis=0)
     return jax.tree.map(merge, population, fishers)
@@ -193,7 +186,7 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
     if not finite.all():
         raise EvaluationError(f"models {np.flatnonzero(~finite).tolist()[:10]} have NaN or inf "
                          f"weights; leave diverged models out of a merge")
-    val = evaluate(arch.apply, population, x_val, y_val)
+    val = evaluate(arch, population, x_val, y_val)
     best = int(np.argmax(val["acc"]))
     if align == "none" or num == 1:
         aligned = population
@@ -205,7 +198,7 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
         if method == "uniform":
             return uniform_average(pop), list(range(num))
         if method == "greedy":
-            score = lambda p: float(evaluate(arch.apply, _one(p), x_val, y_val)["acc"][0])
+            score = lambda p: float(evaluate(arch, _one(p), x_val, y_val)["acc"][0])
             soup = greedy_soup(pop, score, individual_scores=val["acc"])
             return soup.params, soup.members
         fishers = fisher_diagonal(arch.apply, pop, np.asarray(x_val)[:fisher_samples])
@@ -217,9 +210,8 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
               "best_model": best}
     splits = [("val", x_val, y_val)] + ([("test", x_test, y_test)] if x_test is not None else [])
     for split, x, y in splits:
-        both = evaluate(arch.apply, jax.tree.map(lambda a, b: jnp.stack([a, b]), params, naive),
-                        x, y)
-        ind = val if split == "val" else evaluate(arch.apply, population, x, y)
+        both = evaluate(arch, jax.tree.map(lambda a, b: jnp.stack([a, b]), params, naive), x, y)
+        ind = val if split == "val" else evaluate(arch, population, x, y)
         report[split] = {"merged_acc": float(both["acc"][0]), "merged_loss": float(both["loss"][0]),
                          "unaligned_merge_acc": float(both["acc"][1]),
                          "best_model_acc": float(ind["acc"][best]),

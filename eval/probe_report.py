@@ -38,4 +38,5 @@ def plot_probe(report: dict, path) -> None:
 def format_report(report: dict) -> str:
     parts = [f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in report["summary"].items()]
     return (f"{report['encoder']} → {report['target']} on {report['num_rows']} networks, "
-            f"{report['seeds']} seed(s): " + ", ".join(parts) + f"  ({report['seconds']:.1f} s/seed)")
+            f"{report['seeds']} seed(s): " + ", ".join(parts)
+            + f"  ({report['seconds']:.1f} s/seed)")

@@ -10,19 +10,18 @@ each with a learned "null" used for classifier-free guidance.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.errors import ModelError
 from wsl.weight_space import WeightSpace
 
 
 def time_embedding(t: jax.Array, dim: int) -> jax.Array:
-    """Sinusoidal features of t ∈ [0, 1] (or a diffusion step scaled to it): (batch,) → (batch, dim)."""
+    """Sinusoidal features of t ∈ [0, 1] (or a diffusion step scaled to it):
+    (batch,) → (batch, dim)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half) / max(half - 1, 1))
     angles = 1000.0 * t[:, None] * freqs[None, :]
@@ -50,7 +49,8 @@ class Conditioning(nn.Module):
         if self.use_scalar:
             s = jnp.full(t.shape, jnp.nan) if cond_scalar is None else cond_scalar
             null = self.param("scalar_null", nn.initializers.normal(0.02), (self.dim,))
-            emb = nn.Dense(self.dim, name="scalar_embed")(time_embedding(jnp.nan_to_num(s), self.dim))
+            emb = nn.Dense(self.dim, name="scalar_embed")(
+                time_embedding(jnp.nan_to_num(s), self.dim))
             h = h + jnp.where(jnp.isnan(s)[:, None], null[None, :], emb)
         return h
 
@@ -115,8 +115,10 @@ class TokenTransformer(nn.Module):
         for i in range(self.depth):
             shift, scale, gate = jnp.split(nn.Dense(3 * self.dim, kernel_init=nn.initializers.zeros,
                                                     name=f"ada_{i}")(nn.silu(c)), 3, axis=-1)
-            y = nn.LayerNorm(use_scale=False, use_bias=False)(h) * (1 + scale[:, None]) + shift[:, None]
-            h = h + gate[:, None] * nn.MultiHeadDotProductAttention(self.heads, name=f"attn_{i}")(y, y)
+            y = (nn.LayerNorm(use_scale=False, use_bias=False)(h) * (1 + scale[:, None])
+                 + shift[:, None])
+            attention = nn.MultiHeadDotProductAttention(self.heads, name=f"attn_{i}")
+            h = h + gate[:, None] * attention(y, y)
             y = nn.LayerNorm()(h)
             h = h + nn.Dense(self.dim)(nn.gelu(nn.Dense(4 * self.dim)(y)))
         out = nn.Dense(self.token_dim, kernel_init=nn.initializers.zeros)(nn.LayerNorm()(h))
@@ -126,15 +128,8 @@ class TokenTransformer(nn.Module):
         return flat[:, :-1]
 
 
-def build_backbone(name: str, space: WeightSpace, *, hidden: int = 512, depth: int = 3,
-                   token_dim: int = 64, heads: int = 4, num_classes: int = 0,
-                   use_scalar: bool = False) -> nn.Module:
-    if name == "mlp":
-        return MLPBackbone(space.num_params, hidden, depth, num_classes, use_scalar)
-    if name == "transformer":
-        return TokenTransformer(space, token_dim, hidden, depth, heads, num_classes, use_scalar)
-    raise ModelError(f"unknown backbone {name!r}; choose 'mlp' or 'transformer'")
-
-
-def backbone_names() -> Sequence[str]:
-    return ("mlp", "transformer")
+def init_backbone(backbone: nn.Module, key: jax.Array, dim: int) -> dict:
+    """A backbone's parameters, traced with one example of every input it can take (a class and
+    a scalar condition too, so that their embeddings exist even if the first batch has none)."""
+    return backbone.init(key, jnp.zeros((1, dim)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
+                         jnp.zeros((1,)))["params"]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.models.backbones import init_backbone
 from wsl.models.errors import ModelError
 from wsl.models.flow import drop_conditions, guided
 
@@ -31,7 +32,8 @@ PREDICTIONS = ("data", "noise")
 
 
 def beta_schedule(kind: str, num_steps: int) -> np.ndarray:
-    if kind == "linear":  # Ho et al.'s range for 1000 steps, rescaled so short schedules end in noise
+    if kind == "linear":
+        # Ho et al.'s range for 1000 steps, rescaled so that short schedules end in noise.
         scale = 1000 / num_steps
         return np.linspace(scale * 1e-4, min(scale * 0.02, 0.999), num_steps)
     if kind == "cosine":  # Nichol & Dhariwal: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2)
@@ -63,15 +65,15 @@ class Diffusion:
 
     @property
     def alpha_bar(self) -> jnp.ndarray:
-        return jnp.asarray(np.cumprod(1 - beta_schedule(self.schedule, self.num_steps)), jnp.float32)
+        betas = beta_schedule(self.schedule, self.num_steps)
+        return jnp.asarray(np.cumprod(1 - betas), jnp.float32)
 
     def init(self, key):
-        x = jnp.zeros((1, self.dim))
-        return self.backbone.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
-                                  jnp.zeros((1,)))["params"]
+        return init_backbone(self.backbone, key, self.dim)
 
     def _output(self, params, x, k, cond_class, cond_scalar):
-        return self.backbone.apply({"params": params}, x, k / self.num_steps, cond_class, cond_scalar)
+        return self.backbone.apply({"params": params}, x, k / self.num_steps, cond_class,
+                                   cond_scalar)
 
     def predict_data(self, params, x, k, cond_class=None, cond_scalar=None):
         """x̂0 at steps `k` (float array, one per example), whatever the backbone predicts."""
@@ -87,7 +89,8 @@ class Diffusion:
         noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
         ab = self.alpha_bar[k][:, None]
         xk = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * noise
-        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar, self.cond_dropout)
+        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar,
+                                                  self.cond_dropout)
         out = self._output(params, xk, k.astype(jnp.float32), cond_class, cond_scalar)
         if self.prediction == "noise":
             return jnp.mean((out - noise) ** 2)

@@ -14,23 +14,19 @@ encoder modules can import the shared pieces below.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsl.config import builder_config, builder_defaults
 from wsl.models.errors import ModelError
 from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu, "tanh": jnp.tanh,
-}
+from wsl.zoos.architectures import ACTIVATIONS
 
 
 class MLP(nn.Module):
@@ -93,34 +89,20 @@ def _encoder_class(name: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), cls)
 
 
+def _fixed(name: str) -> tuple[str, ...]:
+    # Module fields no config sets: the weight space, flax's own, and those the name fixes.
+    return ("weight_space", "parent", "name", *_ENCODERS[name][2])
+
+
 def default_config(name: str) -> dict[str, Any]:
     """The configurable fields of an encoder and their defaults (`weight_space` excluded)."""
-    cls = _encoder_class(name)
-    fixed = _ENCODERS[name][2]
-    out = {}
-    for field in dataclasses.fields(cls):
-        if field.name in ("weight_space", "parent", "name") or field.name in fixed:
-            continue
-        if field.default is not dataclasses.MISSING:
-            out[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[field.name] = field.default_factory()  # type: ignore[misc]
-        else:
-            out[field.name] = inspect.Parameter.empty
-    return out
+    return builder_defaults(_encoder_class(name), exclude=_fixed(name))
 
 
 def build_encoder(name: str, weight_space: WeightSpace, **config) -> nn.Module:
     """Build a registered encoder for `weight_space`; unknown config keys raise, listing valid ones."""
     cls = _encoder_class(name)
-    valid = default_config(name)
-    unknown = set(config) - set(valid)
-    if unknown:
-        raise ModelError(f"unknown config {sorted(unknown)} for encoder {name!r}; "
-                         f"valid: {sorted(valid)}")
-    missing = [k for k, v in valid.items() if v is inspect.Parameter.empty and k not in config]
-    if missing:
-        raise ModelError(f"encoder {name!r} needs config {missing}")
+    builder_config(cls, config, what=f"encoder {name!r}", exclude=_fixed(name))  # checks keys
     normalizer = config.get("normalizer")
     if isinstance(normalizer, Mapping):
         config["normalizer"] = TensorNormalizer.from_dict(normalizer)

@@ -16,7 +16,8 @@ What the backbone outputs (`prediction`):
   sampled weights keep most of their source noise (Li & He 2025, "Back to basics: let denoising
   generative models denoise").
 * ``"velocity"``: the backbone outputs v directly (the textbook form); fine when the backbone
-  can express the identity on the whole vector, or with a tiny source (DeepWeightFlow's N(0, 0.01²)).
+  can express the identity on the whole vector, or with a tiny source (DeepWeightFlow's
+  N(0, 0.01²)).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsl.models.backbones import init_backbone
 from wsl.models.errors import ModelError
 
 SAMPLERS = ("euler", "heun", "rk4")
@@ -35,7 +37,8 @@ PREDICTIONS = ("data", "velocity")
 
 
 def drop_conditions(key, cond_class, cond_scalar, rate: float):
-    """Replace each example's conditions by "none" (class −1, scalar NaN) with probability `rate`."""
+    """Replace each example's conditions by "none" (class −1, scalar NaN) with probability
+    `rate`."""
     if rate <= 0:
         return cond_class, cond_scalar
     k1, k2 = jax.random.split(key)
@@ -77,9 +80,7 @@ class FlowMatching:
             raise ModelError(f"min_gap must lie in (0, 1), got {self.min_gap}")
 
     def init(self, key):
-        x = jnp.zeros((1, self.dim))
-        t = jnp.zeros((1,))
-        return self.backbone.init(key, x, t, jnp.zeros((1,), jnp.int32), jnp.zeros((1,)))["params"]
+        return init_backbone(self.backbone, key, self.dim)
 
     def _gap(self, t):
         return jnp.maximum(1.0 - t, self.min_gap)[:, None]
@@ -95,7 +96,8 @@ class FlowMatching:
         x0 = self.source_scale * jax.random.normal(k_noise, x1.shape, x1.dtype)
         t = jax.random.uniform(k_time, (x1.shape[0],))
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar, self.cond_dropout)
+        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar,
+                                                  self.cond_dropout)
         out = self.backbone.apply({"params": params}, xt, t, cond_class, cond_scalar)
         if self.prediction == "velocity":
             return jnp.mean((out - (x1 - x0)) ** 2)

@@ -1,49 +1,38 @@
-"""Aligned mixup: a weight-space augmentation hook that aligns two networks, then interpolates them.
+"""Aligned mixup: a weight-space augmentation that aligns two networks, then interpolates them.
 
 Mixing two networks coordinate by coordinate only makes sense when their hidden units correspond,
 so each network i of a batch is paired with a random partner j, j is aligned to i by weight
-matching (`wsl.align`), and the hook returns λ_i θ_i + (1 − λ_i) π(θ_j) with λ_i ~ Beta(α, α).
+matching (`wsl.align`), and the augmentation returns λ_i θ_i + (1 − λ_i) π(θ_j) with
+λ_i ~ Beta(α, α).
 Float targets mix the same way (λ_i y_i + (1 − λ_i) y_j); other per-network entries (ids, epochs,
 flags, class labels) come from the parent with the larger weight. ``batch["mixup_lambda"]`` holds λ.
 
-A hook is ``(key, batch) -> batch`` like those of `models.augment`. Weight matching runs on the
-host, so the aligning hook is called outside `jax.jit`; for a zoo aligned once beforehand
-(`wsl.align.align_zoo`, the usual preprocessing) use ``prealigned=True``: the hook is then pure
-JAX and can be compiled into the training step.
+It is an `Augmentation` ``(key, batch) -> batch`` like those of `models.augment`. Weight matching
+runs on the host, so the aligning version is called outside `jax.jit`; for a zoo aligned once
+beforehand (`wsl.align.align_zoo`, the usual preprocessing) use ``prealigned=True``: it is then
+pure JAX and runs in the trainer's compiled input pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from wsl.align import weight_matching
+from wsl.models.augment import WEIGHT_FIELDS, Augmentation, Batch, batch_weights, with_weights
 from wsl.models.errors import ModelError
-from wsl.weight_space import WeightSpace, WeightSpaceError
+from wsl.weight_space import WeightSpace
 
-Batch = Mapping[str, object]
-Hook = Callable[[jax.Array, Batch], dict]
-_NOT_TARGETS = ("params", "flat", "mixup_lambda")
-
-
-def _network_params(space: WeightSpace, batch: Batch):
-    if not isinstance(batch, Mapping) or ("params" not in batch and "flat" not in batch):
-        keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise KeyError(f"a mixup batch is a dict with a 'params' (or 'flat') entry; got {keys}")
-    params = batch["params"] if "params" in batch else space.unflatten(jnp.asarray(batch["flat"]))
-    lead = space.batch_shape(params)
-    if len(lead) != 1 or lead[0] < 2:
-        raise WeightSpaceError(f"mixup needs params with one leading batch axis of at least 2 "
-                               f"networks; got leading axes {lead}")
-    return params, lead[0]
+_NOT_TARGETS = WEIGHT_FIELDS + ("mixup_lambda",)
 
 
 def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[str] | None = None,
-                  prealigned: bool = False, max_sweeps: int = 20, tol: float = 1e-6) -> Hook:
-    """A hook mixing every network of a batch with a random partner aligned to it.
+                  prealigned: bool = False, max_sweeps: int = 20,
+                  tol: float = 1e-6) -> Augmentation:
+    """An augmentation mixing every network of a batch with a random partner aligned to it.
 
     Args:
         space: the weight space of the batch's networks.
@@ -51,15 +40,15 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
         targets: batch entries to interpolate; default every floating-point entry with one value
             per network (other than the weights).
         prealigned: the networks already share one alignment (e.g. the zoo went through
-            `align_zoo`): skip matching, and the hook can run under `jax.jit`.
+            `align_zoo`): skip matching, and the augmentation can run under `jax.jit`.
         max_sweeps, tol: weight matching's limits.
     """
     alpha = float(alpha)
     if not alpha > 0:
         raise ModelError(f"alpha must be positive; got {alpha}")
 
-    def hook(key: jax.Array, batch: Batch) -> dict:
-        params, n = _network_params(space, batch)
+    def augment(key: jax.Array, batch: Batch) -> dict:
+        field, params, n = batch_weights(space, batch, min_networks=2)
         missing = [t for t in targets or () if t not in batch]
         if missing:
             raise KeyError(f"mixup targets {missing} are not in the batch; it has {sorted(batch)}")
@@ -78,11 +67,7 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
         lam = (jax.random.uniform(k_lam, (n,)) if alpha == 1.0
                else jax.random.beta(k_lam, alpha, alpha, (n,)))
         mixed = jax.tree.map(lambda a, b: _mix(lam, jnp.asarray(a), b), params, other)
-        out = dict(batch)
-        if "flat" in batch:
-            out["flat"] = space.flatten(mixed)
-        else:
-            out["params"] = mixed
+        out = with_weights(space, batch, field, mixed)
         dominant_self = lam >= 0.5
         for name, value in batch.items():
             if name in _NOT_TARGETS or np.ndim(value) == 0 or np.shape(value)[0] != n:
@@ -105,7 +90,7 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
         out["mixup_lambda"] = lam
         return out
 
-    return hook
+    return augment
 
 
 def _expand(lam, value):

@@ -1,9 +1,10 @@
 """Weight generators as trainable tasks: flow matching, DDPM and latent DDPM over weight vectors.
 
-`GeneratorConfig` names the method and backbone; `make_generator` builds the model on a vector
-of a given size; `GeneratorTask` and `AutoencoderTask` plug into `train.train` (they follow its
-task protocol: ``init(key, batch)``, ``loss(params, batch, key)``). A batch holds ``x`` (normalised,
-aligned weight vectors, or latents) and optionally ``cond_class`` / ``cond_scalar``.
+`GeneratorConfig` names the method and backbone (and checks them on creation); `make_generator`
+builds the model on a vector of a given size; `GeneratorTask` and `AutoencoderTask` plug into
+`train.train` (they follow its task protocol: ``init(key, batch)``, ``loss(params, batch, key)``).
+A batch holds ``x`` (normalised, aligned weight vectors, or latents) and optionally
+``cond_class`` / ``cond_scalar``. Their training config is `train.generator.DEFAULT_TRAIN`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from wsl.config import ConfigError, coerce_fields
+from wsl.models import diffusion, flow
 from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
 from wsl.models.backbones import MLPBackbone, TokenTransformer
 from wsl.models.diffusion import Diffusion
@@ -48,6 +51,37 @@ class GeneratorConfig:
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
 
+    def __post_init__(self):
+        coerce_fields(self)  # types and choices (method, backbone, ...), named by field
+
+        def require(ok: bool, field: str, message: str):
+            if not ok:
+                raise ConfigError(f"{field}: {message}, got {getattr(self, field)!r}")
+
+        for field in ("hidden", "depth", "token_dim", "heads", "diffusion_steps", "latent_dim",
+                      "ae_steps"):
+            require(getattr(self, field) >= 1, field, "must be ≥ 1")
+        require(all(w >= 1 for w in self.ae_hidden), "ae_hidden", "widths must be ≥ 1")
+        require(self.source_scale > 0, "source_scale", "must be positive")
+        require(0 <= self.cond_dropout < 1, "cond_dropout", "must lie in [0, 1)")
+        require(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", "must be positive or none")
+        require(self.sample_steps is None or self.sample_steps >= 1, "sample_steps",
+                "must be ≥ 1 or none")
+        require(self.guidance >= 0, "guidance", "must be ≥ 0")
+        is_flow = self.method == "flow"
+        predictions = flow.PREDICTIONS if is_flow else diffusion.PREDICTIONS
+        require(self.prediction in predictions, "prediction",
+                f"method {self.method!r} predicts one of {predictions}")
+        samplers = flow.SAMPLERS if is_flow else diffusion.SAMPLERS
+        require(self.sampler is None or self.sampler in samplers, "sampler",
+                f"method {self.method!r} samples with one of {samplers} (or none: default)")
+        if self.backbone == "transformer":
+            # Latents have no weight space to cut into per-tensor tokens.
+            require(self.method != "latent-ddpm", "backbone",
+                    "latent-ddpm runs the mlp backbone on its latents")
+            require(self.hidden % self.heads == 0, "hidden",
+                    f"the transformer's width must be a multiple of heads={self.heads}")
+
     @property
     def default_sampler(self) -> str:
         return self.sampler or ("rk4" if self.method == "flow" else "ddim")
@@ -71,12 +105,6 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
                                     config.heads, num_classes, use_scalar)
     else:
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar)
-    if config.method not in METHODS:
-        raise ModelError(f"unknown generator method {config.method!r}; choose from {METHODS}")
-    allowed = ("data", "velocity") if config.method == "flow" else ("data", "noise")
-    if config.prediction not in allowed:
-        raise ModelError(f"prediction={config.prediction!r} does not fit method "
-                         f"{config.method!r}; choose from {allowed}")
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
                             config.prediction)

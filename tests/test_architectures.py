@@ -1,4 +1,8 @@
-"""Every registered architecture: permutation symmetry of its weight space and its parameter counts."""
+"""Every registered architecture: permutation symmetry of its weight space and its parameter
+counts."""
+
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +19,8 @@ CONFIGS = [
     ("cnn_s", {}),
     ("cnn_s", {"activation": "gelu"}),
     ("resnet", {"input_shape": (8, 8, 1)}),
-    ("resnet", {"input_shape": (8, 8, 1), "norm": "group", "norm_groups": 2, "blocks_per_stage": 2}),
+    ("resnet", {"input_shape": (8, 8, 1), "norm": "group", "norm_groups": 2,
+                "blocks_per_stage": 2}),
     ("resnet", {"input_shape": (8, 8, 3), "width": 4, "stages": 3, "activation": "gelu"}),
     ("transformer", {}),
     ("transformer", {"input_shape": (8, 8, 1), "patch": 2, "depth": 2, "heads": 4, "head_dim": 4}),
@@ -86,3 +91,29 @@ def test_bad_config_is_named():
         build("vgg")
     with pytest.raises(ValueError, match="activation"):
         build("mlp", activation="swishy").init(jax.random.key(0))
+
+
+def test_architectures_are_hashable_static_arguments():
+    a, b = build("mlp"), build("mlp")
+    assert a == b and hash(a) == hash(b) and a is not b
+    assert build("mlp", widths=[32, 32]) == a  # a list config freezes to the same tuple
+    assert build("mlp", widths=(16,)) != a and build("mlp", activation="tanh") != a
+    # The config reads like a dict, is immutable, and rebuilds the same architecture from JSON.
+    assert dict(a.config)["widths"] == (32, 32) and a.config.get("activation") == "relu"
+    with pytest.raises(TypeError):
+        a.config["widths"] = (8,)  # type: ignore[index]
+    assert build("mlp", **json.loads(json.dumps(dict(a.config)))) == a
+    assert hash(a.weight_space) == hash(b.weight_space)
+
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def logits(arch, x):
+        traces.append(arch)
+        return arch.apply(arch.init(jax.random.key(0)), x)
+
+    x = jnp.ones((2, 40))
+    np.testing.assert_array_equal(logits(a, x), logits(b, x))
+    assert len(traces) == 1  # equal architectures share one compiled program
+    logits(build("mlp", activation="tanh"), x)
+    assert len(traces) == 2

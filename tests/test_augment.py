@@ -1,17 +1,25 @@
 """Weight-space augmentations: permutations keep every network's function, noise and dropout have
-the advertised statistics per tensor and per network, pruning removes exactly the smallest weights."""
+the advertised statistics per tensor and per network, pruning removes exactly the smallest weights,
+and every augmentation named in a config runs in the trainer's compiled input pipeline."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wsl.config import ConfigError
 from wsl.models.augment import (
-    compose,
     gaussian_noise,
     magnitude_pruning,
     random_permutation,
     weight_dropout,
+)
+from wsl.train import ArraySource, Pipeline, Position
+from wsl.train.augment import (
+    AUGMENTATIONS,
+    align_for_mixup,
+    augmentation_names,
+    make_augmentations,
 )
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
@@ -71,7 +79,8 @@ def test_gaussian_noise_is_scaled_by_each_tensors_std(cnn):
     params = networks(cnn, 64)
     # Network m is scaled by 2**(m % 4): noise must follow each network's own spread.
     factor = 2.0 ** (np.arange(64) % 4)
-    params = jax.tree.map(lambda a: a * factor.reshape((-1,) + (1,) * (a.ndim - 1)).astype(np.float32),
+    params = jax.tree.map(lambda a: a * factor.reshape((-1,) + (1,) * (a.ndim - 1)).astype(
+        np.float32),
                           params)
     params["conv_1"]["bias"] = np.zeros_like(params["conv_1"]["bias"])  # constant: untouched
     noise = compiled(gaussian_noise(space, scale=0.1), jax.random.key(0), {"params": params})
@@ -127,20 +136,28 @@ def test_magnitude_pruning_removes_exactly_the_smallest(cnn):
     only_bias = run_compiled(magnitude_pruning(space, 0.5, tensors=["dense_0/bias"]),
                              jax.random.key(0), {"params": params})
     assert int((np.asarray(only_bias["params"]["dense_0"]["bias"]) == 0).sum()) == 4 * 5
-    np.testing.assert_array_equal(only_bias["params"]["conv_0"]["kernel"], params["conv_0"]["kernel"])
+    np.testing.assert_array_equal(only_bias["params"]["conv_0"]["kernel"],
+                                  params["conv_0"]["kernel"])
 
 
-def test_compose_applies_hooks_in_order_with_independent_keys(cnn):
+def test_named_augmentations_apply_in_a_fixed_order_with_independent_keys(cnn):
     space = cnn.weight_space
     params = networks(cnn, 4)
-    hook = compose(random_permutation(space), gaussian_noise(space, 0.05), weight_dropout(space, 0.1))
-    batch = {"params": params, "accuracy": np.linspace(0, 1, 4, dtype=np.float32)}
-    hook = compiled(hook, jax.random.key(0), batch)
-    first, second = hook(jax.random.key(0), batch), hook(jax.random.key(0), batch)
+    accuracy = np.linspace(0, 1, 4, dtype=np.float32)
+    # Named in reverse: still permuted, then noised, then dropped.
+    augment = make_augmentations(space, "dropout,noise,permute", noise_scale=0.05,
+                                 dropout_rate=0.1)
+    pipeline = Pipeline(ArraySource({"params": params, "accuracy": accuracy}), 4, prefetch=0,
+                        augment=augment)
+    first, second = (jax.device_get(pipeline.device_batch(Position(0, 0))) for _ in range(2))
     np.testing.assert_array_equal(space.flatten(first["params"]), space.flatten(second["params"]))
-    np.testing.assert_array_equal(first["accuracy"], batch["accuracy"])
+    np.testing.assert_array_equal(first["accuracy"], accuracy[pipeline.rows(Position(0, 0))])
     zeros = np.asarray(space.flatten(first["params"])) == 0
     assert 0.05 < zeros.mean() < 0.15, "dropout ran last, on noisy weights"
+    # The next epoch draws afresh: no network comes out as it did before.
+    other = jax.device_get(pipeline.device_batch(Position(1, 0)))["params"]
+    assert np.abs(np.asarray(space.flatten(other))[:, None]
+                  - np.asarray(space.flatten(first["params"]))[None]).max(axis=-1).min() > 1e-3
 
 
 def test_bad_arguments_and_batches_are_named(cnn):
@@ -153,10 +170,9 @@ def test_bad_arguments_and_batches_are_named(cnn):
         gaussian_noise(space, -1.0)
     with pytest.raises(WeightSpaceError, match="conv_9/kernel"):
         magnitude_pruning(space, 0.1, tensors=["conv_9/kernel"])
-    with pytest.raises(ValueError, match="at least one hook"):
-        compose()
     hook = gaussian_noise(space)
-    with pytest.raises(KeyError, match="'params' entry"):
+    with pytest.raises(WeightSpaceError,
+                       match=r"no field 'params or flat'; fields are \['weights'\]"):
         hook(jax.random.key(0), {"weights": networks(cnn, 2)})
     one = jax.tree.map(lambda a: a[0], networks(cnn, 1))
     with pytest.raises(WeightSpaceError, match="one leading batch axis"):
@@ -164,3 +180,68 @@ def test_bad_arguments_and_batches_are_named(cnn):
     wrong = build("small_cnn", input_shape=(8, 8, 1), channels=4)
     with pytest.raises(WeightSpaceError, match="conv_0/kernel"):
         hook(jax.random.key(0), {"params": networks(wrong, 2)})
+
+
+def test_every_augmentation_reads_and_writes_flat_vectors_alike(cnn):
+    space = cnn.weight_space
+    params = networks(cnn, 4)
+    flat = np.asarray(space.flatten(params))
+    augmentations = [random_permutation(space), gaussian_noise(space, 0.1),
+                     weight_dropout(space, 0.2), magnitude_pruning(space, 0.3)]
+
+    def both(key, params, flat):
+        return [(space.flatten(fn(key, {"params": params})["params"]),
+                 fn(key, {"flat": flat})["flat"]) for fn in augmentations]
+
+    for from_tree, from_flat in run_compiled(both, jax.random.key(0), params, flat):
+        assert from_flat.shape == flat.shape
+        np.testing.assert_array_equal(from_flat, from_tree)
+        assert np.abs(np.asarray(from_flat) - flat).max() > 1e-3
+
+
+def test_augmentation_names_are_ordered_and_checked():
+    assert augmentation_names("noise,mixup") == ("mixup", "noise")  # mixup first, before permute
+    assert augmentation_names(["prune", "permute", "dropout"]) == ("permute", "dropout", "prune")
+    assert augmentation_names(("permute,noise", " mixup ")) == ("mixup", "permute", "noise")
+    assert augmentation_names(None) == augmentation_names("none") == augmentation_names([]) == ()
+    assert set(augmentation_names(",".join(AUGMENTATIONS))) == set(AUGMENTATIONS)
+    with pytest.raises(ConfigError, match=r"unknown augmentation\(s\) \['rotate'\]; valid: "
+                                          r"dropout, mixup, noise, permute, prune"):
+        augmentation_names("permute,rotate")
+    with pytest.raises(ConfigError, match="'none' cannot be combined"):
+        augmentation_names("none,noise")
+
+
+def test_named_augmentations_run_in_the_compiled_pipeline():
+    """Mixup of networks aligned beforehand runs under the pipeline's jit, after which permuting
+    and the other augmentations still run; permuted copies of one network mix into that network."""
+    arch = build("mlp", input_shape=(5,), widths=(7, 6), num_classes=3)
+    space = arch.weight_space
+    base = networks(arch, 1, seed=3, bias_scale=0.5)
+    perms = space.random_permutation(jax.random.key(4), num=16)
+    copies = jax.device_get(space.permute(jax.tree.map(lambda a: np.repeat(a, 16, 0), base), perms))
+    aligned = jax.device_get(align_for_mixup(space, copies, seed=0))
+    y = np.linspace(0.0, 1.0, 16, dtype=np.float32)
+    x = np.random.default_rng(5).standard_normal((4, 5)).astype(np.float32)
+    apply = jax.jit(jax.vmap(arch.apply, in_axes=(0, None)))
+    want = np.asarray(apply(base, x))
+
+    def batch(names, data):
+        pipeline = Pipeline(ArraySource({"params": data, "y": y}), 8, seed=1, prefetch=0,
+                            augment=make_augmentations(space, names, field="params"))
+        return jax.device_get(pipeline.device_batch(Position(0, 0))), pipeline.rows(Position(0, 0))
+
+    out, rows = batch("permute,mixup", aligned)
+    np.testing.assert_allclose(apply(out["params"], x),
+                               np.broadcast_to(want, (8,) + want.shape[1:]), atol=1e-5)
+    lam = out["mixup_lambda"]
+    assert ((lam >= 0) & (lam <= 1)).all() and lam.std() > 0
+    # Targets mix with the weights: λ·y_i + (1 − λ)·y_partner, the partner in the same batch.
+    partner_y = (out["y"] - lam * y[rows]) / np.maximum(1 - lam, 1e-6)
+    near = np.abs(partner_y[:, None] - y[rows][None, :]).min(axis=1)
+    assert (near[lam < 0.95] < 1e-3).all()
+    # Without the alignment, mixing the same copies changes their function.
+    out, _ = batch("mixup", copies)
+    assert np.abs(np.asarray(apply(out["params"], x)) - want).max() > 1e-2
+    out, _ = batch(AUGMENTATIONS, aligned)
+    assert np.isfinite(space.flatten(out["params"])).all() and "mixup_lambda" in out

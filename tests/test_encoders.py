@@ -92,7 +92,8 @@ def population(arch, n=4, seed=0, log_scale=None):
 
 
 def fixed_permutation(space, seed):
-    """A random permutation of every group, drawn with numpy so that it is a compile-time constant."""
+    """A random permutation of every group, drawn with numpy so that it is a compile-time
+    constant."""
     rng = np.random.default_rng(seed)
     return {g: rng.permutation(n) for g, n in space.group_sizes.items()}
 
@@ -137,7 +138,8 @@ def concat(*trees):
 
 
 def symmetry_outputs(model, space, params, seed=2):
-    """Invariant outputs on [params, hidden-permuted, io-permuted, broken], in one compiled program."""
+    """Invariant outputs on [params, hidden-permuted, io-permuted, broken], in one compiled
+    program."""
 
     def run(variables, params):
         hidden = space.permute(params, fixed_permutation(space, seed))

@@ -15,7 +15,8 @@ from wsl.zoos.architectures import build
 def test_max_wrong_iou_matches_sets():
     wrong = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
     ref = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], bool)
-    # row 0: IoU 1/2 with ref0, 2/3 with ref1, 0 with ref2; row 1 (no mistakes) matches ref2 exactly.
+    # row 0: IoU 1/2 with ref0, 2/3 with ref1, 0 with ref2; row 1 (no mistakes) matches ref2
+    # exactly.
     np.testing.assert_allclose(max_wrong_iou(wrong, ref), [2 / 3, 1.0])
 
 

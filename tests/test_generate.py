@@ -1,4 +1,5 @@
-"""End to end: a flow trained on a tiny zoo samples working, evaluated networks into a generated zoo."""
+"""End to end: a flow trained on a tiny zoo samples working, evaluated networks into a generated
+zoo."""
 
 import json
 import os
@@ -12,6 +13,8 @@ import pytest
 
 from wsl.config import override
 from wsl.eval.generated import compare_with_training
+from wsl.models.weight_generator import GeneratorConfig
+from wsl.train import TrainConfig
 from wsl.train.generator import (
     GenerateError,
     TrainedGenerator,
@@ -19,11 +22,9 @@ from wsl.train.generator import (
     select_and_align,
     train_generator,
 )
-from wsl.models.weight_generator import GeneratorConfig
-from wsl.train import TrainConfig
 from wsl.zoos.build import build_zoo
 from wsl.zoos.recipes import get_recipe
-from wsl.zoos.store import Zoo
+from wsl.zoos.store import Zoo, ZooError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_TRAIN = ["steps=300", "batch_size=16", "ema_decay=0.99", "log.progress=false",
@@ -62,7 +63,8 @@ def test_flow_samples_working_networks_into_a_generated_zoo(trained):
     assert d["num_generated"] == 24 and d["num_train"] == 16
     assert np.isfinite(report.generated_max_iou).all() and (report.generated_max_iou <= 1).all()
     assert 0 <= d["novel_fraction"] <= 1
-    assert [r["sigma"] for r in d["noise_baselines"]] == sorted(r["sigma"] for r in d["noise_baselines"])
+    assert ([r["sigma"] for r in d["noise_baselines"]]
+            == sorted(r["sigma"] for r in d["noise_baselines"]))
     assert "novelty" in report.table()
 
 
@@ -100,7 +102,7 @@ def test_min_acc_selects_on_validation_not_test_accuracy(trained):
     selection = select_and_align(zoo, GeneratorConfig(), min_acc=threshold, align="none")
     assert sorted(selection.zoo.global_rows) == sorted(last.global_rows[val >= threshold])
     assert (val >= threshold).sum() >= 2 and not np.array_equal(val >= threshold, test >= threshold)
-    with pytest.raises(GenerateError, match="val_acc ≥ 2.0"):
+    with pytest.raises(ZooError, match="val_acc ≥ 2.0"):
         select_and_align(zoo, GeneratorConfig(), min_acc=2.0, align="none")
 
 

@@ -1,4 +1,5 @@
-"""Flow matching, diffusion and the weight autoencoder learn a known distribution; sampling is deterministic."""
+"""Flow matching, diffusion and the weight autoencoder learn a known distribution; sampling is
+deterministic; a generator config is checked when it is made."""
 
 import jax
 import jax.numpy as jnp
@@ -6,11 +7,13 @@ import numpy as np
 import optax
 import pytest
 
+from wsl.config import ConfigError, override
 from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
 from wsl.models.backbones import MLPBackbone, TokenTransformer, token_layout
 from wsl.models.diffusion import Diffusion
 from wsl.models.flow import FlowMatching
 from wsl.models.normalize import TensorNormalizer
+from wsl.models.weight_generator import GeneratorConfig
 from wsl.zoos.architectures import build
 
 DIM = 8
@@ -98,3 +101,26 @@ def test_autoencoder_reconstructs_and_normalizer_round_trips():
         params, state, loss = step(params, state, jax.random.key(i))
         first = first if first is not None else float(loss)
     assert float(loss) < 0.5 * first
+
+
+def test_generator_config_is_checked_on_creation():
+    with pytest.raises(ConfigError, match=r"method: 'bogus' is not one of \('flow', 'ddpm', "
+                                          r"'latent-ddpm'\)"):
+        override(GeneratorConfig(), ["method=bogus"])
+    with pytest.raises(ConfigError, match="method: 'bogus'"):
+        GeneratorConfig(method="bogus")
+    with pytest.raises(ConfigError, match=r"prediction: method 'flow' predicts one of"):
+        GeneratorConfig(prediction="noise")
+    # Assignments are checked together, in any order.
+    assert override(GeneratorConfig(), ["prediction=noise", "method=ddpm"]).prediction == "noise"
+    with pytest.raises(ConfigError, match="sampler: method 'ddpm' samples with one of"):
+        GeneratorConfig(method="ddpm", sampler="rk4")
+    with pytest.raises(ConfigError, match="backbone: latent-ddpm runs the mlp backbone"):
+        GeneratorConfig(method="latent-ddpm", backbone="transformer")
+    with pytest.raises(ConfigError, match="hidden: the transformer's width"):
+        GeneratorConfig(backbone="transformer", hidden=30, heads=4)
+    for field, bad in (("hidden", 0), ("cond_dropout", 1.0), ("source_scale", 0.0),
+                       ("ae_hidden", (64, 0)), ("clip_x0", -1.0), ("sample_steps", 0)):
+        with pytest.raises(ConfigError, match=f"^{field}: "):
+            override(GeneratorConfig(), {field: bad})
+    assert GeneratorConfig(ae_hidden=[64, 32]).ae_hidden == (64, 32)  # lists become tuples

@@ -56,7 +56,7 @@ def trained():
     data = load_dataset("digits", seed=0)
     arch = build("mlp", input_shape=(8, 8, 1), widths=(32, 32))
     params = _train(arch, data, jax.random.key(0), NUM_MODELS)
-    acc = evaluate(arch.apply, params, data.x_test, data.y_test)["acc"]
+    acc = evaluate(arch, params, data.x_test, data.y_test)["acc"]
     assert acc.min() > 0.85, f"the zoo did not train: test accuracies {np.sort(acc)[:5]}"
     return arch, data, params
 
@@ -82,8 +82,8 @@ def test_barrier_definitions():
 def test_interpolation_endpoints_are_the_two_networks(trained):
     arch, data, params = trained
     a, b = _half(params, 0), _half(params, 1)
-    loss, acc = path_metrics(arch.apply, a, b, data.x_val, data.y_val, lambdas=[0.0, 0.5, 1.0])
-    ends = [evaluate(arch.apply, p, data.x_val, data.y_val) for p in (a, b)]
+    loss, acc = path_metrics(arch, a, b, data.x_val, data.y_val, lambdas=[0.0, 0.5, 1.0])
+    ends = [evaluate(arch, p, data.x_val, data.y_val) for p in (a, b)]
     np.testing.assert_allclose(loss[:, 0], ends[0]["loss"], rtol=1e-5)
     np.testing.assert_allclose(loss[:, -1], ends[1]["loss"], rtol=1e-5)
     np.testing.assert_allclose(acc[:, -1], ends[1]["acc"])
@@ -187,7 +187,7 @@ def _write_zoo(path, arch, params, data):
     from wsl.zoos.store import write_zoo
 
     n = 7
-    acc = evaluate(arch.apply, jax.tree.map(lambda a: a[:n], params), data.x_val, data.y_val)["acc"]
+    acc = evaluate(arch, jax.tree.map(lambda a: a[:n], params), data.x_val, data.y_val)["acc"]
     rows = [{"model": i, "epoch": 3, "val_acc": float(acc[i]), "diverged": i == 4}
             for i in range(n)]
     manifest = {"architecture": {"name": arch.name,
@@ -215,7 +215,7 @@ def test_wsl_merge_command(trained, tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     assert set(report["member_models"]) <= {0, 1, 2, 3, 5, 6} and report["models"] == 6
     merged = load_model(out, arch.weight_space)
-    acc = evaluate(arch.apply, jax.tree.map(lambda a: jnp.asarray(a)[None], merged),
+    acc = evaluate(arch, jax.tree.map(lambda a: jnp.asarray(a)[None], merged),
                    data.x_test, data.y_test)["acc"][0]
     assert acc == pytest.approx(report["test"]["merged_acc"], abs=1e-6)
 

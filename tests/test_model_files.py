@@ -21,7 +21,8 @@ def test_round_trip(tmp_path, model, suffix, torch_layout):
     arch, params = model
     path = save_model(tmp_path / f"m{suffix}", arch.weight_space, params, torch_layout=torch_layout)
     back = load_model(path, arch.weight_space)
-    np.testing.assert_array_equal(arch.weight_space.flatten(back), arch.weight_space.flatten(params))
+    np.testing.assert_array_equal(arch.weight_space.flatten(back),
+                                  arch.weight_space.flatten(params))
 
 
 def test_torch_layout_names(tmp_path, model):

@@ -10,13 +10,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wsl.mesh import make_mesh
+from wsl.models.augment import random_permutation
 from wsl.train import (
     ArraySource,
     Pipeline,
     PipelineError,
     Position,
     ZooSource,
-    permutation_augmentation,
 )
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
@@ -131,7 +131,7 @@ def test_permutation_augmentation_keeps_each_network_function(population, field)
     arch, params, flat = population
     space = arch.weight_space
     pipeline = Pipeline(ArraySource({field: params if field == "params" else flat}), 8,
-                        augment=[permutation_augmentation(space)], prefetch=0)
+                        augment=[random_permutation(space)], prefetch=0)
     position = Position(0, 1)
     original = pipeline.host_batch(position)[field]
     augmented = jax.device_get(pipeline.device_batch(position)[field])
@@ -148,7 +148,7 @@ def test_permutation_augmentation_keeps_each_network_function(population, field)
 
 def test_permutation_augmentation_names_a_missing_field(population):
     arch = population[0]
-    augment = permutation_augmentation(arch.weight_space)
+    augment = random_permutation(arch.weight_space)
     with pytest.raises(WeightSpaceError, match=r"no field 'params or flat'.*\['x'\]"):
         augment(jax.random.key(0), {"x": jnp.zeros((2, 3))})
 
@@ -196,7 +196,7 @@ def test_eight_devices_batches_are_split_over_the_mesh(population):
     mesh = make_mesh(("data", "fsdp"), (4, 2))
     sharding = NamedSharding(mesh, P(("data", "fsdp")))
     pipeline = Pipeline(ArraySource({"params": params}), 16,
-                        augment=[permutation_augmentation(arch.weight_space)])
+                        augment=[random_permutation(arch.weight_space)])
     with pipeline.iterate(sharding=sharding) as batches:
         batch = next(batches)
     for leaf in jax.tree.leaves(batch):

@@ -1,4 +1,5 @@
-"""The population trainer and recipes: learning, resume, device-count invariance, divergence, errors."""
+"""The population trainer and recipes: learning, resume, device-count invariance, divergence,
+errors."""
 
 import dataclasses
 import os
@@ -194,7 +195,8 @@ def test_plan_is_reproducible_and_grouped():
     lrs = np.array([m["lr"] for m in models])
     assert lrs.min() >= 5e-4 and lrs.max() <= 5e-2 and lrs.max() / lrs.min() > 20
     grid, _ = plan(get_recipe("cnn-s"))
-    points = {tuple(sorted((k, v) for k, v in m.items() if k not in ("model", "seed"))) for m in grid}
+    points = {tuple(sorted((k, v) for k, v in m.items() if k not in ("model", "seed")))
+              for m in grid}
     assert len(points) == 256  # the full grid, one model per point
 
 
@@ -215,7 +217,31 @@ def test_recipe_errors_are_clear():
         get_recipe("quick", ["checkpoints=[0,9]"])
     recipe = get_recipe("quick", ["activation=relu,tanh", "lr=0.01", "arch={'widths': [8]}"])
     assert recipe.activation == ("relu", "tanh") and recipe.lr == (0.01,)
-    assert recipe.arch == {"widths": [8]}
+    assert recipe.arch == {"widths": (8,)} and hash(recipe) == hash(get_recipe(
+        "quick", ["lr=[0.01]", "activation=[relu, tanh]", "arch={'widths': (8,)}"]))
+
+
+def test_recipes_are_typed_hashable_and_read_back_from_manifests(quick_zoo):
+    from wsl.config import from_dict
+    from wsl.zoos.recipes import Recipe
+
+    recipe = get_recipe("quick")
+    # The manifest keeps the recipe as plain JSON (lists, dicts) and reads back to an equal recipe.
+    stored = quick_zoo.manifest["recipe"]["config"]
+    assert stored["arch"] == {"widths": [32]} and stored["lr"] == [1e-3, 3e-2]
+    assert from_dict(Recipe, stored) == recipe and hash(from_dict(Recipe, stored)) == hash(recipe)
+    # Validated on creation, in code as from the command line; overrides apply all at once.
+    with pytest.raises(RecipeError, match="num_models: must be >= 1"):
+        Recipe(num_models=0)
+    with pytest.raises(RecipeError, match=r"arch: unknown config \['widht'\]"):
+        Recipe(arch={"widht": (3,)})
+    assert Recipe(lr=[0.1], arch={"widths": [4]}) == Recipe(lr=(0.1,), arch={"widths": (4,)})
+    for order in (["epochs=3", "checkpoints=[0,3]"], ["checkpoints=[0,3]", "epochs=3"]):
+        assert get_recipe("mlp-mnist1d", order).checkpoint_epochs == (0, 3)
+    settings = TrainSettings.from_recipe(get_recipe("seeds", ["eval_examples=7"]), "sgd")
+    assert settings == TrainSettings(epochs=5, checkpoints=(0, 1, 2, 3, 4, 5), batch_size=32,
+                                     optimizer="sgd", seed=0, data_order="per_model",
+                                     eval_examples=7)
 
 
 def test_bad_population_inputs_are_named():
@@ -237,7 +263,8 @@ def test_bad_population_inputs_are_named():
 def test_dropout_prng_bits_look_uniform_and_independent():
     from wsl.zoos.dropout_prng import DROPOUT_PRNG
 
-    keys = jax.random.wrap_key_data(np.array([[1, 2], [1, 3], [2, 2]], np.uint32), impl=DROPOUT_PRNG)
+    keys = jax.random.wrap_key_data(np.array([[1, 2], [1, 3], [2, 2]], np.uint32),
+                                    impl=DROPOUT_PRNG)
     masks = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), 0.7,
                                                                (200, 100)))(keys))
     assert np.all(np.abs(masks.mean(axis=(1, 2)) - 0.7) < 0.01)

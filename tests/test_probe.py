@@ -1,10 +1,13 @@
 """Probing: an encoder trained through the loop predicts a zoo column far better than a constant."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
-from wsl.config import override
+from wsl.commands import main
+from wsl.config import ConfigError, override
 from wsl.eval.probe_report import format_report, plot_probe
 from wsl.train.probe import DEFAULT_TRAIN, ProbeConfig, ProbeError, run_probe
 from wsl.zoos.architectures import build
@@ -21,7 +24,8 @@ def scaled_zoo(tmp_path_factory):
     flat = np.asarray(arch.weight_space.flatten(pop)) * scale[:, None]
     target = 1 / (1 + np.exp(-(scale - 1.1) * 3))
     rows = [{"model": i, "epoch": 0, "test_acc": float(target[i]),
-             "kind": ("small", "large")[int(scale[i] > 1.1)], "diverged": False} for i in range(120)]
+             "kind": ("small", "large")[int(scale[i] > 1.1)], "diverged": False}
+            for i in range(120)]
     manifest = {"architecture": {"name": "mlp", "config": dict(arch.config)},
                 "weight_space": arch.weight_space.to_dict()}
     return write_zoo(tmp_path_factory.mktemp("zoo") / "z", manifest,
@@ -29,7 +33,8 @@ def scaled_zoo(tmp_path_factory):
 
 
 def test_statnn_probe_beats_constant(scaled_zoo, tmp_path):
-    config = ProbeConfig(encoder="statnn", train=override(DEFAULT_TRAIN, ["steps=400", "eval.every=100"]))
+    config = ProbeConfig(encoder="statnn",
+                         train=override(DEFAULT_TRAIN, ["steps=400", "eval.every=100"]))
     report = run_probe(scaled_zoo, config, tmp_path / "probe")
     assert report["summary"]["kendall_tau"]["mean"] > 0.6
     assert report["summary"]["r2"]["mean"] > 0.4  # a constant predictor scores R² ≤ 0
@@ -49,3 +54,35 @@ def test_bad_probe_requests(scaled_zoo):
         run_probe(scaled_zoo, ProbeConfig(target="nope"))
     with pytest.raises(ProbeError, match="unknown encoder"):
         run_probe(scaled_zoo, ProbeConfig(encoder="resnet50"))
+
+
+def test_cli_probe_with_noise_and_mixup(scaled_zoo, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert main(["probe", "--zoo", str(scaled_zoo.path), "--encoder", "statnn",
+                 "--augment", "noise,mixup", "--out", str(out), "steps=150", "eval.every=50",
+                 "noise_scale=0.1", "mixup_alpha=0.5"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    config = report["config"]
+    assert config["augment"] == ["mixup", "noise"]  # mixup first: it needs the common alignment
+    assert (config["noise_scale"], config["mixup_alpha"]) == (0.1, 0.5)
+    assert report["summary"]["kendall_tau"]["mean"] > 0.5
+    assert set(report["validation"]) == {"kendall_tau", "r2"}
+    assert main(["probe", "--zoo", str(scaled_zoo.path), "--augment", "noise,rotate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown augmentation(s) ['rotate']; valid: dropout, mixup, noise, permute, prune" in err
+    assert main(["probe", "--zoo", str(scaled_zoo.path), "--no-augment", "--augment", "noise"]) == 2
+
+
+def test_probe_config_names_augmentations_and_checks_strengths():
+    assert ProbeConfig().augment == ("permute",)
+    assert ProbeConfig(augment="noise,permute").augment == ("permute", "noise")
+    assert ProbeConfig(augment=None).augment == ProbeConfig(augment="none").augment == ()
+    assert override(ProbeConfig(), ["augment=none"]).augment == ()
+    assert override(ProbeConfig(), ["augment=prune,dropout,mixup"]).augment == (
+        "mixup", "dropout", "prune")
+    with pytest.raises(ConfigError, match="valid: dropout, mixup, noise, permute, prune"):
+        ProbeConfig(augment=("permute", "flip"))
+    for field, bad in (("noise_scale", -0.1), ("dropout_rate", 1.0), ("prune_fraction", -0.5),
+                       ("mixup_alpha", 0.0)):
+        with pytest.raises(ConfigError, match=field):
+            override(ProbeConfig(), [f"{field}={bad}"])

@@ -1,4 +1,5 @@
-"""PyTorch names and layouts: exact round trips, and the same logits as an equivalent torch module."""
+"""PyTorch names and layouts: exact round trips, and the same logits as an equivalent torch
+module."""
 
 import jax
 import numpy as np
@@ -15,7 +16,8 @@ def test_round_trip_is_exact(name, config):
     params = arch.init(jax.random.key(0))
     state = to_torch_state(arch.weight_space, params)
     back = from_torch_state(arch.weight_space, state)
-    np.testing.assert_array_equal(arch.weight_space.flatten(back), arch.weight_space.flatten(params))
+    np.testing.assert_array_equal(arch.weight_space.flatten(back),
+                                  arch.weight_space.flatten(params))
 
 
 def test_wrong_shape_and_missing_key_are_named():

@@ -1,4 +1,5 @@
-"""Reading PyTorch zip checkpoints without torch: exact tensors, refusal of unsafe pickles, clear errors."""
+"""Reading PyTorch zip checkpoints without torch: exact tensors, refusal of unsafe pickles, clear
+errors."""
 
 import io
 import os

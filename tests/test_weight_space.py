@@ -1,5 +1,8 @@
 """WeightSpace: validation, flatten/unflatten, permutations and JSON round-trips."""
 
+import functools
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +126,29 @@ def test_json_round_trip_and_bad_json():
     assert again == space
     with pytest.raises(WeightSpaceError, match="malformed"):
         WeightSpace.from_json('{"tensors": [{"path": "a"}]}')
+
+
+def test_weight_spaces_are_hashable_static_arguments():
+    space = WeightSpace.from_params(
+        {"a": {"kernel": np.zeros((2, 8)), "bias": np.zeros(8)}},
+        {"a/kernel": (None, "h"), "a/bias": ("h",)}, nonlinearity={"h": "relu"}, blocks={"h": 2})
+    again = WeightSpace.from_dict(json.loads(space.to_json()))  # lists in, tuples kept
+    assert again == space and hash(again) == hash(space) and again.to_dict() == space.to_dict()
+    assert dict(again.nonlinearity) == {"h": "relu"} and again.blocks.get("h") == 2
+    assert hash(mlp_space([4, 5, 3])) != hash(mlp_space([4, 6, 3]))
+    with pytest.raises(TypeError):
+        space.nonlinearity["h"] = "tanh"  # type: ignore[index]
+
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def total(ws, vector):
+        traces.append(ws)
+        return sum(jnp.sum(t) for t in jax.tree.leaves(ws.unflatten(vector)))
+
+    vector = jnp.ones(space.num_params)
+    assert float(total(space, vector)) == float(total(again, vector)) == space.num_params
+    assert len(traces) == 1  # an equal space reuses the compiled program
 
 
 @settings(max_examples=15, deadline=None)

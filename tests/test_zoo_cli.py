@@ -1,4 +1,5 @@
-"""`wsl zoo`: build, info, export and recipes through the real entry point, and their error paths."""
+"""`wsl zoo`: build, info, export and recipes through the real entry point, and their error
+paths."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""The zoo store: exact round trips, views and splits, lazy checksummed reads, damage, export layouts."""
+"""The zoo store: exact round trips, views and splits, lazy checksummed reads, damage, export
+layouts."""
 
 import csv
 import json
@@ -111,6 +112,49 @@ def test_filter_and_split_by_model(zoo_dir):
         zoo.filter(where=lambda m: m["lr"])
 
 
+def test_select_is_the_one_way_to_pick_rows(zoo_dir):
+    zoo = open_zoo(zoo_dir[0])
+    m = zoo.metrics
+    # Defaults: each model's last checkpoint, diverged rows (model 3 at epoch 5) left out.
+    view = zoo.select()
+    assert sorted(view.metrics["model"]) == [0, 1, 2, 4, 5] and set(view.metrics["epoch"]) == {5}
+    assert view.dropped == {"epoch": 2 * MODELS, "diverged": 1}
+    assert len(zoo.select(epoch=None, finite=False)) == len(zoo)
+    assert len(zoo.select(epoch=[0, 2])) == 2 * MODELS
+    assert sorted(zoo.select(models=[4, 1, 3]).metrics["model"]) == [1, 4]
+    assert set(zoo.select(activation="tanh").metrics["activation"]) == {"tanh"}
+    # The most common activation among the rows left: model 3 diverged, so tanh (0, 2, 4).
+    assert set(zoo.select(activation="most_common").metrics["activation"]) == {"tanh"}
+    assert len(zoo.select(models=[0, 2], activation="single")) == 2
+    with pytest.raises(ZooError, match=r"different activations \['relu', 'tanh'\]"):
+        zoo.select(activation="single")
+    # No val_acc in this zoo: min_val_acc falls back to test_acc, and says so.
+    last = m["test_acc"][(m["epoch"] == 5) & ~m["diverged"]]
+    threshold = float(np.median(last))
+    with pytest.warns(UserWarning, match="no val_acc column"):
+        picked = zoo.select(min_val_acc=threshold)
+    assert np.all(picked.metrics["test_acc"] >= threshold)
+    assert len(picked) == (last >= threshold).sum()
+    with pytest.raises(ZooError, match=r"models \[9\] are not in .* at epoch last"):
+        zoo.select(models=[9])
+    empty = r"only 0 rows pass the selection \(last epoch, not diverged, test_acc ≥ 2\.0\); need"
+    with pytest.raises(ZooError, match=empty), pytest.warns(UserWarning):
+        zoo.select(min_val_acc=2.0)
+    with pytest.raises(ZooError, match="need at least 6"):
+        zoo.select(min_rows=6)
+    with pytest.raises(ZooError, match="no column 'nope'"):
+        zoo.select(require=("nope",))
+
+
+def test_select_requires_finite_columns(tmp_path, arch):
+    rows = [{"model": i, "epoch": 1, "val_acc": [0.5, float("nan"), 0.9][i], "diverged": False}
+            for i in range(3)]
+    zoo = write_zoo(tmp_path / "z", _manifest(arch), _population(arch, 3), rows)
+    assert sorted(zoo.select(require=("val_acc",)).metrics["model"]) == [0, 2]
+    assert zoo.select(require=("val_acc",)).dropped["val_acc"] == 1
+    assert zoo.select(min_val_acc=0.6).metrics["model"].tolist() == [2]  # val_acc: no warning
+
+
 def test_batches_numpy_and_sharded(zoo_dir):
     zoo = open_zoo(zoo_dir[0])
     seen = []
@@ -135,7 +179,8 @@ def test_damaged_shard_is_named_and_others_still_read(zoo_dir):
     zoo = open_zoo(path)  # metrics and manifest are intact: opening works
     with pytest.raises(ZooError, match=r"shards/00001/dense_0\.kernel\.npy: checksum mismatch"):
         zoo.params(8)  # row 8 lives in shard 1
-    np.testing.assert_array_equal(zoo.params(2)["dense_0"]["kernel"], params["dense_0"]["kernel"][2])
+    np.testing.assert_array_equal(zoo.params(2)["dense_0"]["kernel"],
+                                  params["dense_0"]["kernel"][2])
     np.testing.assert_array_equal(zoo.params(15)["dense_0"]["kernel"],
                                   params["dense_0"]["kernel"][15])
 
@@ -203,7 +248,8 @@ def test_torch_layout_of_cnn_s_computes_the_same_function(tmp_path):
     torch = to_torch_state(arch.weight_space, nest_paths(params))
     assert torch["dense_0.weight"].shape == (20, 36)
     assert torch["conv_1.weight"].shape == (6, 8, 5, 5)
-    np.testing.assert_array_equal(torch["conv_1.weight"][2, 3, 1, 4], params["conv_1/kernel"][1, 4, 3, 2])
+    np.testing.assert_array_equal(torch["conv_1.weight"][2, 3, 1, 4],
+                                  params["conv_1/kernel"][1, 4, 3, 2])
     # dense_0 on a (H, W, C) map in JAX equals the torch weight on the NCHW-flattened map
     feature = np.random.default_rng(0).standard_normal((3, 3, 4)).astype(np.float32)
     jax_out = np.einsum("hwc,hwco->o", feature, params["dense_0/kernel"])
@@ -212,7 +258,8 @@ def test_torch_layout_of_cnn_s_computes_the_same_function(tmp_path):
     transformer = build("transformer")
     zoo = write_zoo(tmp_path / "t", {"architecture": {"name": "transformer", "config": {}},
                                      "weight_space": transformer.weight_space.to_dict()},
-                    jax.tree.map(lambda a: np.asarray(a)[None], transformer.init(jax.random.key(0))),
+                    jax.tree.map(lambda a: np.asarray(a)[None],
+                                 transformer.init(jax.random.key(0))),
                     [{"model": 0, "epoch": 0}])
     with pytest.raises(ZooError, match="torch layout is defined for"):
         zoo.export(0, tmp_path / "t.safetensors", torch_layout=True)

@@ -5,7 +5,7 @@ the rest — optimizer and schedule, mesh and shardings, the zoo input pipeline,
 and resume, logging and early stopping — all driven by one `TrainConfig`.
 """
 
-from wsl.train.augment import permutation_augmentation
+from wsl.train.augment import AUGMENTATIONS, make_augmentations
 from wsl.train.checkpoint import CheckpointError, Checkpoints, load_params
 from wsl.train.config import (
                           CheckpointConfig,
@@ -31,9 +31,10 @@ from wsl.train.task import Task, TaskError
 from wsl.train.trainer import Trainer, TrainError, TrainResult, train
 
 __all__ = [
-    "ArraySource", "BatchIterator", "CheckpointConfig", "CheckpointError", "Checkpoints",
-    "DataConfig", "EvalConfig", "LogConfig", "MeshConfig", "OptimizerConfig", "Pipeline",
-    "PipelineError", "Position", "RowSource", "Task", "TaskError", "TrainConfig", "TrainError",
+    "AUGMENTATIONS", "ArraySource", "BatchIterator", "CheckpointConfig", "CheckpointError",
+    "Checkpoints", "DataConfig", "EvalConfig", "LogConfig", "MeshConfig", "OptimizerConfig",
+    "Pipeline", "PipelineError", "Position", "RowSource", "Task", "TaskError", "TrainConfig",
+    "TrainError",
     "TrainResult", "TrainState", "Trainer", "ZooSource", "config_from_argv", "load_params",
-    "permutation_augmentation", "train",
+    "make_augmentations", "train",
 ]

@@ -1,34 +1,88 @@
-"""Augmentation hooks for the zoo pipeline: functions ``(key, batch) -> batch``, run under jit."""
+"""Augmentations by name: the list the trainer applies to every training batch of networks.
+
+`ProbeConfig.augment` (and ``wsl probe --augment``) names them; `make_augmentations` builds the
+`models.augment` / `models.mixup` functions, which the trainer's input pipeline runs under
+`jax.jit` on each batch (`train.pipeline`):
+
+* ``permute`` — a random hidden-unit permutation per network (an exact symmetry);
+* ``noise`` — Gaussian noise, `noise_scale` × each tensor's std;
+* ``dropout`` — each weight zeroed with probability `dropout_rate`;
+* ``prune`` — the `prune_fraction` smallest-magnitude weights of every kernel zeroed;
+* ``mixup`` — aligned mixup with λ ~ Beta(`mixup_alpha`, `mixup_alpha`).
+
+Aligned mixup needs each pair of networks aligned by weight matching, which runs on the host and
+cannot run inside the compiled pipeline. So the training networks are aligned once, to a common
+reference, before training (`align_for_mixup`; a permutation changes no network's function, so
+the data are the same networks), and mixup runs on them with ``prealigned=True`` — first, before
+any random permutation undoes the common alignment.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
-from wsl.weight_space import WeightSpace, WeightSpaceError
+import jax
+
+from wsl.align import align_zoo
+from wsl.config import ConfigError
+from wsl.models.augment import (
+    Augmentation,
+    gaussian_noise,
+    magnitude_pruning,
+    random_permutation,
+    weight_dropout,
+)
+from wsl.models.mixup import aligned_mixup
+from wsl.weight_space import WeightSpace
+
+# The order in which they are applied, whatever order they are named in.
+AUGMENTATIONS = ("mixup", "permute", "noise", "dropout", "prune")
 
 
-def permutation_augmentation(space: WeightSpace, field: str | None = None):
-    """Replace every network in the batch by a uniformly random member of its symmetry class.
+def augmentation_names(value: str | Sequence[str] | None,
+                       field: str = "augment") -> tuple[str, ...]:
+    """The augmentations `value` names, in application order: a sequence of names or one string
+    of comma-separated names; None, ``"none"`` or nothing means none."""
+    items = [value] if value is None or isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, str):
+            raise ConfigError(f"{field}: expected augmentation names, got {item!r}")
+        names.extend(n.strip() for n in item.split(",") if n.strip())
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(f"{field}: 'none' cannot be combined with other augmentations; "
+                              f"got {names}")
+        return ()
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(f"{field}: unknown augmentation(s) {unknown}; valid: "
+                          f"{', '.join(sorted(AUGMENTATIONS))} (combine with commas) or none")
+    return tuple(n for n in AUGMENTATIONS if n in names)
 
-    Each row gets its own permutation of every group of `space` (`space.random_permutation`), so
-    the batch holds functionally identical networks with shuffled hidden units. `field` is the
-    batch entry with the weights: a params tree (``"params"``) or flat vectors in the weight
-    space's order (``"flat"``); by default whichever of the two the batch has.
+
+def make_augmentations(space: WeightSpace, names: Sequence[str], *, noise_scale: float = 0.05,
+                       dropout_rate: float = 0.05, prune_fraction: float = 0.1,
+                       mixup_alpha: float = 1.0, field: str | None = None) -> list[Augmentation]:
+    """The augmentations `names` names, in `AUGMENTATIONS` order, for batches whose weights are in
+    `field` (``"params"`` or ``"flat"``; default whichever the batch has).
+
+    ``mixup`` expects the training networks aligned to a common reference (`align_for_mixup`).
     """
+    build = {
+        "mixup": lambda: aligned_mixup(space, alpha=mixup_alpha, prealigned=True),
+        "permute": lambda: random_permutation(space, field),
+        "noise": lambda: gaussian_noise(space, noise_scale, field=field),
+        "dropout": lambda: weight_dropout(space, dropout_rate, field=field),
+        "prune": lambda: magnitude_pruning(space, prune_fraction, field=field),
+    }
+    return [build[name]() for name in augmentation_names(names)]
 
-    def augment(key, batch):
-        name = field or next((f for f in ("params", "flat") if f in batch), None)
-        if name not in batch:
-            raise WeightSpaceError(f"permutation augmentation: the batch has no field "
-                                   f"{name or 'params or flat'!r}; fields are {sorted(batch)}")
-        weights = batch[name]
-        is_tree = isinstance(weights, Mapping)
-        params = weights if is_tree else space.unflatten(weights)
-        rows = space.batch_shape(params)
-        if len(rows) != 1:
-            raise WeightSpaceError(f"permutation augmentation needs one leading batch axis on "
-                                   f"{name!r}; it has leading axes {rows}")
-        permuted = space.permute(params, space.random_permutation(key, num=rows[0]))
-        return {**batch, name: permuted if is_tree else space.flatten(permuted)}
 
-    return augment
+def align_for_mixup(space: WeightSpace, params, seed: int = 0, rounds: int = 3):
+    """`params` (networks on a leading axis) aligned to their common mean by weight matching, so
+    that any two can be mixed coordinate by coordinate."""
+    return align_zoo(space, params, reference="mean", key=jax.random.key(seed),
+                     rounds=rounds).params

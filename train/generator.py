@@ -12,7 +12,8 @@ The pipeline (`wsl gen train` / `wsl gen sample`):
    population (`eval.generated`).
 
 A generator directory holds ``generator.json`` (configs, architecture, dataset, selection),
-``normalizer.npz``, ``aligned_train.npy`` (the aligned training weights) and the training runs (``generator/``, and ``autoencoder/`` for latent-ddpm).
+``normalizer.npz``, ``aligned_train.npy`` (the aligned training weights) and the training runs
+(``generator/``, and ``autoencoder/`` for latent-ddpm).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,36 +73,27 @@ class Selection:
 
 
 def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None = None,
-                     align: str = "mean", seed: int = 0, max_models: int | None = None) -> Selection:
-    """Rows a generator trains on: last epochs, finite, accurate enough, aligned, normalised."""
-    view = zoo.filter(epoch="last")
-    m = view.metrics
-    keep = ~m["diverged"].astype(bool) if "diverged" in m else np.ones(len(view), bool)
-    criterion = ""
-    if min_acc is not None:
-        # Selecting on test accuracy would let the test set choose the training data of a
-        # generator that the test set then scores; only zoos without a validation split fall back.
-        column = "val_acc" if "val_acc" in m else "test_acc"
-        if column == "test_acc":
-            warnings.warn(f"{zoo.path}: no val_acc column, so min_acc selects on test_acc and the "
-                          f"generated networks' test accuracy is no longer held out", stacklevel=2)
-        keep &= m[column] >= min_acc
-        criterion = f", {column} ≥ {min_acc}"
+                     align: str = "mean", seed: int = 0,
+                     max_models: int | None = None) -> Selection:
+    """Rows a generator trains on: last epochs, finite, accurate enough, aligned, normalised.
+
+    `min_acc` selects on validation accuracy (`Zoo.select`). One function family per generator:
+    sampled weights are evaluated with one activation, the most common, unless the generator is
+    conditioned on the activation.
+    """
+    one_activation = config.condition_class != "activation"
+    view = zoo.select(epoch="last", finite=True, min_val_acc=min_acc,
+                      activation="most_common" if one_activation else None, min_rows=2)
     activation = None
-    if "activation" in m and config.condition_class != "activation":
-        # One function family per generator: sampled weights are evaluated with one activation.
-        values, counts = np.unique(m["activation"][keep], return_counts=True)
-        if len(values):
-            activation = str(values[np.argmax(counts)])
-            keep &= m["activation"] == activation
-    view = view.filter(where=lambda _: keep)
+    if one_activation and "activation" in view.columns:
+        activation = str(view.metrics["activation"][0])
     if max_models is not None and len(view) > max_models:
         pick = np.zeros(len(view), bool)
         pick[np.random.default_rng(seed).choice(len(view), max_models, replace=False)] = True
         view = view.filter(where=lambda _: pick)
     if len(view) < 2:
-        raise GenerateError(f"{zoo.path}: only {len(view)} models pass the selection "
-                            f"(last epoch, not diverged{criterion}); need at least 2")
+        raise GenerateError(f"{zoo.path}: max_models={max_models} leaves {len(view)} models; "
+                            f"need at least 2")
     space = view.weight_space
     population = view.weights(np.arange(len(view)))
     start = time.perf_counter()
@@ -124,8 +115,8 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
             raise GenerateError(f"condition_class {config.condition_class!r} is not a zoo column; "
                                 f"columns: {view.columns}")
         class_names = sorted({str(v) for v in metrics[config.condition_class]})
-        cond_class = np.asarray([class_names.index(str(v)) for v in metrics[config.condition_class]],
-                                np.int32)
+        cond_class = np.asarray([class_names.index(str(v))
+                                 for v in metrics[config.condition_class]], np.int32)
     if config.condition_scalar:
         if config.condition_scalar not in metrics:
             raise GenerateError(f"condition_scalar {config.condition_scalar!r} is not a zoo "
@@ -199,8 +190,9 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         data = ((z - z.mean(0)) / np.maximum(z.std(0), 1e-6)).astype(np.float32)
     meta = {
         "generator": to_dict(config), "train": to_dict(train_config),
-        "zoo": str(Path(zoo_path).resolve()), "architecture": {"name": arch.name, "config":
-                                                               json.loads(json.dumps(arch_config, default=list))},
+        "zoo": str(Path(zoo_path).resolve()),
+        "architecture": {"name": arch.name,
+                         "config": json.loads(json.dumps(arch_config, default=list))},
         "weight_space": selection.zoo.weight_space.to_dict(),
         "dataset": zoo.manifest.get("dataset"),
         "selection": {"rows": selection.zoo.global_rows.tolist(), "min_acc": min_acc,
@@ -268,7 +260,8 @@ class TrainedGenerator:
     def class_id(self, name: str) -> int:
         names = self.meta.get("class_names", [])
         if name not in names:
-            raise GenerateError(f"class {name!r} is not one this generator was conditioned on: {names}")
+            raise GenerateError(f"class {name!r} is not one this generator was conditioned on: "
+                                f"{names}")
         return names.index(name)
 
     def scalar_target(self, value: float | str) -> float:

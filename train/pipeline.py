@@ -7,8 +7,9 @@ arrays, `ZooSource` for a zoo. `Pipeline` cuts it into batches:
 * every epoch visits every row once in an order drawn from (seed, epoch), so a run can restart at
   any `Position` (epoch, batch index) and see exactly the batches it would have seen; the last
   ``len % batch_size`` rows of an epoch's order are left out (static shapes for `jax.jit`);
-* batches are placed on the mesh with the batch sharding, then augmentation hooks
-  ``hook(key, batch) -> batch`` run under `jax.jit` with a key drawn from (seed, position);
+* batches are placed on the mesh with the batch sharding, then augmentations
+  ``augment(key, batch) -> batch`` (`models.augment.Augmentation`) run under `jax.jit` with a
+  key drawn from (seed, position);
 * a background thread prepares the next `prefetch` batches while the device computes.
 """
 
@@ -23,8 +24,7 @@ import jax
 import numpy as np
 
 from wsl.errors import WslError
-
-Augmentation = Callable[[jax.Array, dict], dict]
+from wsl.models.augment import Augmentation
 
 _AUGMENT_STREAM = 0x61756700  # folds the seed into a key stream of its own ("aug")
 
@@ -187,13 +187,13 @@ class Pipeline:
 
     def _augment_fn(self, sharding):
         if sharding not in self._augment_fns:
-            hooks = self.augment
+            augmentations = self.augment
 
             def augment(seed, epoch, index, batch):
                 stream = jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM)
                 key = jax.random.fold_in(jax.random.fold_in(stream, epoch), index)
-                for i, hook in enumerate(hooks):
-                    batch = hook(jax.random.fold_in(key, i), batch)
+                for i, fn in enumerate(augmentations):
+                    batch = fn(jax.random.fold_in(key, i), batch)
                 return batch
 
             self._augment_fns[sharding] = jax.jit(augment, out_shardings=sharding)

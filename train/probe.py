@@ -3,10 +3,11 @@
 `run_probe(zoo, ProbeConfig(...))` selects rows (each model's last checkpoint by default, not
 diverged), splits them by model into train / val / test, fits a per-tensor normaliser on the
 training split, trains the encoder with the shared loop (`train.train`: early stopping on the
-validation metric, random hidden-unit permutations as augmentation) and scores the best checkpoint
-on the test split, once per seed. Numeric targets in [0, 1] (accuracies) are fitted with binary
-cross-entropy through a sigmoid, as in the NFN recipe; other numeric targets with MSE on
-standardised values; text columns (activation, optimizer, init) are classified.
+validation metric, the augmentations `ProbeConfig.augment` names — random hidden-unit permutations
+by default; see `train.augment`) and scores the best checkpoint on the test split, once per seed.
+Numeric targets in [0, 1] (accuracies) are fitted with binary cross-entropy through a sigmoid, as
+in the NFN recipe; other numeric targets with MSE on standardised values; text columns
+(activation, optimizer, init) are classified.
 
 ``statnn_gbt`` (gradient-boosted trees on the StatNN features) runs through scikit-learn.
 """
@@ -14,6 +15,7 @@ standardised values; text columns (activation, optimizer, init) are classified.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -26,11 +28,12 @@ import numpy as np
 import optax
 from scipy import stats
 
-from wsl.config import to_dict
+from wsl.config import ConfigError, coerce_fields, to_dict
 from wsl.errors import WslError
 from wsl.models.encoders import build_encoder, encoder_names
 from wsl.models.normalize import TensorNormalizer
-from wsl.train import TrainConfig, permutation_augmentation, train
+from wsl.train import TrainConfig, train
+from wsl.train.augment import align_for_mixup, augmentation_names, make_augmentations
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
 DEFAULT_TRAIN = TrainConfig(
@@ -53,9 +56,27 @@ class ProbeConfig:
     seeds: int = 1
     epoch: str = "last"  # "last" (each model's last checkpoint) or "all"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    augment: bool = True  # random hidden-unit permutations of every training batch
+    # Augmentations of every training batch, by name (train.augment.AUGMENTATIONS; "a,b" or a
+    # tuple; None or "none": no augmentation), and their strengths.
+    augment: tuple[str, ...] | None = ("permute",)
+    noise_scale: float = 0.05  # noise std, as a fraction of each tensor's std
+    dropout_rate: float = 0.05  # probability of zeroing each weight
+    prune_fraction: float = 0.1  # smallest-magnitude fraction of each kernel zeroed
+    mixup_alpha: float = 1.0  # mixup λ ~ Beta(α, α)
     encoder_config: dict = dataclasses.field(default_factory=dict)
     train: TrainConfig = DEFAULT_TRAIN
+
+    def __post_init__(self):
+        coerce_fields(self)
+        # Normalised here, so that configs naming the same augmentations compare (and reuse runs)
+        # alike.
+        object.__setattr__(self, "augment", augmentation_names(self.augment))
+        for name, ok, bound in (("noise_scale", self.noise_scale >= 0, "≥ 0"),
+                                ("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)"),
+                                ("prune_fraction", 0 <= self.prune_fraction < 1, "in [0, 1)"),
+                                ("mixup_alpha", self.mixup_alpha > 0, "> 0")):
+            if not ok:
+                raise ConfigError(f"{name} must be {bound}; got {getattr(self, name)}")
 
 
 def kendall_tau(prediction, target) -> float:
@@ -116,11 +137,17 @@ class ProbeTask:
             loss = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
         return loss, {}
 
+    @functools.cached_property
+    def _predict_compiled(self):
+        # Compiled once per task (evaluation calls `predict` every few hundred steps); a cached
+        # property rather than a static `self`, since the encoder's normaliser holds arrays.
+        return jax.jit(lambda p, w: self.predict_raw(p, w))
+
     def predict(self, params, weights, chunk: int = 512) -> np.ndarray:
         """Predictions in the target's units (probabilities → accuracies; class ids)."""
-        fn = jax.jit(lambda p, w: self.predict_raw(p, w))
         n = len(next(iter(jax.tree.leaves(weights))))
-        outs = [np.asarray(fn(params, jax.tree.map(lambda a: a[i:i + chunk], weights)))
+        outs = [np.asarray(self._predict_compiled(params, jax.tree.map(lambda a: a[i:i + chunk],
+                                                                       weights)))
                 for i in range(0, n, chunk)]
         out = np.concatenate(outs)
         if self.kind == "bce":
@@ -146,12 +173,7 @@ def select_rows(zoo, target: str, epoch: str = "last"):
         raise ProbeError(f"unknown target {target!r}; zoo columns: {zoo.columns}")
     if epoch not in ("last", "all"):
         raise ProbeError(f"epoch must be 'last' or 'all', got {epoch!r}")
-    view = zoo.filter(epoch="last") if epoch == "last" else zoo
-    m = view.metrics
-    keep = ~m["diverged"].astype(bool) if "diverged" in m else np.ones(len(view), bool)
-    if m[target].dtype.kind in "biuf":
-        keep &= np.isfinite(m[target].astype(np.float64))
-    return view.filter(where=lambda _: keep)
+    return zoo.select(epoch="last" if epoch == "last" else None, finite=True, require=(target,))
 
 
 def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
@@ -200,6 +222,7 @@ def _run_probe(zoo, config: ProbeConfig, out: Path) -> dict:
                                        min_samples_leaf=max(2, min(20, len(train_split.y) // 10)))
             gbt.fit(train_split.params, train_split.y)
             prediction = np.asarray(gbt.predict(test_split.params))
+            val_prediction = np.asarray(gbt.predict(val_split.params))
             task = ProbeTask(None, kind)
             best_step = None
         else:
@@ -212,22 +235,37 @@ def _run_probe(zoo, config: ProbeConfig, out: Path) -> dict:
             train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=min(
                 config.train.batch_size, len(train_split.y)))
             run_dir = out / f"{config.encoder}-seed{seed}"
-            result = train(task, train_cfg, {"params": train_split.params, "y": train_split.y},
-                           run_dir, eval_data=val_split,
-                           augment=[permutation_augmentation(space, "params")] if config.augment else [])
+            train_params = train_split.params
+            if "mixup" in config.augment:
+                # Mixup pairs must share an alignment, and weight matching cannot run inside the
+                # compiled input pipeline: align the training networks once, here.
+                train_params = align_for_mixup(space, train_params, seed=seed)
+            augment = make_augmentations(space, config.augment, field="params",
+                                         noise_scale=config.noise_scale,
+                                         dropout_rate=config.dropout_rate,
+                                         prune_fraction=config.prune_fraction,
+                                         mixup_alpha=config.mixup_alpha)
+            result = train(task, train_cfg, {"params": train_params, "y": train_split.y},
+                           run_dir, eval_data=val_split, augment=augment)
             best_step = result.best_step
             params = result.best_params() if result.best_step is not None else result.params
             prediction = task.predict(params, test_split.params)
+            val_prediction = task.predict(params, val_split.params)
         seconds = time.perf_counter() - start
         scores = task.score(prediction, test_split.y)
+        # Validation scores are what a choice between probe settings may look at; test is not.
         results.append({"seed": seed, "seconds": seconds, "best_step": best_step, **scores,
+                        "val": task.score(val_prediction, val_split.y),
                         "prediction": np.asarray(prediction).tolist(),
                         "true": np.asarray(test_split.y).tolist()})
     keys = [k for k in ("kendall_tau", "r2", "accuracy") if k in results[0]]
     summary = {k: {"mean": float(np.mean([r[k] for r in results])),
                    "std": float(np.std([r[k] for r in results]))} for k in keys}
+    validation = {k: {"mean": float(np.mean([r["val"][k] for r in results])),
+                      "std": float(np.std([r["val"][k] for r in results]))} for k in keys}
     report = {"zoo": str(zoo.path), "target": config.target, "encoder": config.encoder,
               "num_rows": len(view), "seeds": config.seeds, "summary": summary,
+              "validation": validation,
               "seconds": float(np.mean([r["seconds"] for r in results])),
               "config": to_dict(config), "runs": results}
     return report

@@ -455,10 +455,10 @@ def align_zoo(space: WeightSpace, population: Params, *, reference: int | str | 
     """Align every model of a population to one reference — the preprocessing of generators.
 
     `reference` is a model index, one model's params, or ``"mean"``: then the population is first
-    aligned to its first finite model, and then, round after round, each model is re-aligned (starting from its
-    current permutation) to the mean of all the *other* aligned models, until no permutation
-    changes or `rounds` is reached. `matching` is passed to `weight_matching` (max_sweeps, tol,
-    restarts, mesh, ...).
+    aligned to its first finite model, and then, round after round, each model is re-aligned
+    (starting from its current permutation) to the mean of all the *other* aligned models, until
+    no permutation changes or `rounds` is reached. `matching` is passed to `weight_matching`
+    (max_sweeps, tol, restarts, mesh, ...).
     """
     lead = space.batch_shape(population)
     if len(lead) != 1:

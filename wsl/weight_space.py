@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.config import FrozenMap
 from wsl.errors import WslError
 
 Params = Mapping[str, Any]
@@ -45,6 +46,11 @@ class TensorSpec:
     path: str
     shape: tuple[int, ...]
     axes: tuple[str | None, ...]
+
+    def __post_init__(self):
+        # Tuples, so that a spec built from lists (JSON) is still hashable.
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "axes", tuple(self.axes))
 
     @property
     def size(self) -> int:
@@ -95,6 +101,8 @@ class WeightSpace:
     """Tensors, shapes and permutation groups of one network family.
 
     Build it with `WeightSpace.from_params(params, axes)`; see the module docstring for conventions.
+    It is immutable and hashable (equal spaces hash equal), so it can be a static argument of
+    `jax.jit` or a cache key.
 
     Attributes:
         tensors: the parameter tensors in a stable order: the order of the axes spec, which the
@@ -103,19 +111,19 @@ class WeightSpace:
             (e.g. ``{"dense_0": "relu"}``);
             needed for scale / sign symmetries and for neural graphs. Groups absent here are linear
             or unknown.
-        blocks: for a group whose units are normalised in contiguous blocks (GroupNorm), the number of
-            blocks; its symmetries are then only the permutations that move whole blocks and permute
-            units within each block.
+        blocks: for a group whose units are normalised in contiguous blocks (GroupNorm), the
+            number of blocks; its symmetries are then only the permutations that move whole
+            blocks and permute units within each block.
     """
 
     tensors: tuple[TensorSpec, ...]
-    nonlinearity: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    blocks: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    nonlinearity: Mapping[str, str] = FrozenMap()
+    blocks: Mapping[str, int] = FrozenMap()
 
     def __post_init__(self):
         object.__setattr__(self, "tensors", tuple(self.tensors))
-        object.__setattr__(self, "nonlinearity", dict(self.nonlinearity))
-        object.__setattr__(self, "blocks", dict(self.blocks))
+        object.__setattr__(self, "nonlinearity", FrozenMap(self.nonlinearity))
+        object.__setattr__(self, "blocks", FrozenMap(self.blocks))
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -271,7 +279,8 @@ class WeightSpace:
                                        tuple(t["axes"])) for t in data["tensors"])
             return cls(tensors, data.get("nonlinearity", {}), data.get("blocks", {}))
         except (KeyError, TypeError) as err:
-            raise WeightSpaceError(f"malformed weight space description: missing or bad {err}") from err
+            raise WeightSpaceError(f"malformed weight space description: "
+                                   f"missing or bad {err}") from err
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)

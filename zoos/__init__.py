@@ -1,4 +1,5 @@
-"""zoos: where populations come from — architectures, datasets, the population trainer, recipes, the zoo store.
+"""zoos: where populations come from — architectures, datasets, the population trainer, recipes,
+the zoo store.
 
 `Zoo` and `open_zoo` are imported lazily so that `import wsl.zoos.architectures` stays light.
 """

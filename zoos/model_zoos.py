@@ -44,7 +44,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (every Model Zoos trial folder has one)") from None
+        raise FileNotFoundError(f"{path}: missing "
+                                "(every Model Zoos trial folder has one)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ZooError(f"{path}: not valid JSON ({err})") from err
 
@@ -100,7 +101,8 @@ def infer_cnn_s(state: dict[str, np.ndarray], source: str) -> Architecture:
     channels = int(np.shape(state[first])[1])
     for side in (28, 32):
         arch = build("cnn_s", input_shape=(side, side, channels))
-        shapes = [v.shape for v in to_torch_state(arch.weight_space, arch.weight_space.zeros()).values()]
+        shapes = [v.shape for v in
+                  to_torch_state(arch.weight_space, arch.weight_space.zeros()).values()]
         if shapes == [np.shape(state[k]) for k in sorted(state, key=_layer_key)]:
             return arch
     raise ZooError(f"{source}: the state dict does not match CNN-s on 28×28 or 32×32 inputs")
@@ -122,7 +124,8 @@ def read_trial(folder: Path, arch: Architecture | None = None):
     if not isinstance(params_json, dict):
         raise ZooError(f"{folder / 'params.json'}: expected a JSON object")
     results = read_results(folder / "result.json")
-    hyper = {ours: params_json[theirs] for theirs, ours in PARAM_MAP.items() if theirs in params_json}
+    hyper = {ours: params_json[theirs] for theirs, ours in PARAM_MAP.items()
+             if theirs in params_json}
     checkpoints = sorted((int(m.group(1)), p) for p in folder.iterdir()
                          if (m := _CHECKPOINT.match(p.name)) and p.is_dir())
     if not checkpoints:
@@ -135,7 +138,8 @@ def read_trial(folder: Path, arch: Architecture | None = None):
         state = load_torch_checkpoint(file)
         if not isinstance(state, dict):
             raise ZooError(f"{file}: expected a state dict, got {type(state).__name__}")
-        if isinstance(state.get("model_state_dict"), dict):  # some zoos wrap it with optimizer state
+        # some zoos wrap it with optimizer state
+        if isinstance(state.get("model_state_dict"), dict):
             state = state["model_state_dict"]
         arch = arch or infer_cnn_s(state, str(file))
         params = state_to_params(state, arch, str(file))

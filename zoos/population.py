@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,18 +70,30 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise PopulationError(f"unknown optimizer {self.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+            raise PopulationError(f"unknown optimizer {self.optimizer!r}; "
+                                  f"choose from {sorted(OPTIMIZERS)}")
         if self.data_order not in ("shared", "per_model"):
-            raise PopulationError(f"data_order must be 'shared' or 'per_model', got {self.data_order!r}")
+            raise PopulationError(f"data_order must be 'shared' or 'per_model', "
+                                  f"got {self.data_order!r}")
         if self.init_seeds < 0:
             raise PopulationError(f"init_seeds must be 0 (own init per model) or the number of "
                                   f"shared initialisations, got {self.init_seeds}")
         if self.epochs < 0 or self.batch_size < 1:
-            raise PopulationError(f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+            raise PopulationError(f"need epochs >= 0 and batch_size >= 1, "
+                                  f"got {self.epochs}, {self.batch_size}")
         bad = [c for c in self.checkpoints if not 0 <= c <= self.epochs]
         if bad or not self.checkpoints or list(self.checkpoints) != sorted(set(self.checkpoints)):
             raise PopulationError(f"checkpoints must be increasing epochs in [0, {self.epochs}], "
                                   f"got {list(self.checkpoints)}")
+
+    @classmethod
+    def from_recipe(cls, recipe, optimizer: str) -> TrainSettings:
+        """The settings of one compiled group of a `zoos.recipes.Recipe`: the one place a
+        recipe's fields become trainer settings."""
+        return cls(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
+                   batch_size=recipe.batch_size, optimizer=optimizer, seed=recipe.seed,
+                   data_order=recipe.data_order, init_seeds=recipe.init_seeds,
+                   eval_examples=recipe.eval_examples)
 
 
 @dataclasses.dataclass
@@ -119,9 +130,9 @@ def _all_finite(tree) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _programs(arch_key: str, optimizer: str, batch_size: int, dropout: bool, data_order: str,
+def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
               eval_batch: int):
-    arch = _ARCHS[arch_key]
+    """The compiled epoch and evaluation of one group; cached on the (hashable) architecture."""
     opt = OPTIMIZERS[optimizer]()
 
     def model_step(params, opt_state, diverged, hp, x, y, weight, step):
@@ -152,7 +163,8 @@ def _programs(arch_key: str, optimizer: str, batch_size: int, dropout: bool, dat
             params, opt_state, diverged = carry
             idx, i = inputs
             step = epoch * steps + i
-            x, y = x_train[idx], y_train[idx]  # shared: (batch, ...); per model: (models, batch, ...)
+            # shared: (batch, ...); per model: (models, batch, ...)
+            x, y = x_train[idx], y_train[idx]
             if data_order == "shared":
                 weight = jnp.take(subset, idx, axis=1).astype(jnp.float32)
                 axes = (0, 0, 0, 0, None, None, 0, None)
@@ -171,6 +183,11 @@ def _programs(arch_key: str, optimizer: str, batch_size: int, dropout: bool, dat
 
         `weight` is (models, S, n): one row per split (train subset, val, test) of the
         concatenated examples `x`, so every split is scored in one compiled call.
+
+        Separate from `zoos.scoring.population_metrics` on purpose: it scores each model on its
+        own training subset (per-model weights), takes the sharded params pytree in place, and
+        runs all splits in one call, so a checkpoint costs no flattening, no host round trip
+        and no extra compiled program per split.
         """
         n = x.shape[0]
         size = min(eval_batch, n)
@@ -198,16 +215,6 @@ def _programs(arch_key: str, optimizer: str, batch_size: int, dropout: bool, dat
     return {"train_epoch": jax.jit(train_epoch, donate_argnums=0), "evaluate": jax.jit(evaluate)}
 
 
-_ARCHS: dict[str, Architecture] = {}
-
-
-def _arch_key(arch: Architecture) -> str:
-    key = json.dumps([arch.name, {k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in arch.config.items()}], sort_keys=True, default=str)
-    _ARCHS.setdefault(key, arch)
-    return key
-
-
 # ------------------------------------------------------------------------------- training
 def check_hparams(hparams: Mapping[str, Any]) -> int:
     """Validate per-model hyperparameter arrays; returns the number of models."""
@@ -220,7 +227,8 @@ def check_hparams(hparams: Mapping[str, Any]) -> int:
         raise PopulationError(f"hyperparameter arrays differ in length: {sizes}")
     n = sizes["lr"]
     arrays = {k: np.asarray(hparams[k], np.float64) for k in FLOAT_HPARAMS}
-    checks = [("lr", arrays["lr"] > 0, "> 0"), ("weight_decay", arrays["weight_decay"] >= 0, ">= 0"),
+    checks = [("lr", arrays["lr"] > 0, "> 0"),
+              ("weight_decay", arrays["weight_decay"] >= 0, ">= 0"),
               ("init_scale", arrays["init_scale"] >= 0, ">= 0"),
               ("dropout", (arrays["dropout"] >= 0) & (arrays["dropout"] < 1), "in [0, 1)"),
               ("train_fraction", (arrays["train_fraction"] > 0) & (arrays["train_fraction"] <= 1),
@@ -256,11 +264,12 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     models_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
     replicated = NamedSharding(mesh, P())
     # Padding models repeat model 0; they train alongside and are dropped at the end.
-    floats = {k: _pad(np.asarray(hparams[k], np.float32).reshape(-1), padded) for k in FLOAT_HPARAMS}
+    floats = {k: _pad(np.asarray(hparams[k], np.float32).reshape(-1), padded)
+              for k in FLOAT_HPARAMS}
     seeds = _pad(np.asarray(hparams["seed"], np.int64).reshape(-1), padded)
     schemes = _pad(np.array([str(s) for s in np.atleast_1d(hparams["init"])]), padded)
 
-    programs = _programs(_arch_key(arch), settings.optimizer, settings.batch_size,
+    programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
                          settings.eval_batch)
     init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
@@ -289,7 +298,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     weight[:, 1, sizes[0]:sizes[0] + sizes[1]] = 1.0
     weight[:, 2, sizes[0] + sizes[1]:] = 1.0
     rep = lambda a: jax.device_put(a, replicated)
-    x_eval, y_eval = rep(np.concatenate([x for x, _ in parts])), rep(np.concatenate([y for _, y in parts]))
+    x_eval, y_eval = (rep(np.concatenate([x for x, _ in parts])),
+                      rep(np.concatenate([y for _, y in parts])))
     weight = put(weight)
     x_train, y_train, subset = rep(data.x_train), rep(data.y_train), put(subset)
     order_key = rep(jax.random.wrap_key_data(model_key_data(settings.seed, -1, 3)))

@@ -1,8 +1,10 @@
-"""Zoo recipes: named, documented configs that say which population to train, reproducible from a seed.
+"""Zoo recipes: named, documented configs that say which population to train, reproducible
+from a seed.
 
-A `Recipe` is a frozen dataclass (`wsl.config` style), so every field takes ``key=value`` overrides
-(`get_recipe("small-cnn", ["num_models=2000", "epochs=4"])`). `plan(recipe)` turns it into one
-hyperparameter row per model and the shards to train them in.
+A `Recipe` is a typed, frozen, hashable dataclass (`wsl.config` style) that validates itself on
+creation, so every field takes ``key=value`` overrides through `wsl.config.override`
+(`get_recipe("small-cnn", ["num_models=2000", "epochs=4", "activation=relu,tanh"])`).
+`plan(recipe)` turns it into one hyperparameter row per model and the shards to train them in.
 
 How hyperparameter fields are read (each is a tuple):
 
@@ -28,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from wsl.config import ConfigError, override, to_dict
-from wsl.zoos.architectures import ACTIVATIONS
-from wsl.zoos.errors import RecipeError
+from wsl.config import ConfigError, FrozenMap, coerce_fields, override, to_dict
+from wsl.zoos.architectures import ACTIVATIONS, default_config
+from wsl.zoos.errors import ArchitectureError, RecipeError
 from wsl.zoos.init_schemes import INITS
 from wsl.zoos.population import OPTIMIZERS
 
@@ -43,14 +45,15 @@ GROUP_KEYS = ("activation", "optimizer")  # change the compiled program
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Everything that defines a zoo build; see the module docstring for the hyperparameter fields."""
+    """Everything that defines a zoo build; see the module docstring for the hyperparameter
+    fields."""
 
     name: str = "custom"
     description: str = ""
     architecture: str = "mlp"
-    arch: dict = dataclasses.field(default_factory=dict)  # architecture config (not activation)
+    arch: Mapping[str, Any] = FrozenMap()  # architecture config (not activation)
     dataset: str = "digits"
-    dataset_options: dict = dataclasses.field(default_factory=dict)  # load_dataset keywords
+    dataset_options: Mapping[str, Any] = FrozenMap()  # load_dataset keywords
     num_models: int = 32
     epochs: int = 5
     checkpoints: tuple[int, ...] = ()  # () = every epoch from 0 (init) to the last
@@ -71,9 +74,75 @@ class Recipe:
     optimizer: tuple[str, ...] = ("adam",)
     init: tuple[str, ...] = ("default",)
 
+    def __post_init__(self):
+        # Declared types first (tuples, frozen maps: a recipe stays hashable whatever it was
+        # built from), then the rules between fields.
+        try:
+            coerce_fields(self)
+        except ConfigError as err:
+            raise RecipeError(f"recipe {self.name!r}: {err}") from err
+        _validate(self)
+
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:
         return self.checkpoints or tuple(range(self.epochs + 1))
+
+    @property
+    def dataset_spec(self) -> dict[str, Any]:
+        """The manifest's ``dataset`` entry ``{"name", "options"}``
+        (`datasets.dataset_from_spec`)."""
+        return {"name": self.dataset, "options": dict(self.dataset_options)}
+
+
+def _validate(recipe: Recipe) -> None:
+    """Every rule a recipe's fields obey; a broken one names the recipe and the field."""
+    def fail(field: str, message: str):
+        raise RecipeError(f"recipe {recipe.name!r}: {field}: {message}")
+
+    for field, low in (("num_models", 1), ("batch_size", 1), ("models_per_shard", 1), ("epochs", 0),
+                       ("eval_examples", 0)):
+        if getattr(recipe, field) < low:
+            fail(field, f"must be >= {low}, got {getattr(recipe, field)}")
+    bad = [c for c in recipe.checkpoint_epochs if not 0 <= c <= recipe.epochs]
+    if bad or list(recipe.checkpoint_epochs) != sorted(set(recipe.checkpoint_epochs)):
+        fail("checkpoints", f"must be increasing epochs in [0, epochs={recipe.epochs}], "
+                            f"got {list(recipe.checkpoint_epochs)}")
+    for field in HPARAMS:
+        values = getattr(recipe, field)
+        if not values:
+            fail(field, "needs at least one value")
+        if recipe.sampling == "random" and field in LOG_RANGES + LINEAR_RANGES and len(values) > 2:
+            fail(field, f"random sampling takes one value or a (low, high) range, "
+                        f"got {list(values)}; use sampling=grid to list values")
+        if (recipe.sampling == "random" and field in LOG_RANGES and len(values) == 2
+                and min(values) <= 0):
+            fail(field, f"a log-uniform range needs positive bounds, got {list(values)}; give one "
+                        f"value (e.g. 0) to fix it")
+    allowed = {"activation": sorted(ACTIVATIONS), "optimizer": sorted(OPTIMIZERS),
+               "init": list(INITS)}
+    for field, options in allowed.items():
+        unknown = [v for v in getattr(recipe, field) if v not in options]
+        if unknown:
+            fail(field, f"unknown {unknown}; choose from {options}")
+    rules = {"lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+             "init_scale": (lambda v: v >= 0, ">= 0"),
+             "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]")}
+    for field, (ok, rule) in rules.items():
+        bad = [v for v in getattr(recipe, field) if not ok(v)]
+        if bad:
+            fail(field, f"values must be {rule}, got {bad}")
+    if "activation" in recipe.arch or "input_shape" in recipe.arch or "num_classes" in recipe.arch:
+        fail("arch", "activation, input_shape and num_classes come from the recipe's activation "
+                     "field and the dataset; remove them from arch")
+    try:
+        valid = default_config(recipe.architecture)
+    except ArchitectureError as err:
+        fail("architecture", str(err))
+    unknown = sorted(set(recipe.arch) - set(valid))
+    if unknown:
+        fail("arch", f"unknown config {unknown} for architecture {recipe.architecture!r}; valid: "
+                     f"{sorted(set(valid) - {'activation', 'input_shape', 'num_classes'})}")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -126,85 +195,14 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def list_recipes() -> list[Recipe]:
-    return list(RECIPES.values())
-
-
-def _split_list(text: str) -> list[str]:
-    return [part.strip().strip("'\"") for part in text.strip().strip("[]()").split(",") if part.strip()]
-
-
-def _normalise(assignments: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value``; lists of bare words (``activation=relu,tanh``) need no quotes."""
-    from wsl.config import parse_value  # one literal syntax for the whole project
-
-    out = {}
-    for text in assignments:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"override {text!r} must look like key=value")
-        key = key.strip()
-        parsed = parse_value(value)
-        if key in ("activation", "optimizer", "init") and isinstance(parsed, str):
-            parsed = tuple(_split_list(parsed))
-        elif key in HPARAMS + ("checkpoints",) and isinstance(parsed, str) and "," in parsed:
-            parsed = tuple(parse_value(v) for v in _split_list(parsed))
-        out[key] = parsed
-    return out
-
-
 def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Recipe:
-    """The named recipe with ``key=value`` overrides applied and checked."""
+    """The named recipe with ``key=value`` overrides applied (validated as it is created)."""
     if name not in RECIPES:
         raise RecipeError(f"unknown recipe {name!r}; recipes are {sorted(RECIPES)}")
-    items = overrides if isinstance(overrides, Mapping) else _normalise(overrides)
     try:
-        recipe = override(RECIPES[name], items)
-    except RecipeError:
-        raise
+        return override(RECIPES[name], overrides)
     except ConfigError as err:
         raise RecipeError(f"recipe {name!r}: {err}") from err
-    validate(recipe)
-    return recipe
-
-
-def validate(recipe: Recipe) -> None:
-    def fail(field: str, message: str):
-        raise RecipeError(f"recipe {recipe.name!r}: {field}: {message}")
-
-    for field, low in (("num_models", 1), ("batch_size", 1), ("models_per_shard", 1), ("epochs", 0),
-                       ("eval_examples", 0)):
-        if getattr(recipe, field) < low:
-            fail(field, f"must be >= {low}, got {getattr(recipe, field)}")
-    bad = [c for c in recipe.checkpoint_epochs if not 0 <= c <= recipe.epochs]
-    if bad or list(recipe.checkpoint_epochs) != sorted(set(recipe.checkpoint_epochs)):
-        fail("checkpoints", f"must be increasing epochs in [0, epochs={recipe.epochs}], "
-                            f"got {list(recipe.checkpoint_epochs)}")
-    for field in HPARAMS:
-        values = getattr(recipe, field)
-        if not values:
-            fail(field, "needs at least one value")
-        if recipe.sampling == "random" and field in LOG_RANGES + LINEAR_RANGES and len(values) > 2:
-            fail(field, f"random sampling takes one value or a (low, high) range, got {list(values)}; "
-                        f"use sampling=grid to list values")
-        if recipe.sampling == "random" and field in LOG_RANGES and len(values) == 2 and min(values) <= 0:
-            fail(field, f"a log-uniform range needs positive bounds, got {list(values)}; give one "
-                        f"value (e.g. 0) to fix it")
-    allowed = {"activation": sorted(ACTIVATIONS), "optimizer": sorted(OPTIMIZERS), "init": list(INITS)}
-    for field, options in allowed.items():
-        unknown = [v for v in getattr(recipe, field) if v not in options]
-        if unknown:
-            fail(field, f"unknown {unknown}; choose from {options}")
-    rules = {"lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
-             "init_scale": (lambda v: v >= 0, ">= 0"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-             "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]")}
-    for field, (ok, rule) in rules.items():
-        bad = [v for v in getattr(recipe, field) if not ok(v)]
-        if bad:
-            fail(field, f"values must be {rule}, got {bad}")
-    if "activation" in recipe.arch or "input_shape" in recipe.arch or "num_classes" in recipe.arch:
-        fail("arch", "activation, input_shape and num_classes come from the recipe's activation "
-                     "field and the dataset; remove them from arch")
 
 
 def _sample(recipe: Recipe, index: int) -> dict[str, Any]:
@@ -239,7 +237,7 @@ class Shard:
     """One unit of work and of storage: whole models of one compiled group."""
 
     index: int
-    group: dict  # activation, optimizer
+    group: Mapping[str, str]  # activation, optimizer
     models: tuple[int, ...]
 
 
@@ -249,7 +247,6 @@ def plan(recipe: Recipe) -> tuple[list[dict[str, Any]], list[Shard]]:
     Each group's models split into equal chunks of at most `models_per_shard`, so every shard of a
     group has (nearly) one size and the group compiles once.
     """
-    validate(recipe)
     if recipe.sampling == "grid":
         grid = _grid(recipe)
         drawn = [dict(grid[i % len(grid)]) for i in range(recipe.num_models)]
@@ -270,7 +267,7 @@ def plan(recipe: Recipe) -> tuple[list[dict[str, Any]], list[Shard]]:
             for row in members[start:start + size]:
                 ids.append(len(models))
                 models.append({"model": len(models), **row})
-            shards.append(Shard(len(shards), dict(zip(GROUP_KEYS, group)), tuple(ids)))
+            shards.append(Shard(len(shards), FrozenMap(zip(GROUP_KEYS, group)), tuple(ids)))
     return models, shards
 
 
@@ -281,5 +278,4 @@ def describe(recipe: Recipe) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in data.items())
 
 
-__all__ = ["Recipe", "RecipeError", "RECIPES", "Shard", "describe", "get_recipe", "list_recipes",
-           "plan", "validate"]
+__all__ = ["Recipe", "RecipeError", "RECIPES", "Shard", "describe", "get_recipe", "plan"]

@@ -1,15 +1,28 @@
-"""Score a population of networks on data: logits, predictions, loss and accuracy per split."""
+"""Score a population of networks on data: logits, predictions, loss and accuracy per split.
+
+One way to evaluate a population outside its trainer: `population_metrics` (loss and accuracy on
+every split of a dataset, or on one ``(x, y)``) and `population_predictions` (classes), both built
+on `population_logits`. Weights come as flat vectors (models, num_params) or as a params pytree
+with a leading model axis. Models and examples go in fixed-size, zero-padded chunks, so a
+population compiles once per architecture and chunk shape, whatever its size, and memory stays
+bounded. The compiled programs take the (hashable) architecture as a static argument.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.fast_conv import population_apply
+
+SPLITS = ("train", "val", "test")
 
 
 def population_logits(arch: Architecture, vectors, x):
@@ -25,55 +38,94 @@ def population_logits(arch: Architecture, vectors, x):
     return jax.vmap(one)(vectors)
 
 
-_SPLIT_STATS: dict[int, tuple[Any, Any]] = {}
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_scores(arch: Architecture, vectors, x, y, valid):
+    """(summed NLL, correct count) per model on one padded chunk of examples."""
+    logits = population_logits(arch, vectors, x)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
+    correct = jnp.argmax(logits, -1) == y[None]
+    return (nll * valid).sum(1), (correct * valid).sum(1)
 
 
-def _split_stats(arch):
-    """Compiled (summed NLL, correct count, per model) of a population on one padded data chunk."""
-    entry = _SPLIT_STATS.get(id(arch))
-    if entry is None or entry[0] is not arch:
-        @jax.jit
-        def stats(vectors, x, y, valid):
-            logits = population_logits(arch, vectors, x)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            nll = -jnp.take_along_axis(logp, y[None, :, None], axis=-1)[..., 0]
-            correct = jnp.argmax(logits, -1) == y[None]
-            return (nll * valid).sum(1), (correct * valid).sum(1)
-
-        if len(_SPLIT_STATS) >= 8:
-            _SPLIT_STATS.pop(next(iter(_SPLIT_STATS)))
-        entry = _SPLIT_STATS[id(arch)] = (arch, stats)
-    return entry[1]
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_predictions(arch: Architecture, vectors, x):
+    return jnp.argmax(population_logits(arch, vectors, x), axis=-1)
 
 
-def population_metrics(arch, flat: np.ndarray, dataset, batch: int = 2048,
-                        model_chunk: int = 256) -> dict[str, np.ndarray]:
-    """Loss and accuracy of every network on every split (rows of a zoo metrics table).
+def as_vectors(arch: Architecture, weights) -> np.ndarray:
+    """Flat float32 weight vectors (models, num_params) from vectors or a params pytree."""
+    if isinstance(weights, Mapping):
+        weights = arch.weight_space.flatten(weights)
+    flat = np.asarray(weights, np.float32)
+    if flat.ndim != 2 or flat.shape[1] != arch.num_params:
+        raise WeightSpaceError(f"expected weight vectors of shape (models, {arch.num_params}) "
+                               f"for {arch.name!r}, got {flat.shape}")
+    return flat
 
-    Models and examples go in fixed-size, padded chunks: one compilation, bounded memory.
+
+def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.zeros((size - len(a),) + a.shape[1:], a.dtype)])
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def population_predictions(arch: Architecture, weights, x, *, model_chunk: int = 256,
+                           data_chunk: int = 4096) -> np.ndarray:
+    """Class predictions (models, examples) of a population on inputs `x`."""
+    flat = as_vectors(arch, weights)
+    x = np.asarray(x, np.float32)
+    mc, dc = min(model_chunk, max(len(flat), 1)), min(data_chunk, max(len(x), 1))
+    out = np.empty((len(flat), len(x)), np.int32)
+    for m in _chunks(len(flat), mc):
+        vectors = jnp.asarray(_pad_rows(flat[m], mc))
+        for d in _chunks(len(x), dc):
+            pred = np.asarray(_chunk_predictions(arch, vectors, jnp.asarray(_pad_rows(x[d], dc))))
+            out[m, d] = pred[:m.stop - m.start, :d.stop - d.start]
+    return out
+
+
+def _split_metrics(arch: Architecture, flat: np.ndarray, x, y, batch: int,
+                   model_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy (models,) on one split; an empty split scores 0."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    if len(x) != len(y):
+        raise WeightSpaceError(f"need as many labels as inputs: x {x.shape}, y {y.shape}")
+    mc, bc = min(model_chunk, max(len(flat), 1)), max(min(batch, len(x)), 1)
+    loss, correct = np.zeros(len(flat)), np.zeros(len(flat))
+    for m in _chunks(len(flat), mc):
+        vectors = jnp.asarray(_pad_rows(flat[m], mc))
+        for d in _chunks(len(x), bc):
+            valid = _pad_rows(np.ones(d.stop - d.start, np.float32), bc)
+            l, c = _chunk_scores(arch, vectors, jnp.asarray(_pad_rows(x[d], bc)),
+                                 jnp.asarray(_pad_rows(y[d], bc)), jnp.asarray(valid))
+            loss[m] += np.asarray(l, np.float64)[:m.stop - m.start]
+            correct[m] += np.asarray(c, np.float64)[:m.stop - m.start]
+    return loss / max(len(x), 1), correct / max(len(x), 1)
+
+
+def population_metrics(arch: Architecture, weights, data: Any, *,
+                       splits: Sequence[str] = SPLITS, batch: int = 2048,
+                       model_chunk: int = 256) -> dict[str, np.ndarray]:
+    """Mean cross-entropy and accuracy of every network of a population (rows of a metrics table).
+
+    `data` is a dataset (its `splits` are scored: ``{split}_loss``, ``{split}_acc`` and, with
+    train and test, ``gap``), a mapping ``{split: (x, y)}`` (the same keys), or one ``(x, y)``
+    pair (keys ``loss`` and ``acc``).
     """
-    stats = _split_stats(arch)
-    flat = np.asarray(flat, np.float32)
-    mc = min(model_chunk, len(flat))
+    flat = as_vectors(arch, weights)
+    if isinstance(data, (tuple, list)):
+        loss, acc = _split_metrics(arch, flat, *data, batch, model_chunk)
+        return {"loss": loss, "acc": acc}
+    parts = data if isinstance(data, Mapping) else {s: data.split(s) for s in splits}
     out = {}
-    for split in ("train", "val", "test"):
-        x, y = dataset.split(split)
-        bc = max(min(batch, len(x)), 1)
-        loss, correct = np.zeros(len(flat)), np.zeros(len(flat))
-        for m in range(0, len(flat), mc):
-            vectors = flat[m:m + mc]
-            padded = jnp.asarray(np.concatenate([vectors, np.zeros((mc - len(vectors),
-                                                                    flat.shape[1]), np.float32)]))
-            for i in range(0, len(x), bc):
-                xb, yb = x[i:i + bc], y[i:i + bc]
-                pad = bc - len(xb)
-                valid = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
-                xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-                yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-                l, c = stats(padded, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(valid))
-                loss[m:m + mc] += np.asarray(l)[:len(vectors)]
-                correct[m:m + mc] += np.asarray(c)[:len(vectors)]
-        out[f"{split}_loss"] = loss / max(len(x), 1)
-        out[f"{split}_acc"] = correct / max(len(x), 1)
-    out["gap"] = out["train_acc"] - out["test_acc"]
+    for split, (x, y) in parts.items():
+        out[f"{split}_loss"], out[f"{split}_acc"] = _split_metrics(arch, flat, x, y, batch,
+                                                                   model_chunk)
+    if "train_acc" in out and "test_acc" in out:
+        out["gap"] = out["train_acc"] - out["test_acc"]
     return out

@@ -1,4 +1,5 @@
-"""Read the Small CNN Zoo (Unterthiner et al. 2020) in place: weights.npy, metrics.csv(.gz), layout.csv.
+"""Read the Small CNN Zoo (Unterthiner et al. 2020) in place: weights.npy, metrics.csv(.gz),
+layout.csv.
 
 The zoo stores one flat TensorFlow-ordered vector per (model, checkpoint) row. `layout.csv` is the
 authority on where each variable lives (`varname,start_idx,end_idx,...,shape`): variables are
@@ -135,7 +136,8 @@ class SmallCNNZoo:
         sources = {}
         for i, (_, layer) in enumerate(convs):
             sources[f"conv_{i}/kernel"], sources[f"conv_{i}/bias"] = layer["kernel"], layer["bias"]
-        sources["dense_0/kernel"], sources["dense_0/bias"] = dense[0][1]["kernel"], dense[0][1]["bias"]
+        sources["dense_0/kernel"], sources["dense_0/bias"] = (dense[0][1]["kernel"],
+                                                              dense[0][1]["bias"])
         index = []
         for t in arch.weight_space.tensors:
             start, end, dims = sources[t.path]

@@ -1,4 +1,5 @@
-"""The zoo store: a directory of manifest, metrics table and sharded per-tensor weights, read lazily.
+"""The zoo store: a directory of manifest, metrics table and sharded per-tensor weights, read
+lazily.
 
 Layout of a zoo directory (schema version 1)::
 
@@ -27,6 +28,7 @@ import os
 import platform
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,8 @@ STANDARD_COLUMNS: dict[str, str] = {
     "test_loss": "mean cross-entropy on the test split",
     "test_acc": "accuracy on the test split, fraction in [0, 1]",
     "gap": "generalisation gap = train_acc - test_acc",
-    "diverged": "true once the model produced a non-finite loss or weight; it stopped updating then",
+    "diverged": ("true once the model produced a non-finite loss or weight; "
+                 "it stopped updating then"),
     "lr": "learning rate",
     "weight_decay": "L2 penalty coefficient (gradient += weight_decay * weight)",
     "init_scale": "init std (normal / truncated_normal / uniform) or gain (default / kaiming_*)",
@@ -123,7 +126,8 @@ def _format(value: Any) -> str:
 def _column_type(values: Sequence[Any]) -> str:
     if all(isinstance(v, (bool, np.bool_)) for v in values):
         return "bool"
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+           for v in values):
         return "int"
     if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
         return "float"
@@ -211,6 +215,8 @@ def _json_default(value):
         return value.tolist()
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, Mapping):  # frozen maps of specs and recipes
+        return dict(value)
     raise TypeError(f"manifest value {value!r} of type {type(value).__name__} is not JSON")
 
 
@@ -218,8 +224,9 @@ def _json_default(value):
 class ZooWriter:
     """Writes a zoo shard by shard; reopening the same directory with the same manifest resumes.
 
-    `manifest` needs ``architecture`` ({name, config}) and ``weight_space`` (`WeightSpace.to_dict()`);
-    the writer adds ``schema_version``, ``generated`` (default false) and ``provenance``.
+    `manifest` needs ``architecture`` ({name, config}) and ``weight_space``
+    (`WeightSpace.to_dict()`); the writer adds ``schema_version``, ``generated`` (default false)
+    and ``provenance``.
     """
 
     def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any]):
@@ -271,7 +278,8 @@ class ZooWriter:
         columns = list(rows[0])
         for i, row in enumerate(rows):
             if list(row) != columns:
-                raise ZooError(f"shard {index}: row {i} has columns {list(row)}, row 0 has {columns}")
+                raise ZooError(f"shard {index}: row {i} has columns {list(row)}, "
+                               f"row 0 has {columns}")
         for need in ("model", "epoch"):
             if need not in columns:
                 raise ZooError(f"shard {index}: metric rows need a {need!r} column; got {columns}")
@@ -297,7 +305,8 @@ class ZooWriter:
         os.replace(tmp, final)
 
     def verify_shard(self, index: int) -> None:
-        """Re-check a finished shard's checksums (a resumed build trusts nothing it did not check)."""
+        """Re-check a finished shard's checksums (a resumed build trusts nothing it did not
+        check)."""
         folder = self.shard_dir(index)
         info = _read_json(folder / SHARD_INFO, f"shard {index} description")
         for name, meta in info["files"].items():
@@ -423,6 +432,7 @@ class Zoo:
         self.global_rows = np.asarray(rows, np.int64)
         self._weight_space = None
         self._architecture = None
+        self.dropped: dict[str, int] = {}  # rows each criterion of `select` left out
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -446,8 +456,8 @@ class Zoo:
         header, body = _read_csv(path / METRICS_FILE)
         types = manifest["column_types"]
         if header != list(manifest["columns"]):
-            raise ZooError(f"{path / METRICS_FILE}: header {header} differs from the manifest's columns "
-                           f"{list(manifest['columns'])}")
+            raise ZooError(f"{path / METRICS_FILE}: header {header} differs from the manifest's "
+                           f"columns {list(manifest['columns'])}")
         if len(body) != manifest.get("num_rows", len(body)):
             raise ZooError(f"{path / METRICS_FILE}: {len(body)} rows, manifest says "
                            f"{manifest['num_rows']}")
@@ -503,7 +513,8 @@ class Zoo:
         return dataset_from_spec(self.manifest.get("dataset"), str(self.path / MANIFEST))
 
     def architecture_of(self, i: int):
-        """The architecture of row `i`: `architecture` with the row's own activation, if it varies."""
+        """The architecture of row `i`: `architecture` with the row's own activation, if it
+        varies."""
         arch = self.architecture
         act = self.metrics.get("activation")
         if act is None or str(act[i]) == arch.config.get("activation", str(act[i])):
@@ -524,7 +535,8 @@ class Zoo:
     # ------------------------------------------------------------------ selecting rows
     def filter(self, epoch: int | Sequence[int] | str | None = None,
                where: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> Zoo:
-        """Rows at `epoch` (an int, a list, or ``"last"`` = each model's last checkpoint) and `where`."""
+        """Rows at `epoch` (an int, a list, or ``"last"`` = each model's last checkpoint) and
+        `where`."""
         keep = np.ones(len(self), bool)
         metrics = self.metrics
         if epoch is not None:
@@ -546,9 +558,87 @@ class Zoo:
             keep &= mask
         return self._view(self.global_rows[keep])
 
+    def select(self, *, epoch: int | Sequence[int] | str | None = "last", finite: bool = True,
+               min_val_acc: float | None = None, models: Sequence[int] | None = None,
+               activation: str | None = None, require: Sequence[str] = (),
+               min_rows: int = 1) -> Zoo:
+        """The rows to learn from or to evaluate: the one way to pick them, in this order.
+
+        * `epoch`: ``"last"`` (each model's last checkpoint), an epoch, a list, or None (all);
+        * `models`: model ids to keep; an id without a row at that epoch is an error;
+        * `finite`: leave out rows flagged ``diverged``;
+        * `require`: columns that must hold a finite value (numeric columns) in every row kept;
+        * `min_val_acc`: keep rows with ``val_acc`` ≥ it. Selecting on test accuracy would let
+          the test set choose what is later scored on it, so ``test_acc`` stands in only for a
+          zoo without ``val_acc``, with a warning;
+        * `activation`: None (any), a name, ``"most_common"`` (among the rows left) or
+          ``"single"`` (the rows left must share one, else an error).
+
+        The view's `dropped` counts the rows each criterion left out (``dropped["diverged"]``);
+        fewer than `min_rows` rows left is a `ZooError` that names the criteria.
+        """
+        view, dropped, criteria = self._view(self.global_rows), {}, []
+
+        def keep(name: str, mask: np.ndarray, description: str) -> None:
+            nonlocal view
+            before = len(view)
+            view = view.filter(where=lambda _: np.asarray(mask, bool))
+            dropped[name] = before - len(view)
+            criteria.append(description)
+
+        if epoch is not None:
+            before = len(view)
+            view = view.filter(epoch=epoch)
+            dropped["epoch"] = before - len(view)
+            criteria.append("last epoch" if epoch == "last" else f"epoch {epoch}")
+        if models is not None:
+            wanted = np.asarray(list(models), np.int64)
+            missing = sorted(set(wanted.tolist()) - set(view.model_ids.tolist()))
+            if missing:
+                at = "" if epoch is None else f" at epoch {epoch}"
+                raise ZooError(f"models {missing[:10]} are not in {self.path}{at}")
+            keep("models", np.isin(view.metrics["model"], wanted), f"{len(wanted)} model ids")
+        if finite and "diverged" in self._table:
+            keep("diverged", ~view.metrics["diverged"].astype(bool), "not diverged")
+        for column in require:
+            if column not in self._table:
+                raise ZooError(f"{self.path}: no column {column!r}; columns are {self.columns}")
+            values = view.metrics[column]
+            if values.dtype.kind in "biuf":
+                keep(column, np.isfinite(values.astype(np.float64)), f"{column} finite")
+        if min_val_acc is not None:
+            column = "val_acc" if "val_acc" in self._table else "test_acc"
+            if column not in self._table:
+                raise ZooError(f"{self.path}: min_val_acc needs a val_acc (or test_acc) column; "
+                               f"columns are {self.columns}")
+            if column == "test_acc":
+                warnings.warn(f"{self.path}: no val_acc column, so min_val_acc selects on "
+                              f"test_acc and test accuracy is no longer held out", stacklevel=2)
+            values = view.metrics[column].astype(np.float64)
+            keep(column, values >= min_val_acc, f"{column} ≥ {min_val_acc}")
+        if activation is not None and "activation" in self._table:
+            values = view.metrics["activation"].astype(str)
+            names, counts = np.unique(values, return_counts=True)
+            if activation == "single":
+                if len(names) > 1:
+                    raise ZooError(f"{self.path}: the selected models use different activations "
+                                   f"{names.tolist()}; select models of one activation")
+            elif activation == "most_common":
+                if len(names):
+                    name = str(names[np.argmax(counts)])
+                    keep("activation", values == name, f"activation {name} (the most common)")
+            else:
+                keep("activation", values == activation, f"activation {activation}")
+        if len(view) < min_rows:
+            raise ZooError(f"{self.path}: only {len(view)} rows pass the selection "
+                           f"({', '.join(criteria) or 'all rows'}); need at least {min_rows}")
+        view.dropped = dropped
+        return view
+
     def split_by_model(self, fractions: Sequence[float] = (0.8, 0.1, 0.1),
                        seed: int = 0) -> tuple[Zoo, ...]:
-        """Disjoint views whose models (never single rows) are split in `fractions`, shuffled by seed."""
+        """Disjoint views whose models (never single rows) are split in `fractions`, shuffled by
+        seed."""
         fractions = np.asarray(fractions, np.float64)
         if fractions.ndim != 1 or not len(fractions) or (fractions < 0).any() or \
                 abs(fractions.sum() - 1.0) > 1e-6:
@@ -564,7 +654,8 @@ class Zoo:
 
     # ------------------------------------------------------------------ weights
     def _rows(self, rows) -> np.ndarray:
-        rows = np.atleast_1d(np.asarray(rows, np.int64)) if rows is not None else np.arange(len(self))
+        rows = (np.atleast_1d(np.asarray(rows, np.int64)) if rows is not None
+                else np.arange(len(self)))
         if rows.ndim != 1 or (len(rows) and (rows.min() < -len(self) or rows.max() >= len(self))):
             raise IndexError(f"row indices must be in [0, {len(self)}), got {rows.tolist()[:8]}")
         return self.global_rows[rows % max(len(self), 1)]
@@ -572,7 +663,8 @@ class Zoo:
     def weights(self, rows) -> dict:
         """The params of `rows` stacked on a leading row axis (numpy)."""
         rows = self._rows(rows)
-        return nest_paths({t.path: self._storage.gather(t.path, rows) for t in self.weight_space.tensors})
+        return nest_paths({t.path: self._storage.gather(t.path, rows)
+                           for t in self.weight_space.tensors})
 
     def params(self, i: int) -> dict:
         """The params pytree of row `i` (numpy)."""
@@ -607,7 +699,8 @@ class Zoo:
             rows = order[start:start + batch_size]
             if drop_last and len(rows) < batch_size:
                 break
-            batch: dict[str, Any] = {"flat": self.flat(rows)} if flat else {"params": self.weights(rows)}
+            batch: dict[str, Any] = ({"flat": self.flat(rows)} if flat
+                                     else {"params": self.weights(rows)})
             batch["rows"] = rows
             batch.update({c: metrics[c][rows] for c in columns})
             if sharding is not None:
@@ -617,7 +710,8 @@ class Zoo:
     # ------------------------------------------------------------------ export
     def export(self, i: int, path: str | os.PathLike, format: str = "safetensors",
                torch_layout: bool = False) -> Path:
-        """Write row `i`'s params to one .safetensors or .npz file (PyTorch names/layouts optional)."""
+        """Write row `i`'s params to one .safetensors or .npz file (PyTorch names/layouts
+        optional)."""
         architecture = self.manifest["architecture"]["name"]
         if torch_layout and architecture not in TORCH_LAYOUT_ARCHS:
             raise ZooError(f"torch layout is defined for {list(TORCH_LAYOUT_ARCHS)}, not "

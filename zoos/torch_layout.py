@@ -7,7 +7,8 @@ keeps its (H, W, C, out) shape so that channel permutations act on one axis) bec
 
 Names: the path ``conv_0/kernel`` becomes ``conv_0.weight``; ``*/bias`` stays ``bias``; a norm's
 ``scale`` becomes ``weight``. The kind of a kernel is read from its module name: names starting
-with ``dense`` / ``head`` / ``embed`` (or containing ``mlp``) are linear, the others with a 4-D kernel convolutions.
+with ``dense`` / ``head`` / ``embed`` (or containing ``mlp``) are linear, the others with a 4-D
+kernel convolutions.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def from_torch_state(space: WeightSpace, state: Mapping[str, np.ndarray]) -> dic
         expected = _kernel_to_torch(t.path, np.zeros(t.shape)).shape if t.path.endswith(
             "/kernel") else t.shape
         if value.shape != tuple(expected):
-            raise ModelFileError(f"{name}: shape {value.shape}, expected {tuple(expected)} for {t.path}")
+            raise ModelFileError(f"{name}: shape {value.shape}, expected {tuple(expected)} "
+                                 f"for {t.path}")
         flat[t.path] = (_kernel_from_torch(t.path, value, t.shape)
                         if t.path.endswith("/kernel") else value)
     return nest_paths(flat)

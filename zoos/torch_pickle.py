@@ -89,11 +89,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             try:
                 raw = self._archive.read(f"{self._prefix}data/{key}")
             except KeyError:
-                raise ModelFileError(f"{self._source}: storage {key} is missing from the archive") from None
+                raise ModelFileError(f"{self._source}: storage {key} is missing "
+                                     "from the archive") from None
             if len(raw) < numel * dtype.itemsize:
                 raise ModelFileError(f"{self._source}: storage {key} is truncated "
                                  f"({len(raw)} bytes for {numel} × {dtype})")
-            self._storages[key] = np.frombuffer(raw, dtype, count=numel).astype(dtype.newbyteorder("="))
+            self._storages[key] = np.frombuffer(raw, dtype, count=numel).astype(
+                dtype.newbyteorder("="))
         return self._storages[key]
 
 
@@ -107,8 +109,9 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     try:
         archive = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
-        raise ModelFileError(f"{source}: not a PyTorch zip checkpoint (legacy torch.save files from "
-                         f"before torch 1.6 are not supported; re-save them with a recent torch)") from None
+        raise ModelFileError(f"{source}: not a PyTorch zip checkpoint (legacy torch.save files "
+                             "from before torch 1.6 are not supported; re-save them with a "
+                             "recent torch)") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:

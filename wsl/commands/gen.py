@@ -12,7 +12,6 @@ prefixed with ``train.``, of the training config (``train.steps=5000 train.optim
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -81,9 +80,10 @@ def main(argv: list[str]) -> int:
     if args.command == "train":
         gen_words = [w for w in args.overrides if not w.startswith("train.")]
         train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
-        config = override(GeneratorConfig(), gen_words)
-        if args.method:
-            config = dataclasses.replace(config, method=args.method)
+        # --method joins the words (last, so it wins): the config checks them all together,
+        # e.g. prediction=noise only with a diffusion method.
+        method = [f"method={args.method}"] if args.method else []
+        config = override(GeneratorConfig(), gen_words + method)
         train_generator(args.zoo, args.out, config, override(DEFAULT_TRAIN, train_words),
                         min_acc=args.min_acc, align=args.align, max_models=args.max_models)
         print(f"generator written to {args.out}; sample it with "

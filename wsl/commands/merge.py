@@ -5,8 +5,8 @@
 
 The zoo's dataset (named in its manifest) supplies validation data for the greedy soup and the
 Fisher, and test data for the report. The merged model is written in the format its suffix names
-(`wsl.zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the best and
-the mean model is written next to it (same name, ``.json``) and printed.
+(`wsl.zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the
+best and the mean model is written next to it (same name, ``.json``) and printed.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
 
     from wsl.eval.merging import merge
     from wsl.zoos.model_files import format_from_suffix, save_model
-    from wsl.zoos.store import Zoo, ZooError
+    from wsl.zoos.store import Zoo
 
     out = Path(args.out)
     try:
@@ -74,25 +74,12 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"--out {err}") from None
     if args.epoch != "last" and not args.epoch.isdigit():
         raise UsageError(f"--epoch takes 'last' or an epoch number, got {args.epoch!r}")
-    zoo = Zoo.open(args.zoo)
-    zoo = zoo.filter(epoch=args.epoch if args.epoch == "last" else int(args.epoch))
-    if args.models is not None:
-        wanted = _model_ids(args.models)
-        missing = sorted(set(wanted) - set(zoo.model_ids.tolist()))
-        if missing:
-            raise ZooError(f"models {missing[:10]} are not in {args.zoo} at epoch {args.epoch}")
-        zoo = zoo.filter(where=lambda m: np.isin(m["model"], wanted))
-    if "diverged" in zoo.columns:
-        dropped = int(np.sum(zoo.metrics["diverged"].astype(bool)))
-        zoo = zoo.filter(where=lambda m: ~m["diverged"].astype(bool))
-        if dropped:
-            print(f"wsl merge: leaving out {dropped} diverged models")
-    if len(zoo) < 2:
-        raise ZooError(f"need at least 2 models to merge, {args.zoo} gives {len(zoo)}")
-    if "activation" in zoo.columns and len(set(zoo.metrics["activation"])) > 1:
-        raise ZooError(f"the selected models use different activations "
-                       f"{sorted(set(zoo.metrics['activation']))}; merge one activation at a "
-                       f"time with --models")
+    zoo = Zoo.open(args.zoo).select(
+        epoch=args.epoch if args.epoch == "last" else int(args.epoch),
+        models=None if args.models is None else _model_ids(args.models),
+        finite=True, activation="single", min_rows=2)
+    if zoo.dropped.get("diverged"):
+        print(f"wsl merge: leaving out {zoo.dropped['diverged']} diverged models")
     if args.align in ("best", "mean", "none"):
         align = args.align
     elif args.align.isdigit() and int(args.align) < len(zoo):

@@ -200,10 +200,11 @@ def summarise(zoo) -> str:
     models = zoo.model_ids
     epochs = np.unique(m["epoch"])
     last = zoo.filter(epoch="last").metrics
+    varies = "activation" in m and len(np.unique(m["activation"])) > 1
     lines = [
         f"zoo          {zoo.path}",
         f"architecture {arch['name']} {arch.get('config', {})}"
-        f"{'  (activation varies: see below)' if 'activation' in m and len(np.unique(m['activation'])) > 1 else ''}",
+        f"{'  (activation varies: see below)' if varies else ''}",
         f"             {zoo.weight_space.num_params:,} parameters in "
         f"{len(zoo.weight_space.tensors)} tensors",
         f"dataset      {zoo.manifest.get('dataset', {}).get('name', '?')} "

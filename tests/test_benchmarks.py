@@ -1,0 +1,63 @@
+"""Every benchmark still runs: its ``--smoke`` mode exits 0 and prints its JSON object last.
+
+The benchmarks are scripts that no other test imports, so an API change breaks them silently; this
+runs each one end to end on tiny sizes (seconds each), from a scratch working directory with its
+own temporary directory, and checks that it left nothing behind in either.
+"""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+# Longest first, so that two at a time finish together.
+BENCHMARKS = ("generate", "probe", "zoo_build", "align", "encoder_speed", "trainer_overhead",
+              "zoo_io")
+WORKERS = min(2, os.cpu_count() or 1)  # each run is mostly one busy thread (XLA compiles)
+
+
+def _smoke(name: str, workdir: Path) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    cwd, tmp = workdir / "cwd", workdir / "tmp"
+    cwd.mkdir(parents=True)
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / f"{name}.py"), "--smoke"],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return result, cwd, tmp
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """The selected benchmarks' smoke runs, started together, `WORKERS` at a time."""
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and "name" in getattr(
+                    getattr(item, "callspec", None), "params", {})}
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        yield {name: pool.submit(_smoke, name, tmp_path_factory.mktemp(name))
+               for name in BENCHMARKS if name in selected}
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_smoke_run(name, smoke_runs):
+    result, cwd, tmp = smoke_runs[name].result()
+    tail = f"\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"benchmarks/{name}.py --smoke failed:{tail}"
+    lines = result.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail(f"benchmarks/{name}.py --smoke: the last line is not a JSON object:{tail}")
+    assert report["benchmark"] == name and report["mode"] == "smoke", report
+    assert len(lines) > 1, "no table before the JSON line"
+    assert not list(cwd.iterdir()), f"wrote into its working directory: {list(cwd.iterdir())}"
+    assert not list(tmp.iterdir()), f"left temporary files: {list(tmp.iterdir())}"
+
+
+def test_every_benchmark_has_a_smoke_test():
+    scripts = {p.stem for p in BENCHMARKS_DIR.glob("*.py") if not p.name.startswith("_")}
+    assert scripts == set(BENCHMARKS), "add new benchmarks (with a --smoke mode) to BENCHMARKS"
