@@ -6,7 +6,7 @@ on validation Kendall τ) once per seed; the table reports test Kendall τ (mean
 R² and training seconds per seed. StatNN-GBT is scikit-learn's histogram gradient boosting on the
 same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vector.
 
-    python benchmarks/probe.py --smoke            # seconds: 24 digits MLPs, StatNN (+GBT), temp dir
+    python benchmarks/probe.py --smoke            # seconds: 24 untrained MLPs, StatNN, temp dir
     python benchmarks/probe.py --quick            # 256-model zoo, 1 seed, short training: minutes
     python benchmarks/probe.py --zoo Z            # the acceptance run: ≥ 2,000 models, 3 seeds
     python benchmarks/probe.py --quick --augmentations --save benchmarks/results/X.json
@@ -65,9 +65,9 @@ AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "perm
 
 
 def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False) -> Zoo:
-    if smoke:  # the digits MLP recipe: a zoo in seconds, enough rows for a 70/15/15 split
+    if smoke:  # untrained digits MLPs: a zoo in seconds, enough rows for a 70/15/15 split
         path = zoo_dir / "probe-quick-smoke"
-        words = ["num_models=24", "epochs=1", "checkpoints=[0,1]"]
+        words = ["num_models=24", "epochs=0", "checkpoints=[0]"]
         return build_zoo(get_recipe("quick", words), path, progress=False)
     words = ["num_models=256", "epochs=3", "checkpoints=[0,3]"] if quick else ["num_models=2000"]
     path = zoo_dir / ("probe-small-cnn-quick" if quick else "probe-small-cnn-2000")
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small zoo, one seed, short training")
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds: 24 digits MLPs, statnn and statnn_gbt, 20 steps, in a "
+                        help="seconds: 24 untrained digits MLPs, statnn, 20 steps, in a "
                              "temporary --zoo-dir removed at exit (checks it runs)")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: build one)")
     parser.add_argument("--zoo-dir", type=Path,
@@ -118,8 +118,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.quick = False
-        args.encoders = args.encoders or "statnn,statnn_gbt"
-        args.seeds, args.steps = args.seeds or 1, args.steps or 20
+        args.encoders = args.encoders or "statnn"  # the others only add compile time
+        args.seeds = args.seeds or (3 if args.augmentations else 1)
+        args.steps = args.steps or 20
         # Only a scratch directory: a smoke run leaves nothing behind.
         args.zoo_dir = Path(tempfile.mkdtemp(prefix="wsl-bench-probe-"))
         atexit.register(shutil.rmtree, args.zoo_dir, True)
@@ -149,8 +150,8 @@ def main(argv=None) -> int:
         except ValueError as err:
             parser.error(str(err))
         result = augmentation_report(zoo, encoders, configs, train, seeds, args.target, out)
-        result.update({"mode": "augmentations-quick" if args.quick else "augmentations",
-                       "steps": steps})
+        mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+        result.update({"mode": f"augmentations-{mode}", "steps": steps})
         return finish(result, args.save)
     rows = []
     for name in encoders:

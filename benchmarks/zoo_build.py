@@ -249,13 +249,14 @@ def measure(name, mode, torch):
         # be many times slower than one thread for these tiny networks: time a few steps with
         # each and keep the faster, so the baseline is the strongest available.
         default_threads = torch.get_num_threads()
+        calibration = 10 if mode == "smoke" else 40  # timed steps per thread count
         per_step = {}
         for threads in dict.fromkeys((default_threads, 1)):
             torch.set_num_threads(threads)
             torch_one(sample[0], max_steps=5)
             start = time.perf_counter()
-            torch_one(sample[0], max_steps=40)
-            per_step[threads] = (time.perf_counter() - start) / 40
+            torch_one(sample[0], max_steps=calibration)
+            per_step[threads] = (time.perf_counter() - start) / calibration
         best = min(per_step, key=per_step.get)
         torch.set_num_threads(best)
         row["torch_threads"] = best

@@ -1,1 +1,1 @@
-"""eval package."""
+"""wsl.eval: numbers and pictures — generated-network evaluation, LMC, merging, probe reports."""

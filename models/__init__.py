@@ -1,1 +1,1 @@
-"""models package."""
+"""wsl.models: learnable things that read or write weights — encoders, generators, augmentations."""

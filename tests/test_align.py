@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks._reference_matching import published_weight_matching
 from wsl import assignment
 from wsl.align import (
     activation_matching,
@@ -164,33 +165,6 @@ def test_planted_recovery_slow_architectures(name, config, restarts, required):
     _check_architecture(name, config, restarts, required)
 
 
-def _published(space, ref, other, orders, tol):
-    """Git Re-Basin weight matching for one pair, written plainly (NumPy + scipy)."""
-    perm = {g: np.arange(n) for g, n in space.group_sizes.items()}
-
-    def permuted(path, skip):
-        w = other[path]
-        for ax, g in enumerate(space.tensor(path).axes):
-            if g is not None and ax != skip:
-                w = np.take(w, perm[g], axis=ax)
-        return w
-
-    for order in orders:
-        progress = False
-        for g in order:
-            n = space.group_sizes[g]
-            a = np.zeros((n, n))
-            for path, axis in space.members(g):
-                a += (np.moveaxis(ref[path], axis, 0).reshape(n, -1)
-                      @ np.moveaxis(permuted(path, axis), axis, 0).reshape(n, -1).T)
-            ci = linear_sum_assignment(a, maximize=True)[1]
-            if _value(a, ci) > _value(a, perm[g]) + tol * np.abs(a).max(1).sum():
-                perm[g], progress = ci, True
-        if not progress:
-            break
-    return perm
-
-
 def test_same_permutations_as_the_published_algorithm_pair_by_pair():
     space = _small_mlp().weight_space
     pop = _random_population(space, 1, 16)
@@ -201,7 +175,7 @@ def test_same_permutations_as_the_published_algorithm_pair_by_pair():
     flat_ref = {p: np.asarray(a, np.float64) for p, a in space.as_flat_dict(ref).items()}
     for i in range(16):
         other = {p: np.asarray(a[i], np.float64) for p, a in space.as_flat_dict(pop).items()}
-        expected = _published(space, flat_ref, other, orders, 1e-6)
+        expected = published_weight_matching(space, flat_ref, other, orders, 1e-6)
         for g in expected:
             np.testing.assert_array_equal(al.perms[g][i], expected[g])
     # Model 0 is the reference itself: the identity, and the objective is its squared norm.

@@ -25,7 +25,9 @@ def _smoke(name: str, workdir: Path) -> tuple[subprocess.CompletedProcess, Path,
     cwd, tmp = workdir / "cwd", workdir / "tmp"
     cwd.mkdir(parents=True)
     tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    # torch keeps its compile cache in the temporary directory: elsewhere, it is not ours.
+    env = {**os.environ, "TMPDIR": str(tmp),
+           "TORCHINDUCTOR_CACHE_DIR": str(workdir / "torchinductor")}
     result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / f"{name}.py"), "--smoke"],
                             cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     return result, cwd, tmp

@@ -3,15 +3,13 @@
 import jax
 import numpy as np
 
-from tests.test_model_zoos import write_trial
-from tests.test_small_cnn_zoo import write_fixture
 from wsl.zoos.architectures import build
 from wsl.zoos.importers import import_zoo
 from wsl.zoos.model_files import save_model
 
 
-def test_small_cnn_zoo_import(tmp_path):
-    flat = write_fixture(tmp_path / "src", num_models=5)
+def test_small_cnn_zoo_import(tmp_path, write_small_cnn_zoo):
+    flat = write_small_cnn_zoo(tmp_path / "src", num_models=5)
     zoo = import_zoo("small-cnn-zoo", tmp_path / "src", tmp_path / "zoo", rows_per_shard=4,
                      progress=False)
     assert len(zoo) == 10 and zoo.architecture.name == "small_cnn"
@@ -21,9 +19,10 @@ def test_small_cnn_zoo_import(tmp_path):
     assert len(last) == 5 and (last.metrics["epoch"] == 86).all()
 
 
-def test_model_zoos_import(tmp_path):
+def test_model_zoos_import(tmp_path, write_model_zoos_trial):
     arch = build("cnn_s")
-    saved = [write_trial(tmp_path / "src" / f"trial_{i}", arch, jax.random.key(i)) for i in range(3)]
+    saved = [write_model_zoos_trial(tmp_path / "src" / f"trial_{i}", arch, jax.random.key(i))
+             for i in range(3)]
     zoo = import_zoo("model-zoos", tmp_path / "src", tmp_path / "zoo", models_per_shard=2,
                      progress=False)
     assert len(zoo) == 9 and zoo.architecture.num_params == 2464
@@ -44,10 +43,10 @@ def test_checkpoint_folder_import(tmp_path):
         np.testing.assert_array_equal(zoo.flat([i])[0], arch.weight_space.flatten(p))
 
 
-def test_import_command_and_info(tmp_path, capsys):
+def test_import_command_and_info(tmp_path, capsys, write_small_cnn_zoo):
     from wsl.commands import main
 
-    write_fixture(tmp_path / "src", num_models=3)
+    write_small_cnn_zoo(tmp_path / "src", num_models=3)
     assert main(["zoo", "import", "--format", "small-cnn-zoo", str(tmp_path / "src"),
                  "--out", str(tmp_path / "zoo"), "--no-progress"]) == 0
     assert main(["zoo", "info", str(tmp_path / "zoo")]) == 0

@@ -1,6 +1,4 @@
-"""Model Zoos trial folders: state dicts onto CNN-s, every epoch a row, clear errors naming files."""
-
-import json
+"""Model Zoos trial folders: state dicts onto CNN-s, every epoch a row, errors naming files."""
 
 import jax
 import numpy as np
@@ -8,41 +6,12 @@ import pytest
 
 from wsl.zoos.architectures import build
 from wsl.zoos.model_zoos import read_trial, trial_folders
-from wsl.zoos.torch_layout import to_torch_state
 from wsl.zoos.torch_pickle import write_torch_checkpoint
 
-MODULE_INDEX = [0, 3, 6, 9, 11]  # conv, pool, act, conv, pool, act, conv, act, flatten, fc, act, fc
 
-
-def model_zoos_state(arch, params):
-    torch_like = list(to_torch_state(arch.weight_space, params).items())
-    state = {}
-    for (name, value), i in zip(torch_like, [i for i in MODULE_INDEX for _ in (0, 1)]):
-        state[f"module_list.{i}.{name.split('.')[-1]}"] = np.asarray(value)
-    return state
-
-
-def write_trial(folder, arch, key, epochs=(0, 1, 2), saver=write_torch_checkpoint):
-    folder.mkdir(parents=True)
-    (folder / "params.json").write_text(json.dumps(
-        {"model::nlin": "tanh", "optim::lr": 3e-4, "optim::wd": 1e-3, "seed": 7,
-         "model::init_type": "kaiming_uniform", "optim::optimizer": "adam"}))
-    lines = [json.dumps({"training_iteration": e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.4 + 0.1 * e,
-                         "train_loss": 1.0 / (e + 1), "test_loss": 1.2 / (e + 1)})
-             for e in epochs if e > 0]
-    (folder / "result.json").write_text("\n".join(lines) + "\n")
-    saved = {}
-    for epoch, k in zip(epochs, jax.random.split(key, len(epochs))):
-        params = arch.init(k)
-        (folder / f"checkpoint_{epoch:06d}").mkdir()
-        saver(folder / f"checkpoint_{epoch:06d}" / "checkpoints", model_zoos_state(arch, params))
-        saved[epoch] = params
-    return saved
-
-
-def test_trial_rows_and_weights(tmp_path):
+def test_trial_rows_and_weights(tmp_path, write_model_zoos_trial):
     arch = build("cnn_s")
-    saved = write_trial(tmp_path / "zoo" / "trial_0", arch, jax.random.key(0))
+    saved = write_model_zoos_trial(tmp_path / "zoo" / "trial_0", arch, jax.random.key(0))
     (tmp_path / "zoo" / "not_a_trial").mkdir()
     assert [p.name for p in trial_folders(tmp_path / "zoo")] == ["trial_0"]
     found, rows = read_trial(tmp_path / "zoo" / "trial_0")
@@ -56,19 +25,20 @@ def test_trial_rows_and_weights(tmp_path):
     assert rows[1][2]["activation"] == "tanh" and rows[1][2]["lr"] == 3e-4
 
 
-def test_real_torch_checkpoints(tmp_path):
+def test_real_torch_checkpoints(tmp_path, write_model_zoos_trial):
     torch = pytest.importorskip("torch", reason="torch extra not installed")
     arch = build("cnn_s")
     save = lambda path, state: torch.save({k: torch.tensor(v) for k, v in state.items()}, path)
-    saved = write_trial(tmp_path / "trial", arch, jax.random.key(1), epochs=(1,), saver=save)
+    saved = write_model_zoos_trial(tmp_path / "trial", arch, jax.random.key(1), epochs=(1,),
+                                   saver=save)
     _, rows = read_trial(tmp_path / "trial")
     np.testing.assert_array_equal(arch.weight_space.flatten(rows[0][1]),
                                   arch.weight_space.flatten(saved[1]))
 
 
-def test_broken_trials_name_the_file(tmp_path):
+def test_broken_trials_name_the_file(tmp_path, write_model_zoos_trial, model_zoos_state):
     arch = build("cnn_s")
-    write_trial(tmp_path / "t", arch, jax.random.key(0), epochs=(1,))
+    write_model_zoos_trial(tmp_path / "t", arch, jax.random.key(0), epochs=(1,))
     (tmp_path / "t" / "result.json").unlink()
     with pytest.raises(FileNotFoundError, match="result.json"):
         read_trial(tmp_path / "t")

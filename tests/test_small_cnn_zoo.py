@@ -1,65 +1,14 @@
-"""Small CNN Zoo reader: layout-driven mapping onto SmallCNN, lazy reads, the split protocol, errors."""
+"""Small CNN Zoo reader: layout-driven mapping onto SmallCNN, lazy reads, split protocol, errors."""
 
-import csv
-import gzip
-
-import jax
 import numpy as np
 import pytest
 
-from wsl.zoos.architectures import build
 from wsl.zoos.small_cnn_zoo import SmallCNNZoo
-
-TF_NAMES = {"conv_0": "conv2d", "conv_1": "conv2d_1", "conv_2": "conv2d_2", "dense_0": "dense"}
-
-
-def write_fixture(directory, num_models=6, steps=(0, 86), gz=True, bias_first=True, seed=0):
-    """A Small CNN Zoo in the published layout, from known SmallCNN params."""
-    directory.mkdir(parents=True, exist_ok=True)
-    arch = build("small_cnn")
-    pop = arch.init_population(jax.random.key(seed), num_models * len(steps))
-    flat_ours = np.asarray(arch.weight_space.flatten(pop))
-    layout, start = [], 0
-    for layer in ("conv_0", "conv_1", "conv_2", "dense_0"):
-        kinds = ("bias", "kernel") if bias_first else ("kernel", "bias")
-        for kind in kinds:
-            shape = arch.weight_space.tensor(f"{layer}/{kind}").shape
-            size = int(np.prod(shape))
-            layout.append((f"sequential/{TF_NAMES[layer]}/{kind}:0", start, start + size, size,
-                           str(shape), f"{layer}/{kind}"))
-            start += size
-    offsets = arch.weight_space.offsets
-    tf_rows = np.zeros_like(flat_ours)
-    for name, a, b, size, shape, ours in layout:
-        lo, hi = offsets[ours]
-        tf_rows[:, a:b] = flat_ours[:, lo:hi]
-    np.save(directory / "weights.npy", tf_rows)
-    with open(directory / "layout.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["varname", "start_idx", "end_idx", "size", "shape"])
-        w.writerows(row[:5] for row in layout)
-    header = ["config.activation", "config.dataset", "config.learning_rate", "config.l2reg",
-              "config.optimizer", "config.train_fraction", "modeldir", "step", "test_accuracy",
-              "test_loss", "train_accuracy", "train_loss"]
-    rng = np.random.default_rng(seed)
-    rows = []
-    for m in range(num_models):
-        lr, act = 10 ** rng.uniform(-4, -1), ("relu", "tanh")[m % 2]
-        for step in steps:
-            acc = rng.uniform(0.1, 0.9)
-            rows.append([act, "mnist", lr, 0.001, "adam", 0.5, f"/zoo/model_{m}", step, acc,
-                         rng.uniform(0.3, 2), acc + 0.02, rng.uniform(0.3, 2)])
-    opener = gzip.open if gz else open
-    with opener(directory / ("metrics.csv.gz" if gz else "metrics.csv"), "wt", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return flat_ours
 
 
 @pytest.mark.parametrize("bias_first,gz", [(True, True), (False, False)])
-def test_layout_maps_onto_small_cnn_exactly(tmp_path, bias_first, gz):
-    flat_ours = write_fixture(tmp_path / "zoo", bias_first=bias_first, gz=gz)
+def test_layout_maps_onto_small_cnn_exactly(tmp_path, bias_first, gz, write_small_cnn_zoo):
+    flat_ours = write_small_cnn_zoo(tmp_path / "zoo", bias_first=bias_first, gz=gz)
     zoo = SmallCNNZoo(tmp_path / "zoo")
     assert len(zoo) == 12 and zoo.architecture.num_params == 4970
     rows = np.array([7, 0, 3])
@@ -73,8 +22,8 @@ def test_layout_maps_onto_small_cnn_exactly(tmp_path, bias_first, gz):
     assert m["activation"][2] == "tanh"
 
 
-def test_standard_split_protocol(tmp_path):
-    write_fixture(tmp_path / "zoo", num_models=20)
+def test_standard_split_protocol(tmp_path, write_small_cnn_zoo):
+    write_small_cnn_zoo(tmp_path / "zoo", num_models=20)
     zoo = SmallCNNZoo(tmp_path / "zoo")
     split = zoo.standard_split(step=86, seed=1)
     every = np.concatenate(list(split.values()))
@@ -87,8 +36,8 @@ def test_standard_split_protocol(tmp_path):
         zoo.standard_split(step=5)
 
 
-def test_bad_zoo_files_are_named(tmp_path):
-    write_fixture(tmp_path / "zoo")
+def test_bad_zoo_files_are_named(tmp_path, write_small_cnn_zoo):
+    write_small_cnn_zoo(tmp_path / "zoo")
     with pytest.raises(FileNotFoundError, match="layout.csv"):
         (tmp_path / "zoo" / "layout.csv").rename(tmp_path / "elsewhere.csv")
         SmallCNNZoo(tmp_path / "zoo")

@@ -1,15 +1,16 @@
-"""Train a weight generator on a zoo, sample networks into a new zoo, and evaluate them honestly.
+"""Train a weight generator on a zoo and sample evaluated networks from it into a new zoo.
 
 The pipeline (`wsl gen train` / `wsl gen sample`):
 
 1. select rows of a zoo (each model's last checkpoint, not diverged, optionally a minimum accuracy;
    one activation unless the generator is conditioned on it);
 2. align every selected network to a common reference by weight matching (`wsl.align.align_zoo`),
-   flatten through the weight space and normalise per tensor (`models.normalize`);
-3. train the generator with the shared training loop (`train.train`, with EMA parameters);
-4. sample, undo the normalisation, evaluate every sample on the zoo's dataset, write a zoo whose
-   manifest marks it generated and names its generator, and compare it with the training
-   population (`eval.generated`).
+   flatten through the weight space and normalise per tensor (`wsl.models.normalize`);
+3. train the generator with the shared training loop (`wsl.train.train`, with EMA parameters);
+4. sample, undo the normalisation, score every sample on the zoo's dataset
+   (`wsl.zoos.scoring.population_metrics`) and write a zoo whose manifest marks it generated and
+   names its generator. `wsl.eval.generated.compare_with_training` then compares it with the
+   training population.
 
 A generator directory holds ``generator.json`` (configs, architecture, dataset, selection),
 ``normalizer.npz``, ``aligned_train.npy`` (the aligned training weights) and the training runs

@@ -32,9 +32,6 @@ from wsl.mesh import replicated
 from wsl.train.checkpoint import Checkpoints, load_params
 from wsl.train.config import TrainConfig
 from wsl.train.early_stopping import EarlyStopping
-from wsl.train.optim import make_optimizer, make_schedule
-from wsl.train.pipeline import ArraySource, Augmentation, Pipeline, Position
-from wsl.train.run_log import RunLog, read_records
 from wsl.train.layout import (
     batch_sharding,
     check_batch_size,
@@ -42,6 +39,9 @@ from wsl.train.layout import (
     state_shardings,
     with_shardings,
 )
+from wsl.train.optim import make_optimizer, make_schedule
+from wsl.train.pipeline import ArraySource, Augmentation, Pipeline, Position
+from wsl.train.run_log import RunLog, read_records
 from wsl.train.step import TrainState, make_init, make_train_step
 from wsl.train.task import TaskError, check_task
 

@@ -1,5 +1,5 @@
-"""zoos: where populations come from — architectures, datasets, the population trainer, recipes,
-the zoo store.
+"""wsl.zoos: where populations come from — architectures, datasets, the population trainer,
+recipes and builds, the zoo store.
 
 `Zoo` and `open_zoo` are imported lazily so that `import wsl.zoos.architectures` stays light.
 """
@@ -12,4 +12,4 @@ def __getattr__(name):
         from wsl.zoos import store
 
         return getattr(store, name)
-    raise AttributeError(f"module 'zoos' has no attribute {name!r}")
+    raise AttributeError(f"module 'wsl.zoos' has no attribute {name!r}")

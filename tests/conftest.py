@@ -1,0 +1,119 @@
+"""Shared fixtures: writers of published zoo formats, used by the readers' and importers' tests.
+
+Each fixture returns the writer function, so a test calls it with its own paths and sizes; test
+modules never import one another.
+"""
+
+import csv
+import gzip
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from wsl.zoos.architectures import build
+from wsl.zoos.torch_layout import to_torch_state
+from wsl.zoos.torch_pickle import write_torch_checkpoint
+
+# ------------------------------------------------------------------------------ Small CNN Zoo
+TF_NAMES = {"conv_0": "conv2d", "conv_1": "conv2d_1", "conv_2": "conv2d_2", "dense_0": "dense"}
+
+
+def _write_small_cnn_zoo(directory, num_models=6, steps=(0, 86), gz=True, bias_first=True,
+                         seed=0):
+    """A Small CNN Zoo in the published layout, from known SmallCNN params; returns our flat
+    weights, one row per (model, step)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arch = build("small_cnn")
+    pop = arch.init_population(jax.random.key(seed), num_models * len(steps))
+    flat_ours = np.asarray(arch.weight_space.flatten(pop))
+    layout, start = [], 0
+    for layer in ("conv_0", "conv_1", "conv_2", "dense_0"):
+        kinds = ("bias", "kernel") if bias_first else ("kernel", "bias")
+        for kind in kinds:
+            shape = arch.weight_space.tensor(f"{layer}/{kind}").shape
+            size = int(np.prod(shape))
+            layout.append((f"sequential/{TF_NAMES[layer]}/{kind}:0", start, start + size, size,
+                           str(shape), f"{layer}/{kind}"))
+            start += size
+    offsets = arch.weight_space.offsets
+    tf_rows = np.zeros_like(flat_ours)
+    for name, a, b, size, shape, ours in layout:
+        lo, hi = offsets[ours]
+        tf_rows[:, a:b] = flat_ours[:, lo:hi]
+    np.save(directory / "weights.npy", tf_rows)
+    with open(directory / "layout.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["varname", "start_idx", "end_idx", "size", "shape"])
+        w.writerows(row[:5] for row in layout)
+    header = ["config.activation", "config.dataset", "config.learning_rate", "config.l2reg",
+              "config.optimizer", "config.train_fraction", "modeldir", "step", "test_accuracy",
+              "test_loss", "train_accuracy", "train_loss"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(num_models):
+        lr, act = 10 ** rng.uniform(-4, -1), ("relu", "tanh")[m % 2]
+        for step in steps:
+            acc = rng.uniform(0.1, 0.9)
+            rows.append([act, "mnist", lr, 0.001, "adam", 0.5, f"/zoo/model_{m}", step, acc,
+                         rng.uniform(0.3, 2), acc + 0.02, rng.uniform(0.3, 2)])
+    opener = gzip.open if gz else open
+    with opener(directory / ("metrics.csv.gz" if gz else "metrics.csv"), "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return flat_ours
+
+
+@pytest.fixture
+def write_small_cnn_zoo():
+    """``write_small_cnn_zoo(directory, num_models=6, steps=(0, 86), gz=True, bias_first=True,
+    seed=0)`` writes a Small CNN Zoo and returns its weights as our flat rows."""
+    return _write_small_cnn_zoo
+
+
+# ------------------------------------------------------------------------------ Model Zoos
+MODULE_INDEX = [0, 3, 6, 9, 11]  # conv, pool, act, conv, pool, act, conv, act, flatten, fc, act, fc
+
+
+def _model_zoos_state(arch, params):
+    """CNN-s params as a Model Zoos state dict (``module_list.<i>.weight`` / ``.bias``)."""
+    torch_like = list(to_torch_state(arch.weight_space, params).items())
+    state = {}
+    for (name, value), i in zip(torch_like, [i for i in MODULE_INDEX for _ in (0, 1)]):
+        state[f"module_list.{i}.{name.split('.')[-1]}"] = np.asarray(value)
+    return state
+
+
+def _write_model_zoos_trial(folder, arch, key, epochs=(0, 1, 2), saver=write_torch_checkpoint):
+    """A Ray Tune trial folder as Model Zoos publish it; returns our params per epoch."""
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps(
+        {"model::nlin": "tanh", "optim::lr": 3e-4, "optim::wd": 1e-3, "seed": 7,
+         "model::init_type": "kaiming_uniform", "optim::optimizer": "adam"}))
+    lines = [json.dumps({"training_iteration": e, "train_acc": 0.5 + 0.1 * e,
+                         "test_acc": 0.4 + 0.1 * e, "train_loss": 1.0 / (e + 1),
+                         "test_loss": 1.2 / (e + 1)})
+             for e in epochs if e > 0]
+    (folder / "result.json").write_text("\n".join(lines) + "\n")
+    saved = {}
+    for epoch, k in zip(epochs, jax.random.split(key, len(epochs))):
+        params = arch.init(k)
+        (folder / f"checkpoint_{epoch:06d}").mkdir()
+        saver(folder / f"checkpoint_{epoch:06d}" / "checkpoints", _model_zoos_state(arch, params))
+        saved[epoch] = params
+    return saved
+
+
+@pytest.fixture
+def model_zoos_state():
+    """``model_zoos_state(arch, params)``: CNN-s params as a Model Zoos state dict."""
+    return _model_zoos_state
+
+
+@pytest.fixture
+def write_model_zoos_trial():
+    """``write_model_zoos_trial(folder, arch, key, epochs=(0, 1, 2), saver=...)`` writes a Model
+    Zoos trial folder and returns our params per epoch."""
+    return _write_model_zoos_trial
