@@ -51,7 +51,8 @@ class MLP(nn.Module):
 
 
 def prepare(weight_space: WeightSpace, params, normalizer: TensorNormalizer | None) -> dict:
-    """Check a batch of params against the weight space and normalise it; every encoder starts here."""
+    """Check a batch of params against the weight space and normalise it (every encoder's first
+    step)."""
     lead = weight_space.batch_shape(params)
     if len(lead) != 1:
         raise WeightSpaceError(f"encoders take params with exactly one leading batch axis; got "
@@ -63,7 +64,8 @@ def prepare(weight_space: WeightSpace, params, normalizer: TensorNormalizer | No
 # ------------------------------------------------------------------------------------ registry
 # name -> (module path, class name, fixed config, description)
 _ENCODERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
-    "flat_mlp": ("wsl.models.statnn", "FlatMLP", {}, "MLP on the flattened weight vector (not invariant)"),
+    "flat_mlp": ("wsl.models.statnn", "FlatMLP", {},
+                 "MLP on the flattened weight vector (not invariant)"),
     "statnn": ("wsl.models.statnn", "StatNN", {},
                "7 statistics per tensor (mean, var, quantiles 0/25/50/75/100) → MLP"),
     "nfn_np": ("wsl.models.nfn", "NFN", {"mode": "np"},
@@ -74,7 +76,8 @@ _ENCODERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                "PNA message passing on the neural graph (Kofinas et al. 2024)"),
     "ng_transformer": ("wsl.models.graph_encoders", "NeuralGraphTransformer", {},
                        "relational transformer on the neural graph, attention along edges"),
-    "probex": ("wsl.models.probex", "ProbeX", {}, "learned probes through one layer (Horwitz et al. 2025)"),
+    "probex": ("wsl.models.probex", "ProbeX", {},
+               "learned probes through one layer (Horwitz et al. 2025)"),
 }
 
 
@@ -100,7 +103,8 @@ def default_config(name: str) -> dict[str, Any]:
 
 
 def build_encoder(name: str, weight_space: WeightSpace, **config) -> nn.Module:
-    """Build a registered encoder for `weight_space`; unknown config keys raise, listing valid ones."""
+    """Build a registered encoder for `weight_space`; unknown config keys raise, listing the valid
+    ones."""
     cls = _encoder_class(name)
     builder_config(cls, config, what=f"encoder {name!r}", exclude=_fixed(name))  # checks keys
     normalizer = config.get("normalizer")

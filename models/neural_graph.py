@@ -99,7 +99,8 @@ class LayerChain:
 
 
 def layer_chain(weight_space: WeightSpace) -> LayerChain:
-    """Read the chain of linear layers out of `weight_space`, or raise `ChainError` saying why not."""
+    """Read the chain of linear layers out of `weight_space`, or raise `ChainError` saying why
+    not."""
     kernels = [t for t in weight_space.tensors if len(t.shape) >= 2]
     vectors = [t for t in weight_space.tensors if len(t.shape) == 1]
     scalars = [t.path for t in weight_space.tensors if len(t.shape) == 0]
@@ -144,7 +145,8 @@ def layer_chain(weight_space: WeightSpace) -> LayerChain:
         group = layer["out_group"]
         owners = [p for p, _ in weight_space.members(group)]
         allowed = {layer["kernel"], layers[layer["index"] + 1]["kernel"]}
-        strangers = [p for p in owners if p not in allowed and len(weight_space.tensor(p).shape) != 1]
+        strangers = [p for p in owners
+                     if p not in allowed and len(weight_space.tensor(p).shape) != 1]
         if strangers:
             raise ChainError(f"group {group!r} also permutes {strangers}; not a chain")
 

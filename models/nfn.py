@@ -176,7 +176,8 @@ class NFNLayer(nn.Module):
         for term in terms:
             pooled = []
             for j in term.members:
-                axes = tuple(1 + a for a, s in enumerate(structure[j].perm_sets) if s not in term.keep)
+                axes = tuple(1 + a for a, s in enumerate(structure[j].perm_sets)
+                             if s not in term.keep)
                 pooled.append(features[j].mean(axis=axes) if axes else features[j])
             kernel = packed[term.offset:term.offset + term.size].reshape(term.rows, sum(term.cols))
             z = jnp.concatenate(pooled, axis=-1) @ kernel

@@ -39,12 +39,13 @@ class TensorNormalizer:
         if isinstance(population, np.ndarray | jnp.ndarray):
             flat = np.asarray(population, np.float64)
             if flat.ndim != 2 or flat.shape[1] != space.num_params:
-                raise WeightSpaceError(f"expected flat weights of shape (models, {space.num_params}),"
-                                       f" got {flat.shape}")
+                raise WeightSpaceError(f"expected flat weights of shape (models, "
+                                       f"{space.num_params}), got {flat.shape}")
             blocks = [flat[:, start:end] for start, end in space.offsets.values()]
         else:
             if not space.batch_shape(population):
-                raise WeightSpaceError("TensorNormalizer.fit needs a population (a leading model axis)")
+                raise WeightSpaceError("TensorNormalizer.fit needs a population (a leading model "
+                                       "axis)")
             tree = space.as_flat_dict(population)
             blocks = [np.asarray(tree[t.path], np.float64) for t in space.tensors]
         means = tuple(float(b.mean()) for b in blocks)
@@ -56,12 +57,13 @@ class TensorNormalizer:
         return cls(tuple(space.paths), means, stds, sizes)
 
     @classmethod
-    def from_vectors(cls, space: WeightSpace, mean: np.ndarray, std: np.ndarray) -> TensorNormalizer:
+    def from_vectors(cls, space: WeightSpace, mean: np.ndarray,
+                     std: np.ndarray) -> TensorNormalizer:
         """From per-entry vectors (constant within each tensor), as generators store them."""
         mean, std = np.asarray(mean).reshape(-1), np.asarray(std).reshape(-1)
         if mean.shape != (space.num_params,) or std.shape != mean.shape:
-            raise WeightSpaceError(f"normaliser vectors of shapes {mean.shape} / {std.shape} do not "
-                                   f"fit a weight space of {space.num_params} parameters")
+            raise WeightSpaceError(f"normaliser vectors of shapes {mean.shape} / {std.shape} do "
+                                   f"not fit a weight space of {space.num_params} parameters")
         starts = [space.offsets[t.path][0] for t in space.tensors]
         sizes = tuple(int(space.offsets[t.path][1] - space.offsets[t.path][0])
                       for t in space.tensors)

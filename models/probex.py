@@ -22,7 +22,8 @@ from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
 
 
-def layer_matrix(weight_space: WeightSpace, layer: str, params, transpose: bool = False) -> jax.Array:
+def layer_matrix(weight_space: WeightSpace, layer: str, params,
+                 transpose: bool = False) -> jax.Array:
     """The (B, d_H, d_W) matrix ProbeX reads: `layer` is a kernel path or its layer name."""
     path = resolve_layer(weight_space, layer)
     kernel = tensor_at(params, path)
@@ -41,8 +42,9 @@ def resolve_layer(weight_space: WeightSpace, layer: str) -> str:
         raise WeightSpaceError(f"ProbeX layer {layer!r} is not in the weight space; "
                                f"choose one of {kernels}")
     if len(weight_space.tensor(path).shape) < 2:
-        raise WeightSpaceError(f"ProbeX layer {path!r} has shape {weight_space.tensor(path).shape}; "
-                               f"it needs a matrix (at least 2 axes)")
+        raise WeightSpaceError(f"ProbeX layer {path!r} has shape "
+                               f"{weight_space.tensor(path).shape}; it needs a matrix (at least 2 "
+                               f"axes)")
     return path
 
 
@@ -74,8 +76,10 @@ class ProbeX(nn.Module):
     @nn.compact
     def __call__(self, params, train: bool = False) -> jax.Array:
         params = prepare(self.weight_space, params, self.normalizer)
-        x = layer_matrix(self.weight_space, self.layer_path(), params, self.transpose)  # (B, dH, dW)
-        probes = self.param("probes", nn.initializers.lecun_normal(), (x.shape[-1], self.num_probes))
+        # (B, dH, dW)
+        x = layer_matrix(self.weight_space, self.layer_path(), params, self.transpose)
+        probes = self.param("probes", nn.initializers.lecun_normal(),
+                            (x.shape[-1], self.num_probes))
         responses = jnp.einsum("bhw,wr->brh", x, probes)
         shared = nn.Dense(self.projection_dim, use_bias=False, name="shared_projection")
         projected = nn.relu(shared(responses))  # (B, r, d_V)

@@ -1,4 +1,4 @@
-"""Statistics-based and flat baselines: StatNN, gradient-boosted trees on the same features, flat MLP.
+"""Statistics-based and flat baselines: StatNN, gradient-boosted trees on its features, flat MLP.
 
 StatNN (Unterthiner et al. 2020) summarises every tensor by 7 numbers — mean, variance and the
 0/25/50/75/100 % quantiles — in WeightSpace order, and feeds them to an MLP. The same features feed
@@ -130,7 +130,8 @@ class GradientBoostedStats:
         self._features = jax.jit(lambda p: stat_features(weight_space, p))
 
     def features(self, x) -> np.ndarray:
-        """StatNN features of a params population (computed in chunks), or `x` itself if an array."""
+        """StatNN features of a params population (computed in chunks), or `x` itself if an
+        array."""
         if not isinstance(x, Mapping):
             x = np.asarray(x, np.float32)
             width = 7 * len(self.weight_space.tensors)
