@@ -302,7 +302,7 @@ def plot_report(report: GeneratedReport, path) -> None:
 
 def compare_with_training(generated, generator_dir: str | Path, *, seed: int = 0,
                           max_train: int = 1000):
-    """`eval.generated` report of a generated zoo against its generator's training population."""
+    """The report of a generated zoo against its generator's training population."""
     gen = TrainedGenerator.load(generator_dir)
     train_flat = np.load(Path(generator_dir) / "aligned_train.npy")
     if len(train_flat) > max_train:

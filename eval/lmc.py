@@ -4,7 +4,8 @@ For networks θ_A and θ_B of one architecture, the path is θ(λ) = (1 − λ) 
 The loss barrier is max over λ of loss(λ) − [(1 − λ) loss(0) + λ loss(1)], the accuracy barrier
 max over λ of [(1 − λ) acc(0) + λ acc(1)] − acc(λ). Both are measured before and after aligning
 θ_B to θ_A (weight matching or activation matching, `wsl.align`), for many pairs at once: the
-networks of every pair at one λ are scored as one population (`zoos.scoring.population_metrics`).
+networks of every pair at one λ are scored as one population
+(`wsl.zoos.scoring.population_metrics`).
 `plot_lmc` draws the curves.
 
 `unit_features(arch)` gives activation matching its per-group unit features for any zoo
@@ -61,7 +62,7 @@ def path_metrics(arch: Architecture, params_a, params_b, x, y, *,
     """Mean cross-entropy and accuracy (pairs, λ) along the paths between paired populations.
 
     `params_a` and `params_b` have a leading pair axis; the networks at each λ are scored as one
-    population (`zoos.scoring.population_metrics`, one compiled program for every λ).
+    population (`wsl.zoos.scoring.population_metrics`, one compiled program for every λ).
     """
     flat_a, flat_b = as_vectors(arch, params_a), as_vectors(arch, params_b)
     loss, acc = [], []

@@ -12,7 +12,7 @@ model on validation data or to the population mean, then merges:
   the classes on data.
 
 The functions on params pytrees with a leading model axis work without a zoo store; `wsl merge`
-(`eval.merge_cli`) runs them on a zoo directory.
+(`wsl merge`) runs them on a zoo directory.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def uniform_average(population) -> dict:
 
 def evaluate(arch: Architecture, population, x, y, *, batch_size: int = 256) -> dict:
     """Mean cross-entropy and accuracy (models,) of every model of a population on (x, y)
-    (`zoos.scoring.population_metrics`)."""
+    (`wsl.zoos.scoring.population_metrics`)."""
     return population_metrics(arch, population, (x, y), batch=batch_size)
 
 

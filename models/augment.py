@@ -4,7 +4,7 @@ These are the augmentations of "Data Augmentations in Deep Weight Spaces" (Shams
 A batch is a dict whose weights are either a params tree with a leading batch axis (``"params"``)
 or flat vectors in the weight space's order (``"flat"``); other entries (targets, ids) pass
 through untouched. Every augmentation is a pure function of its key, so it runs under `jax.jit`
-(the trainer's input pipeline compiles them, `train.pipeline`), and each network of the batch
+(the trainer's input pipeline compiles them, `wsl.train.pipeline`), and each network of the batch
 draws its own randomness.
 
 * `random_permutation` — a random hidden-unit permutation per network: an exact symmetry.
@@ -12,7 +12,7 @@ draws its own randomness.
 * `weight_dropout` — zero each weight with probability `rate` (optionally rescale the survivors).
 * `magnitude_pruning` — zero the `fraction` smallest-magnitude entries of each tensor.
 
-Aligned mixup lives in `models.mixup`; `train.augment` builds a list of these by name.
+Aligned mixup lives in `wsl.models.mixup`; `wsl.train.augment` builds a list of these by name.
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 The backbone predicts, at step k of a variance schedule (linear or cosine), either the clean
 sample x0 (``prediction="data"``, the default) or the noise ε that was added (``"noise"``, Ho et
 al.); the other follows from x_k = √ᾱ·x0 + √(1 − ᾱ)·ε. Data prediction is the default for the
-reason given in `models.flow`: a backbone narrower than the weight vector cannot output the noise
-in every direction, and an ε it cannot express is amplified by 1/√ᾱ when x0 is recovered from it.
-Its loss is the ε loss written in x0, with the weight ᾱ/(1 − ᾱ) (the signal-to-noise ratio)
+reason given in `wsl.models.flow`: a backbone narrower than the weight vector cannot output the
+noise in every direction, and an ε it cannot express is amplified by 1/√ᾱ when x0 is recovered
+from it. Its loss is the ε loss written in x0, with the weight ᾱ/(1 − ᾱ) (the signal-to-noise ratio)
 capped at `snr_cap` ("min-SNR", Hang et al. 2023) so the nearly clean steps do not dominate.
 Time enters the backbone as k / num_steps ∈ [0, 1). The linear schedule is the default: the
 cosine one drives ᾱ to ~1e-9 at the last step, which needs `clip_x0` to sample stably with noise
 prediction. DDIM with η = 0 samples deterministically in far fewer steps than the schedule has.
-Conditions and guidance work as in `models.flow`.
+Conditions and guidance work as in `wsl.models.flow`.
 """
 
 from __future__ import annotations

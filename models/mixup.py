@@ -7,9 +7,9 @@ matching (`wsl.align`), and the augmentation returns λ_i θ_i + (1 − λ_i) π
 Float targets mix the same way (λ_i y_i + (1 − λ_i) y_j); other per-network entries (ids, epochs,
 flags, class labels) come from the parent with the larger weight. ``batch["mixup_lambda"]`` holds λ.
 
-It is an `Augmentation` ``(key, batch) -> batch`` like those of `models.augment`. Weight matching
-runs on the host, so the aligning version is called outside `jax.jit`; for a zoo aligned once
-beforehand (`wsl.align.align_zoo`, the usual preprocessing) use ``prealigned=True``: it is then
+It is an `Augmentation` ``(key, batch) -> batch`` like those of `wsl.models.augment`. Weight
+matching runs on the host, so the aligning version is called outside `jax.jit`; for a zoo aligned
+once beforehand (`wsl.align.align_zoo`, the usual preprocessing) use ``prealigned=True``: it is then
 pure JAX and runs in the trainer's compiled input pipeline.
 """
 

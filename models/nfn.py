@@ -1,6 +1,6 @@
 """Permutation-equivariant neural functionals, NFN-NP and NFN-HNP (Zhou et al. 2023), in Flax.
 
-Each tensor of a chain (see `models.neural_graph`) is seen as an *entity*: an array over its
+Each tensor of a chain (see `wsl.models.neural_graph`) is seen as an *entity*: an array over its
 permutable neuron axes whose remaining axes — conv taps, flatten positions and, for HNP, the
 non-permuted input / output neuron axes — are folded into the channel axis. NP treats every
 neuron set as permutable, the network's inputs and outputs included; HNP only the hidden ones.

@@ -2,9 +2,10 @@
 
 `GeneratorConfig` names the method and backbone (and checks them on creation); `make_generator`
 builds the model on a vector of a given size; `GeneratorTask` and `AutoencoderTask` plug into
-`train.train` (they follow its task protocol: ``init(key, batch)``, ``loss(params, batch, key)``).
+`wsl.train.train` (they follow its task protocol: ``init(key, batch)``,
+``loss(params, batch, key)``).
 A batch holds ``x`` (normalised, aligned weight vectors, or latents) and optionally
-``cond_class`` / ``cond_scalar``. Their training config is `train.generator.DEFAULT_TRAIN`.
+``cond_class`` / ``cond_scalar``. Their training config is `wsl.train.generator.DEFAULT_TRAIN`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""train: one jit-compiled, sharded, resumable training loop for encoders and generators.
+"""wsl.train: one jit-compiled, sharded, resumable training loop, and the pipelines that train.
 
-A task supplies ``init``, ``loss`` and (optionally) ``evaluate`` (see `train.task`); `train` does
-the rest — optimizer and schedule, mesh and shardings, the zoo input pipeline, orbax checkpoints
-and resume, logging and early stopping — all driven by one `TrainConfig`.
+A task supplies ``init``, ``loss`` and (optionally) ``evaluate`` (see `wsl.train.task`); `train`
+does the rest — optimizer and schedule, mesh and shardings, the zoo input pipeline, orbax
+checkpoints and resume, logging and early stopping — all driven by one `TrainConfig`.
 """
 
 from wsl.train.augment import AUGMENTATIONS, make_augmentations

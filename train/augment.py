@@ -1,8 +1,8 @@
 """Augmentations by name: the list the trainer applies to every training batch of networks.
 
 `ProbeConfig.augment` (and ``wsl probe --augment``) names them; `make_augmentations` builds the
-`models.augment` / `models.mixup` functions, which the trainer's input pipeline runs under
-`jax.jit` on each batch (`train.pipeline`):
+`wsl.models.augment` / `wsl.models.mixup` functions, which the trainer's input pipeline runs under
+`jax.jit` on each batch (`wsl.train.pipeline`):
 
 * ``permute`` — a random hidden-unit permutation per network (an exact symmetry);
 * ``noise`` — Gaussian noise, `noise_scale` × each tensor's std;

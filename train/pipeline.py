@@ -8,7 +8,7 @@ arrays, `ZooSource` for a zoo. `Pipeline` cuts it into batches:
   any `Position` (epoch, batch index) and see exactly the batches it would have seen; the last
   ``len % batch_size`` rows of an epoch's order are left out (static shapes for `jax.jit`);
 * batches are placed on the mesh with the batch sharding, then augmentations
-  ``augment(key, batch) -> batch`` (`models.augment.Augmentation`) run under `jax.jit` with a
+  ``augment(key, batch) -> batch`` (`wsl.models.augment.Augmentation`) run under `jax.jit` with a
   key drawn from (seed, position);
 * a background thread prepares the next `prefetch` batches while the device computes.
 """
@@ -77,7 +77,7 @@ class ZooSource:
     """A zoo's rows: its weights (flat vectors under ``"flat"`` or a params tree under ``"params"``)
     plus the metric columns a task needs (e.g. ``("test_acc",)``).
 
-    `zoo` is a `zoos.store.Zoo` (or a view of one) or anything with ``len``, ``flat(rows)``,
+    `zoo` is a `wsl.zoos.store.Zoo` (or a view of one) or anything with ``len``, ``flat(rows)``,
     ``weights(rows)`` and ``metrics``.
     """
 

@@ -1,10 +1,11 @@
-"""Probing: train an encoder to predict a zoo column from weights, report Kendall τ / R² or accuracy.
+"""Probing: train an encoder to predict a zoo column from weights; Kendall τ / R² or accuracy.
 
 `run_probe(zoo, ProbeConfig(...))` selects rows (each model's last checkpoint by default, not
 diverged), splits them by model into train / val / test, fits a per-tensor normaliser on the
-training split, trains the encoder with the shared loop (`train.train`: early stopping on the
+training split, trains the encoder with the shared loop (`wsl.train.train`: early stopping on the
 validation metric, the augmentations `ProbeConfig.augment` names — random hidden-unit permutations
-by default; see `train.augment`) and scores the best checkpoint on the test split, once per seed.
+by default; see `wsl.train.augment`) and scores the best checkpoint on the test split, once per
+seed.
 Numeric targets in [0, 1] (accuracies) are fitted with binary cross-entropy through a sigmoid, as
 in the NFN recipe; other numeric targets with MSE on standardised values; text columns
 (activation, optimizer, init) are classified.
@@ -217,7 +218,8 @@ def _run_probe(zoo, config: ProbeConfig, out: Path) -> dict:
             from wsl.models.statnn import GradientBoostedStats
 
             # scikit-learn's default leaf size (20) leaves a small zoo one constant leaf.
-            gbt = GradientBoostedStats(space, "classification" if kind == "classes" else "regression",
+            gbt = GradientBoostedStats(space,
+                                       "classification" if kind == "classes" else "regression",
                                        seed=seed,
                                        min_samples_leaf=max(2, min(20, len(train_split.y) // 10)))
             gbt.fit(train_split.params, train_split.y)

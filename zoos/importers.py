@@ -1,8 +1,9 @@
 """Import published zoos and loose checkpoints into the wsl zoo store (`wsl zoo import`).
 
 Formats:
-- ``small-cnn-zoo``: a Small CNN Zoo directory (`zoos.small_cnn_zoo`), streamed in shards of rows;
-- ``model-zoos``: a folder of Model Zoos Ray Tune trials (`zoos.model_zoos`), every epoch a row;
+- ``small-cnn-zoo``: a Small CNN Zoo directory (`wsl.zoos.small_cnn_zoo`), streamed in shards of
+  rows;
+- ``model-zoos``: a folder of Model Zoos Ray Tune trials (`wsl.zoos.model_zoos`), every epoch a row;
 - ``checkpoints``: a folder of single-model files (safetensors, npz, msgpack, torch), one model
   each, for an architecture named on the command line.
 

@@ -8,9 +8,9 @@ One trial folder per model::
     <trial>/checkpoint_000NNN/checkpoints    a PyTorch state dict after epoch NNN, keys
                                              module_list.{i}.weight|bias (OIHW / out×in)
 
-Checkpoints are read with `zoos.torch_pickle` (no torch import, no arbitrary code). The state dict's
-layers, in module-list order, map onto the chosen architecture's layers in order — CNN-s by default,
-or any architecture of ours for phase-transition zoos built the same way.
+Checkpoints are read with `wsl.zoos.torch_pickle` (no torch import, no arbitrary code). The state
+dict's layers, in module-list order, map onto the chosen architecture's layers in order — CNN-s by
+default, or any architecture of ours for phase-transition zoos built the same way.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class TrainSettings:
 
     @classmethod
     def from_recipe(cls, recipe, optimizer: str) -> TrainSettings:
-        """The settings of one compiled group of a `zoos.recipes.Recipe`: the one place a
+        """The settings of one compiled group of a `wsl.zoos.recipes.Recipe`: the one place a
         recipe's fields become trainer settings."""
         return cls(epochs=recipe.epochs, checkpoints=tuple(recipe.checkpoint_epochs),
                    batch_size=recipe.batch_size, optimizer=optimizer, seed=recipe.seed,
@@ -184,7 +184,7 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         `weight` is (models, S, n): one row per split (train subset, val, test) of the
         concatenated examples `x`, so every split is scored in one compiled call.
 
-        Separate from `zoos.scoring.population_metrics` on purpose: it scores each model on its
+        Separate from `wsl.zoos.scoring.population_metrics` on purpose: it scores each model on its
         own training subset (per-model weights), takes the sharded params pytree in place, and
         runs all splits in one call, so a checkpoint costs no flattening, no host round trip
         and no extra compiled program per split.

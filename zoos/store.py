@@ -75,7 +75,8 @@ _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "met
              "num_rows")
 
 
-# Architectures whose PyTorch layout `zoos.torch_layout` defines and the tests check against torch.
+# Architectures whose PyTorch layout `wsl.zoos.torch_layout` defines and the tests check against
+# torch.
 TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
 
 
@@ -495,7 +496,7 @@ class Zoo:
 
     @property
     def architecture(self):
-        """The `Architecture` rebuilt from the manifest (`zoos.architectures.build`)."""
+        """The `Architecture` rebuilt from the manifest (`wsl.zoos.architectures.build`)."""
         if self._architecture is None:
             from wsl.zoos.architectures import build
 
