@@ -1,5 +1,7 @@
 """The `wsl` entry point: help, unknown commands, the listing."""
 
+import pytest
+
 from wsl.commands import main
 
 
@@ -15,3 +17,48 @@ def test_list_shows_reference_parameter_counts(capsys):
     out = capsys.readouterr().out
     assert "small_cnn      4,970 params" in out
     assert "cnn_s          2,464 params" in out
+
+
+def test_user_errors_are_one_line_with_exit_codes(tmp_path, capsys, monkeypatch):
+    # Runtime error (a zoo that is not there): one line on stderr, exit 1, no traceback.
+    assert main(["zoo", "info", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wsl zoo: error:") and "no such zoo directory" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # Usage error (a config key that does not exist): exit 2.
+    assert main(["zoo", "build", "quick", "--out", str(tmp_path / "z"), "epochz=2"]) == 2
+    assert "unknown config key 'epochz'" in capsys.readouterr().err
+    # --debug and WSL_DEBUG=1 let the error through with its traceback.
+    from wsl.errors import WslError
+
+    with pytest.raises(WslError, match="no such zoo directory"):
+        main(["--debug", "zoo", "info", str(tmp_path / "missing")])
+    monkeypatch.setenv("WSL_DEBUG", "1")
+    with pytest.raises(WslError):
+        main(["zoo", "info", str(tmp_path / "missing")])
+
+
+def test_every_library_error_is_a_wsl_error():
+    """Each error class the packages define derives from the one base the commands catch."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import wsl
+    from wsl.errors import WslError
+
+    classes = []
+    for info in pkgutil.walk_packages(wsl.__path__, "wsl."):
+        if info.name.startswith("wsl.commands"):
+            continue
+        module = importlib.import_module(info.name)
+        classes += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                    if c.__module__ == module.__name__ and issubclass(c, Exception)]
+    for package in ("wsl.zoos", "wsl.models", "wsl.train", "wsl.eval"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, package + "."):
+            module = importlib.import_module(info.name)
+            classes += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                        if c.__module__ == module.__name__ and issubclass(c, Exception)]
+    assert len(classes) >= 10
+    assert [c.__name__ for c in classes if not issubclass(c, WslError)] == []
