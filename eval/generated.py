@@ -300,11 +300,15 @@ def plot_report(report: GeneratedReport, path) -> None:
     plt.close(fig)
 
 
-def compare_with_training(generated, generator_dir: str | Path, *, seed: int = 0,
+def compare_with_training(generated, generator: str | Path | TrainedGenerator, *, seed: int = 0,
                           max_train: int = 1000):
-    """The report of a generated zoo against its generator's training population."""
-    gen = TrainedGenerator.load(generator_dir)
-    train_flat = np.load(Path(generator_dir) / "aligned_train.npy")
+    """The report of a generated zoo against its generator's training population.
+
+    `generator` is a generator folder or one already loaded (`TrainedGenerator`).
+    """
+    gen = (generator if isinstance(generator, TrainedGenerator)
+           else TrainedGenerator.load(generator))
+    train_flat = np.load(gen.directory / "aligned_train.npy")
     if len(train_flat) > max_train:
         train_flat = train_flat[np.sort(np.random.default_rng(seed).choice(
             len(train_flat), max_train, replace=False))]

@@ -114,14 +114,19 @@ def linear_mode_connectivity(arch: Architecture, params_a, params_b, x, y, *,
                              batch_size: int = 256, **matching) -> LMCResult:
     """LMC of pairs (leading pair axis) on (x, y), before and after aligning B to A.
 
+    Two single networks (no leading axis) are one pair: the result then has one row.
     `method` is ``"weights"`` (weight matching, `matching` passed on) or ``"activations"``
     (activation matching on `features_x`, default `x`).
     """
     space = arch.weight_space
     lead_a, lead_b = space.batch_shape(params_a), space.batch_shape(params_b)
+    if lead_a == () and lead_b == ():
+        params_a, params_b = (jax.tree.map(lambda t: jnp.asarray(t)[None], p)
+                              for p in (params_a, params_b))
+        lead_a = lead_b = (1,)
     if len(lead_a) != 1 or lead_a != lead_b:
-        raise EvaluationError(f"params_a and params_b need the same single leading pair axis; got "
-                         f"{lead_a} and {lead_b}")
+        raise EvaluationError(f"params_a and params_b must be two single networks or two stacks "
+                              f"with the same leading pair axis; got {lead_a} and {lead_b}")
     if method == "weights":
         al = weight_matching(space, params_a, params_b, key=key, **matching)
     elif method == "activations":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -166,7 +166,8 @@ class MergeResult:
 
 def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=None,
           y_test=None, align: str | int = "best", key: jax.Array | None = None,
-          fisher_samples: int = 256, **matching) -> MergeResult:
+          fisher_samples: int = 256, model_ids: Sequence[int] | None = None,
+          **matching) -> MergeResult:
     """Align `population` (leading model axis), then merge it with `method`.
 
     `align` is ``"best"`` (to the model with the best validation accuracy), ``"mean"`` (to the
@@ -174,6 +175,10 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
     soup and supplies the Fisher's inputs (its first `fisher_samples`); the report gives loss and
     accuracy of the merged model, of the unaligned merge, and of the individual models, on the
     validation and (if given) test data. `matching` goes to `wsl.align.weight_matching`.
+
+    `model_ids` (default 0..n-1) name the models in the report and its messages: ``best_model``,
+    ``member_models`` (the models the merge kept) and, for the greedy soup, ``why`` it kept them.
+    `align` as an int and `MergeResult.members` stay positions in `population`.
     """
     if method not in METHODS:
         raise EvaluationError(f"unknown merge method {method!r}; choose from {METHODS}")
@@ -182,10 +187,14 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
     num = _num_models(population)
     if num < 1:
         raise EvaluationError("cannot merge an empty population")
+    ids = list(range(num)) if model_ids is None else [int(i) for i in model_ids]
+    if len(ids) != num:
+        raise EvaluationError(f"{len(ids)} model_ids for a population of {num} models")
     finite = np.asarray(jnp.all(jnp.isfinite(space.flatten(population)), axis=-1))
     if not finite.all():
-        raise EvaluationError(f"models {np.flatnonzero(~finite).tolist()[:10]} have NaN or inf "
-                         f"weights; leave diverged models out of a merge")
+        bad = [ids[i] for i in np.flatnonzero(~finite)[:10]]
+        raise EvaluationError(f"models {bad} have NaN or inf weights; leave diverged models out "
+                              f"of a merge")
     val = evaluate(arch, population, x_val, y_val)
     best = int(np.argmax(val["acc"]))
     if align == "none" or num == 1:
@@ -206,8 +215,14 @@ def merge(arch: Architecture, population, method: str, *, x_val, y_val, x_test=N
 
     params, members = merged_from(aligned)
     naive, _ = merged_from(population) if align != "none" and num > 1 else (params, members)
-    report = {"method": method, "align": align, "models": num, "members": len(members),
-              "best_model": best}
+    report = {"method": method, "align": ids[align] if isinstance(align, int) else align,
+              "models": num, "members": len(members), "best_model": ids[best],
+              "member_models": [ids[i] for i in members]}
+    if method == "greedy":
+        left = num - len(members)
+        report["why"] = (f"greedy soup kept {len(members)} of {num} (tried best first): "
+                         + (f"adding any of the other {left} lowered validation accuracy"
+                            if left else "none lowered validation accuracy"))
     splits = [("val", x_val, y_val)] + ([("test", x_test, y_test)] if x_test is not None else [])
     for split, x, y in splits:
         both = evaluate(arch, jax.tree.map(lambda a, b: jnp.stack([a, b]), params, naive), x, y)

@@ -65,8 +65,17 @@ def _per_tensor_keys(weight_space: WeightSpace, key: jax.Array) -> dict[str, jax
     return dict(zip(weight_space.paths, jax.random.split(key, len(weight_space.tensors))))
 
 
+def _number(name: str, value: float) -> float:
+    if isinstance(value, bool):
+        raise ModelError(f"{name} must be a number; got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{name} must be a number; got {value!r}") from err
+
+
 def _check_fraction(name: str, value: float) -> float:
-    value = float(value)
+    value = _number(name, value)
     if not 0.0 <= value < 1.0:
         raise ModelError(f"{name} must be in [0, 1); got {value}")
     return value
@@ -94,7 +103,8 @@ def random_permutation(weight_space: WeightSpace, field: str | None = None) -> A
     def augment(key: jax.Array, batch: Batch) -> dict:
         name, params, n = batch_weights(weight_space, batch, field)
         perms = weight_space.random_permutation(key, num=n)
-        return with_weights(weight_space, batch, name, weight_space.permute(params, perms))
+        permuted = weight_space.permute(params, perms, check=False)  # random ones are valid
+        return with_weights(weight_space, batch, name, permuted)
 
     return augment
 
@@ -106,9 +116,9 @@ def gaussian_noise(weight_space: WeightSpace, scale: float = 0.05,
     Scaling by the tensor's own spread makes one `scale` meaningful for every layer; a tensor
     that is constant within a network (a zero-initialised bias) stays unchanged.
     """
-    scale = float(scale)
-    if scale < 0:
-        raise ModelError(f"noise scale must be non-negative; got {scale}")
+    scale = _number("noise scale", scale)
+    if not 0 <= scale < float("inf"):  # nan and inf too
+        raise ModelError(f"noise scale must be a finite number ≥ 0; got {scale}")
 
     def noisy(key, n, t, x):
         std = jnp.std(x.reshape(n, -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))

@@ -61,6 +61,13 @@ class Diffusion:
         if self.prediction not in PREDICTIONS:
             raise ModelError(f"unknown diffusion prediction {self.prediction!r}; choose from "
                              f"{PREDICTIONS}")
+        for name, ok, expected in (
+                ("dim", self.dim >= 1, "≥ 1"), ("num_steps", self.num_steps >= 1, "≥ 1"),
+                ("cond_dropout", 0 <= self.cond_dropout < 1, "in [0, 1)"),
+                ("clip_x0", self.clip_x0 is None or self.clip_x0 > 0, "positive or none"),
+                ("snr_cap", self.snr_cap > 0, "positive")):
+            if not ok:
+                raise ModelError(f"diffusion {name}={getattr(self, name)!r}: must be {expected}")
         beta_schedule(self.schedule, self.num_steps)  # names a bad schedule now, not at sampling
 
     @property

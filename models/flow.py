@@ -78,6 +78,11 @@ class FlowMatching:
                              f"{PREDICTIONS}")
         if not 0 < self.min_gap < 1:
             raise ModelError(f"min_gap must lie in (0, 1), got {self.min_gap}")
+        for name, ok, expected in (
+                ("dim", self.dim >= 1, "≥ 1"), ("source_scale", self.source_scale > 0, "positive"),
+                ("cond_dropout", 0 <= self.cond_dropout < 1, "in [0, 1)")):
+            if not ok:
+                raise ModelError(f"flow {name}={getattr(self, name)!r}: must be {expected}")
 
     def init(self, key):
         return init_backbone(self.backbone, key, self.dim)

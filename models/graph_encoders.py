@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import ACTIVATIONS, MLP, prepare
+from wsl.models.encoders import ACTIVATIONS, MLP, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import NeuralGraph, neural_graph
 from wsl.models.normalize import TensorNormalizer
@@ -196,11 +196,7 @@ class _NeuralGraphEncoder(nn.Module):
         return neural_graph(self.weight_space)
 
     def check(self):
-        if self.activation not in ACTIVATIONS:
-            raise ModelError(f"unknown activation {self.activation!r}; "
-                             f"choose from {sorted(ACTIVATIONS)}")
-        if self.num_layers < 1:
-            raise ModelError(f"num_layers must be at least 1; got {self.num_layers}")
+        check_encoder_config(self)
         self.graph()
 
     def make_layer(self, graph: NeuralGraph) -> nn.Module:
@@ -234,7 +230,7 @@ class NeuralGraphTransformer(_NeuralGraphEncoder):
 
     def check(self):
         super().check()
-        if self.heads < 1 or self.dim % self.heads:
+        if self.dim % self.heads:
             raise ModelError(f"transformer dim {self.dim} is not divisible by heads {self.heads}")
 
     def make_layer(self, graph: NeuralGraph) -> nn.Module:

@@ -15,6 +15,7 @@ pure JAX and runs in the trainer's compiled input pipeline.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -23,7 +24,7 @@ import numpy as np
 
 from wsl.align import weight_matching
 from wsl.models.augment import WEIGHT_FIELDS, Augmentation, Batch, batch_weights, with_weights
-from wsl.models.errors import ModelError
+from wsl.models.errors import ModelError, ModelKeyError, ModelTypeError
 from wsl.weight_space import WeightSpace
 
 _NOT_TARGETS = WEIGHT_FIELDS + ("mixup_lambda",)
@@ -43,27 +44,48 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
             `align_zoo`): skip matching, and the augmentation can run under `jax.jit`.
         max_sweeps, tol: weight matching's limits.
     """
-    alpha = float(alpha)
-    if not alpha > 0:
-        raise ModelError(f"alpha must be positive; got {alpha}")
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"mixup alpha must be a positive number; got {alpha!r}") from err
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ModelError(f"mixup alpha must be a positive finite number; got {alpha}")
+    if targets is not None:
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, Sequence) \
+                or not all(isinstance(t, str) for t in targets):
+            raise ModelError(f"mixup targets must be a list of batch entry names; got "
+                             f"{targets!r}")
+        targets = tuple(targets)
+        reserved = [t for t in targets if t in _NOT_TARGETS]
+        if reserved:
+            raise ModelError(f"mixup targets {reserved} are the weights or λ, not targets; "
+                             f"weights always mix")
+    if isinstance(max_sweeps, bool) or not isinstance(max_sweeps, (int, np.integer)) \
+            or max_sweeps < 1:
+        raise ModelError(f"mixup max_sweeps must be an integer ≥ 1; got {max_sweeps!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not 0 <= tol < math.inf:
+        raise ModelError(f"mixup tol must be a finite number ≥ 0; got {tol!r}")
 
     def augment(key: jax.Array, batch: Batch) -> dict:
         field, params, n = batch_weights(space, batch, min_networks=2)
         missing = [t for t in targets or () if t not in batch]
         if missing:
-            raise KeyError(f"mixup targets {missing} are not in the batch; it has {sorted(batch)}")
+            raise ModelKeyError(f"mixup targets {missing} are not in the batch; it has "
+                             f"{sorted(batch)}")
         k_pair, k_lam, k_order = jax.random.split(key, 3)
         # A network drawn as its own partner comes back unchanged: rare, and harmless.
         partner = jax.random.permutation(k_pair, n)
         other = jax.tree.map(lambda a: jnp.asarray(a)[partner], params)
         if not prealigned:
             if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(params)):
-                raise TypeError("aligned_mixup aligns networks with weight matching on the host "
-                                "and cannot run under jax.jit; call it outside the compiled step, "
-                                "or align the zoo beforehand and pass prealigned=True")
+                raise ModelTypeError("aligned_mixup aligns networks with weight matching on the "
+                                     "host and cannot run under jax.jit; call it outside the "
+                                     "compiled step, or align the zoo beforehand and pass "
+                                     "prealigned=True")
             al = weight_matching(space, params, other, key=k_order, max_sweeps=max_sweeps,
                                  tol=tol)
-            other = space.permute(other, al.perms)
+            other = space.permute(other, al.perms, check=False)  # matchings are permutations
         lam = (jax.random.uniform(k_lam, (n,)) if alpha == 1.0
                else jax.random.beta(k_lam, alpha, alpha, (n,)))
         mixed = jax.tree.map(lambda a, b: _mix(lam, jnp.asarray(a), b), params, other)
@@ -77,8 +99,8 @@ def aligned_mixup(space: WeightSpace, *, alpha: float = 1.0, targets: Sequence[s
             interpolate = (name in targets) if targets is not None else kind == "f"
             if interpolate:
                 if kind not in "fiub":
-                    raise TypeError(f"mixup target {name!r} has dtype {dtype}; only numbers "
-                                    f"interpolate")
+                    raise ModelTypeError(f"mixup target {name!r} has dtype {dtype}; only "
+                                         f"numbers interpolate")
                 value = jnp.asarray(value, jnp.float32)
                 out[name] = _mix(lam, value, value[partner])
             elif kind in "fiub":

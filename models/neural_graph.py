@@ -111,9 +111,8 @@ def layer_chain(weight_space: WeightSpace) -> LayerChain:
     for t in kernels:
         if any(g is not None for g in t.axes[:-2]):
             raise ChainError(
-                f"kernel {t.path!r} has axes {t.axes}: only its last two axes (input, output "
-                f"neurons) may carry permutation groups; this is not a chain (attention or "
-                f"multi-head weights are not supported)")
+                f"kernel {t.path!r} has permuted axes {t.axes}, not only its last two (input, "
+                f"output neurons): multi-head attention weights are not a chain")
 
     last = len(kernels) - 1
     layers: list[dict] = []
@@ -137,10 +136,14 @@ def layer_chain(weight_space: WeightSpace) -> LayerChain:
                            out_group=out_group, in_size=t.shape[-2], out_size=t.shape[-1],
                            taps=tuple(t.shape[:-2])))
 
-    hidden = [layer["out_group"] for layer in layers[:-1]]
-    if len(set(hidden)) != len(hidden):
-        raise ChainError(f"hidden groups {hidden} repeat: a group shared by several layers "
-                         f"(a residual stream) is not a chain")
+    writers: dict[str, list[str]] = {}
+    for layer in layers[:-1]:
+        writers.setdefault(layer["out_group"], []).append(layer["kernel"])
+    for group, kernels_ in writers.items():
+        if len(kernels_) > 1:
+            raise ChainError(f"hidden group {group!r} is written by {len(kernels_)} kernels "
+                             f"({', '.join(map(repr, kernels_))}): a residual stream shared "
+                             f"across layers is not a chain")
     for layer in layers[:-1]:
         group = layer["out_group"]
         owners = [p for p, _ in weight_space.members(group)]

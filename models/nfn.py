@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import MLP, prepare
+from wsl.models.encoders import MLP, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain, tensor_at
 from wsl.models.normalize import TensorNormalizer
@@ -211,6 +211,9 @@ class NFN(nn.Module):
         return nfn_structure(layer_chain(self.weight_space), self.mode)
 
     def check(self):
+        check_encoder_config(self)
+        if self.mode not in MODES:
+            raise ModelError(f"mode={self.mode!r}: expected one of {MODES}")
         if self.output not in OUTPUTS:
             raise ModelError(f"NFN output must be one of {OUTPUTS}; got {self.output!r}")
         if not self.channels and self.output == "invariant":

@@ -114,4 +114,9 @@ class TensorNormalizer:
                 == len(normalizer.sizes):
             raise ModelError("malformed normaliser description: paths, means, stds and sizes "
                              "differ in length")
+        bad = [p for p, m, s in zip(normalizer.paths, normalizer.means, normalizer.stds)
+               if not (np.isfinite(m) and np.isfinite(s) and s > 0)]
+        if bad:
+            raise ModelError(f"malformed normaliser description: tensors {bad} need a finite "
+                             f"mean and a positive finite std")
         return normalizer

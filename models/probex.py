@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsl.models.encoders import MLP, prepare
+from wsl.models.encoders import MLP, check_encoder_config, prepare
 from wsl.models.neural_graph import tensor_at
 from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace, WeightSpaceError
@@ -71,10 +71,12 @@ class ProbeX(nn.Module):
         return kernels[-1]
 
     def check(self):
+        check_encoder_config(self)
         self.layer_path()
 
     @nn.compact
     def __call__(self, params, train: bool = False) -> jax.Array:
+        self.check()
         params = prepare(self.weight_space, params, self.normalizer)
         # (B, dH, dW)
         x = layer_matrix(self.weight_space, self.layer_path(), params, self.transpose)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import MLP, prepare
+from wsl.models.encoders import MLP, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.normalize import TensorNormalizer
 from wsl.weight_space import WeightSpace
@@ -73,6 +73,7 @@ class StatNN(nn.Module):
     normalizer: TensorNormalizer | None = None
 
     def check(self):
+        check_encoder_config(self)
         n = 7 * len(self.weight_space.tensors)
         for name in ("feature_mean", "feature_std"):
             value = getattr(self, name)
@@ -100,8 +101,12 @@ class FlatMLP(nn.Module):
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
 
+    def check(self):
+        check_encoder_config(self)
+
     @nn.compact
     def __call__(self, params, train: bool = False) -> jax.Array:
+        self.check()
         x = self.weight_space.flatten(prepare(self.weight_space, params, self.normalizer))
         return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
 

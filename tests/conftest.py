@@ -7,8 +7,16 @@ modules never import one another.
 import csv
 import gzip
 import json
+import os
 
-import jax
+# The suite is dominated by XLA:CPU compile time, not by run time: LLVM's optimisation passes take
+# half of it. Tests check results, not speed, so they compile unoptimised (subprocesses inherit it).
+# Must be set before jax initialises its backend.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 

@@ -53,4 +53,4 @@ def test_import_command_and_info(tmp_path, capsys, write_small_cnn_zoo):
     assert "small_cnn" in capsys.readouterr().out
     assert main(["zoo", "import", "--format", "model-zoos", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "z2")]) == 1
-    assert "missing" in capsys.readouterr().err
+    assert "source directory does not exist" in capsys.readouterr().err

@@ -208,21 +208,27 @@ def test_wsl_merge_command(trained, tmp_path, capsys):
     _write_zoo(zoo, arch, params, data)
     out = tmp_path / "merged.npz"
     # Six healthy models (the same population size as the tests above: nothing to recompile).
-    assert wsl_main(["merge", "--zoo", str(zoo), "--method", "greedy", "--models", "0-3", "4-6",
-                     "--out", str(out)]) == 0
+    with pytest.warns(UserWarning, match="leaving out 1 model of .* that diverged"):
+        assert wsl_main(["merge", "--zoo", str(zoo), "--method", "greedy", "--models", "0-3",
+                         "4-6", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "leaving out 1 diverged" in printed and "merged" in printed
+    assert "merged" in printed and "greedy soup kept" in printed
     report = json.loads(out.with_suffix(".json").read_text())
+    # Models are named by their zoo ids throughout (4 is the diverged one, left out).
     assert set(report["member_models"]) <= {0, 1, 2, 3, 5, 6} and report["models"] == 6
+    assert report["best_model"] in {0, 1, 2, 3, 5, 6}
+    assert report["why"].startswith(f"greedy soup kept {report['members']} of 6")
     merged = load_model(out, arch.weight_space)
     acc = evaluate(arch, jax.tree.map(lambda a: jnp.asarray(a)[None], merged),
                    data.x_test, data.y_test)["acc"][0]
     assert acc == pytest.approx(report["test"]["merged_acc"], abs=1e-6)
 
     # A zoo that lacks what was asked is a runtime error (1), a wrong option a usage error (2).
-    assert wsl_main(["merge", "--zoo", str(zoo), "--models", "9", "--out", str(out)]) == 1
+    assert wsl_main(["merge", "--zoo", str(zoo), "--models", "9", "--out", str(out),
+                     "--force"]) == 1
     assert "models [9] are not in" in capsys.readouterr().err
-    assert wsl_main(["merge", "--zoo", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    assert wsl_main(["merge", "--zoo", str(tmp_path / "nowhere"), "--out", str(out),
+                     "--force"]) == 1
     assert "no such zoo" in capsys.readouterr().err
     assert wsl_main(["merge", "--zoo", str(zoo), "--out", str(tmp_path / "merged.xyz")]) == 2
     assert "suffix" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from wsl.mesh import leading_axis, make_mesh
 from wsl.weight_space import nest_paths
 from wsl.zoos import open_zoo
 from wsl.zoos.architectures import build
+from wsl.zoos.model_files import read_model
 from wsl.zoos.store import Zoo, ZooError, ZooWriter, write_zoo
 from wsl.zoos.torch_layout import to_torch_state
 
@@ -118,7 +119,7 @@ def test_select_is_the_one_way_to_pick_rows(zoo_dir):
     # Defaults: each model's last checkpoint, diverged rows (model 3 at epoch 5) left out.
     view = zoo.select()
     assert sorted(view.metrics["model"]) == [0, 1, 2, 4, 5] and set(view.metrics["epoch"]) == {5}
-    assert view.dropped == {"epoch": 2 * MODELS, "diverged": 1}
+    assert view.dropped == {"epoch": 2 * MODELS, "diverged": 1, "non_finite": 0}
     assert len(zoo.select(epoch=None, finite=False)) == len(zoo)
     assert len(zoo.select(epoch=[0, 2])) == 2 * MODELS
     assert sorted(zoo.select(models=[4, 1, 3]).metrics["model"]) == [1, 4]
@@ -137,7 +138,8 @@ def test_select_is_the_one_way_to_pick_rows(zoo_dir):
     assert len(picked) == (last >= threshold).sum()
     with pytest.raises(ZooError, match=r"models \[9\] are not in .* at epoch last"):
         zoo.select(models=[9])
-    empty = r"only 0 rows pass the selection \(last epoch, not diverged, test_acc ≥ 2\.0\); need"
+    empty = (r"only 0 rows pass the selection \(last epoch, not diverged, finite weights, "
+             r"test_acc ≥ 2\.0\); need")
     with pytest.raises(ZooError, match=empty), pytest.warns(UserWarning):
         zoo.select(min_val_acc=2.0)
     with pytest.raises(ZooError, match="need at least 6"):
@@ -261,5 +263,9 @@ def test_torch_layout_of_cnn_s_computes_the_same_function(tmp_path):
                     jax.tree.map(lambda a: np.asarray(a)[None],
                                  transformer.init(jax.random.key(0))),
                     [{"model": 0, "epoch": 0}])
-    with pytest.raises(ZooError, match="torch layout is defined for"):
-        zoo.export(0, tmp_path / "t.safetensors", torch_layout=True)
+    # Attention kernels become PyTorch linear layers (heads first); the file reads back exactly.
+    zoo.export(0, tmp_path / "t.safetensors", torch_layout=True)
+    back, extra = read_model(tmp_path / "t.safetensors", transformer.weight_space)
+    assert not extra
+    for path, value in transformer.weight_space.as_flat_dict(zoo.params(0)).items():
+        np.testing.assert_array_equal(transformer.weight_space.as_flat_dict(back)[path], value)

@@ -3,10 +3,16 @@
 Each checkpoint step holds two items: ``state`` (the `TrainState` arrays) and ``meta`` (JSON: the
 input pipeline's position, the early-stopping record, the data sizes the run was started with).
 Restoring takes target shardings, so a run saved on one mesh continues on another.
+
+A pipeline's output folder (a probe, a generator) records what it holds in a JSON file written
+before anything else; `claim_run_dir` compares a new request with that record before anything is
+written, so a rerun resumes its own run and never another's.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +22,87 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from wsl.errors import WslError
+from wsl.outputs import check_output_dir
+from wsl.train.config import flat_items
 
 STATE, META = "state", "meta"
 
 
 class CheckpointError(WslError, FileNotFoundError):
     """No checkpoint where one was asked for."""
+
+
+class RunDirError(WslError, ValueError):
+    """An output folder that holds something other than the run asked for."""
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "unset"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:55] + "...'"
+
+
+def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str, what: str,
+                  option: str = "--out", mutable: Sequence[str] = ()) -> bool:
+    """May `directory` hold the run `record` describes? True if it holds that run already.
+
+    Nothing is written. Refused, as a `WslError` naming the fault: a folder that is a file, not
+    writable or inside a zoo (`wsl.outputs.check_output_dir`); a folder whose `file` records a
+    different run (the first differing key is named, e.g. "target='test_acc', not 'gap'"); a
+    non-empty folder without `file`. `record` is compared key by key (nested dicts flattened to
+    ``a.b``), except for keys under a `mutable` prefix (settings a resumed run may change, details
+    the request does not fix); a key the stored record lacks is skipped
+    when the new value is None (a record written before the key existed). ``zoo_sha256`` (the
+    zoo's manifest hash) stands for the zoo: when both records have it, the zoo's path may change.
+    """
+    directory = check_output_dir(directory, option=option)
+    path = directory / file
+    if not path.exists():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise RunDirError(f"{option} {directory} is not empty and has no {file}, so it is "
+                              f"not {what} folder; choose a new or empty folder")
+        return False
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path}: not a readable {what} record ({err}); choose another "
+                          f"{option}") from None
+    if not isinstance(stored, dict):
+        raise RunDirError(f"{path}: not a {what} record (a JSON object); choose another {option}")
+    new = flat_items(json.loads(json.dumps(dict(record), default=list)))
+    old = flat_items(stored)
+    skip = tuple(mutable)
+    if "zoo_sha256" in old and "zoo_sha256" in new:
+        skip += ("zoo",)
+    differ = []
+    for key in list(new) + [k for k in old if k not in new]:
+        if any(key == m or key.startswith(m + ".") for m in skip):
+            continue
+        if key.split(".")[0] not in record:
+            continue  # stored details the request does not describe (architecture, timings)
+        before, now = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before is _UNSET and (now is None or key == "zoo_sha256"):
+            continue  # a record written before the key existed
+        if before != now:
+            differ.append((key, before, now))
+    if not differ:
+        return True
+    key, before, now = differ[0]
+    if key == "zoo_sha256":
+        then, zoo = stored.get("zoo"), record.get("zoo")
+        fault = (f"of the zoo {then}, not {zoo}" if then != zoo
+                 else f"of an earlier version of the zoo {zoo} (its manifest changed)")
+    else:
+        fault = f"with {key}={_show(before)}, not {_show(now)}"
+    more = (f" (and {len(differ) - 1} more differences: "
+            f"{', '.join(k for k, _, _ in differ[1:4])}{', ...' if len(differ) > 4 else ''})"
+            if len(differ) > 1 else "")
+    raise RunDirError(f"{option} {directory} holds {what} {fault}{more}; choose another {option} "
+                      f"or delete {directory} to start over")
 
 
 class Checkpoints:

@@ -9,8 +9,8 @@ the field named.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from wsl.config import ConfigError, load, override
 
@@ -157,3 +157,14 @@ def config_from_argv(default: C, argv: Sequence[str]) -> C:
         config = load(type(default), words[i + 1])
         del words[i:i + 2]
     return override(config, words)
+
+
+def flat_items(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (a config's `to_dict`, a run record) as ``{"a.b.c": value}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flat_items(value, f"{prefix}{key}."))
+        else:
+            out[prefix + str(key)] = value
+    return out

@@ -14,7 +14,9 @@ The pipeline (`wsl gen train` / `wsl gen sample`):
 
 A generator directory holds ``generator.json`` (configs, architecture, dataset, selection),
 ``normalizer.npz``, ``aligned_train.npy`` (the aligned training weights) and the training runs
-(``generator/``, and ``autoencoder/`` for latent-ddpm).
+(``generator/``, and ``autoencoder/`` for latent-ddpm). ``generator.json`` is written first and
+records the request (zoo and its manifest hash, configs, selection options): a rerun into the
+same folder resumes only the same request, any other is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -42,15 +44,23 @@ from wsl.models.weight_generator import (
     make_autoencoder,
     make_generator,
 )
+from wsl.outputs import check_output_dir
 from wsl.train import TrainConfig, load_params, train
+from wsl.train.checkpoint import claim_run_dir
+from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics
-from wsl.zoos.store import Zoo, write_zoo
+from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
 DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
                             checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
+# generator.json keys a rerun may change (where it runs, logging) or that the request does not fix
+# (what the selection found, how long alignment took).
+GENERATOR_MUTABLE = ("train.log", "train.mesh", "train.checkpoint.async_save",
+                     "train.data.prefetch", "selection.rows", "selection.activation",
+                     "selection.num_models", "selection.align_seconds")
 
 
 class GenerateError(WslError, ValueError):
@@ -82,9 +92,15 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
     sampled weights are evaluated with one activation, the most common, unless the generator is
     conditioned on the activation.
     """
+    if max_models is not None and max_models < 2:
+        raise GenerateError(f"max_models must be ≥ 2 (a generator learns from a population); "
+                            f"got {max_models}")
+    if align not in ("mean", "first", "none"):
+        raise GenerateError(f"align must be 'mean', 'first' or 'none', got {align!r}")
     one_activation = config.condition_class != "activation"
     view = zoo.select(epoch="last", finite=True, min_val_acc=min_acc,
                       activation="most_common" if one_activation else None, min_rows=2)
+    note_dropped(view)
     activation = None
     if one_activation and "activation" in view.columns:
         activation = str(view.metrics["activation"][0])
@@ -92,20 +108,22 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
         pick = np.zeros(len(view), bool)
         pick[np.random.default_rng(seed).choice(len(view), max_models, replace=False)] = True
         view = view.filter(where=lambda _: pick)
-    if len(view) < 2:
-        raise GenerateError(f"{zoo.path}: max_models={max_models} leaves {len(view)} models; "
-                            f"need at least 2")
     space = view.weight_space
     population = view.weights(np.arange(len(view)))
+    finite = np.ones(len(view), bool)
+    for leaf in jax.tree.leaves(population):
+        finite &= np.isfinite(np.asarray(leaf).reshape(len(view), -1)).all(1)
+    if not finite.all():
+        bad = sorted({int(m) for m in view.metrics["model"][~finite]})
+        raise GenerateError(f"{zoo.path}: models {bad[:10]} have NaN or inf weights but are not "
+                            f"flagged diverged; the zoo is damaged or was not checked")
     start = time.perf_counter()
     if align == "none":
         flat = np.asarray(space.flatten(population))
-    elif align in ("mean", "first"):
+    else:
         aligned = align_zoo(space, population, reference="mean" if align == "mean" else 0,
                             key=jax.random.key(seed))
         flat = np.asarray(space.flatten(aligned.params))
-    else:
-        raise GenerateError(f"align must be 'mean', 'first' or 'none', got {align!r}")
     align_seconds = time.perf_counter() - start
     normalizer = TensorNormalizer.fit(space, flat)
     x = np.asarray(normalizer.normalize(flat), np.float32)
@@ -162,24 +180,60 @@ def _fit_batch(config: TrainConfig, rows: int) -> int:
     return size
 
 
+def generator_record(zoo: Zoo, config: GeneratorConfig, train_config: TrainConfig, *,
+                     min_acc: float | None, align: str, max_models: int | None) -> dict:
+    """What a generator folder is, as ``generator.json`` records it: the request, nothing found."""
+    return {"zoo": str(Path(zoo.path).resolve()),
+            "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST),
+            "generator": to_dict(config), "train": to_dict(train_config),
+            "selection": {"min_acc": min_acc, "align": align, "max_models": max_models}}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConfig,
                     train_config: TrainConfig, *, min_acc: float | None = None,
                     align: str = "mean", max_models: int | None = None) -> Path:
-    """Train a generator on a zoo into directory `out` (resumes an interrupted run there)."""
+    """Train a generator on a zoo into directory `out` (resumes an interrupted run there).
+
+    Checked before anything is written: `out` is a new or empty folder, or holds a generator of
+    this very request (same zoo, configs and selection options); the rows (diverged ones are left
+    out with a warning) and their weights.
+    """
     out = Path(out)
     zoo = Zoo.open(zoo_path)
+    record = generator_record(zoo, config, train_config, min_acc=min_acc, align=align,
+                              max_models=max_models)
+    claim_run_dir(out, record, file=GENERATOR_FILE, what="a generator", mutable=GENERATOR_MUTABLE)
     selection = select_and_align(zoo, config, min_acc=min_acc, align=align,
                                  seed=train_config.seed, max_models=max_models)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "normalizer.npz", mean=selection.normalizer.mean, std=selection.normalizer.std)
-    # The aligned training weights: novelty, diversity and span distance compare in this basis.
-    np.save(out / "aligned_train.npy", selection.flat)
     arch = selection.zoo.architecture
     arch_config = dict(arch.config)
     if selection.activation is not None:
         arch_config["activation"] = selection.activation
+    meta = {
+        **record,
+        "architecture": {"name": arch.name,
+                         "config": json.loads(json.dumps(arch_config, default=list))},
+        "weight_space": selection.zoo.weight_space.to_dict(),
+        "dataset": zoo.manifest.get("dataset"),
+        "selection": {**record["selection"], "rows": selection.zoo.global_rows.tolist(),
+                      "activation": selection.activation, "num_models": len(selection.zoo),
+                      "align_seconds": selection.align_seconds},
+        "class_names": selection.class_names, "latent": None,
+        "scalar": selection.scalar_stats,
+    }
+    # The record first: a folder killed after this is still known to hold this request.
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / GENERATOR_FILE, meta)
+    np.savez(out / "normalizer.npz", mean=selection.normalizer.mean, std=selection.normalizer.std)
+    # The aligned training weights: novelty, diversity and span distance compare in this basis.
+    np.save(out / "aligned_train.npy", selection.flat)
     data = selection.x
-    latent = None
     if config.method == "latent-ddpm":
         ae = make_autoencoder(config, data.shape[1])
         ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0,
@@ -187,25 +241,12 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder")
         ae_params = jax.device_get(ae_run.params)
         z = np.asarray(ae.encode(ae_params, jnp.asarray(data)))
-        latent = {"mean": z.mean(0).tolist(), "std": np.maximum(z.std(0), 1e-6).tolist()}
+        meta["latent"] = {"mean": z.mean(0).tolist(), "std": np.maximum(z.std(0), 1e-6).tolist()}
+        _write_json(out / GENERATOR_FILE, meta)
         data = ((z - z.mean(0)) / np.maximum(z.std(0), 1e-6)).astype(np.float32)
-    meta = {
-        "generator": to_dict(config), "train": to_dict(train_config),
-        "zoo": str(Path(zoo_path).resolve()),
-        "architecture": {"name": arch.name,
-                         "config": json.loads(json.dumps(arch_config, default=list))},
-        "weight_space": selection.zoo.weight_space.to_dict(),
-        "dataset": zoo.manifest.get("dataset"),
-        "selection": {"rows": selection.zoo.global_rows.tolist(), "min_acc": min_acc,
-                      "align": align, "activation": selection.activation,
-                      "num_models": len(selection.zoo), "align_seconds": selection.align_seconds},
-        "class_names": selection.class_names, "latent": latent,
-        "scalar": selection.scalar_stats,
-    }
-    (out / GENERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     space = selection.zoo.weight_space
     train_config = dataclasses.replace(train_config, batch_size=_fit_batch(train_config, len(data)))
-    generator = make_generator(config, data.shape[1], space if latent is None else None,
+    generator = make_generator(config, data.shape[1], space if meta["latent"] is None else None,
                                len(selection.class_names))
     train(GeneratorTask(generator), train_config,
           _batch_data(data, selection.cond_class, selection.cond_scalar), out / "generator")
@@ -354,14 +395,29 @@ class TrainedGenerator:
         return np.concatenate(out).astype(np.float32)
 
 
-def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed: int = 0,
-                  **sample_options) -> tuple[Zoo, dict]:
+def check_sample_out(out: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a sample folder that is a file, unwritable, inside a zoo, or not
+    empty (an earlier sample is never overwritten)."""
+    out = check_output_dir(out, option=option)
+    if out.is_dir() and any(out.iterdir()):
+        held = "a zoo" if (out / MANIFEST).exists() else "files"
+        raise GenerateError(f"{option} {out} already holds {held}; choose a new or empty folder")
+    return out
+
+
+def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num: int, *,
+                  seed: int = 0, **sample_options) -> tuple[Zoo, dict]:
     """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset.
 
+    `generator` is a generator folder or one already loaded. `out` must be a new or empty folder.
     Returns the zoo and timings: ``compile_seconds`` (compiling the sampler) and
     ``sample_seconds`` (running it, excluding compilation).
     """
-    gen = TrainedGenerator.load(generator_dir)
+    if num < 1:
+        raise GenerateError(f"number of samples must be ≥ 1, got {num}")
+    out = check_sample_out(out)
+    gen = (generator if isinstance(generator, TrainedGenerator)
+           else TrainedGenerator.load(generator))
     arch = gen.architecture
     gen.compile(num, **sample_options)
     start = time.perf_counter()
@@ -388,7 +444,7 @@ def sample_to_zoo(generator_dir: str | Path, out: str | Path, num: int, *, seed:
         "architecture": {"name": arch.name, "config": gen.meta["architecture"]["config"]},
         "weight_space": gen.meta["weight_space"], "dataset": gen.meta["dataset"],
         "generated": True,
-        "recipe": {"name": "generated", "generator": str(Path(generator_dir).resolve()),
+        "recipe": {"name": "generated", "generator": str(gen.directory.resolve()),
                    "method": cfg.method, "backbone": cfg.backbone, "prediction": cfg.prediction,
                    **settings, "seed": seed, "num": num, "training_zoo": gen.meta["zoo"],
                    "selection": {k: v for k, v in gen.meta["selection"].items() if k != "rows"},

@@ -1,6 +1,6 @@
 """Probing: train an encoder to predict a zoo column from weights; Kendall τ / R² or accuracy.
 
-`run_probe(zoo, ProbeConfig(...))` selects rows (each model's last checkpoint by default, not
+`run_probe(zoo, ProbeConfig(...), out)` selects rows (each model's last checkpoint by default, not
 diverged), splits them by model into train / val / test, fits a per-tensor normaliser on the
 training split, trains the encoder with the shared loop (`wsl.train.train`: early stopping on the
 validation metric, the augmentations `ProbeConfig.augment` names — random hidden-unit permutations
@@ -11,6 +11,10 @@ in the NFN recipe; other numeric targets with MSE on standardised values; text c
 (activation, optimizer, init) are classified.
 
 ``statnn_gbt`` (gradient-boosted trees on the StatNN features) runs through scikit-learn.
+
+A probe's folder records what it holds (``probe.json``: the zoo, its manifest hash and the config)
+before anything else is written; a rerun with the same record resumes, any other is refused
+(`wsl.train.checkpoint.claim_run_dir`), so one probe never overwrites another's results.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from scipy import stats
 
 from wsl.config import ConfigError, coerce_fields, to_dict
 from wsl.errors import WslError
-from wsl.models.encoders import build_encoder, encoder_names
+from wsl.models.encoders import build_encoder, check_encoder_options, encoder_names
 from wsl.models.normalize import TensorNormalizer
 from wsl.train import TrainConfig, train
 from wsl.train.augment import align_for_mixup, augmentation_names, make_augmentations
+from wsl.train.checkpoint import claim_run_dir
+from wsl.train.trainer import note_dropped
+from wsl.zoos.store import MANIFEST, sha256_file
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
 DEFAULT_TRAIN = TrainConfig(
@@ -44,6 +51,10 @@ DEFAULT_TRAIN = TrainConfig(
                              patience=8),
     checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=0, keep=1),
     log=dataclasses.replace(TrainConfig().log, progress=False))
+PROBE_FILE = "probe.json"  # what a probe folder holds, written first
+# Record keys a rerun into the same folder may change: more or fewer seeds, where it runs, logging.
+PROBE_MUTABLE = ("seeds", "train.log", "train.mesh", "train.checkpoint.async_save",
+                 "train.data.prefetch")
 
 
 class ProbeError(WslError, ValueError):
@@ -69,6 +80,26 @@ class ProbeConfig:
 
     def __post_init__(self):
         coerce_fields(self)
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be ≥ 1; got {self.seeds}")
+        if self.epoch not in ("last", "all"):
+            raise ConfigError(f"epoch must be 'last' or 'all'; got {self.epoch!r}")
+        if self.encoder in ENCODERS:  # an unknown name is refused when the probe runs
+            given = dict(self.encoder_config)
+            reserved = sorted({"out_dim", "normalizer"} & set(given))
+            if reserved:
+                raise ConfigError(f"encoder.{reserved[0]} is set by the probe (from the target "
+                                  f"and the training split); leave it out")
+            if self.encoder == "statnn_gbt":
+                if given:
+                    raise ConfigError(f"encoder statnn_gbt takes no encoder.* options; got "
+                                      f"{sorted(given)}")
+            else:
+                check_encoder_options(self.encoder, given)
+        split = tuple(self.split)
+        if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6:
+            raise ConfigError(f"split must be three non-negative fractions (train, val, test) "
+                              f"summing to 1; got {self.split}")
         # Normalised here, so that configs naming the same augmentations compare (and reuse runs)
         # alike.
         object.__setattr__(self, "augment", augmentation_names(self.augment))
@@ -182,36 +213,75 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
 
     With `out`, the training runs (checkpoints: an interrupted probe resumes) and `results.json`
     are kept there; without it the runs go to a temporary directory that is removed afterwards.
+    Everything is checked before anything is written: the request, the rows, and that `out` is a
+    new or empty folder or holds this very probe (`probe.json`). Rows left out for diverging are
+    counted in a warning.
     """
+    if config.encoder not in ENCODERS:
+        raise ProbeError(f"unknown encoder {config.encoder!r}; choose from {list(ENCODERS)}")
+    if config.target not in zoo.columns:
+        raise ProbeError(f"unknown target {config.target!r}; zoo columns: {zoo.columns}")
+    if out is not None:  # before the rows are read: selecting reads every weight once
+        out = Path(out)
+        record = {"zoo": str(Path(zoo.path).resolve()),
+                  "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST), **to_dict(config)}
+        claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE)
+    view = select_rows(zoo, config.target, config.epoch)
+    note_dropped(view, "models" if config.epoch == "last" else "checkpoints")
+    plan = _plan(view, config)
     if out is None:
         with tempfile.TemporaryDirectory(prefix="wsl-probe-") as scratch:
-            report = _run_probe(zoo, config, Path(scratch))
+            report = _run_probe(zoo, view, config, Path(scratch), plan)
         return report
-    out = Path(out)
-    report = _run_probe(zoo, config, out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PROBE_FILE).write_text(json.dumps(record, indent=2, default=list) + "\n")
+    report = _run_probe(zoo, view, config, out, plan)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _run_probe(zoo, config: ProbeConfig, out: Path) -> dict:
-    if config.encoder not in ENCODERS:
-        raise ProbeError(f"unknown encoder {config.encoder!r}; choose from {list(ENCODERS)}")
-    view = select_rows(zoo, config.target, config.epoch)
-    space = view.weight_space
-    results = []
+def _nonfinite_models(view, weights) -> list[int]:
+    """Model ids of rows whose loaded weights hold NaN or inf (rows `select` should have left
+    out)."""
+    finite = np.ones(len(view), bool)
+    for leaf in jax.tree.leaves(weights):
+        leaf = np.asarray(leaf)
+        finite &= np.isfinite(leaf.reshape(len(leaf), -1)).all(1)
+    return sorted({int(m) for m in view.metrics["model"][~finite]})
+
+
+def _plan(view, config: ProbeConfig) -> tuple[str, list[str], list[tuple]]:
+    """The target's kind and class names, and each seed's (train, val, test) views: checked
+    before anything is written."""
+    kind, _, names = _target(view.metrics[config.target], config.target)
+    parts_per_seed = []
     for seed in range(config.seeds):
         parts = view.split_by_model(config.split, seed=seed)
         if min(len(p) for p in parts) < 2:
             raise ProbeError(f"{len(view)} rows are too few to split {config.split} into "
                              f"train / val / test with at least 2 each")
-        kind, _, names = _target(view.metrics[config.target], config.target)
+        parts_per_seed.append(parts)
+    return kind, names, parts_per_seed
+
+
+def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
+    space = view.weight_space
+    results = []
+    kind, names, parts_per_seed = plan
+    for seed, parts in enumerate(parts_per_seed):
         splits = []
         for part in parts:
-            _, y, _ = _target(part.metrics[config.target], config.target)
+            values = part.metrics[config.target]
             if kind == "classes":  # ids over the whole selection, not per split
-                y = np.asarray([names.index(str(v)) for v in part.metrics[config.target]], np.int32)
-            splits.append(_Split(part.weights(np.arange(len(part))), y))
+                y = np.asarray([names.index(str(v)) for v in values], np.int32)
+            else:
+                y = np.asarray(values, np.float32)
+            weights = part.weights(np.arange(len(part)))
+            bad = _nonfinite_models(part, weights)
+            if bad:
+                raise ProbeError(f"{zoo.path}: models {bad[:10]} have NaN or inf weights but are "
+                                 f"not flagged diverged; the zoo is damaged or was not checked")
+            splits.append(_Split(weights, y))
         train_split, val_split, test_split = splits
         start = time.perf_counter()
         if config.encoder == "statnn_gbt":

@@ -30,7 +30,7 @@ from wsl.config import save, to_dict
 from wsl.errors import WslError
 from wsl.mesh import replicated
 from wsl.train.checkpoint import Checkpoints, load_params
-from wsl.train.config import TrainConfig
+from wsl.train.config import TrainConfig, flat_items
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.layout import (
     batch_sharding,
@@ -86,14 +86,33 @@ class TrainResult:
         return np.asarray(steps), np.asarray(values)
 
 
-def _flat_items(data: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flat_items(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def note_dropped(view, noun: str = "models") -> int:
+    """Warn (one line under `wsl`) how many flagged-diverged rows `Zoo.select(finite=True)` left
+    out (``dropped["diverged"]``; `Zoo.select` itself warns about unflagged NaN / inf weights);
+    returns that number."""
+    count = int(getattr(view, "dropped", {}).get("diverged", 0))
+    if count:
+        noun = noun.removesuffix("s") if count == 1 else noun
+        warnings.warn(f"leaving out {count} {noun} of {view.path} that diverged (NaN or inf loss "
+                      f"or weights)", stacklevel=3)
+    return count
+
+
+def _nonfinite_fields(source) -> str:
+    """Which in-memory training fields hold NaN or inf, e.g. "x: 1 of 16 rows"; "" if none (or
+    the source is not in memory, which is not scanned)."""
+    if not isinstance(source, ArraySource):
+        return ""
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(source.data):
+        leaf = np.asarray(leaf)
+        if leaf.dtype.kind != "f" or not leaf.ndim:
+            continue
+        rows = int((~np.isfinite(leaf.reshape(len(leaf), -1))).any(1).sum())
+        if rows:
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            bad.append(f"{name}: {rows} of {len(leaf)} rows")
+    return "; ".join(bad)
 
 
 class Trainer:
@@ -107,6 +126,7 @@ class Trainer:
         self.schedule = make_schedule(config.optimizer, config.steps)
         self.tx = make_optimizer(config.optimizer, self.schedule)
         self.state_shardings = None  # known once the first batch fixes the parameter shapes
+        self._source = None
 
     # ------------------------------------------------------------------ setup
     def _save_config(self) -> None:
@@ -114,8 +134,8 @@ class Trainer:
             return
         path = self.run_dir / "config.json"
         if path.exists():
-            before = _flat_items(json.loads(path.read_text()))
-            now = _flat_items(to_dict(self.config))
+            before = flat_items(json.loads(path.read_text()))
+            now = flat_items(to_dict(self.config))
             changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
             if changed:
                 warnings.warn(f"{path}: continuing the run with changed config keys {changed}",
@@ -169,9 +189,14 @@ class Trainer:
         means = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
         loss = means["train/loss"]
         if not math.isfinite(loss):
-            raise TrainError(f"training loss became {loss} by step {step} (mean of steps "
-                             f"{step - len(pending) + 1}–{step}); lower optimizer.lr or check "
-                             f"the data")
+            when = f"by step {step} (mean of steps {step - len(pending) + 1}–{step})"
+            bad = _nonfinite_fields(self._source)
+            if bad:
+                raise TrainError(f"training loss became {loss} {when}: the training data holds "
+                                 f"NaN or inf values ({bad}); leave those rows out")
+            raise TrainError(f"training loss became {loss} {when}: the learning rate may be too "
+                             f"high (lower optimizer.lr) or the data may hold NaN or inf values "
+                             f"(e.g. diverged networks in a zoo)")
         rate = log.advance(step, loss)
         log.write(step, {**means, "train/steps_per_sec": rate})
 
@@ -188,6 +213,7 @@ class Trainer:
         cfg = self.config
         check_task(self.task, needs_evaluate=eval_data is not None)
         source = ArraySource(data) if isinstance(data, Mapping) else data
+        self._source = source
         pipeline = Pipeline(source, cfg.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle,
                             augment=augment, prefetch=cfg.data.prefetch)
         self.run_dir.mkdir(parents=True, exist_ok=True)

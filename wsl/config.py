@@ -20,13 +20,14 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wsl.errors import UsageError
+from wsl.errors import UsageError, WslError
 
 C = TypeVar("C")
 
@@ -83,6 +84,12 @@ def freeze(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return frozenset(freeze(v) for v in value)
     return value
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value's repr for a one-line message, shortened when long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
 
 
 def _json_default(value: Any) -> Any:
@@ -161,10 +168,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err).removeprefix(f"{key}: "))
-        raise ConfigError(f"{key}: {value!r} fits none of {tp} ({'; '.join(errors)})")
+        raise ConfigError(f"{key}: {_show(value)} fits none of {tp} ({'; '.join(errors)})")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+            raise ConfigError(f"{key}: {_show(value)} is not one of {typing.get_args(tp)}")
         return value
     if origin in (tuple, list) or tp in (tuple, list):
         args = typing.get_args(tp)
@@ -180,7 +187,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if (origin or tp) is tuple else list(items)
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
         # A field typed Mapping is a frozen (hashable) one; one typed dict stays a plain dict.
         return FrozenMap(value) if (origin or tp) is Mapping else dict(value)
     if _is_config(tp):
@@ -188,13 +195,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, Mapping):
             return from_dict(tp, value, prefix=f"{key}.")
-        raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {_show(value)}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if not math.isfinite(number):  # 1e999, nan: no config takes them; nan slips past checks
+            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+        return number
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+    if tp in (int, float) and isinstance(value, bool):  # bool is an int to Python, not to a user
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {_show(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {_show(value)}")
     return value
 
 
@@ -217,7 +232,9 @@ def parse_value(text: str) -> Any:
         return None
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        # Not a literal (a bare word), or one that cannot be built ({[1]: 2}, too deep, too
+        # long): the field's type then decides, and names the key, if a string will not do.
         return text
 
 
@@ -231,7 +248,7 @@ def _apply(config, updates: Mapping[str, Any], prefix: str = ""):
     types_ = _field_types(type(config))
     changes = {}
     for name, value in updates.items():
-        key = prefix + name
+        key = f"{prefix}{name}"
         if name not in types_:
             raise ConfigError(f"unknown config key {key!r}; valid keys: "
                               f"{', '.join(valid_keys(type(config), prefix))}")
@@ -243,7 +260,19 @@ def _apply(config, updates: Mapping[str, Any], prefix: str = ""):
             changes[name] = _apply(child, value, f"{key}.")
         else:
             changes[name] = _coerce(value, types_[name], key)
-    return dataclasses.replace(config, **changes)
+    return _construct(lambda: dataclasses.replace(config, **changes),
+                      [f"{prefix}{name}" for name in changes])
+
+
+def _construct(make: Callable[[], C], keys: Iterable[str]) -> C:
+    """Build a config; a builtin error from its own checks (a bug there, or a value its declared
+    type lets through) becomes a `ConfigError` naming the keys given, never a traceback."""
+    try:
+        return make()
+    except WslError:
+        raise
+    except (TypeError, ValueError, ArithmeticError) as err:
+        raise ConfigError(f"{', '.join(keys) or 'config'}: {err}") from err
 
 
 def valid_keys(cls, prefix: str = "") -> list[str]:
@@ -257,10 +286,16 @@ def valid_keys(cls, prefix: str = "") -> list[str]:
 def override(config: C, assignments: Iterable[str] | Mapping[str, Any]) -> C:
     """A copy of `config` with ``key=value`` assignments (strings from the CLI) or a mapping
     applied."""
+    if isinstance(assignments, str):
+        raise ConfigError(f"overrides are a list of key=value strings or a mapping; got the "
+                          f"string {_show(assignments)}")
     items = (assignments.items() if isinstance(assignments, Mapping)
              else (_split(a) for a in assignments))
     updates = _Nested()
     for key, value in items:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"config key {_show(key)} is not a name; keys look like "
+                              f"'epochs' or 'optimizer.lr'")
         node = updates
         *parents, leaf = key.split(".")
         for i, name in enumerate(parents):
@@ -277,9 +312,11 @@ def override(config: C, assignments: Iterable[str] | Mapping[str, Any]) -> C:
 
 
 def _split(assignment: str) -> tuple[str, Any]:
+    if not isinstance(assignment, str):
+        raise ConfigError(f"override {_show(assignment)} must be a key=value string")
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {assignment!r} must look like key=value")
+        raise ConfigError(f"override {_show(assignment)} must look like key=value")
     return key.strip(), parse_value(text)
 
 
@@ -290,12 +327,16 @@ def to_dict(config) -> dict:
 
 def from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
     """Build a config from a mapping; unknown keys are an error naming the valid ones."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping of config "
+                          f"keys, got {_show(data)}")
     types_ = _field_types(cls)
-    unknown = sorted(set(data) - set(types_))
+    unknown = sorted((k for k in data if k not in types_), key=str)
     if unknown:
-        raise ConfigError(f"unknown config keys {[prefix + k for k in unknown]}; valid keys: "
+        raise ConfigError(f"unknown config keys {[f'{prefix}{k}' for k in unknown]}; valid keys: "
                           f"{', '.join(valid_keys(cls, prefix))}")
-    return cls(**{k: _coerce(v, types_[k], prefix + k) for k, v in data.items()})
+    values = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    return _construct(lambda: cls(**values), [prefix + k for k in values])
 
 
 def save(config, path: str | Path) -> None:
@@ -304,7 +345,12 @@ def save(config, path: str | Path) -> None:
 
 def load(cls: type[C], path: str | Path) -> C:
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from err
-    return from_dict(cls, data)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror or err})") from err
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

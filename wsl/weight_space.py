@@ -96,6 +96,41 @@ def nest_paths(flat: Mapping[str, Any]) -> dict:
     return out
 
 
+def check_permutation(perm, n: int, what: str = "permutation") -> None:
+    """Raise `WeightSpaceError` unless every row of `perm` (shape (..., n)) holds 0 … n−1 once.
+
+    Cheap (O(size) on the host); `perm` must be concrete (numpy, a list, or a jax array outside
+    `jax.jit`). `what` names the permutation in the message.
+    """
+    if isinstance(perm, jax.core.Tracer):
+        raise WeightSpaceError(f"{what} is traced (inside jax.jit) and cannot be checked; check "
+                               f"it before the compiled call")
+    p = np.asarray(perm)
+    if p.shape[-1:] != (n,):
+        raise WeightSpaceError(f"{what} has shape {p.shape}; expected (..., {n})")
+    if p.dtype.kind not in "iu":
+        raise WeightSpaceError(f"{what} has dtype {p.dtype}; a permutation is an integer array "
+                               f"holding 0 … {n - 1} once each")
+    if p.size == 0:
+        return
+    rows = p.reshape(-1, n)
+    low, high = rows.min(), rows.max()
+    if low < 0 or high >= n:
+        bad = int(low) if low < 0 else int(high)
+        raise WeightSpaceError(f"{what} holds index {bad}, outside 0 … {n - 1}: not a permutation "
+                               f"of {n} units")
+    seen = np.zeros(rows.shape, bool)
+    np.put_along_axis(seen, rows.astype(np.intp), True, axis=-1)
+    missing = ~seen.all(axis=-1)
+    if missing.any():
+        row = int(np.argmax(missing))
+        counts = np.bincount(rows[row], minlength=n)
+        where = f" (row {row})" if p.ndim > 1 else ""
+        raise WeightSpaceError(
+            f"{what}{where} repeats index {int(np.argmax(counts > 1))} and misses "
+            f"{int(np.argmax(counts == 0))}: not a permutation of {n} units")
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSpace:
     """Tensors, shapes and permutation groups of one network family.
@@ -360,25 +395,37 @@ class WeightSpace:
                 out[group] = (order[:, None] * size + inner).reshape(n)
         return out
 
-    def _check_permutation(self, perms: Permutation):
+    def _check_permutation(self, perms: Permutation, check: bool = True):
+        if not isinstance(perms, Mapping):
+            raise WeightSpaceError(f"a permutation is a mapping group -> index array; got "
+                                   f"{type(perms).__name__}")
         sizes = self.group_sizes
         unknown = set(perms) - set(sizes)
         if unknown:
-            raise WeightSpaceError(f"permutation for unknown groups {sorted(unknown)}; "
+            raise WeightSpaceError(f"permutation for unknown groups {sorted(unknown, key=str)}; "
                                    f"groups are {list(sizes)}")
         for g, p in perms.items():
             if np.shape(p)[-1:] != (sizes[g],):
                 raise WeightSpaceError(
                     f"permutation for group {g!r} has shape {np.shape(p)}; "
                     f"expected (..., {sizes[g]})")
+            if check and not isinstance(p, jax.core.Tracer):
+                check_permutation(p, sizes[g], f"permutation for group {g!r}")
 
-    def permute(self, params: Params, perms: Permutation) -> dict:
+    def permute(self, params: Params, perms: Permutation, *, check: bool = True) -> dict:
         """Apply a permutation of hidden units; groups missing from `perms` stay as they are.
 
         `perms[g]` may be (n,) — the same permutation for every model — or (*models, n) with the
         params' leading model axes, one permutation per model.
+
+        Every concrete permutation is checked with `check_permutation` (each row must hold
+        0 … n−1 once); a bad one raises `WeightSpaceError`. Under `jax.jit` (traced
+        permutations) nothing can be checked: passing valid permutations is then the caller's
+        duty, and an invalid one silently gathers wrong entries. ``check=False`` skips the
+        check for permutations known to be valid (`random_permutation`, alignments): the check
+        costs one host copy of each permutation.
         """
-        self._check_permutation(perms)
+        self._check_permutation(perms, check)
         lead = self.batch_shape(params)
 
         def permute_tensor(t: TensorSpec, x):

@@ -5,6 +5,10 @@ returns an `Architecture`. Its weight space labels every axis with its permutati
 permuting hidden units (and residual streams, attention heads, head dimensions) leaves the function
 unchanged — tests/test_architectures.py checks this for every entry in the registry.
 
+Every config is checked before anything is built (`check_config`): a width, channel count, kernel
+or patch size, input shape, class count or activation that cannot work raises `ArchitectureError`
+naming the key and the value, never an error from deep inside JAX.
+
 Dropout takes its rate as a call argument rather than a module attribute so that a population can
 carry one dropout rate per model inside one compiled program.
 """
@@ -18,8 +22,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wsl.config import FrozenMap, builder_config, builder_defaults
+from wsl.errors import WslError
 from wsl.weight_space import WeightSpace
 from wsl.zoos.errors import ArchitectureError
 
@@ -90,16 +96,103 @@ class Architecture:
 
 _REGISTRY: dict[str, Callable[..., tuple[nn.Module, dict, dict, dict]]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {}
 
 
-def register(name: str, description: str):
+def register(name: str, description: str, check: Callable[[dict[str, Any]], None] | None = None):
     """Register a builder
-    `f(input_shape, num_classes, **config) -> (module, axes, nonlin, blocks)`."""
+    `f(input_shape, num_classes, **config) -> (module, axes, nonlin, blocks)`.
+
+    `check(config)` validates (and may normalise, in place) the builder's full config after the
+    checks every architecture shares (`input_shape`, `num_classes`, `activation`).
+    """
     def wrap(builder):
         _REGISTRY[name] = builder
         _DESCRIPTIONS[name] = description
+        if check is not None:
+            _CHECKS[name] = check
         return builder
     return wrap
+
+
+# ------------------------------------------------------------------------------ config checks
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
+
+
+def _bad(key: str, value: Any, expected: str) -> ArchitectureError:
+    return ArchitectureError(f"{key}={_show(value)}: expected {expected}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int(config: dict, key: str, low: int = 1) -> int:
+    """config[key] as an int ≥ low (stored back as a plain int)."""
+    value = config[key]
+    if not _is_int(value) or value < low:
+        raise _bad(key, value, f"an integer ≥ {low}")
+    config[key] = int(value)
+    return config[key]
+
+
+def _ints(config: dict, key: str, what: str, low: int = 1, ranks: Sequence[int] = ()) -> tuple:
+    """config[key] as a tuple of ints ≥ low, of one of the lengths `ranks` (any when empty)."""
+    value = config[key]
+    expected = f"a sequence of integers ≥ {low} ({what})"
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise _bad(key, value, expected)
+    items = tuple(value)
+    if not all(_is_int(v) and v >= low for v in items):
+        raise _bad(key, value, expected)
+    if ranks and len(items) not in ranks:
+        raise _bad(key, value, f"{' or '.join(map(str, ranks))} numbers ({what})")
+    config[key] = tuple(int(v) for v in items)
+    return config[key]
+
+
+def _choice(config: dict, key: str, choices: Sequence[str]) -> str:
+    value = config[key]
+    if not isinstance(value, str) or value not in choices:
+        raise _bad(key, value, f"one of {sorted(choices)}")
+    return value
+
+
+_IMAGE = "(height, width, channels)"
+
+
+def _check_common(config: dict) -> None:
+    """The keys every architecture shares (when its builder takes them)."""
+    if "input_shape" in config:
+        _ints(config, "input_shape", "the shape of one input")
+        if not config["input_shape"]:
+            raise _bad("input_shape", config["input_shape"], "at least one dimension")
+    if "num_classes" in config:
+        _int(config, "num_classes", 2)
+    if "activation" in config:
+        _choice(config, "activation", list(ACTIVATIONS))
+
+
+def check_config(name: str, **config) -> dict[str, Any]:
+    """The full config (defaults filled in, values normalised) architecture `name` would be built
+    with; an unknown key or a value that cannot work raises `ArchitectureError` naming both,
+    before anything is built."""
+    builder = _get_builder(name)
+    try:
+        full = dict(FrozenMap(builder_config(builder, config, what=f"architecture {name!r}")))
+    except ArchitectureError:
+        raise
+    except WslError as err:  # unknown or missing keys
+        raise ArchitectureError(str(err)) from err
+    try:
+        _check_common(full)
+        if name in _CHECKS:
+            _CHECKS[name](full)
+    except ArchitectureError as err:
+        raise ArchitectureError(f"architecture {name!r}: {err}") from err
+    return full
 
 
 def default_config(name: str) -> dict[str, Any]:
@@ -118,7 +211,7 @@ def build(name: str, **config) -> Architecture:
     ones."""
     builder = _get_builder(name)
     # Frozen values (lists as tuples) keep the flax module hashable like the architecture.
-    full = dict(FrozenMap(builder_config(builder, config, what=f"architecture {name!r}")))
+    full = check_config(name, **config)
     full["input_shape"] = tuple(int(d) for d in full["input_shape"])
     module, axes, nonlinearity, blocks = builder(**full)
     dummy = jnp.zeros((1,) + full["input_shape"], jnp.float32)
@@ -148,7 +241,11 @@ class _MLP(nn.Module):
         return nn.Dense(self.num_classes, name=f"dense_{len(self.widths)}")(x)
 
 
-@register("mlp", "multilayer perceptron on flattened inputs")
+def _check_mlp(config: dict) -> None:
+    _ints(config, "widths", "hidden layer widths; () for a linear model")
+
+
+@register("mlp", "multilayer perceptron on flattened inputs", _check_mlp)
 def _build_mlp(input_shape=(40,), num_classes=10, widths=(32, 32), activation="relu"):
     widths = tuple(int(w) for w in widths)
     groups = [f"dense_{i}" for i in range(len(widths))] + [None]
@@ -178,7 +275,14 @@ class _SmallCNN(nn.Module):
         return nn.Dense(self.num_classes, name="dense_0")(x)
 
 
-@register("small_cnn", "Small CNN Zoo network: 3 × conv 3×3 stride 2, global average pool, dense")
+def _check_small_cnn(config: dict) -> None:
+    _ints(config, "input_shape", f"an image {_IMAGE}", ranks=(3,))
+    _int(config, "channels")
+    _int(config, "num_layers")
+
+
+@register("small_cnn", "Small CNN Zoo network: 3 × conv 3×3 stride 2, global average pool, dense",
+          _check_small_cnn)
 def _build_small_cnn(input_shape=(28, 28, 1), num_classes=10, channels=16, num_layers=3,
                      activation="relu"):
     axes, previous = {}, None
@@ -214,7 +318,17 @@ class _CNNs(nn.Module):
         return nn.Dense(self.num_classes, name="dense_1")(x)
 
 
-@register("cnn_s", "Model Zoos CNN-s: conv 8-6-4 with max-pooling, dense 20, dense 10")
+def _check_cnn_s(config: dict) -> None:
+    height, width, _ = _ints(config, "input_shape", f"an image {_IMAGE}", ranks=(3,))
+    # conv 5 → pool 2 → conv 5 → pool 2 → conv 2, all unpadded: 20 pixels shrink to 1.
+    if min(height, width) < 20:
+        raise _bad("input_shape", config["input_shape"],
+                   "images of at least 20×20 (CNN-s's unpadded convolutions and poolings shrink "
+                   "20 pixels to 1)")
+
+
+@register("cnn_s", "Model Zoos CNN-s: conv 8-6-4 with max-pooling, dense 20, dense 10",
+          _check_cnn_s)
 def _build_cnn_s(input_shape=(28, 28, 1), num_classes=10, activation="tanh"):
     axes = {
         "conv_0/kernel": (None, None, None, "conv_0"), "conv_0/bias": ("conv_0",),
@@ -264,8 +378,21 @@ class _ResNet(nn.Module):
         return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
+def _check_resnet(config: dict) -> None:
+    _ints(config, "input_shape", f"an image {_IMAGE}", ranks=(3,))
+    width = _int(config, "width")
+    _int(config, "stages")
+    _int(config, "blocks_per_stage")
+    norm = _choice(config, "norm", ("layer", "group"))
+    groups = _int(config, "norm_groups")
+    if norm == "group" and width % groups:
+        raise _bad("norm_groups", groups, f"a divisor of width={width} (GroupNorm splits every "
+                                          f"stage's channels into norm_groups blocks)")
+
+
 @register("resnet",
-          "tiny pre-activation ResNet, LayerNorm or GroupNorm, one permutation per stream")
+          "tiny pre-activation ResNet, LayerNorm or GroupNorm, one permutation per stream",
+          _check_resnet)
 def _build_resnet(input_shape=(28, 28, 1), num_classes=10, width=8, stages=2, blocks_per_stage=1,
                   activation="relu", norm="layer", norm_groups=2):
     widths = tuple(int(width) * 2 ** s for s in range(stages))
@@ -342,7 +469,21 @@ class _Transformer(nn.Module):
         return nn.Dense(self.num_classes, name="head")(x)
 
 
-@register("transformer", "tiny transformer classifier on patches; heads and head dims permute")
+def _check_transformer(config: dict) -> None:
+    shape = _ints(config, "input_shape", "a signal (length,) or (length, channels), or an image "
+                                         f"{_IMAGE}", ranks=(1, 2, 3))
+    for key in ("dim", "depth", "heads", "head_dim", "mlp_dim"):
+        _int(config, key)
+    patch = _int(config, "patch")
+    sides = shape[:2] if len(shape) == 3 else shape[:1]
+    if any(side % patch for side in sides):
+        what = "height and width" if len(shape) == 3 else "length"
+        raise _bad("patch", patch, f"a divisor of the input's {what} {'×'.join(map(str, sides))} "
+                                   f"(the input is cut into patches)")
+
+
+@register("transformer", "tiny transformer classifier on patches; heads and head dims permute",
+          _check_transformer)
 def _build_transformer(input_shape=(40,), num_classes=10, dim=16, depth=1, heads=2, head_dim=8,
                        mlp_dim=32, patch=4, activation="gelu"):
     axes: dict[str, tuple] = {

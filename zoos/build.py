@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +13,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from wsl.config import to_dict
+from wsl.outputs import check_output_dir
 from wsl.zoos.architectures import Architecture, build
 from wsl.zoos.datasets import Dataset, dataset_from_spec
 from wsl.zoos.population import (
@@ -63,44 +66,92 @@ def load_recipe_dataset(recipe: Recipe) -> Dataset:
     return dataset_from_spec(recipe.dataset_spec, f"recipe {recipe.name!r}")
 
 
+class _StopOnSigint:
+    """While active, the first Ctrl-C only asks the build to stop at the next safe point (the end
+    of an epoch, where the current shard is abandoned); a second one interrupts at once. A
+    KeyboardInterrupt raised inside a compiled call or a garbage-collector callback can crash
+    the process or be swallowed, hence the flag. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:  # None: a handler not set from Python; the default is closest
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.default_int_handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt("interrupted twice; stopped at once")
+        self.requested = True
+
+
 def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool = True,
               on_shard: Callable[[int], None] | None = None):
     """Train `recipe`'s population into the zoo directory `out`, resuming if it exists.
 
     Finished shards are verified and skipped; `on_shard(index)` runs after each new shard is
     written (a test raises there to simulate a killed build). Returns the opened `Zoo`.
+
+    Ctrl-C (SIGINT, in the main thread) stops the build at the end of the running epoch: the
+    shard being trained is abandoned (no partial files stay), finished shards are kept, and
+    `KeyboardInterrupt` is raised saying how far it got; rerunning the same build resumes.
     """
-    data = load_recipe_dataset(recipe)
-    models, shards = plan(recipe)
-    writer = ZooWriter(out, build_manifest(recipe, data))
-    done = set(writer.done_shards())
-    for index in sorted(done):
-        writer.verify_shard(index)
-    total = len(models)
-    finished = sum(len(s.models) for s in shards if s.index in done)
-    bar = tqdm(total=total, initial=finished, unit="model", disable=not progress, smoothing=0.1,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
-                          "[{elapsed}<{remaining}, {rate_fmt}]")
-    try:
-        for shard in shards:
-            if shard.index in done:
-                continue
-            rows = [models[m] for m in shard.models]
-            hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")}
-            arch = _group_architecture(recipe, data, shard.group["activation"])
-            per_epoch = len(rows) / max(recipe.epochs, 1)
-            result = train_population(
-                arch, data, hparams,
-                TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
-                on_epoch=lambda _: bar.update(per_epoch))
-            writer.write_shard(shard.index, *_shard_rows(result, rows))
-            bar.n = finished = finished + len(rows)  # exact count, not the sum of epoch fractions
-            bar.refresh()
-            if on_shard is not None:
-                on_shard(shard.index)
-    finally:
-        bar.close()
-    writer.finalize(len(shards))
+    check_output_dir(out, allow_zoo=True)
+    with _StopOnSigint() as stop:
+        data = load_recipe_dataset(recipe)
+        models, shards = plan(recipe)
+        writer = ZooWriter(out, build_manifest(recipe, data), option="--out")
+        done = set(writer.done_shards())
+        for index in sorted(done):
+            writer.verify_shard(index)
+        total = len(models)
+        finished = sum(len(s.models) for s in shards if s.index in done)
+        bar = tqdm(total=total, initial=finished, unit="model", disable=not progress,
+                   smoothing=0.1, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
+                                             "[{elapsed}<{remaining}, {rate_fmt}]")
+
+        def interrupted(where: str) -> KeyboardInterrupt:
+            written = len(writer.done_shards())
+            return KeyboardInterrupt(f"stopped {where}; {written} of {len(shards)} shards are "
+                                     f"written in {out}")
+
+        def on_epoch(_):
+            bar.update(per_epoch)
+            if stop.requested:
+                raise interrupted(f"during shard {shard.index}, which was abandoned")
+
+        try:
+            for shard in shards:
+                if shard.index in done:
+                    continue
+                if stop.requested:
+                    raise interrupted("between shards")
+                rows = [models[m] for m in shard.models]
+                hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")}
+                arch = _group_architecture(recipe, data, shard.group["activation"])
+                per_epoch = len(rows) / max(recipe.epochs, 1)
+                result = train_population(
+                    arch, data, hparams,
+                    TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
+                    on_epoch=on_epoch)
+                writer.write_shard(shard.index, *_shard_rows(result, rows))
+                bar.n = finished = finished + len(rows)  # exact count, not the sum of fractions
+                bar.refresh()
+                if on_shard is not None:
+                    on_shard(shard.index)
+        finally:
+            bar.close()
+        writer.finalize(len(shards))
     return Zoo.open(out)
 
 

@@ -27,3 +27,15 @@ class ArchitectureError(UsageError):
 
 class ModelFileError(WslError, ValueError):
     """A single-model file (safetensors, npz, msgpack, torch) that cannot be read or written."""
+
+
+class MissingPathError(ZooError, FileNotFoundError):
+    """A folder or file a user named (an import source, a part of a published zoo) that does not
+    exist; still a `FileNotFoundError` for code that catches that."""
+
+
+class TensorNameError(ModelFileError, KeyError):
+    """A state dict without a tensor the weight space needs; still a `KeyError` for code that
+    catches that, but printed as its plain message."""
+
+    __str__ = BaseException.__str__

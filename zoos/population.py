@@ -251,7 +251,10 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
                      settings: TrainSettings, mesh: Mesh | None = None,
                      on_epoch: Callable[[int], None] | None = None) -> PopulationResult:
     """Train one population of `arch` on `data`; `hparams` holds one value per model for
-    lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name)."""
+    lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name).
+
+    `on_epoch(epochs_done)` runs after each epoch has finished computing; an exception it raises
+    stops training cleanly."""
     n_models = check_hparams(hparams)
     if tuple(data.input_shape) != tuple(arch.input_shape):
         raise PopulationError(f"dataset {data.name!r} has inputs {data.input_shape}, architecture "
@@ -314,6 +317,9 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
             state = programs["train_epoch"](state, x_train, y_train, subset,
                                             np.int32(epoch), order_key)
             if on_epoch is not None:
+                # Only once the epoch has run: a callback may then stop the run by raising
+                # (`wsl zoo build` does on Ctrl-C) with nothing in flight on the devices.
+                jax.block_until_ready(state["params"])
                 on_epoch(epoch + 1)
     stacked = jax.tree.map(lambda *c: np.stack(c, axis=1)[:n_models], *snapshots)
     totals = np.stack(jax.device_get(scores), axis=1)[:n_models]  # (models, ckpts, split, 3)

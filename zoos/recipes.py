@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -195,14 +196,43 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Recipe:
-    """The named recipe with ``key=value`` overrides applied (validated as it is created)."""
+def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = (),
+               notes: list[str] | None = None) -> Recipe:
+    """The named recipe with ``key=value`` overrides applied (validated as it is created).
+
+    Overriding ``epochs`` without ``checkpoints`` fits a recipe's own checkpoint list to the new
+    length: the checkpoints before the new last epoch are kept and the last epoch is added
+    (``mlp-mnist1d epochs=3`` saves epochs 0, 1, 2, 3). Such an adjustment is described in
+    `notes` (a list to append to) or, without one, in a warning. Explicit ``checkpoints=`` that
+    do not fit ``epochs`` stay an error.
+    """
     if name not in RECIPES:
         raise RecipeError(f"unknown recipe {name!r}; recipes are {sorted(RECIPES)}")
+    base = RECIPES[name]
+    keys = _override_keys(overrides)
     try:
-        return override(RECIPES[name], overrides)
+        if "epochs" in keys and "checkpoints" not in keys and base.checkpoints:
+            recipe = override(dataclasses.replace(base, checkpoints=()), overrides)
+            kept = tuple(c for c in base.checkpoints if c < recipe.epochs) + (recipe.epochs,)
+            if kept != base.checkpoints:
+                note = (f"recipe {name!r}: epochs={recipe.epochs}, so checkpoints "
+                        f"{list(base.checkpoints)} become {list(kept)} (give checkpoints=[...] "
+                        f"to choose them)")
+                if notes is None:
+                    warnings.warn(note, stacklevel=2)
+                else:
+                    notes.append(note)
+            return dataclasses.replace(recipe, checkpoints=kept)
+        return override(base, overrides)
     except ConfigError as err:
         raise RecipeError(f"recipe {name!r}: {err}") from err
+
+
+def _override_keys(overrides: Iterable[str] | Mapping[str, Any]) -> set[str]:
+    """The top-level fields that `overrides` assign (``a.b=1`` assigns ``a``)."""
+    keys = overrides if isinstance(overrides, Mapping) else \
+        [str(a).partition("=")[0] for a in overrides]
+    return {str(k).strip().split(".")[0] for k in keys}
 
 
 def _sample(recipe: Recipe, index: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ in the error instead of being read.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -35,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from wsl.errors import WslError
+from wsl.outputs import check_output_dir, check_output_file
 from wsl.weight_space import WeightSpace, nest_paths
 from wsl.zoos.errors import ZooError
+from wsl.zoos.model_files import write_state_file
 from wsl.zoos.torch_layout import to_torch_state
 
 SCHEMA_VERSION = 1
@@ -77,7 +81,7 @@ _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "met
 
 # Architectures whose PyTorch layout `wsl.zoos.torch_layout` defines and the tests check against
 # torch.
-TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s")
+TORCH_LAYOUT_ARCHS = ("mlp", "small_cnn", "cnn_s", "resnet", "transformer")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -96,19 +100,45 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
+# A manifest or shard description is a few kB per shard; anything far larger is not one of ours
+# and is refused before it is read into memory.
+MAX_JSON_BYTES = 256 << 20
+
+
+def _read_text(path: Path, what: str, limit: int | None = None) -> str:
+    """A UTF-8 text file a user handed us: missing, unreadable, oversized or non-UTF-8 is a
+    `ZooError` naming it."""
+    if not path.exists():
         raise ZooError(f"{path}: missing ({what})")
-    text = path.read_text()
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file ({what})")
+    if limit is not None and path.stat().st_size > limit:
+        raise ZooError(f"{path}: {path.stat().st_size:,} bytes, more than the {limit:,} a {what} "
+                       f"can have; not a wsl file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ZooError(f"{path}: unreadable ({what}): {err.strerror or err}") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ZooError(f"{path}: not UTF-8 text (byte {err.start} is {data[err.start]:#04x}); "
+                       f"the {what} is damaged or not a wsl file") from err
+
+
+def _read_json(path: Path, what: str) -> dict:
+    text = _read_text(path, what, MAX_JSON_BYTES)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ZooError(f"{path}: truncated or not valid JSON ({err.msg} at line {err.lineno}, "
                        f"column {err.colno}, file has {len(text)} characters)") from err
+    except RecursionError as err:
+        raise ZooError(f"{path}: JSON nested too deeply to be a {what}") from err
     if not isinstance(data, dict):
         raise ZooError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -146,7 +176,7 @@ def _parse_column(name: str, kind: str, texts: list[str], where: str) -> np.ndar
             return np.array([int(t) for t in texts], np.int64)
         if kind == "float":
             return np.array([float(t) for t in texts], np.float64)
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:
         raise ZooError(f"{where}: column {name!r} should hold {kind} values ({err})") from err
     return np.array(texts, dtype=str)
 
@@ -160,11 +190,12 @@ def _rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     return out.getvalue()
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise ZooError(f"{path}: missing")
-    with open(path, newline="") as f:
-        table = list(csv.reader(f))
+def _read_csv(path: Path, what: str = "metrics table") -> tuple[list[str], list[list[str]]]:
+    text = _read_text(path, what)
+    try:
+        table = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise ZooError(f"{path}: damaged {what}, not readable as CSV ({err})") from err
     if not table:
         raise ZooError(f"{path}: empty (no header)")
     header, body = table[0], table[1:]
@@ -230,8 +261,11 @@ class ZooWriter:
     and ``provenance``.
     """
 
-    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any]):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any], *,
+                 option: str = "zoo directory"):
+        # A zoo may be resumed in place but never written inside another zoo, over a file or
+        # into a folder that cannot be written (`option` names the path in that refusal).
+        self.path = check_output_dir(path, option=option, allow_zoo=True)
         for key in ("architecture", "weight_space"):
             if key not in manifest:
                 raise ZooError(f"zoo manifest needs {key!r}; got keys {sorted(manifest)}")
@@ -255,6 +289,18 @@ class ZooWriter:
             self.manifest.pop("complete", None)
             _write_text_atomic(existing, json.dumps(self.manifest, indent=2) + "\n")
         (self.path / SHARDS).mkdir(exist_ok=True)
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete half-written shards (``.tmp-INDEX-PID``) of builds that no longer run."""
+        for entry in (self.path / SHARDS).iterdir():
+            parts = entry.name.split("-")
+            if not (entry.name.startswith(".tmp-") and len(parts) == 3 and parts[2].isdigit()):
+                continue
+            pid = int(parts[2])
+            if pid != os.getpid() and _process_alive(pid):
+                continue  # another build of this zoo is writing it now
+            shutil.rmtree(entry, ignore_errors=True)
 
     def shard_dir(self, index: int) -> Path:
         return self.path / SHARDS / f"{int(index):05d}"
@@ -291,27 +337,42 @@ class ZooWriter:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        files = {}
-        for t in self.weight_space.tensors:
-            name = tensor_filename(t.path)
-            array = np.ascontiguousarray(np.asarray(self.weight_space.as_flat_dict(params)[t.path]))
-            np.save(tmp / name, array)
-            files[name] = {"sha256": sha256_file(tmp / name), "shape": list(array.shape),
-                           "dtype": str(array.dtype)}
-        (tmp / SHARD_ROWS).write_text(_rows_to_csv(rows, columns))
-        files[SHARD_ROWS] = {"sha256": sha256_file(tmp / SHARD_ROWS)}
-        types = {c: _column_type([r[c] for r in rows]) for c in columns}
-        info = {"index": int(index), "rows": len(rows), "columns": types, "files": files}
-        (tmp / SHARD_INFO).write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, final)
+        try:
+            files = {}
+            flat = self.weight_space.as_flat_dict(params)
+            for t in self.weight_space.tensors:
+                name = tensor_filename(t.path)
+                array = np.ascontiguousarray(np.asarray(flat[t.path]))
+                np.save(tmp / name, array)
+                files[name] = {"sha256": sha256_file(tmp / name), "shape": list(array.shape),
+                               "dtype": str(array.dtype), "size": (tmp / name).stat().st_size}
+            (tmp / SHARD_ROWS).write_text(_rows_to_csv(rows, columns), encoding="utf-8")
+            files[SHARD_ROWS] = {"sha256": sha256_file(tmp / SHARD_ROWS),
+                                 "size": (tmp / SHARD_ROWS).stat().st_size}
+            types = {c: _column_type([r[c] for r in rows]) for c in columns}
+            info = {"index": int(index), "rows": len(rows), "columns": types, "files": files}
+            (tmp / SHARD_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, final)
+        except BaseException:
+            # Interrupted or failed: leave no half shard behind (a resumed build rewrites it).
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def verify_shard(self, index: int) -> None:
         """Re-check a finished shard's checksums (a resumed build trusts nothing it did not
         check)."""
         folder = self.shard_dir(index)
         info = _read_json(folder / SHARD_INFO, f"shard {index} description")
-        for name, meta in info["files"].items():
-            _check_file(folder / name, meta["sha256"])
+        files = info.get("files")
+        if not isinstance(files, dict) or SHARD_ROWS not in files:
+            raise ZooError(f"{folder / SHARD_INFO}: no 'files' entry listing {SHARD_ROWS}; the "
+                           f"shard description is damaged — delete {folder} and resume")
+        for name, meta in files.items():
+            _check_plain_name(name, folder / SHARD_INFO)
+            if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+                raise ZooError(f"{folder / SHARD_INFO}: file {name!r} has no sha256; the shard "
+                               f"description is damaged — delete {folder} and resume")
+            _check_file(folder / name, meta["sha256"], "shard file", size=meta.get("size"))
 
     def finalize(self, expected_shards: int | None = None) -> dict:
         """Join every shard's rows into metrics.csv and record the shards in the manifest."""
@@ -326,7 +387,7 @@ class ZooWriter:
             folder = self.shard_dir(index)
             info = _read_json(folder / SHARD_INFO, f"shard {index} description")
             _check_file(folder / SHARD_ROWS, info["files"][SHARD_ROWS]["sha256"])
-            header, body = _read_csv(folder / SHARD_ROWS)
+            header, body = _read_csv(folder / SHARD_ROWS, "shard file")
             if columns is None:
                 columns = header
             elif header != columns:
@@ -369,25 +430,201 @@ def write_zoo(path: str | os.PathLike, manifest: Mapping[str, Any], params: Mapp
     return Zoo.open(path)
 
 
-def _check_file(path: Path, sha: str) -> None:
+_REPAIR = {
+    "shard file": "rebuild this shard (delete its folder and resume the build) or restore it",
+    "metrics table": (f"rerun the command that wrote the zoo (it rewrites {METRICS_FILE} from the "
+                      f"shards) or restore it"),
+}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _check_plain_name(name: Any, where: Path) -> None:
+    """A file name a manifest lists must stay inside its folder: no separators, no ``..``."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+            or "\\" in name or "\0" in name):
+        raise ZooError(f"{where}: file name {name!r} is not a plain file name inside the shard")
+
+
+def _size_problem(path: Path, size: Any, what: str) -> str | None:
+    """Why `path` is not the file of `size` bytes the manifest recorded (None: it is)."""
+    if not path.exists():
+        return f"{path}: missing ({what} of a finished zoo)"
     if not path.is_file():
-        raise ZooError(f"{path}: missing file of a finished shard")
-    actual = sha256_file(path)
+        return f"{path}: not a regular file ({what})"
+    if isinstance(size, int) and not isinstance(size, bool):
+        actual = path.stat().st_size
+        if actual != size:
+            return (f"{path}: {actual:,} bytes, the manifest records {size:,} (truncated or "
+                    f"damaged {what}); {_REPAIR[what]}")
+    return None
+
+
+def _check_file(path: Path, sha: str, what: str = "shard file", size: Any = None) -> None:
+    problem = _size_problem(path, size, what)
+    if problem:
+        raise ZooError(problem)
+    try:
+        actual = sha256_file(path)
+    except OSError as err:
+        raise ZooError(f"{path}: unreadable ({what}): {err.strerror or err}") from err
     if actual != sha:
-        raise ZooError(f"{path}: checksum mismatch (sha256 {actual[:12]}…, expected {sha[:12]}…); "
-                       f"the file is damaged — rebuild this shard (delete its folder and resume "
-                       f"the build) or restore it")
+        raise ZooError(f"{path}: checksum mismatch (sha256 {actual[:12]}…, expected "
+                       f"{str(sha)[:12]}…); the {what} is damaged — {_REPAIR[what]}")
 
 
 # ------------------------------------------------------------------------------------- reading
+_COLUMN_KINDS = ("bool", "int", "float", "str")
+_SHA256_HEX = set("0123456789abcdef")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_manifest(path: Path, manifest: dict) -> WeightSpace:
+    """Check a finished zoo's manifest field by field (it is untrusted input); returns its
+    weight space. Every path it names must lie inside the zoo, every count be a count."""
+    where = path / MANIFEST
+
+    def bad(field: str, message: str):
+        raise ZooError(f"{where}: field {field!r} {message}")
+
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ZooError(f"{where}: schema_version {version!r}; this wsl reads {SCHEMA_VERSION}")
+    if manifest.get("complete") is not True:
+        raise ZooError(f"{path}: the zoo is not finished (no shards recorded in {MANIFEST}); "
+                       f"resume the build that writes it")
+    for key in ("shards", "columns", "column_types", "weight_space", "architecture",
+                "metrics_sha256"):
+        if key not in manifest:
+            raise ZooError(f"{where}: missing field {key!r}")
+    arch = manifest["architecture"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        bad("architecture", f"must be an object with a 'name' string, got {arch!r:.80}")
+    if not isinstance(arch.get("config", {}), dict):
+        bad("architecture.config", f"must be an object, got {arch['config']!r:.80}")
+    sha = manifest["metrics_sha256"]
+    if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
+        bad("metrics_sha256", f"must be a sha256 hex digest, got {sha!r:.80}")
+    columns, types = manifest["columns"], manifest["column_types"]
+    if not isinstance(columns, dict) or not all(isinstance(c, str) for c in columns):
+        bad("columns", f"must map column names to meanings, got {columns!r:.80}")
+    if not isinstance(types, dict):
+        bad("column_types", f"must map column names to types, got {types!r:.80}")
+    for column in columns:
+        kind = types.get(column, "str")
+        if kind not in _COLUMN_KINDS:
+            bad("column_types", f"gives column {column!r} type {kind!r:.40}; types are "
+                                f"{list(_COLUMN_KINDS)}")
+    for column in ("model", "epoch"):
+        if column not in columns:
+            bad("columns", f"must include {column!r}; got {list(columns)[:12]}")
+    for column, kind in (("model", "int"), ("epoch", "int"), ("diverged", "bool")):
+        if column in columns and types.get(column) != kind:
+            bad("column_types", f"must give column {column!r} type {kind!r}, got "
+                                f"{types.get(column)!r:.40}")
+    if "num_rows" in manifest and not _is_count(manifest["num_rows"]):
+        bad("num_rows", f"must be a row count, got {manifest['num_rows']!r:.80}")
+    try:
+        space = WeightSpace.from_dict(manifest["weight_space"])
+    except WslError as err:
+        raise ZooError(f"{where}: field 'weight_space': {err}") from err
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise ZooError(f"{where}: field 'weight_space' is malformed ({type(err).__name__}: "
+                       f"{err})") from err
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not shards:
+        bad("shards", f"must be a non-empty list, got {shards!r:.80}")
+    for i, shard in enumerate(shards):
+        field = f"shards[{i}]"
+        if not isinstance(shard, dict):
+            bad(field, f"must be an object, got {shard!r:.80}")
+        name, rows, files = shard.get("name"), shard.get("rows"), shard.get("files")
+        parts = name.split("/") if isinstance(name, str) else []
+        if len(parts) != 2 or parts[0] != SHARDS or not parts[1].isdigit():
+            bad(f"{field}.name", f"must be {SHARDS}/<digits> inside the zoo, got {name!r:.80}")
+        if not _is_count(rows):
+            bad(f"{field}.rows", f"must be a row count, got {rows!r:.80}")
+        if not isinstance(files, dict):
+            bad(f"{field}.files", f"must be an object, got {files!r:.80}")
+        for file, meta in files.items():
+            _check_plain_name(file, where)
+            if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+                bad(f"{field}.files.{file}", "must be an object with a 'sha256' string")
+            if "size" in meta and not _is_count(meta["size"]):
+                bad(f"{field}.files.{file}.size", f"must be a byte count, got {meta['size']!r:.80}")
+        for t in space.tensors:
+            file = tensor_filename(t.path)
+            meta = files.get(file)
+            if meta is None:
+                bad(f"{field}.files", f"lists no {file} (tensor {t.path!r} of the weight space)")
+            shape = meta.get("shape")
+            if not (isinstance(shape, list) and all(_is_count(d) for d in shape)
+                    and tuple(shape) == (rows,) + tuple(t.shape)):
+                bad(f"{field}.files.{file}.shape", f"must be {[rows, *t.shape]} (rows, then "
+                                                   f"tensor {t.path!r}), got {shape!r:.80}")
+            dtype = meta.get("dtype")
+            try:
+                kind = np.dtype(dtype).kind if isinstance(dtype, str) else None
+            except TypeError:
+                kind = None
+            if kind not in ("f", "i", "u"):
+                bad(f"{field}.files.{file}.dtype", f"must name a numeric dtype, got {dtype!r:.80}")
+    return space
+
+
+def _shard_file_problems(path: Path, manifest: dict) -> list[str]:
+    """Every file a finished zoo's shards list that is missing or not of its recorded size
+    (zoos written before sizes were recorded: existence only). Stats only; reads nothing."""
+    problems = []
+    for shard in manifest["shards"]:
+        folder = path / shard["name"]
+        if not folder.is_dir():
+            problems.append(f"{folder}: missing (shard folder of a finished zoo); "
+                            f"{_REPAIR['shard file']}")
+            continue
+        for file, meta in shard["files"].items():
+            problem = _size_problem(folder / file, meta.get("size"), "shard file")
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _read_metrics(path: Path, manifest: dict) -> dict[str, np.ndarray]:
+    """The metrics table of a checked manifest, verified against its checksum and parsed."""
+    file = path / METRICS_FILE
+    _check_file(file, manifest["metrics_sha256"], "metrics table")
+    header, body = _read_csv(file)
+    types = manifest["column_types"]
+    if header != list(manifest["columns"]):
+        raise ZooError(f"{file}: header {header} differs from the manifest's columns "
+                       f"{list(manifest['columns'])}")
+    if len(body) != manifest.get("num_rows", len(body)):
+        raise ZooError(f"{file}: {len(body)} rows, manifest says {manifest['num_rows']}")
+    return {c: _parse_column(c, types.get(c, "str"), [line[j] for line in body], str(file))
+            for j, c in enumerate(header)}
+
+
 class _Storage:
     """What every view of one zoo shares: shard offsets and the lazily opened, verified arrays."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict, weight_space: WeightSpace):
         self.path = path
         self.shards = manifest["shards"]
+        self.weight_space = weight_space
         self.starts = np.cumsum([0] + [s["rows"] for s in self.shards])
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self._finite: dict[int, np.ndarray] = {}
 
     def array(self, shard: int, tensor: str) -> np.ndarray:
         key = (shard, tensor)
@@ -397,14 +634,14 @@ class _Storage:
             file = self.path / meta["name"] / name
             if name not in meta["files"]:
                 raise ZooError(f"{self.path / MANIFEST}: shard {meta['name']} lists no {name}")
-            _check_file(file, meta["files"][name]["sha256"])
-            try:
-                array = np.load(file, mmap_mode="r")
-            except ValueError as err:
-                raise ZooError(f"{file}: not a readable .npy file ({err})") from err
-            expected = tuple(meta["files"][name]["shape"])
+            info = meta["files"][name]
+            _check_file(file, info["sha256"], size=info.get("size"))
+            array = _load_npy(file)
+            expected = tuple(info["shape"])
             if array.shape != expected:
                 raise ZooError(f"{file}: shape {array.shape}, manifest says {expected}")
+            if "dtype" in info and str(array.dtype) != info["dtype"]:
+                raise ZooError(f"{file}: dtype {array.dtype}, manifest says {info['dtype']}")
             self._arrays[key] = array
         return self._arrays[key]
 
@@ -419,6 +656,41 @@ class _Storage:
             out[pick] = self.array(int(s), tensor)[rows[pick] - self.starts[s]]
         return out
 
+    def shard_finite(self, shard: int) -> np.ndarray:
+        """Per row of `shard`: are all its weights finite? (read once, in bounded chunks)"""
+        if shard not in self._finite:
+            ok = np.ones(int(self.shards[shard]["rows"]), bool)
+            for t in self.weight_space.tensors:
+                ok &= _rows_finite(self.array(shard, t.path))
+            self._finite[shard] = ok
+        return self._finite[shard]
+
+    def finite(self, rows: np.ndarray) -> np.ndarray:
+        """Per global row: are all its weights finite?"""
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.ones(len(rows), bool)
+        for s in np.unique(shard):
+            pick = shard == s
+            out[pick] = self.shard_finite(int(s))[rows[pick] - self.starts[s]]
+        return out
+
+
+def _load_npy(file: Path) -> np.ndarray:
+    try:
+        return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ZooError(f"{file}: not a readable .npy file ({err})") from err
+
+
+def _rows_finite(array: np.ndarray, chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """(rows,) bool: every value of the row finite; reads at most `chunk_bytes` at a time."""
+    if array.dtype.kind not in "fc":
+        return np.ones(len(array), bool)
+    flat = array.reshape(len(array), -1)
+    step = max(1, chunk_bytes // max(flat.shape[1] * flat.itemsize, 1))
+    return np.concatenate([np.isfinite(flat[i:i + step]).all(axis=1)
+                           for i in range(0, len(flat), step)] or [np.ones(0, bool)])
+
 
 class Zoo:
     """A view on the rows of a zoo directory; `Zoo.open(path)` gives all rows.
@@ -431,44 +703,36 @@ class Zoo:
                  storage: _Storage, rows: np.ndarray):
         self.path, self.manifest, self._table, self._storage = path, manifest, table, storage
         self.global_rows = np.asarray(rows, np.int64)
-        self._weight_space = None
+        self._weight_space = storage.weight_space
         self._architecture = None
         self.dropped: dict[str, int] = {}  # rows each criterion of `select` left out
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike) -> Zoo:
+        """Open a finished zoo. The manifest is checked field by field, the metrics table
+        against its checksum, and every shard file for existence and recorded size; weights
+        are read (and their checksums verified) only when first used — `verify_zoo` reads
+        everything now."""
         path = Path(path)
-        if not path.is_dir():
+        if not path.exists():
             raise ZooError(f"{path}: no such zoo directory")
+        if not path.is_dir():
+            raise ZooError(f"{path} is a file, not a zoo directory")
         manifest = _read_json(path / MANIFEST, "zoo manifest")
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ZooError(f"{path / MANIFEST}: schema_version {version!r}; this wsl reads "
-                           f"{SCHEMA_VERSION}")
-        if not manifest.get("complete"):
-            raise ZooError(f"{path}: the zoo is not finished (no shards recorded in {MANIFEST}); "
-                           f"resume the build that writes it")
-        for key in ("shards", "columns", "column_types", "weight_space", "architecture",
-                    "metrics_sha256"):
-            if key not in manifest:
-                raise ZooError(f"{path / MANIFEST}: missing field {key!r}")
-        _check_file(path / METRICS_FILE, manifest["metrics_sha256"])
-        header, body = _read_csv(path / METRICS_FILE)
-        types = manifest["column_types"]
-        if header != list(manifest["columns"]):
-            raise ZooError(f"{path / METRICS_FILE}: header {header} differs from the manifest's "
-                           f"columns {list(manifest['columns'])}")
-        if len(body) != manifest.get("num_rows", len(body)):
-            raise ZooError(f"{path / METRICS_FILE}: {len(body)} rows, manifest says "
-                           f"{manifest['num_rows']}")
-        table = {c: _parse_column(c, types.get(c, "str"), [line[j] for line in body],
-                                  str(path / METRICS_FILE)) for j, c in enumerate(header)}
-        storage = _Storage(path, manifest)
-        if storage.starts[-1] != len(body):
+        space = _check_manifest(path, manifest)
+        table = _read_metrics(path, manifest)
+        problems = _shard_file_problems(path, manifest)
+        if problems:
+            more = f" (and {len(problems) - 1} more; `wsl zoo verify` lists them)" \
+                if len(problems) > 1 else ""
+            raise ZooError(problems[0] + more)
+        storage = _Storage(path, manifest, space)
+        rows = len(table["model"])
+        if storage.starts[-1] != rows:
             raise ZooError(f"{path / MANIFEST}: shards hold {storage.starts[-1]} rows but "
-                           f"{METRICS_FILE} has {len(body)}")
-        return cls(path, manifest, table, storage, np.arange(len(body)))
+                           f"{METRICS_FILE} has {rows}")
+        return cls(path, manifest, table, storage, np.arange(rows))
 
     def _view(self, rows: np.ndarray) -> Zoo:
         view = Zoo(self.path, self.manifest, self._table, self._storage, rows)
@@ -490,8 +754,6 @@ class Zoo:
 
     @property
     def weight_space(self) -> WeightSpace:
-        if self._weight_space is None:
-            self._weight_space = WeightSpace.from_dict(self.manifest["weight_space"])
         return self._weight_space
 
     @property
@@ -501,7 +763,10 @@ class Zoo:
             from wsl.zoos.architectures import build
 
             arch = self.manifest["architecture"]
-            self._architecture = build(arch["name"], **arch.get("config", {}))
+            try:
+                self._architecture = build(arch["name"], **arch.get("config", {}))
+            except WslError as err:
+                raise ZooError(f"{self.path / MANIFEST}: field 'architecture': {err}") from err
             if self._architecture.weight_space.to_dict() != self.weight_space.to_dict():
                 raise ZooError(f"{self.path / MANIFEST}: the weight space recorded differs from "
                                f"the one architecture {arch['name']!r} builds with its config")
@@ -567,7 +832,8 @@ class Zoo:
 
         * `epoch`: ``"last"`` (each model's last checkpoint), an epoch, a list, or None (all);
         * `models`: model ids to keep; an id without a row at that epoch is an error;
-        * `finite`: leave out rows flagged ``diverged``;
+        * `finite`: leave out rows flagged ``diverged`` and rows whose weights hold NaN or inf
+          (``dropped["non_finite"]``, with a warning: no healthy zoo has them);
         * `require`: columns that must hold a finite value (numeric columns) in every row kept;
         * `min_val_acc`: keep rows with ``val_acc`` ≥ it. Selecting on test accuracy would let
           the test set choose what is later scored on it, so ``test_acc`` stands in only for a
@@ -599,8 +865,16 @@ class Zoo:
                 at = "" if epoch is None else f" at epoch {epoch}"
                 raise ZooError(f"models {missing[:10]} are not in {self.path}{at}")
             keep("models", np.isin(view.metrics["model"], wanted), f"{len(wanted)} model ids")
-        if finite and "diverged" in self._table:
-            keep("diverged", ~view.metrics["diverged"].astype(bool), "not diverged")
+        if finite:
+            if "diverged" in self._table:
+                keep("diverged", ~view.metrics["diverged"].astype(bool), "not diverged")
+            # Weights are checked too: a damaged or hand-edited shard may hold NaN/inf in rows
+            # that no flag marks (the rows read now are the ones a consumer reads next).
+            keep("non_finite", view.finite_rows(), "finite weights")
+            if dropped["non_finite"]:
+                warnings.warn(f"{self.path}: {dropped['non_finite']} selected rows have NaN/inf "
+                              f"weights but are not flagged diverged; leaving them out "
+                              f"(`wsl zoo verify {self.path}` names them)", stacklevel=2)
         for column in require:
             if column not in self._table:
                 raise ZooError(f"{self.path}: no column {column!r}; columns are {self.columns}")
@@ -655,8 +929,15 @@ class Zoo:
 
     # ------------------------------------------------------------------ weights
     def _rows(self, rows) -> np.ndarray:
-        rows = (np.atleast_1d(np.asarray(rows, np.int64)) if rows is not None
-                else np.arange(len(self)))
+        if rows is None:
+            rows = np.arange(len(self))
+        else:
+            given = np.atleast_1d(np.asarray(rows))
+            if given.size and given.dtype.kind not in "iu":
+                # 1.5 must not quietly become row 1 (nor True row 1)
+                raise ZooError(f"row indices must be integers, got {given.dtype} "
+                               f"{given.tolist()[:8]}")
+            rows = given.astype(np.int64)
         if rows.ndim != 1 or (len(rows) and (rows.min() < -len(self) or rows.max() >= len(self))):
             raise IndexError(f"row indices must be in [0, {len(self)}), got {rows.tolist()[:8]}")
         return self.global_rows[rows % max(len(self), 1)]
@@ -669,7 +950,13 @@ class Zoo:
 
     def params(self, i: int) -> dict:
         """The params pytree of row `i` (numpy)."""
-        return _first(self.weights([int(i)]))
+        if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+            raise ZooError(f"a row index must be an integer, got {type(i).__name__} {i!r}")
+        return _first(self.weights([i]))
+
+    def finite_rows(self, rows=None) -> np.ndarray:
+        """(rows,) bool: every weight of the row is finite (reads the rows' shards once)."""
+        return self._storage.finite(self._rows(rows))
 
     def flat(self, rows=None) -> np.ndarray:
         """(rows, num_params) in the weight space's flatten order."""
@@ -709,30 +996,61 @@ class Zoo:
             yield batch
 
     # ------------------------------------------------------------------ export
-    def export(self, i: int, path: str | os.PathLike, format: str = "safetensors",
-               torch_layout: bool = False) -> Path:
+    def export(self, i: int, path: str | os.PathLike, format: str | None = None,
+               torch_layout: bool = False, *, force: bool = False,
+               allow_non_finite: bool = False) -> Path:
         """Write row `i`'s params to one .safetensors or .npz file (PyTorch names/layouts
-        optional)."""
+        optional).
+
+        `format` defaults to the file's suffix (else safetensors); a suffix that contradicts it
+        is refused. The path is checked first (`wsl.outputs.check_output_file`): an existing file
+        is replaced only with `force`, never a directory or a file inside a zoo. Weights holding
+        NaN or inf are refused unless `allow_non_finite`. The file is written whole or not at
+        all (a temporary file renamed into place), with the usual permissions (umask)."""
+        path = Path(path)
+        format = export_format(path, format)
         architecture = self.manifest["architecture"]["name"]
         if torch_layout and architecture not in TORCH_LAYOUT_ARCHS:
             raise ZooError(f"torch layout is defined for {list(TORCH_LAYOUT_ARCHS)}, not "
                            f"{architecture!r}; export without --torch-layout")
-        params = (dict(to_torch_state(self.weight_space, self.params(i))) if torch_layout else
-                  self.weight_space.as_flat_dict(self.params(i)))
-        path = Path(path)
-        if format == "safetensors":
-            from safetensors.numpy import save_file
-
-            meta = {"architecture": json.dumps(self.manifest["architecture"]),
-                    "row": json.dumps({c: _format(v[i]) for c, v in self.metrics.items()}),
-                    "layout": "torch" if torch_layout else "jax"}
-            save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(path), meta)
-        elif format == "npz":
-            with open(path, "wb") as f:
-                np.savez(f, **params)
-        else:
-            raise ZooError(f"unknown export format {format!r}; choose safetensors or npz")
+        check_output_file(path, force=force)
+        row = self.params(i)
+        flat = self.weight_space.as_flat_dict(row)
+        bad = {p: int(np.size(v) - np.isfinite(v).sum()) for p, v in flat.items()
+               if np.asarray(v).dtype.kind in "fc" and not np.isfinite(v).all()}
+        if bad and not allow_non_finite:
+            model = self.metrics["model"][i]
+            raise ZooError(f"model {model} (row {i}) has non-finite weights: "
+                           + ", ".join(f"{n} NaN/inf in {p}" for p, n in bad.items())
+                           + "; the network is unusable (`wsl zoo verify` checks the whole zoo); "
+                             "pass --allow-non-finite to export it anyway")
+        params = dict(to_torch_state(self.weight_space, row)) if torch_layout else flat
+        own = self.architecture_of(i)  # a mixed-activation zoo records each row's own
+        meta = {"architecture": json.dumps({"name": own.name, "config": dict(own.config)},
+                                           default=list),
+                "row": json.dumps({c: _format(v[i]) for c, v in self.metrics.items()}),
+                "layout": "torch" if torch_layout else "jax"}
+        write_state_file(path, params, format, metadata=meta)
         return path
+
+
+EXPORT_FORMATS = {"safetensors": ".safetensors", "npz": ".npz"}
+
+
+def export_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The export format for `path`: `format` if given (its suffix must not contradict it), else
+    the one its suffix names, else safetensors."""
+    suffix = Path(path).suffix.lower()
+    by_suffix = {v: k for k, v in EXPORT_FORMATS.items()}.get(suffix)
+    if format is None:
+        return by_suffix or "safetensors"
+    if format not in EXPORT_FORMATS:
+        raise ZooError(f"unknown export format {format!r}; choose safetensors or npz")
+    if by_suffix is not None and by_suffix != format:
+        raise ZooError(f"{path}: the suffix {suffix} says {by_suffix} but the format asked is "
+                       f"{format}; name the file {Path(path).stem}{EXPORT_FORMATS[format]} or "
+                       f"drop --format")
+    return format
 
 
 def _first(tree):
@@ -754,6 +1072,90 @@ def _place(batch: dict, sharding, columns: Sequence[str]) -> dict:
         if batch[c].dtype.kind in "biuf":
             out[c] = jax.device_put(batch[c], sharding)
     return out
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """What `verify_zoo` read and found; `problems` is empty for a sound zoo."""
+
+    path: Path
+    shards: int = 0
+    files: int = 0
+    bytes: int = 0
+    rows: int = 0
+    non_finite_rows: list[int] = dataclasses.field(default_factory=list)  # flagged diverged
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        lines = [f"zoo          {self.path}",
+                 f"checked      {self.shards} shards, {self.files} files, {self.bytes:,} bytes, "
+                 f"{self.rows} rows: sha256, sizes, shapes, dtypes, finiteness of every weight"]
+        if self.non_finite_rows:
+            lines.append(f"diverged     {len(self.non_finite_rows)} rows hold NaN/inf weights, "
+                         f"all flagged diverged (kept as data)")
+        lines.append("result       " + ("ok" if self.ok else f"{len(self.problems)} problems"))
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def verify_zoo(path: str | os.PathLike) -> VerifyReport:
+    """Read every file of a finished zoo: checksums, sizes, shapes and dtypes against the
+    manifest, and every weight for NaN/inf (allowed only in rows flagged ``diverged``).
+
+    A manifest that cannot be read at all raises `ZooError`; every other fault is collected in
+    the report's `problems`, one line each naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ZooError(f"{path}: no such zoo directory")
+    if not path.is_dir():
+        raise ZooError(f"{path} is a file, not a zoo directory")
+    manifest = _read_json(path / MANIFEST, "zoo manifest")
+    _check_manifest(path, manifest)
+    report = VerifyReport(path, shards=len(manifest["shards"]))
+    table = None
+    try:
+        table = _read_metrics(path, manifest)
+    except ZooError as err:
+        report.problems.append(str(err))
+    report.files += 1
+    if (path / METRICS_FILE).is_file():
+        report.bytes += (path / METRICS_FILE).stat().st_size
+    start = 0
+    for shard in manifest["shards"]:
+        folder, rows = path / shard["name"], shard["rows"]
+        finite = np.ones(rows, bool)
+        for file, meta in shard["files"].items():
+            report.files += 1
+            try:
+                _check_file(folder / file, meta["sha256"], size=meta.get("size"))
+                report.bytes += (folder / file).stat().st_size
+                if not file.endswith(".npy"):
+                    continue
+                array = _load_npy(folder / file)
+                if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
+                    raise ZooError(f"{folder / file}: {array.dtype} {list(array.shape)}, the "
+                                   f"manifest records {meta.get('dtype')} {meta.get('shape')}")
+                finite &= _rows_finite(array)
+            except ZooError as err:
+                report.problems.append(str(err))
+        bad = np.flatnonzero(~finite) + start
+        if len(bad):
+            flagged = (table["diverged"][bad] if table is not None and "diverged" in table
+                       else np.zeros(len(bad), bool))
+            report.non_finite_rows += bad[flagged].tolist()
+            if not flagged.all():
+                unflagged = bad[~flagged]
+                models = (f"models {sorted(set(table['model'][unflagged].tolist()))[:10]}"
+                          if table is not None else f"rows {unflagged.tolist()[:10]}")
+                report.problems.append(f"{folder}: {len(unflagged)} rows hold NaN/inf weights "
+                                       f"but are not flagged diverged ({models})")
+        start += rows
+    report.rows = start
+    return report
 
 
 def open_zoo(path: str | os.PathLike) -> Zoo:

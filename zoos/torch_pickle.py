@@ -4,6 +4,8 @@ A `torch.save` file is a zip archive holding `<name>/data.pkl` (a pickle whose t
 storages by persistent id) and one raw little-endian blob per storage under `<name>/data/<key>`.
 Unpickling arbitrary files can run arbitrary code, so the unpickler here resolves only the
 globals that rebuild tensors and ordered dicts; any other global is refused before it is called.
+Every size, offset and stride the pickle names is checked against its storage before a tensor is
+viewed, and any damage surfaces as a `ModelFileError` naming the file.
 """
 
 from __future__ import annotations
@@ -28,8 +30,19 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(WslError, pickle.UnpicklingError):
+class UnsafeCheckpointError(ModelFileError, pickle.UnpicklingError):
     """The checkpoint's pickle asks for a global outside the tensor-rebuild allowlist."""
+
+
+class _DamagedTensor(ModelFileError):
+    """A tensor record that does not fit its storage (named with the file by the loader)."""
+
+
+def _dims(values, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise _DamagedTensor(f"tensor {what} {values!r} is not a tuple of non-negative integers")
+    return tuple(values)
 
 
 class _StorageType:
@@ -38,7 +51,22 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    """torch._utils._rebuild_tensor_v2 for numpy: a strided view of the storage, copied out."""
+    """torch._utils._rebuild_tensor_v2 for numpy: a strided view of the storage, copied out.
+
+    The view must lie inside the storage: a hostile size or stride would otherwise read memory
+    beyond it."""
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise _DamagedTensor(f"tensor storage is a {type(storage).__name__}, not a storage")
+    size, stride = _dims(size, "size"), _dims(stride, "stride")
+    (offset,) = _dims((offset,), "offset")
+    if len(size) != len(stride):
+        raise _DamagedTensor(f"tensor size {size} and stride {stride} differ in length")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
+        raise _DamagedTensor(f"tensor of size {size}, stride {stride} at offset {offset} reaches "
+                             f"element {last} of a storage of {storage.size}")
     itemsize = storage.dtype.itemsize
     if not size:
         return storage[offset:offset + 1].reshape(()).copy()
@@ -84,13 +112,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
             raise UnsafeCheckpointError(f"{self._source}: unsupported storage {storage_type!r}")
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise ModelFileError(f"{self._source}: storage record {pid[1:5]!r} is malformed")
         if key not in self._storages:
             dtype = np.dtype(_STORAGE_DTYPES[storage_type.name]).newbyteorder("<")
+            name = f"{self._prefix}data/{key}"
             try:
-                raw = self._archive.read(f"{self._prefix}data/{key}")
+                info = self._archive.getinfo(name)
             except KeyError:
                 raise ModelFileError(f"{self._source}: storage {key} is missing "
                                      "from the archive") from None
+            if info.file_size < numel * dtype.itemsize:
+                raise ModelFileError(f"{self._source}: storage {key} is truncated "
+                                     f"({info.file_size} bytes for {numel} × {dtype})")
+            with self._archive.open(info) as file:  # never more than the storage needs
+                raw = file.read(numel * dtype.itemsize)
             if len(raw) < numel * dtype.itemsize:
                 raise ModelFileError(f"{self._source}: storage {key} is truncated "
                                  f"({len(raw)} bytes for {numel} × {dtype})")
@@ -103,15 +139,19 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     """The object a `torch.save` zip file holds, with every tensor as a numpy array.
 
     Raises `UnsafeCheckpointError` for any global outside the allowlist (nothing is executed),
-    and `ValueError` naming the file for non-zip (legacy) files and damaged archives.
+    and `ModelFileError` naming the file for non-zip (legacy) files and damaged archives.
     """
     source = os.fspath(path)
     try:
         archive = zipfile.ZipFile(source)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, EOFError, ValueError):
         raise ModelFileError(f"{source}: not a PyTorch zip checkpoint (legacy torch.save files "
                              "from before torch 1.6 are not supported; re-save them with a "
                              "recent torch)") from None
+    except OSError as err:
+        if err.filename or isinstance(err, (PermissionError, IsADirectoryError)):
+            raise  # the OS error names the file and the cause
+        raise ModelFileError(f"{source}: cannot read as a zip archive ({err})") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
@@ -123,8 +163,15 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
         try:
             with archive.open(pickles[0]) as file:
                 return _RestrictedUnpickler(file, archive, prefix, source).load()
-        except (EOFError, zipfile.BadZipFile) as err:
-            raise ModelFileError(f"{source}: damaged checkpoint ({err})") from err
+        except _DamagedTensor as err:
+            raise ModelFileError(f"{source}: damaged checkpoint ({err})") from None
+        except WslError:
+            raise
+        except (MemoryError, RecursionError) as err:
+            raise ModelFileError(f"{source}: damaged checkpoint ({type(err).__name__})") from None
+        except Exception as err:  # pickle opcodes of hostile or damaged files raise many types
+            raise ModelFileError(f"{source}: damaged checkpoint "
+                                 f"({type(err).__name__}: {err})") from err
 
 
 class _Global:
@@ -165,13 +212,17 @@ class _TorchLikePickler(pickle._Pickler):  # the pure-Python pickler: its dispat
         return None
 
 
-def write_torch_checkpoint(path: str | os.PathLike, state: dict[str, np.ndarray]) -> None:
+def write_torch_checkpoint(path, state: dict[str, np.ndarray], *, name: str | None = None) -> None:
     """Write a flat dict of arrays in `torch.save`'s zip layout, without torch.
 
-    Used for test fixtures and to hand weights to PyTorch users: `torch.load` reads it back.
+    `path` is a file name or a binary file open for writing; `name` is the archive's top folder
+    (default: the file's stem). Used for test fixtures and to hand weights to PyTorch users:
+    `torch.load` reads it back.
     """
     type_names = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items()}
-    name = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "archive"
+    if name is None:
+        name = (os.path.splitext(os.path.basename(os.fspath(path)))[0]
+                if isinstance(path, (str, os.PathLike)) else "") or "archive"
     blobs, tensors = {}, collections.OrderedDict()
     for i, (key, value) in enumerate(state.items()):
         array = np.require(np.asarray(value), requirements="C")  # keeps 0-d arrays 0-d

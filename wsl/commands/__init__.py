@@ -2,9 +2,9 @@
 
 Each command module parses its arguments and calls the library; it never prints errors itself.
 A library error (`wsl.errors.WslError`) or an unreadable file reaches `main` here, which prints
-one line ``wsl COMMAND: error: ...`` and exits 2 for usage errors, 1 for runtime errors. With
-``--debug`` (or ``WSL_DEBUG=1``) the traceback is shown instead. Modules are imported only when
-their command runs, so `wsl --help` stays fast.
+one line ``wsl COMMAND: error: ...`` and exits 2 for usage errors (a missing command too), 1 for
+runtime errors, 130 for Ctrl-C. With ``--debug`` (or ``WSL_DEBUG=1``) the traceback is shown
+instead. Modules are imported only when their command runs, so `wsl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 from wsl.errors import WslError
 
@@ -45,8 +46,25 @@ def fail(prog: str, message: str, code: int) -> int:
     return code
 
 
+def _one_line_warning(prog: str):
+    def format_warning(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {message}\n"
+    return format_warning
+
+
 def run(prog: str, main, argv: list[str], debug: bool = False) -> int:
-    """Run a command's `main(argv)`; user errors become one line and an exit code."""
+    """Run a command's `main(argv)`; user errors become one line and an exit code, and so do
+    warnings (``wsl zoo: warning: ...``) unless `debug`."""
+    previous = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _one_line_warning(prog)
+    try:
+        return _run(prog, main, argv, debug)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(prog: str, main, argv: list[str], debug: bool) -> int:
     try:
         return int(main(argv) or 0)
     except SystemExit as err:  # argparse: --help (0) or a usage error it already printed (2)
@@ -58,10 +76,12 @@ def run(prog: str, main, argv: list[str], debug: bool = False) -> int:
         if isinstance(err, OSError) and not isinstance(err, WslError) and err.filename:
             message = f"{err.filename}: {err.strerror or message}"
         return fail(prog, message, getattr(err, "exit_code", 1))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print(f"\n{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+        detail = f" ({err})" if str(err) else ""
+        print(f"\n{prog}: interrupted{detail}; run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 
@@ -70,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("WSL_DEBUG", "") not in ("", "0")
     while argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if not argv:  # a missing command is a usage error, as a missing subcommand is
+        print(usage(), file=sys.stderr)
+        return fail("wsl", "missing command", 2)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         return fail("wsl", f"unknown command {name!r}\n\n{usage()}", 2)

@@ -12,6 +12,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from wsl.errors import UsageError
+
 # One shared initialisation with per-model data orders keeps the population in one basin, which a
 # generator needs (independent initialisations on 32 models give it only copies).
 DEMO_ZOO = ["num_models=128", "init_seeds=1", "data_order=per_model"]
@@ -29,37 +31,53 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--generator-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     begin = time.perf_counter()
+    # Every option is checked before any work: a bad one costs nothing.
+    for option, value in (("--samples", args.samples), ("--generator-steps", args.generator_steps)):
+        if value < 1:
+            raise UsageError(f"{option} must be ≥ 1; got {value}")
 
     from wsl.commands.gen import report
     from wsl.commands.zoo import summarise
     from wsl.config import override
     from wsl.eval.probe_report import format_report, plot_probe
     from wsl.models.weight_generator import GeneratorConfig
+    from wsl.outputs import check_output_dir
     from wsl.train import generator as generators
     from wsl.train import probe
     from wsl.zoos.build import build_zoo
     from wsl.zoos.recipes import get_recipe
     from wsl.zoos.store import Zoo
 
+    recipe = get_recipe("quick", DEMO_ZOO)
+    probe_config = probe.ProbeConfig(
+        encoder="statnn", train=override(probe.DEFAULT_TRAIN, ["steps=600", "eval.every=100"]))
+    config = GeneratorConfig(method="flow", hidden=256, depth=2)
+    train_config = dataclasses.replace(
+        override(generators.DEFAULT_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99",
+                                            "log.progress=false"]), batch_size=32)
     zoo_dir, gen_dir, samples_dir = args.out / "zoo", args.out / "generator", args.out / "samples"
+    check_output_dir(args.out)
+    check_output_dir(zoo_dir, allow_zoo=True)
+    if (samples_dir / "manifest.json").exists():
+        num = Zoo.open(samples_dir).manifest.get("recipe", {}).get("num")
+        if num != args.samples:
+            raise UsageError(f"--out {args.out} holds {num} samples, not --samples "
+                             f"{args.samples}; choose another --out")
+    else:
+        generators.check_sample_out(samples_dir, option="--out's samples folder")
+
     t = _stage("1/4 build the quick zoo (a population trained in one compiled program)")
-    zoo = build_zoo(get_recipe("quick", DEMO_ZOO), zoo_dir)  # resumes, or is finished
+    zoo = build_zoo(recipe, zoo_dir)  # resumes, or is finished
     print(summarise(zoo))
     print(f"   ({time.perf_counter() - t:.0f} s)")
 
     t = _stage("2/4 probe: predict each network's test accuracy from its weights (StatNN)")
-    result = probe.run_probe(zoo, probe.ProbeConfig(
-        encoder="statnn", train=override(probe.DEFAULT_TRAIN, ["steps=600", "eval.every=100"])),
-        args.out / "probe")
+    result = probe.run_probe(zoo, probe_config, args.out / "probe")
     plot_probe(result, args.out / "probe" / "scatter.png")
     print(format_report(result))
     print(f"   ({time.perf_counter() - t:.0f} s)")
 
     t = _stage("3/4 align the zoo by weight matching and train a flow-matching generator")
-    config = GeneratorConfig(method="flow", hidden=256, depth=2)
-    train_config = dataclasses.replace(
-        override(generators.DEFAULT_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99",
-                                            "log.progress=false"]), batch_size=32)
     generators.train_generator(zoo_dir, gen_dir, config, train_config)
     print(f"   ({time.perf_counter() - t:.0f} s)")
 

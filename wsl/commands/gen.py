@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from wsl.errors import UsageError
 from wsl.models.weight_generator import METHODS
 
 
@@ -25,11 +26,14 @@ def _scalar(text: str):
         return text  # a quantile name, checked against the generator's statistics
 
 
-def report(generated, generator_dir: Path, out: Path, seed: int) -> dict:
-    """Print and write (`evaluation.json`, `evaluation.png`) the comparison with training."""
+def report(generated, generator, out: Path, seed: int) -> dict:
+    """Print and write (`evaluation.json`, `evaluation.png`) the comparison with training.
+
+    `generator` is a generator folder or a loaded `wsl.train.generator.TrainedGenerator`.
+    """
     from wsl.eval.generated import compare_with_training, plot_report
 
-    result = compare_with_training(generated, generator_dir, seed=seed)
+    result = compare_with_training(generated, generator, seed=seed)
     print(result.table())
     summary = result.to_dict()
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -67,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("zoo", type=Path)
     p.add_argument("--generator", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for evaluation.json/.png (default: the generated zoo itself; "
+                        "required for a zoo that is not generated)")
     return parser
 
 
@@ -74,10 +81,21 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from wsl.config import override
     from wsl.models.weight_generator import GeneratorConfig
-    from wsl.train.generator import DEFAULT_TRAIN, sample_to_zoo, train_generator
+    from wsl.train.generator import (
+        DEFAULT_TRAIN,
+        TrainedGenerator,
+        check_sample_out,
+        sample_to_zoo,
+        train_generator,
+    )
     from wsl.zoos.store import Zoo
 
     if args.command == "train":
+        if args.max_models is not None and args.max_models < 2:
+            raise UsageError(f"--max-models must be ≥ 2 (a generator learns from a population); "
+                             f"got {args.max_models}")
+        if args.min_acc is not None and not 0 <= args.min_acc <= 1:
+            raise UsageError(f"--min-acc is a validation accuracy in [0, 1]; got {args.min_acc}")
         gen_words = [w for w in args.overrides if not w.startswith("train.")]
         train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
         # --method joins the words (last, so it wins): the config checks them all together,
@@ -89,13 +107,31 @@ def main(argv: list[str]) -> int:
         print(f"generator written to {args.out}; sample it with "
               f"`wsl gen sample {args.out} -n 100 --out SAMPLES`")
     elif args.command == "sample":
-        zoo, info = sample_to_zoo(args.generator, args.out, args.num, seed=args.seed,
+        if args.num < 1:
+            raise UsageError(f"-n/--num must be ≥ 1; got {args.num}")
+        if args.steps is not None and args.steps < 1:
+            raise UsageError(f"--steps must be ≥ 1; got {args.steps}")
+        check_sample_out(args.out)  # before the generator is loaded
+        generator = TrainedGenerator.load(args.generator)
+        zoo, info = sample_to_zoo(generator, args.out, args.num, seed=args.seed,
                                   sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   cond_class=args.cond_class, cond_scalar=args.cond_scalar)
         print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
               f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
         if not args.no_eval:
-            report(zoo, args.generator, args.out, args.seed)
+            report(zoo, generator, args.out, args.seed)
     else:
-        report(Zoo.open(args.zoo), args.generator, args.zoo, args.seed)
+        zoo = Zoo.open(args.zoo)
+        if args.out is None:
+            # A generated zoo keeps its evaluation beside its samples; any other zoo is left as is.
+            if not zoo.manifest.get("generated", False):
+                raise UsageError(f"{args.zoo} is not a generated zoo; give --out DIR for its "
+                                 f"evaluation (nothing is written into a trained zoo)")
+            out = args.zoo
+        else:
+            from wsl.outputs import check_output_dir
+
+            out = check_output_dir(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+        report(zoo, args.generator, out, args.seed)
     return 0

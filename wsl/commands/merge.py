@@ -6,7 +6,8 @@
 The zoo's dataset (named in its manifest) supplies validation data for the greedy soup and the
 Fisher, and test data for the report. The merged model is written in the format its suffix names
 (`wsl.zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the
-best and the mean model is written next to it (same name, ``.json``) and printed.
+best and the mean model is written next to it (same name, ``.json``) and printed. Models are named
+by their ids in the zoo throughout. Neither file is overwritten unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ def _model_ids(specs: list[str]) -> list[int]:
             part = part.strip()
             if not part:
                 continue
+            lo, dash, hi = part.partition("-")
             try:
-                if "-" in part:
-                    lo, hi = part.split("-", 1)
-                    ids.extend(range(int(lo), int(hi) + 1))
-                else:
-                    ids.append(int(part))
+                lo, hi = int(lo), int(hi if dash else lo)
             except ValueError:
                 raise UsageError(f"--models takes ids and ranges like '0-9 12'; got "
                                  f"{part!r}") from None
+            if lo > hi:
+                raise UsageError(f"--models {part} is an empty range (reversed); write the lower "
+                                 f"id first: {hi}-{lo}")
+            ids.extend(range(lo, hi + 1))
+    if not ids:
+        raise UsageError("--models names no model ids; give ids and ranges like '0-9 12'")
     return ids
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsl merge", description=__doc__.splitlines()[0])
@@ -49,13 +54,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="checkpoint to take from each model: 'last' (default) or an epoch number")
     p.add_argument("--align", default="best",
                    help="align to the 'best' validation model (default), the population 'mean', a "
-                        "model row index, or 'none'")
+                        "model id, or 'none'")
     p.add_argument("--max-sweeps", type=int, default=100)
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--fisher-samples", type=int, default=256,
                    help="validation inputs the Fisher is computed on")
     p.add_argument("--seed", type=int, default=0, help="group orders of weight matching")
     p.add_argument("--out", required=True, help="merged model file (.safetensors, .npz, ...)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --out and its .json report if they exist")
     return p
 
 
@@ -63,10 +70,14 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     import jax
 
+    from wsl.eval.errors import EvaluationError
     from wsl.eval.merging import merge
+    from wsl.outputs import check_output_file
+    from wsl.train.trainer import note_dropped
     from wsl.zoos.model_files import format_from_suffix, save_model
     from wsl.zoos.store import Zoo
 
+    # Every option, then both output files, before the zoo is read or anything is written.
     out = Path(args.out)
     try:
         format_from_suffix(out)
@@ -74,38 +85,64 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"--out {err}") from None
     if args.epoch != "last" and not args.epoch.isdigit():
         raise UsageError(f"--epoch takes 'last' or an epoch number, got {args.epoch!r}")
-    zoo = Zoo.open(args.zoo).select(
-        epoch=args.epoch if args.epoch == "last" else int(args.epoch),
-        models=None if args.models is None else _model_ids(args.models),
-        finite=True, activation="single", min_rows=2)
-    if zoo.dropped.get("diverged"):
-        print(f"wsl merge: leaving out {zoo.dropped['diverged']} diverged models")
+    if args.align not in ("best", "mean", "none") and not args.align.isdigit():
+        raise UsageError(f"--align takes best, mean, none or a model id; got {args.align!r}")
+    for option, value, least in (("--max-sweeps", args.max_sweeps, 1),
+                                 ("--restarts", args.restarts, 1),
+                                 ("--fisher-samples", args.fisher_samples, 1)):
+        if value < least:
+            raise UsageError(f"{option} must be ≥ {least}; got {value}")
+    models = None if args.models is None else _model_ids(args.models)
+    report_path = out.with_suffix(".json")
+    check_output_file(out, force=args.force)
+    check_output_file(report_path, option="--out's report", force=args.force)
+
+    zoo = Zoo.open(args.zoo)
+    epoch = args.epoch if args.epoch == "last" else int(args.epoch)
+    if epoch != "last":
+        epochs = sorted({int(e) for e in zoo.metrics["epoch"]})
+        if epoch not in epochs:
+            raise EvaluationError(f"--epoch {epoch}: {args.zoo} has no checkpoint at epoch "
+                                  f"{epoch}; its epochs are {_ranges(epochs)}")
+    zoo = zoo.select(epoch=epoch, models=models, finite=True, activation="single", min_rows=2)
+    note_dropped(zoo)
+    model_ids = [int(m) for m in zoo.metrics["model"]]
     if args.align in ("best", "mean", "none"):
         align = args.align
-    elif args.align.isdigit() and int(args.align) < len(zoo):
-        align = int(args.align)
+    elif int(args.align) in model_ids:
+        align = model_ids.index(int(args.align))
     else:
-        raise UsageError(f"--align takes best, mean, none or a row index below {len(zoo)}; got "
-                         f"{args.align!r}")
+        raise UsageError(f"--align {args.align}: model {args.align} is not among the models "
+                         f"merged ({_ranges(model_ids)})")
     arch = zoo.architecture_of(0)
     population = zoo.weights(np.arange(len(zoo)))
     data = zoo.dataset()
     result = merge(arch, population, args.method, x_val=data.x_val, y_val=data.y_val,
                    x_test=data.x_test, y_test=data.y_test, align=align,
                    key=jax.random.key(args.seed), fisher_samples=args.fisher_samples,
-                   max_sweeps=args.max_sweeps, restarts=args.restarts)
+                   max_sweeps=args.max_sweeps, restarts=args.restarts, model_ids=model_ids)
     save_model(out, zoo.weight_space, jax.tree.map(np.asarray, result.params))
-    model_ids = zoo.metrics["model"]
-    report = {**result.report, "zoo": str(args.zoo), "epoch": args.epoch,
-              "member_models": [int(model_ids[i]) for i in result.members], "out": str(out)}
-    report_path = out.with_suffix(".json")
+    report = {**result.report, "zoo": str(args.zoo), "epoch": args.epoch, "out": str(out)}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"merged {report['members']} of {report['models']} models ({args.method}, aligned to "
           f"{args.align}) -> {out}")
+    if report.get("why"):
+        print(f"  {report['why']}")
     for split in ("val", "test"):
         r = report[split]
         print(f"  {split:4s} accuracy: merged {r['merged_acc']:.4f}, unaligned merge "
-              f"{r['unaligned_merge_acc']:.4f}, best model {r['best_model_acc']:.4f}, mean model "
-              f"{r['mean_model_acc']:.4f}")
+              f"{r['unaligned_merge_acc']:.4f}, best model (id {report['best_model']}) "
+              f"{r['best_model_acc']:.4f}, mean model {r['mean_model_acc']:.4f}")
     print(f"  report: {report_path}")
     return 0
+
+
+def _ranges(ids: list[int]) -> str:
+    """Sorted ids as compact ranges: [0, 1, 2, 5] -> '0-2, 5'."""
+    parts, ids = [], sorted(set(ids))
+    for i in ids:
+        if parts and i == parts[-1][1] + 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)

@@ -2,7 +2,9 @@
 
     wsl zoo build RECIPE --out DIR [--num-models N] [--seed S] [key=value ...]   (rerun to resume)
     wsl zoo info DIR
-    wsl zoo export DIR --model ID [--epoch E] --format safetensors|npz [--out FILE] [--torch-layout]
+    wsl zoo verify DIR
+    wsl zoo export DIR --model ID [--epoch E] [--format safetensors|npz] [--out FILE] [--force]
+                   [--torch-layout] [--allow-non-finite]
     wsl zoo recipes [NAME]
     wsl zoo import --format small-cnn-zoo|model-zoos|checkpoints SRC --out DIR
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,17 +38,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=build)
     p = sub.add_parser("info", help="summarise a zoo: architecture, counts, metrics, accuracy "
-                                    "histogram")
+                                    "histogram (checks that every shard file is there)")
     p.add_argument("zoo", help="zoo directory")
     p.set_defaults(run=info)
+    p = sub.add_parser("verify", help="read every file of a zoo: checksums, sizes, shapes, dtypes "
+                                      "and NaN/inf in the weights",
+                       description="Read every file of a zoo and check it against the manifest: "
+                       "sha256, size, shape, dtype, and that every weight is finite (NaN/inf is "
+                       "allowed only in rows flagged diverged). Exit 1 naming the bad files.")
+    p.add_argument("zoo", help="zoo directory")
+    p.set_defaults(run=verify)
     p = sub.add_parser("export", help="write one model to .safetensors or .npz")
     p.add_argument("zoo", help="zoo directory")
     p.add_argument("--model", type=int, required=True, help="model id (metrics.csv 'model')")
     p.add_argument("--epoch", default="last", help="checkpoint epoch (default: last)")
-    p.add_argument("--format", choices=("safetensors", "npz"), default="safetensors")
-    p.add_argument("--out", help="output file (default: model_ID_epoch_E.FORMAT in the cwd)")
+    p.add_argument("--format", choices=("safetensors", "npz"), default=None,
+                   help="file format (default: from the --out suffix, else safetensors)")
+    p.add_argument("--out", help="output file (default: model_ID_epoch_E.FORMAT in the cwd); "
+                                 "never inside a zoo")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--torch-layout", action="store_true",
-                   help="PyTorch names (conv_0.weight) and layouts (OIHW, dense out x in)")
+                   help="PyTorch names (conv_0.weight) and layouts (OIHW, linear out x in); "
+                        "load it with wsl.zoos.torch_modules.load_exported(FILE). Flax SAME "
+                        "padding at stride 2 pads (0, 1) on even sizes, which "
+                        "nn.Conv2d(padding=1) does not reproduce")
+    p.add_argument("--allow-non-finite", action="store_true",
+                   help="export a model whose weights hold NaN or inf (refused by default)")
     p.set_defaults(run=export)
     p = sub.add_parser("recipes", help="list the named recipes and their settings")
     p.add_argument("name", nargs="?", help="show one recipe's fields")
@@ -61,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="architecture name (checkpoints; model-zoos default: CNN-s)")
     p.add_argument("--arch-config", default="{}",
                    help="architecture config as JSON, e.g. '{\"widths\": [32]}'")
+    p.add_argument("--ignore-extra", action="store_true",
+                   help="checkpoints: drop tensors the architecture does not use (named in a "
+                        "warning) instead of refusing the file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=import_)
     return parser
@@ -77,7 +98,12 @@ def main(argv: list[str]) -> int:
     return args.run(args)
 
 
+def note(command: str, text: str) -> None:
+    print(f"wsl zoo {command}: note: {text}", file=sys.stderr)
+
+
 def build(args) -> int:
+    from wsl.outputs import check_output_dir
     from wsl.zoos.build import build_zoo
     from wsl.zoos.recipes import get_recipe
 
@@ -86,7 +112,14 @@ def build(args) -> int:
         overrides.append(f"num_models={args.num_models}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    recipe = get_recipe(args.recipe, overrides)
+    notes: list[str] = []
+    recipe = get_recipe(args.recipe, overrides, notes)
+    for text in notes:
+        note("build", text)
+    if recipe.epochs == 0:
+        note("build", "epochs=0: no training; the zoo holds the untrained networks "
+                      "(their initialisations) only")
+    check_output_dir(args.out, allow_zoo=True)  # a zoo is resumed in place, never nested
     start = time.perf_counter()
     zoo = build_zoo(recipe, args.out, progress=not args.no_progress)
     seconds = time.perf_counter() - start
@@ -99,14 +132,36 @@ def info(args) -> int:
     from wsl.zoos.store import Zoo
 
     print(summarise(Zoo.open(args.zoo)))
+    print(f"\nevery shard file is present with its recorded size; `wsl zoo verify {args.zoo}` "
+          f"reads the weights (checksums, NaN/inf)")
+    return 0
+
+
+def verify(args) -> int:
+    from wsl.zoos.store import ZooError, verify_zoo
+
+    report = verify_zoo(args.zoo)
+    print(report.summary())
+    if not report.ok:
+        more = f" (and {len(report.problems) - 1} more above)" if len(report.problems) > 1 else ""
+        raise ZooError(f"{report.problems[0]}{more}")
     return 0
 
 
 def export(args) -> int:
     import numpy as np
 
-    from wsl.zoos.store import Zoo, ZooError
+    from wsl.outputs import check_output_file
+    from wsl.zoos.store import EXPORT_FORMATS, Zoo, ZooError, export_format
 
+    if args.out is not None:
+        try:
+            fmt = export_format(args.out, args.format)
+        except ZooError as err:
+            raise UsageError(f"--format {args.format}: {err}") from None
+        check_output_file(args.out, force=args.force)
+    else:
+        fmt = args.format or "safetensors"
     zoo = Zoo.open(args.zoo)
     rows = zoo.filter(where=lambda m: m["model"] == args.model)
     if not len(rows):
@@ -124,9 +179,11 @@ def export(args) -> int:
         if not len(rows):
             raise ZooError(f"model {args.model} has no checkpoint at epoch {epoch}; it has {have}")
     epoch = int(rows.metrics["epoch"][0])
-    out = args.out or f"model_{args.model}_epoch_{epoch}.{args.format}"
-    rows.export(0, out, args.format, torch_layout=args.torch_layout)
-    print(f"wrote {out} (model {args.model}, epoch {epoch}, "
+    out = args.out or f"model_{args.model}_epoch_{epoch}{EXPORT_FORMATS[fmt]}"
+    check_output_file(out, force=args.force)  # before anything is written
+    rows.export(0, out, fmt, torch_layout=args.torch_layout, force=args.force,
+                allow_non_finite=args.allow_non_finite)
+    print(f"wrote {out} ({fmt}, model {args.model}, epoch {epoch}, "
           f"{'torch' if args.torch_layout else 'jax'} layout)")
     return 0
 
@@ -145,19 +202,38 @@ def recipes(args) -> int:
 
 
 def import_(args) -> int:
+    from wsl.errors import WslError
+    from wsl.outputs import check_output_dir
     from wsl.zoos import importers
     from wsl.zoos.architectures import build as build_architecture
 
     try:
         config = json.loads(args.arch_config)
     except json.JSONDecodeError as err:
-        raise UsageError(f"--arch-config is not valid JSON: {err}") from None
+        raise UsageError(f"--arch-config {args.arch_config!r} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--arch-config must be a JSON object of architecture settings, e.g. "
+                         f"'{{\"widths\": [32]}}', got {args.arch_config!r}")
+    if args.format == "small-cnn-zoo" and (args.arch or config):
+        raise UsageError("--arch and --arch-config do not apply to --format small-cnn-zoo (its "
+                         "architecture is fixed)")
+    if args.format != "small-cnn-zoo" and args.step is not None:
+        raise UsageError(f"--step applies to --format small-cnn-zoo only, not {args.format}")
+    if config and not args.arch:
+        raise UsageError("--arch-config needs --arch NAME (the architecture it configures)")
+    arch = None
+    if args.arch:
+        try:  # check the user's settings here, where the message can name the options
+            arch = build_architecture(args.arch, **config)
+        except WslError as err:
+            raise UsageError(f"--arch {args.arch} --arch-config {args.arch_config}: {err}") \
+                from None
+    check_output_dir(args.out, allow_zoo=True)  # an import resumes in place, never nested
     progress = not args.no_progress
     if args.format == "small-cnn-zoo":
         zoo = importers.import_small_cnn_zoo(args.source, args.out, step=args.step,
                                              progress=progress)
     elif args.format == "model-zoos":
-        arch = build_architecture(args.arch, **config) if args.arch else None
         zoo = importers.import_model_zoos(args.source, args.out, architecture=arch,
                                           progress=progress)
     else:
@@ -165,7 +241,8 @@ def import_(args) -> int:
             raise UsageError("--format checkpoints needs --arch (and --arch-config if not "
                              "default)")
         zoo = importers.import_checkpoints(args.source, args.out, architecture=args.arch,
-                                           config=config, progress=progress)
+                                           config=config, ignore_extra=args.ignore_extra,
+                                           progress=progress)
     print(f"imported {len(zoo)} rows into {args.out}; see `wsl zoo info {args.out}`")
     return 0
 

@@ -1,0 +1,73 @@
+"""Every README snippet runs as written, in order, in a fresh folder (shell at smoke sizes).
+
+Python blocks run each in a fresh namespace, so each must be self-contained, but in one folder and
+in README order, as a reader following it would (a later block may open the zoo an earlier one
+built). Shell blocks run through `wsl.commands.main` in-process. The install lines are left out:
+the suite already runs inside the installed package, `.ci/run` runs exactly those commands, and
+tests/test_demo.py runs the `wsl demo` of the first one.
+Sizes that take minutes are swapped for smoke sizes by `SMOKE`; every swap must find its text, so
+an edit of the README cannot silently skip one.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from wsl.commands import main as wsl
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```$", re.S | re.M)
+
+# (text in the README, its smoke-size replacement)
+SMOKE = [
+    ('["steps=2000", "batch_size=16"', '["steps=20", "batch_size=16"'),
+    ("num_models=256 epochs=3", "num_models=6 epochs=3"),
+    ("condition_scalar=val_acc\n", "condition_scalar=val_acc hidden=32 depth=1 train.steps=20 "
+     "ae_steps=20 ae_hidden=32 latent_dim=8 train.log.progress=false\n"),
+    ("gen sample gen -n 100", "gen sample gen -n 4"),
+]
+
+
+def _blocks() -> list[tuple[str, str]]:
+    text = README.read_text(encoding="utf-8")
+    for old, new in SMOKE:
+        assert old in text, f"README no longer contains {old!r}: update SMOKE in {__file__}"
+        text = text.replace(old, new)
+    return BLOCK.findall(text)
+
+
+def _shell_commands(code: str) -> list[list[str]]:
+    commands = []
+    for line in code.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if words and "pip install" not in line:
+            commands.append(words)
+    return commands
+
+
+def test_readme_has_python_and_shell_snippets():
+    kinds = [kind for kind, _ in _blocks()]
+    assert kinds.count("python") >= 4 and kinds.count("bash") >= 3, kinds
+
+
+def test_every_readme_snippet_runs_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for number, (kind, code) in enumerate(_blocks()):
+        where = f"README block {number} ({kind})"
+        if kind == "python":
+            exec(compile(code, where, "exec"), {"__name__": "__readme__"})
+            continue
+        for words in _shell_commands(code):
+            assert words[0] == "wsl", f"{where}: only wsl commands run here, got {words}"
+            assert wsl(words[1:]) == 0, f"{where}: {shlex.join(words)} failed"
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("wsl zoo info z   # a comment", [["wsl", "zoo", "info", "z"]]),
+    ('wsl zoo build q \\\n    "lr=[1,2]"', [["wsl", "zoo", "build", "q", "lr=[1,2]"]]),
+    ("python3 -m venv .venv && pip install -e .", []),
+])
+def test_shell_lines_are_split_as_a_shell_would(line, expected):
+    assert _shell_commands(line) == expected
