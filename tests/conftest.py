@@ -9,20 +9,44 @@ import gzip
 import json
 import os
 
-# The suite is dominated by XLA:CPU compile time, not by run time: LLVM's optimisation passes take
-# half of it. Tests check results, not speed, so they compile unoptimised (subprocesses inherit it).
-# Must be set before jax initialises its backend.
+# Most tests are dominated by XLA:CPU compile time, not by run time: LLVM's optimisation passes
+# take half of it. Tests check results, not speed, so they compile unoptimised (subprocesses
+# inherit it). The few tests that run long programs (the demo) run in a subprocess with
+# `optimised_env`. Must be set before jax initialises its backend.
+UNOPTIMISED = "--xla_backend_optimization_level=0"
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMISED}".strip()
 
-import jax  # noqa: E402
+import jax
 import numpy as np
 import pytest
 
 from wsl.zoos.architectures import build
 from wsl.zoos.torch_layout import to_torch_state
 from wsl.zoos.torch_pickle import write_torch_checkpoint
+
+
+# ------------------------------------------------------------------------- subprocess environments
+def _env(flags: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith(("--xla_backend_optimization_level",
+                                                     "--xla_force_host_platform_device_count")))
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {flags}".strip()
+    return env
+
+
+@pytest.fixture
+def optimised_env():
+    """The environment for a subprocess that runs long compiled programs: optimised as a user's."""
+    return _env("")
+
+
+@pytest.fixture
+def eight_device_env():
+    """The environment for a subprocess with 8 fake CPU devices (compiled unoptimised)."""
+    return _env(f"--xla_force_host_platform_device_count=8 {UNOPTIMISED}")
+
 
 # ------------------------------------------------------------------------------ Small CNN Zoo
 TF_NAMES = {"conv_0": "conv2d", "conv_1": "conv2d_1", "conv_2": "conv2d_2", "dense_0": "dense"}
