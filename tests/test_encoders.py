@@ -3,10 +3,6 @@ agreement of StatNN features with numpy, the registry's errors, and that the enc
 
 import functools
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -449,42 +445,30 @@ def test_gradient_boosted_trees_predict_a_weight_statistic():
 
 
 # ------------------------------------------------------------------------------- sharding
-SHARDED = textwrap.dedent("""
-    import sys
-    import jax, numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from wsl.models.encoders import build_encoder
-    from wsl.mesh import make_mesh, shard_leading
-    from wsl.zoos.architectures import build
-    assert jax.device_count() == 8
-    ws = build("small_cnn", input_shape=(8, 8, 1), channels=4).weight_space
-    params = ws.unflatten(np.random.default_rng(0).normal(0, 0.3, (16, ws.num_params)).astype("f4"))
-    mesh = make_mesh(("data",))
-    model = build_encoder(sys.argv[1], ws, **eval(sys.argv[2]))
-    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-    compiled = lambda f, *a: f.lower(*a).compile(compiler_options=fast)(*a)
-    variables = compiled(jax.jit(model.init), jax.random.key(1), params)
-    single = np.asarray(compiled(jax.jit(model.apply), variables, params))
-    sharded = shard_leading(params, mesh)
-    out = compiled(jax.jit(model.apply, out_shardings=NamedSharding(mesh, P("data"))),
-                   variables, sharded)
-    assert len(out.sharding.device_set) == 8
-    np.testing.assert_allclose(np.asarray(out), single, atol=1e-5)
-    print("ok")
-""")
-
-
+@pytest.mark.eight_devices
 @pytest.mark.parametrize("encoder", [
     "nfn_hnp",
     pytest.param("ng_gnn", marks=pytest.mark.slow),
     pytest.param("ng_transformer", marks=pytest.mark.slow),
 ])
 def test_encoder_runs_data_parallel_on_eight_devices(encoder):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SHARDED, encoder, repr(SMALL[encoder])],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from wsl.mesh import make_mesh, shard_leading
+
+    assert jax.device_count() == 8
+    ws = build("small_cnn", input_shape=(8, 8, 1), channels=4).weight_space
+    params = ws.unflatten(np.random.default_rng(0).normal(0, 0.3, (16, ws.num_params))
+                          .astype("f4"))
+    mesh = make_mesh(("data",))
+    model = build_encoder(encoder, ws, **SMALL[encoder])
+    variables = jax.jit(model.init)(jax.random.key(1), params)
+    single = np.asarray(jax.jit(model.apply)(variables, params))
+    out = jax.jit(model.apply, out_shardings=NamedSharding(mesh, P("data")))(
+        variables, shard_leading(params, mesh))
+    assert len(out.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(out), single, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------- trained zoo

@@ -2,12 +2,9 @@
 zoo."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -106,37 +103,24 @@ def test_min_acc_selects_on_validation_not_test_accuracy(trained):
         select_and_align(zoo, GeneratorConfig(), min_acc=2.0, align="none")
 
 
-SHARDED = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    from wsl.models.weight_generator import GeneratorConfig, GeneratorTask, make_generator
-    from wsl.train import TrainConfig, train
-    from wsl.config import override
-    import jax
+def _losses(run_dir, devices: int) -> list[float]:
+    from wsl.models.weight_generator import GeneratorTask, make_generator
+    from wsl.train import train
 
     x = np.random.default_rng(0).normal(size=(32, 24)).astype(np.float32)
-    config = override(TrainConfig(), sys.argv[2:])
+    config = override(TrainConfig(), [
+        f"mesh.data={devices}", "steps=12", "batch_size=16", "log.every=4", "log.progress=false",
+        "checkpoint.every=0", "checkpoint.async_save=false", "data.shuffle=false"])
     task = GeneratorTask(make_generator(GeneratorConfig(method="flow", hidden=32, depth=1), 24))
-    result = train(task, config, {"x": x}, sys.argv[1])
-    print(json.dumps({"devices": jax.device_count(),
-                      "loss": [r["train/loss"] for r in result.history if "train/loss" in r]}))
-""")
+    result = train(task, config, {"x": x}, run_dir)
+    leaf = jax.tree.leaves(result.params)[0]
+    assert len(leaf.sharding.device_set) == devices  # replicated over the whole mesh
+    return [r["train/loss"] for r in result.history if "train/loss" in r]
 
 
-def _losses(run_dir, devices):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    words = ["steps=12", "batch_size=16", "log.every=4", "log.progress=false",
-             "checkpoint.every=0", "checkpoint.async_save=false", "data.shuffle=false"]
-    out = subprocess.run([sys.executable, "-c", SHARDED, str(run_dir), *words], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
+@pytest.mark.eight_devices
 def test_sharded_training_gives_the_same_loss(tmp_path):
     one = _losses(tmp_path / "one", 1)
     eight = _losses(tmp_path / "eight", 8)
-    assert one["devices"] == 1 and eight["devices"] == 8
-    assert len(one["loss"]) == 3
-    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-4)
+    assert len(one) == 3
+    np.testing.assert_allclose(eight, one, rtol=1e-4)

@@ -189,8 +189,7 @@ def test_zoo_source_reads_rows_in_order_and_returns_the_batch_order(population):
         ZooSource(zoo, columns=("activation",))
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (run by "
-                    "test_trainer.py::test_sharding_on_fake_devices)")
+@pytest.mark.eight_devices
 def test_eight_devices_batches_are_split_over_the_mesh(population):
     arch, params, _ = population
     mesh = make_mesh(("data", "fsdp"), (4, 2))

@@ -1,7 +1,7 @@
 """The trainer: a task learns, a killed run resumes exactly, sharded runs match, bad configs fail.
 
-Tests named ``test_eight_devices_*`` need 8 devices; `test_sharding_on_fake_devices` runs them (and
-their twins in test_pipeline.py) in a subprocess with 8 fake CPU devices.
+Tests marked ``eight_devices`` need 8 devices; tests/test_eight_devices.py runs them in one
+subprocess with 8 fake CPU devices.
 """
 
 import importlib.machinery
@@ -30,9 +30,6 @@ from wsl.train import (
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.run_log import RunLog, read_records
-
-needs_eight = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (run by "
-                                 "test_sharding_on_fake_devices)")
 
 
 class Regression:
@@ -304,7 +301,7 @@ def _run_on_mesh(tmp_path, name, *mesh, hooks=()):
     return train(Regression(), config, regression_data(), tmp_path / name, hooks=hooks)
 
 
-@needs_eight
+@pytest.mark.eight_devices
 def test_eight_devices_match_one_device_and_checkpoints_move_between_meshes(tmp_path):
     one = _run_on_mesh(tmp_path, "one", "mesh.data=1")
     data_parallel = _run_on_mesh(tmp_path, "dp", "mesh.data=8")
@@ -332,20 +329,7 @@ def test_eight_devices_match_one_device_and_checkpoints_move_between_meshes(tmp_
     assert_trees_close(moved.params, one.params, atol=1e-5)
 
 
-@needs_eight
+@pytest.mark.eight_devices
 def test_eight_devices_batch_size_must_divide_over_the_mesh(tmp_path):
     with pytest.raises(ConfigError, match="batch_size=12 must divide evenly over the mesh's 8"):
         train(Regression(), small_config("batch_size=12"), regression_data(), tmp_path)
-
-
-@pytest.mark.skipif(jax.device_count() >= 8, reason="the eight-device tests run directly here")
-def test_sharding_on_fake_devices():
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "eight_devices",
-         "tests/test_trainer.py", "tests/test_pipeline.py"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
