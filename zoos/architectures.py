@@ -16,6 +16,7 @@ carry one dropout rate per model inside one compiled program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -79,8 +80,9 @@ class Architecture:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     def init(self, key: jax.Array) -> dict:
-        dummy = jnp.zeros((1,) + self.input_shape, jnp.float32)
-        return self.module.init(key, dummy)["params"]
+        # One compiled program per architecture: Flax's init run eagerly dispatches (and
+        # compiles) every layer's ops one by one, which takes seconds for a ResNet.
+        return _compiled_init(self)(key)
 
     def init_population(self, key: jax.Array, num: int) -> dict:
         """`num` independently initialised models stacked on a leading model axis."""
@@ -92,6 +94,12 @@ class Architecture:
     @property
     def num_params(self) -> int:
         return self.weight_space.num_params
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled_init(arch: Architecture) -> Callable[[jax.Array], dict]:
+    dummy = jnp.zeros((1,) + arch.input_shape, jnp.float32)
+    return jax.jit(lambda key: arch.module.init(key, dummy)["params"])
 
 
 _REGISTRY: dict[str, Callable[..., tuple[nn.Module, dict, dict, dict]]] = {}
