@@ -12,6 +12,12 @@ Reported side by side for generated and training networks, never best-of-N alone
 - diversity: mean pairwise distance of weight vectors and mean pairwise prediction disagreement;
 - each sample's relative distance to the affine span of the training set (0 = inside the span,
   the failure mode of PCA-based generators).
+
+One definition of accuracy holds in the whole report: every network's (generated, training and
+noised alike) is recomputed here on the full test split of the zoo's dataset. A zoo's own
+metrics.csv may have scored only the first `eval_examples` test examples of its recipe (2,000 for
+`small-cnn`), so `wsl zoo info` can differ from this report; `compare_with_training` reads the
+training zoo's recorded numbers for the same models and the report shows them beside, labelled.
 """
 
 from __future__ import annotations
@@ -134,6 +140,18 @@ class GeneratedReport:
     span_distance: np.ndarray
     matched_max_iou: np.ndarray | None = None
     tolerance: float = ACCURACY_TOLERANCE
+    test_examples: int | None = None  # size of the test split every accuracy is computed on
+    # The training zoo's own metrics.csv numbers for the same models (`zoo_accuracy`), or None.
+    zoo_metrics: dict | None = None
+
+    def accuracy_source(self) -> dict:
+        """Where every accuracy of the report comes from, and the training zoo's own numbers."""
+        n = self.test_examples
+        where = f"the full test split ({n} examples)" if n else "the full test split"
+        return {"split": "test", "examples": n, "recomputed": True,
+                "definition": f"every accuracy in this report (generated, training and noised "
+                              f"networks alike) is recomputed on {where} of the zoo's dataset",
+                "training_zoo_metrics": self.zoo_metrics}
 
     def noise_baseline_at(self, accuracy: float) -> dict[str, float]:
         """Noised training copies as accurate as `accuracy`: see `equal_accuracy_baseline`."""
@@ -156,6 +174,7 @@ class GeneratedReport:
             "generated_diversity": self.generated_diversity,
             "train_diversity": self.train_diversity,
             "span_distance": summary(self.span_distance),
+            "accuracy_source": self.accuracy_source(),
         }
         if self.matched_max_iou is not None:
             out["matched_noise_max_iou"] = summary(self.matched_max_iou)
@@ -180,6 +199,12 @@ class GeneratedReport:
                            for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        n = self.test_examples
+        lines.insert(0, f"test accuracy on the full test split{f' ({n} examples)' if n else ''}, "
+                        f"recomputed here for every row, training models included:")
+        zoo_line = _zoo_metrics_line(self.zoo_metrics, n)
+        if zoo_line:
+            lines.append(zoo_line)
         base = d["noise_baseline_equal_acc"]
         gen_iou = d["generated_max_iou"]["median"]
         if base["as_accurate"]:
@@ -210,6 +235,24 @@ class GeneratedReport:
             f"{d['span_distance']['median']:.3f}, min {d['span_distance']['min']:.3f}",
         ]
         return "\n".join(lines)
+
+
+def _zoo_metrics_line(zoo: dict | None, test_examples: int | None) -> str:
+    """One line on the training zoo's own recorded test accuracy: how many examples it scored."""
+    if not zoo:
+        return ""
+    if zoo.get("unavailable"):
+        return f"(the training zoo's own metrics are not shown: {zoo['unavailable']})"
+    recorded = (f"the training zoo's metrics.csv records test_acc mean {zoo['mean']:.4f}, median "
+                f"{zoo['median']:.4f} for these {zoo['num_models']} models")
+    limit = zoo.get("eval_examples")
+    if limit is None:
+        return (f"{recorded}, scored by its source on a test set this report does not know "
+                f"(`wsl zoo info` shows those; the table below does not)")
+    if limit == 0 or (test_examples is not None and limit >= test_examples):
+        return f"{recorded}, on the full test split as well"
+    return (f"{recorded} on its first {limit} test examples only (recipe eval_examples={limit}; "
+            f"`wsl zoo info` shows those); the table below does not use them")
 
 
 def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_flat: np.ndarray,
@@ -268,6 +311,7 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
         span_distance=affine_span_distance(generated_flat, train_flat),
         matched_max_iou=matched,
         tolerance=tolerance,
+        test_examples=int(len(y_test)),
     )
 
 
@@ -304,14 +348,51 @@ def compare_with_training(generated, generator: str | Path | TrainedGenerator, *
                           max_train: int = 1000):
     """The report of a generated zoo against its generator's training population.
 
-    `generator` is a generator folder or one already loaded (`TrainedGenerator`).
+    `generator` is a generator folder or one already loaded (`TrainedGenerator`). At most
+    `max_train` training models (a random subset) are compared. The report also carries the
+    training zoo's own recorded test accuracy of those models (`zoo_accuracy`), labelled with how
+    many test examples it was scored on.
     """
     gen = (generator if isinstance(generator, TrainedGenerator)
            else TrainedGenerator.load(generator))
     train_flat = np.load(gen.directory / "aligned_train.npy")
+    subset = np.arange(len(train_flat))
     if len(train_flat) > max_train:
-        train_flat = train_flat[np.sort(np.random.default_rng(seed).choice(
-            len(train_flat), max_train, replace=False))]
+        subset = np.sort(np.random.default_rng(seed).choice(len(train_flat), max_train,
+                                                            replace=False))
+        train_flat = train_flat[subset]
     dataset = dataset_from_spec(gen.meta.get("dataset"))
-    return evaluate_generated(gen.architecture, generated.flat(), train_flat,
-                              dataset.x_test, dataset.y_test, seed=seed)
+    report = evaluate_generated(gen.architecture, generated.flat(), train_flat,
+                                dataset.x_test, dataset.y_test, seed=seed)
+    report.zoo_metrics = zoo_accuracy(gen.meta, subset)
+    return report
+
+
+def zoo_accuracy(meta: dict, subset: np.ndarray, column: str = "test_acc") -> dict:
+    """The training zoo's recorded `column` for the generator's training models (`subset` of
+    them), with the number of test examples its recipe scored (``eval_examples``: 0 = the whole
+    split, None = unknown, e.g. an imported zoo); ``{"unavailable": why}`` when the zoo is gone or
+    no longer the one the generator was trained on."""
+    from wsl.errors import WslError
+    from wsl.zoos.store import MANIFEST, Zoo, sha256_file
+
+    path = Path(meta.get("zoo", ""))
+    rows = (meta.get("selection") or {}).get("rows")
+    try:
+        if rows is None or not (path / MANIFEST).is_file():
+            return {"unavailable": f"{path} is not there any more"}
+        if meta.get("zoo_sha256") and sha256_file(path / MANIFEST) != meta["zoo_sha256"]:
+            return {"unavailable": f"{path} changed since the generator was trained"}
+        zoo = Zoo.open(path)
+        if column not in zoo.metrics:
+            return {"unavailable": f"{path} has no {column} column"}
+        values = np.asarray(zoo.metrics[column], np.float64)[np.asarray(rows)[subset]]
+    except (WslError, OSError, IndexError, ValueError) as err:
+        return {"unavailable": f"{path} cannot be read ({err})"}
+    recipe = zoo.manifest.get("recipe") or {}
+    # A generated zoo is scored on whole splits (`wsl.zoos.scoring.population_metrics`).
+    limit = 0 if zoo.manifest.get("generated") else (recipe.get("config") or {}).get(
+        "eval_examples")
+    return {"zoo": str(path), "column": column, "num_models": int(len(values)),
+            "eval_examples": None if limit is None else int(limit),
+            "mean": float(values.mean()), "median": float(np.median(values))}

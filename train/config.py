@@ -101,7 +101,8 @@ class LogConfig:
 
     every: int = 50  # fetch and write training metrics every k steps (the only device sync)
     progress: bool = True
-    tensorboard: bool = True  # only if tensorboardX or torch's SummaryWriter is installed
+    # Only if tensorboardX or torch's SummaryWriter is installed: pip install "wsl[tensorboard]"
+    tensorboard: bool = True
 
     def __post_init__(self):
         _require(self.every >= 1, "log.every", f"must be ≥ 1, got {self.every}")

@@ -54,6 +54,8 @@ from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
+# How the generator's training run is named on its progress bar and when it resumes.
+RUN_LABELS = {"flow": "flow matching", "ddpm": "diffusion", "latent-ddpm": "latent diffusion"}
 DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
                             checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=1000))
 # generator.json keys a rerun may change (where it runs, logging) or that the request does not fix
@@ -238,7 +240,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         ae = make_autoencoder(config, data.shape[1])
         ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0,
                                      batch_size=_fit_batch(train_config, len(data)))
-        ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder")
+        ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder",
+                       label="autoencoder")
         ae_params = jax.device_get(ae_run.params)
         z = np.asarray(ae.encode(ae_params, jnp.asarray(data)))
         meta["latent"] = {"mean": z.mean(0).tolist(), "std": np.maximum(z.std(0), 1e-6).tolist()}
@@ -249,7 +252,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     generator = make_generator(config, data.shape[1], space if meta["latent"] is None else None,
                                len(selection.class_names))
     train(GeneratorTask(generator), train_config,
-          _batch_data(data, selection.cond_class, selection.cond_scalar), out / "generator")
+          _batch_data(data, selection.cond_class, selection.cond_scalar), out / "generator",
+          label=RUN_LABELS.get(config.method, config.method))
     return out
 
 

@@ -49,8 +49,7 @@ DEFAULT_TRAIN = TrainConfig(
     optimizer=dataclasses.replace(TrainConfig().optimizer, lr=1e-3, weight_decay=1e-5),
     eval=dataclasses.replace(TrainConfig().eval, every=150, metric="score", mode="max",
                              patience=8),
-    checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=0, keep=1),
-    log=dataclasses.replace(TrainConfig().log, progress=False))
+    checkpoint=dataclasses.replace(TrainConfig().checkpoint, every=0, keep=1))
 PROBE_FILE = "probe.json"  # what a probe folder holds, written first
 # Record keys a rerun into the same folder may change: more or fewer seeds, where it runs, logging.
 PROBE_MUTABLE = ("seeds", "train.log", "train.mesh", "train.checkpoint.async_save",
@@ -317,8 +316,9 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                                          dropout_rate=config.dropout_rate,
                                          prune_fraction=config.prune_fraction,
                                          mixup_alpha=config.mixup_alpha)
+            label = config.encoder + (f" seed {seed}" if config.seeds > 1 else "")
             result = train(task, train_cfg, {"params": train_params, "y": train_split.y},
-                           run_dir, eval_data=val_split, augment=augment)
+                           run_dir, eval_data=val_split, augment=augment, label=label)
             best_step = result.best_step
             params = result.best_params() if result.best_step is not None else result.params
             prediction = task.predict(params, test_split.params)
@@ -326,8 +326,12 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
         seconds = time.perf_counter() - start
         scores = task.score(prediction, test_split.y)
         # Validation scores are what a choice between probe settings may look at; test is not.
+        # `model` and `epoch` name the zoo row behind each test prediction.
+        test_rows = parts[2].metrics
         results.append({"seed": seed, "seconds": seconds, "best_step": best_step, **scores,
                         "val": task.score(val_prediction, val_split.y),
+                        "model": [int(m) for m in test_rows["model"]],
+                        "epoch": [int(e) for e in test_rows["epoch"]],
                         "prediction": np.asarray(prediction).tolist(),
                         "true": np.asarray(test_split.y).tolist()})
     keys = [k for k in ("kendall_tau", "r2", "accuracy") if k in results[0]]

@@ -1,4 +1,7 @@
-"""A run's metrics record: JSON lines in the run directory, TensorBoard if installed, a bar."""
+"""A run's metrics record: JSON lines in the run directory, TensorBoard if installed, a bar.
+
+TensorBoard event files need tensorboardX: ``pip install "wsl[tensorboard]"``.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +50,10 @@ class RunLog:
     """
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, resume_step: int = 0,
-                 progress: bool = True, tensorboard: bool = True, primary: bool = True):
-        # Only the primary process (of several hosts) writes files and shows the bar.
+                 progress: bool = True, tensorboard: bool = True, primary: bool = True,
+                 label: str | None = None):
+        # Only the primary process (of several hosts) writes files and shows the bar; `label`
+        # names the bar when a command trains more than one run.
         self.run_dir = Path(run_dir)
         self.records = [r for r in read_records(self.run_dir) if r["step"] <= resume_step]
         self._file = self._writer = None
@@ -58,7 +63,7 @@ class RunLog:
             self._file = path.open("a")
             self._writer = _summary_writer(self.run_dir / "tensorboard") if tensorboard else None
         self._bar = tqdm(total=total_steps, initial=resume_step, disable=not (progress and primary),
-                         dynamic_ncols=True, unit="step")
+                         dynamic_ncols=True, unit="step", desc=label)
         self._last_step, self._last_time = resume_step, time.perf_counter()
 
     def write(self, step: int, metrics: dict[str, float]) -> dict:

@@ -7,7 +7,11 @@ resuming from the latest checkpoint in `run_dir` when there is one. The run dire
     config.json          the TrainConfig of the run
     metrics.jsonl        one JSON object per log / evaluation: {"step": …, "train/loss": …}
     checkpoints/<step>/  orbax checkpoints: the latest `checkpoint.keep` plus the best evaluation
-    tensorboard/         only if tensorboardX (or torch's SummaryWriter) is installed
+    tensorboard/         only if tensorboardX (or torch's SummaryWriter) is installed:
+                         ``pip install "wsl[tensorboard]"`` (``-e ".[tensorboard]"`` in a clone)
+
+Resuming is announced on stdout (``resumed from step N (of M) in RUN_DIR``), so that a rerun
+never continues an old run silently.
 
 The device is synchronised only every `log.every` steps (metrics are fetched then), at
 evaluations and when a checkpoint copies the state off the device.
@@ -46,6 +50,8 @@ from wsl.train.step import TrainState, make_init, make_train_step
 from wsl.train.task import TaskError, check_task
 
 StepCallback = Callable[[int, TrainState], None]  # called after every step
+# Config keys a resumed run may change without a warning: they change what is shown, not the run.
+QUIET_KEYS = ("log.progress",)
 
 
 class TrainError(WslError, RuntimeError):
@@ -116,10 +122,15 @@ def _nonfinite_fields(source) -> str:
 
 
 class Trainer:
-    """One run of `task` under `config` in `run_dir`; `fit` trains (or resumes) it."""
+    """One run of `task` under `config` in `run_dir`; `fit` trains (or resumes) it.
 
-    def __init__(self, task, config: TrainConfig, run_dir: str | Path):
+    `label` names the run on its progress bar and in the resume notice (``"autoencoder"``).
+    """
+
+    def __init__(self, task, config: TrainConfig, run_dir: str | Path, *,
+                 label: str | None = None):
         self.task, self.config, self.run_dir = task, config, Path(run_dir)
+        self.label = label
         self.mesh = mesh_from_config(config.mesh)
         check_batch_size(config.batch_size, self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
@@ -136,7 +147,8 @@ class Trainer:
         if path.exists():
             before = flat_items(json.loads(path.read_text()))
             now = flat_items(to_dict(self.config))
-            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            changed = sorted(k for k in before.keys() | now.keys()
+                             if before.get(k) != now.get(k) and k not in QUIET_KEYS)
             if changed:
                 warnings.warn(f"{path}: continuing the run with changed config keys {changed}",
                               stacklevel=4)
@@ -168,6 +180,20 @@ class Trainer:
                                  f"with {key}={meta.get(key)!r}, now {key}={value!r}; resuming "
                                  f"exactly needs the same data and config (or use a new run_dir)")
         return state, meta
+
+    def _announce_resume(self, meta: dict) -> None:
+        """Say on stdout that a run continues from a checkpoint, and whether anything is left."""
+        step = int(meta["step"])
+        if step == 0 or jax.process_index() != 0:
+            return
+        steps = self.config.steps
+        what = f"{self.label}: " if self.label else ""
+        line = f"{what}resumed from step {step} (of {steps}) in {self.run_dir}"
+        if meta.get("stopped_early"):
+            line += ": it stopped early (no improvement), nothing left to train"
+        elif meta["finished"] or step >= steps:
+            line += ": already finished, nothing left to train"
+        print(line, flush=True)
 
     # ------------------------------------------------------------------ pieces of the loop
     def _evaluate(self, state: TrainState, eval_data) -> dict[str, float]:
@@ -223,6 +249,7 @@ class Trainer:
         try:
             state, meta = self._start(pipeline, checkpoints)
             self._save_config()  # only once the run is known to start or resume
+            self._announce_resume(meta)
             stopper = EarlyStopping.from_dict({**meta["early_stopping"], "mode": cfg.eval.mode,
                                                "patience": cfg.eval.patience,
                                                "min_delta": cfg.eval.min_delta})
@@ -245,7 +272,7 @@ class Trainer:
         step, pending, stopped_early = int(meta["step"]), [], False
         log = RunLog(self.run_dir, total_steps=cfg.steps, resume_step=step,
                      progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
-                     primary=jax.process_index() == 0)
+                     primary=jax.process_index() == 0, label=self.label)
         batches = pipeline.iterate(Position(*meta["position"]), self.batch_sharding)
         try:
             while step < cfg.steps and not stopped_early:
@@ -281,6 +308,11 @@ class Trainer:
 
 
 def train(task, config: TrainConfig, data, run_dir: str | Path, *, eval_data: Any = None,
-          augment: Sequence[Augmentation] = (), hooks: Sequence[StepCallback] = ()) -> TrainResult:
-    """Train `task` on `data` under `config`, writing (and resuming) the run in `run_dir`."""
-    return Trainer(task, config, run_dir).fit(data, eval_data, augment=augment, hooks=hooks)
+          augment: Sequence[Augmentation] = (), hooks: Sequence[StepCallback] = (),
+          label: str | None = None) -> TrainResult:
+    """Train `task` on `data` under `config`, writing (and resuming) the run in `run_dir`.
+
+    `label` names the run on its progress bar and in the ``resumed from step N`` notice.
+    """
+    return Trainer(task, config, run_dir, label=label).fit(data, eval_data, augment=augment,
+                                                           hooks=hooks)

@@ -5,7 +5,9 @@ Formats:
   rows;
 - ``model-zoos``: a folder of Model Zoos Ray Tune trials (`wsl.zoos.model_zoos`), every epoch a row;
 - ``checkpoints``: a folder of single-model files (safetensors, npz, msgpack, torch), one model
-  each, for an architecture named on the command line.
+  each, for an architecture named on the command line;
+- ``wsl-export``: a whole-zoo export (`wsl.zoos.export`: safetensors shards, Parquet or CSV
+  metrics, the zoo's manifest), read back into a zoo byte-identical to the one exported.
 
 Every importer first checks its output folder (`wsl.outputs.check_output_dir`: not a file, not
 inside another zoo, writable) and its source, before anything is written. Imports are resumable
@@ -33,11 +35,12 @@ from tqdm.auto import tqdm
 
 from wsl.errors import UsageError
 from wsl.outputs import check_output_dir
+from wsl.weight_space import nest_paths
 from wsl.zoos.architectures import Architecture, build
 from wsl.zoos.errors import ArchitectureError, MissingPathError, ModelFileError, ZooError
 from wsl.zoos.store import Zoo, ZooWriter
 
-FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints")
+FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints", "wsl-export")
 
 
 def _manifest(arch: Architecture, fmt: str, source: Path, dataset: Any, extra: Mapping) -> dict:
@@ -236,14 +239,63 @@ def import_checkpoints(source: str | os.PathLike, out: str | os.PathLike, *, arc
     return _finish(out, root)
 
 
+# Manifest fields a writer records itself when it finishes; an export's copy of them is what the
+# new zoo is compared with, not what it is written from.
+_FINISHED_FIELDS = ("shards", "complete", "column_types", "metrics_sha256", "num_rows")
+
+
+def import_wsl_export(source: str | os.PathLike, out: str | os.PathLike, *,
+                      progress: bool = True) -> Zoo:
+    """Write a whole-zoo export (`wsl zoo export Z --all`) back as a zoo.
+
+    Every file is checked against the export's manifest (size and sha256) before it is read,
+    every tensor's name, shape and dtype against the zoo's weight space. Shards keep their rows,
+    order and column types, so the new zoo's weight files and metrics table are byte-identical
+    to the exported zoo's (a warning says so if they are not). The zoo's manifest is kept, its
+    provenance too, with ``provenance.imported`` recording this import.
+    """
+    from wsl.zoos.export import (
+        compare_with_source,
+        read_export,
+        read_metrics,
+        read_shard,
+        shard_rows,
+    )
+
+    out = check_output_dir(out, allow_zoo=True)
+    root = _source_dir(source, "wsl export")
+    if root.resolve() in (out.resolve(), *out.resolve().parents):
+        raise ZooError(f"--out {out} lies inside the export {root}; write the zoo elsewhere so "
+                       f"that the export stays as it was")
+    export = read_export(root)
+    table = read_metrics(export)
+    manifest = {k: v for k, v in export.zoo_manifest.items() if k not in _FINISHED_FIELDS}
+    provenance = dict(manifest.get("provenance") or {})
+    provenance["imported"] = {"format": "wsl-export", "source": str(root.resolve()),
+                              "exported": export.manifest.get("exported", {}).get("created")}
+    manifest["provenance"] = provenance
+    with _cleanup_on_failure(out):
+        writer = ZooWriter(out, manifest)
+        done = set(writer.done_shards())
+        for shard in tqdm(export.shards, desc="importing shards", disable=not progress):
+            if shard.index in done:
+                continue
+            params = nest_paths(read_shard(export, shard))
+            rows = list(shard_rows(table, shard, str(export.metrics_file)))
+            writer.write_shard(shard.index, params, rows)
+        finished = writer.finalize(len(export.shards))
+    compare_with_source(export, finished, out)
+    return Zoo.open(out)
+
+
 def import_zoo(format: str, source, out, **options) -> Zoo:
     """Dispatch on the format name used by `wsl zoo import --format`."""
     importers = {"small-cnn-zoo": import_small_cnn_zoo, "model-zoos": import_model_zoos,
-                 "checkpoints": import_checkpoints}
+                 "checkpoints": import_checkpoints, "wsl-export": import_wsl_export}
     if format not in importers:
         raise UsageError(f"unknown import format {format!r}; choose from {FORMATS}")
     return importers[format](source, out, **options)
 
 
 __all__ = ["FORMATS", "import_checkpoints", "import_model_zoos", "import_small_cnn_zoo",
-           "import_zoo"]
+           "import_wsl_export", "import_zoo"]

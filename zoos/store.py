@@ -798,6 +798,63 @@ class Zoo:
         """The distinct model ids in this view, sorted."""
         return np.unique(self._table["model"][self.global_rows])
 
+    @property
+    def is_whole(self) -> bool:
+        """True if this view holds every row of the zoo, in the zoo's order."""
+        return np.array_equal(self.global_rows, np.arange(len(self._table["model"])))
+
+    def metrics_frame(self):
+        """This view's metrics as a pandas DataFrame (columns in the table's order, one row per
+        row of the view); needs pandas (``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ZooError("Zoo.metrics_frame() needs pandas, which is not installed: "
+                           "pip install pandas (or read Zoo.metrics, a dict of numpy columns)") \
+                from err
+        metrics = self.metrics
+        return pd.DataFrame({c: metrics[c] for c in self.columns})
+
+    # ------------------------------------------------------------------ shards, as stored
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def shard_row_range(self, index: int) -> tuple[int, int]:
+        """Global rows [start, stop) of the zoo's shard `index`."""
+        starts = self._storage.starts
+        if not 0 <= index < self.num_shards:
+            raise ZooError(f"{self.path}: no shard {index}; the zoo has {self.num_shards}")
+        return int(starts[index]), int(starts[index + 1])
+
+    def shard_tensors(self, index: int) -> dict[str, np.ndarray]:
+        """The stored arrays of the zoo's shard `index`, {tensor path: (shard rows, *shape)},
+        checksum-verified and memory-mapped, whatever rows this view holds."""
+        self.shard_row_range(index)
+        return {t.path: self._storage.array(index, t.path) for t in self.weight_space.tensors}
+
+    def shard_column_types(self, index: int) -> dict[str, str]:
+        """The column types the shard `index` was written with (its ``shard.json``).
+
+        The manifest's ``column_types`` merge the shards' (an int column in one shard and float in
+        another is float); a byte-identical copy of the zoo writes each shard with its own. A
+        missing or inconsistent ``shard.json`` gives the manifest's types."""
+        self.shard_row_range(index)
+        merged = {c: self.manifest["column_types"].get(c, "str") for c in self.columns}
+        try:
+            info = _read_json(self.path / self.manifest["shards"][index]["name"] / SHARD_INFO,
+                              f"shard {index} description")
+        except ZooError:
+            return merged
+        own = info.get("columns")
+        if not isinstance(own, dict) or list(own) != self.columns:
+            return merged
+        fits = {("int", "float")} | {(k, k) for k in _COLUMN_KINDS} | {
+            (k, "str") for k in _COLUMN_KINDS}
+        if not all((own[c], merged[c]) in fits for c in self.columns):
+            return merged
+        return dict(own)
+
     # ------------------------------------------------------------------ selecting rows
     def filter(self, epoch: int | Sequence[int] | str | None = None,
                where: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> Zoo:

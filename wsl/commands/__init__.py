@@ -5,6 +5,9 @@ A library error (`wsl.errors.WslError`) or an unreadable file reaches `main` her
 one line ``wsl COMMAND: error: ...`` and exits 2 for usage errors (a missing command too), 1 for
 runtime errors, 130 for Ctrl-C. With ``--debug`` (or ``WSL_DEBUG=1``) the traceback is shown
 instead. Modules are imported only when their command runs, so `wsl --help` stays fast.
+
+Every command's parser comes from `wsl.commands._help` (`HelpFormatter`: option help with
+``(default: X)`` wherever a default means something; ``--list-keys`` tables of config keys).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 import warnings
 
+from wsl.commands._help import HelpFormatter, parser, subparser  # noqa: F401  (for every command)
 from wsl.errors import WslError
 
 # name -> (module with main(argv), one-line help)
@@ -37,7 +41,8 @@ def usage() -> str:
     lines = ["usage: wsl [--debug] COMMAND [options]   (wsl COMMAND --help for its options)", "",
              "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "--debug (or WSL_DEBUG=1) shows the traceback of an error"]
+    lines += ["", "wsl probe --list-keys and wsl gen train --list-keys print the key=value keys "
+                  "they take", "--debug (or WSL_DEBUG=1) shows the traceback of an error"]
     return "\n".join(lines)
 
 

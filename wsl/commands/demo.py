@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from wsl.commands import _help
 from wsl.errors import UsageError
 
 # One shared initialisation with per-model data orders keeps the population in one basin, which a
@@ -19,17 +20,30 @@ from wsl.errors import UsageError
 DEMO_ZOO = ["num_models=128", "init_seeds=1", "data_order=per_model"]
 
 
+EPILOG = """\
+build the quick zoo (128 MLPs) → probe it (predict test accuracy from weights) → align it → train a
+flow generator on the aligned weights → sample networks → evaluate them against the zoo.
+"""
+
+
 def _stage(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = _help.parser("wsl demo", __doc__, epilog=EPILOG)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                        help="folder for the zoo, probe, generator and samples (a rerun resumes)")
+    parser.add_argument("--samples", type=int, default=100, metavar="N",
+                        help="networks to sample from the generator")
+    parser.add_argument("--generator-steps", type=int, default=1500, metavar="N",
+                        help="training steps of the flow-matching generator")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="wsl demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--generator-steps", type=int, default=1500)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     begin = time.perf_counter()
     # Every option is checked before any work: a bad one costs nothing.
     for option, value in (("--samples", args.samples), ("--generator-steps", args.generator_steps)):
@@ -53,8 +67,8 @@ def main(argv: list[str]) -> int:
         encoder="statnn", train=override(probe.DEFAULT_TRAIN, ["steps=600", "eval.every=100"]))
     config = GeneratorConfig(method="flow", hidden=256, depth=2)
     train_config = dataclasses.replace(
-        override(generators.DEFAULT_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99",
-                                            "log.progress=false"]), batch_size=32)
+        override(generators.DEFAULT_TRAIN, [f"steps={args.generator_steps}", "ema_decay=0.99"]),
+        batch_size=32)
     zoo_dir, gen_dir, samples_dir = args.out / "zoo", args.out / "generator", args.out / "samples"
     check_output_dir(args.out)
     check_output_dir(zoo_dir, allow_zoo=True)

@@ -1,12 +1,15 @@
 """`wsl gen`: train a weight generator on a zoo, sample networks into a zoo, evaluate them.
 
-    wsl gen train --zoo Z --out G [--method flow|ddpm|latent-ddpm] [--min-acc A] [key=value ...]
+    wsl gen train --zoo Z --out G [--method flow|ddpm|latent-ddpm] [--min-acc A] [--no-progress]
+                  [key=value ...]
+    wsl gen train --list-keys
     wsl gen sample G -n 100 --out S [--seed 0] [--sampler heun] [--steps 20]
                    [--cond-scalar 0.9|q90] [--guidance 2]
     wsl gen eval S --generator G
 
 ``key=value`` words set fields of the generator config (``hidden=256 backbone=transformer``) or,
-prefixed with ``train.``, of the training config (``train.steps=5000 train.optimizer.lr=3e-4``).
+prefixed with ``train.``, of the training config (``train.steps=5000 train.optimizer.lr=3e-4``);
+``wsl gen train --list-keys`` prints every key with its default and type.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from wsl.commands import _help
 from wsl.errors import UsageError
 from wsl.models.weight_generator import METHODS
 
@@ -42,44 +46,106 @@ def report(generated, generator, out: Path, seed: int) -> dict:
     return summary
 
 
+TRAIN_EPILOG = """\
+key=value words (wsl gen train --list-keys prints every key, its default and type):
+  KEY=VALUE          the generator config: hidden=256 depth=3 backbone=transformer
+                     condition_scalar=val_acc sampler=heun sample_steps=20
+  train.KEY=VALUE    the training config: train.steps=5000 train.optimizer.lr=3e-4
+                     train.batch_size=64 (the same train. prefix as in wsl probe)
+
+Rerunning the same command resumes the training ("resumed from step N (of M)").
+"""
+
+SAMPLE_EPILOG = """\
+Every accuracy in the printed table (and evaluation.json) is recomputed on the full test split of
+the zoo's dataset, the training population's included; a zoo's metrics.csv may have scored fewer
+examples (its recipe's eval_examples), which the report names beside the table.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsl gen", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a generator on a zoo")
-    p.add_argument("--zoo", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--method", choices=METHODS, default=None)
-    p.add_argument("--min-acc", type=float, default=None,
-                   help="train only on models with at least this validation accuracy")
-    p.add_argument("--align", choices=("mean", "first", "none"), default="mean")
-    p.add_argument("--max-models", type=int, default=None)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p = sub.add_parser("sample", help="sample networks into a zoo and evaluate them")
-    p.add_argument("generator", type=Path)
-    p.add_argument("-n", "--num", type=int, default=100)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--cond-class", default=None)
-    p.add_argument("--cond-scalar", type=_scalar, default=None,
+    parser = _help.parser("wsl gen", __doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="train, sample or eval (wsl gen COMMAND --help)")
+    p = _help.subparser(sub, "train", "train a generator on a zoo", epilog=TRAIN_EPILOG)
+    p.add_argument("--zoo", required=True, type=Path, metavar="DIR",
+                   help="zoo to learn from (each model's last checkpoint)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="generator folder (a rerun into it resumes the same request)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="what to train (default: method= of the key=value words, else flow)")
+    p.add_argument("--min-acc", type=float, default=None, metavar="A",
+                   help="train only on models with at least this validation accuracy "
+                        "(default: every finite model)")
+    p.add_argument("--align", choices=("mean", "first", "none"), default="mean",
+                   help="align the population by weight matching to its mean, to its first "
+                        "model, or not at all")
+    p.add_argument("--max-models", type=int, default=None, metavar="N",
+                   help="train on a random subset of at most N models (default: all selected)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars while training (same as train.log.progress=false)")
+    p.add_argument("--list-keys", action="store_true",
+                   help="print every key=value key (generator keys, train.* keys) with its "
+                        "default and type, then exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="KEY=VALUE for the generator config, train.KEY=VALUE for training "
+                        "(see below and --list-keys)")
+    p = _help.subparser(sub, "sample", "sample networks into a zoo and evaluate them",
+                        epilog=SAMPLE_EPILOG)
+    p.add_argument("generator", type=Path, help="generator folder (from wsl gen train)")
+    p.add_argument("-n", "--num", type=int, default=100, metavar="N",
+                   help="networks to sample")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="new or empty folder for the sampled zoo and its evaluation")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--sampler", default=None,
+                   choices=("euler", "heun", "rk4", "ddpm", "ddim"),
+                   help="ODE / diffusion sampler (default: the generator's sampler= key, else "
+                        "rk4 for flow, ddim for diffusion)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="sampling steps (default: the generator's sample_steps= key, else 10 for "
+                        "rk4, 50 for ddim)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight for a conditioned generator (default: "
+                        "the generator's guidance= key, 1.0 unless set)")
+    p.add_argument("--cond-class", default=None, metavar="CLASS",
+                   help="class of the class condition, e.g. relu for condition_class=activation "
+                        "(default: unconditional)")
+    p.add_argument("--cond-scalar", type=_scalar, default=None, metavar="VALUE|qNN",
                    help="target of the scalar condition: a value (0.93) or a quantile of the "
-                        "training population's values (q50, q90, q100)")
+                        "training population's values (q50, q90, q100) (default: unconditional)")
     p.add_argument("--no-eval", action="store_true", help="skip the comparison with training")
-    p = sub.add_parser("eval", help="compare a generated zoo with its generator's training zoo")
-    p.add_argument("zoo", type=Path)
-    p.add_argument("--generator", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None,
+    p = _help.subparser(sub, "eval", "compare a generated zoo with its generator's training zoo",
+                        epilog=SAMPLE_EPILOG)
+    p.add_argument("zoo", type=Path, help="generated zoo (from wsl gen sample)")
+    p.add_argument("--generator", required=True, type=Path, metavar="DIR",
+                   help="generator folder whose training population is the reference")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise baselines")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for evaluation.json/.png (default: the generated zoo itself; "
                         "required for a zoo that is not generated)")
     return parser
 
 
+def list_keys() -> str:
+    """Every key=value key `wsl gen train` takes, grouped, with defaults and types."""
+    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train.generator import DEFAULT_TRAIN
+
+    return _help.format_keys([
+        ("generator (KEY=VALUE; --method sets method)", _help.config_keys(GeneratorConfig())),
+        ("training (train.KEY=VALUE)", _help.config_keys(DEFAULT_TRAIN, "train."))])
+
+
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    from wsl.config import override
+    parser = _parser()
+    if argv[:1] == ["train"] and _help.asks_for(argv, "--list-keys"):
+        _help.relax_required(_help.subcommand(parser, "train"))  # it needs no zoo
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.list_keys:
+        print(list_keys())
+        return 0
+    from wsl.config import ConfigError, override
     from wsl.models.weight_generator import GeneratorConfig
     from wsl.train.generator import (
         DEFAULT_TRAIN,
@@ -88,6 +154,7 @@ def main(argv: list[str]) -> int:
         sample_to_zoo,
         train_generator,
     )
+    from wsl.train.layout import describe_mesh, mesh_from_config
     from wsl.zoos.store import Zoo
 
     if args.command == "train":
@@ -98,11 +165,18 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"--min-acc is a validation accuracy in [0, 1]; got {args.min_acc}")
         gen_words = [w for w in args.overrides if not w.startswith("train.")]
         train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
+        if args.no_progress:
+            train_words.insert(0, "log.progress=false")  # an explicit train.log.progress wins
         # --method joins the words (last, so it wins): the config checks them all together,
         # e.g. prediction=noise only with a diffusion method.
         method = [f"method={args.method}"] if args.method else []
-        config = override(GeneratorConfig(), gen_words + method)
-        train_generator(args.zoo, args.out, config, override(DEFAULT_TRAIN, train_words),
+        try:
+            config = override(GeneratorConfig(), gen_words + method)
+            train_config = override(DEFAULT_TRAIN, train_words)
+        except ConfigError as err:
+            raise _help.unknown_key_hint(err, "wsl gen train") from err
+        print(describe_mesh(mesh_from_config(train_config.mesh)), flush=True)
+        train_generator(args.zoo, args.out, config, train_config,
                         min_acc=args.min_acc, align=args.align, max_models=args.max_models)
         print(f"generator written to {args.out}; sample it with "
               f"`wsl gen sample {args.out} -n 100 --out SAMPLES`")

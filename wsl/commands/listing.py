@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from wsl.commands import _help
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _help.parser("wsl list", __doc__)
+    parser.add_argument("what", nargs="?", choices=("all", "architectures", "datasets"),
+                        default="all", help="what to list")
+    return parser
+
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="wsl list", description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=("all", "architectures", "datasets"),
-                        default="all")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.what in ("all", "architectures"):
         from wsl.zoos.architectures import list_architectures
 

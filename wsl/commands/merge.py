@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsl.commands import _help
 from wsl.errors import UsageError
 
 
@@ -44,23 +45,29 @@ def _model_ids(specs: list[str]) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsl merge", description=__doc__.splitlines()[0])
-    p.add_argument("--zoo", required=True,
+    p = _help.parser("wsl merge", __doc__)
+    p.add_argument("--zoo", required=True, metavar="DIR",
                    help="zoo directory (manifest.json, metrics.csv, shards)")
-    p.add_argument("--method", default="uniform", choices=("uniform", "greedy", "fisher"))
-    p.add_argument("--models", nargs="*", default=None,
-                   help="model ids to merge (e.g. 0-9 12); default every model")
+    p.add_argument("--method", default="uniform", choices=("uniform", "greedy", "fisher"),
+                   help="uniform average, greedy soup (adds a model only if validation accuracy "
+                        "does not fall) or Fisher-weighted average")
+    p.add_argument("--models", nargs="*", default=None, metavar="IDS",
+                   help="model ids to merge, e.g. 0-9 12 (default: every finite model)")
     p.add_argument("--epoch", default="last",
-                   help="checkpoint to take from each model: 'last' (default) or an epoch number")
+                   help="checkpoint to take from each model: 'last' or an epoch number")
     p.add_argument("--align", default="best",
-                   help="align to the 'best' validation model (default), the population 'mean', a "
-                        "model id, or 'none'")
-    p.add_argument("--max-sweeps", type=int, default=100)
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--fisher-samples", type=int, default=256,
+                   help="align to the 'best' validation model, the population 'mean', a model "
+                        "id, or 'none'")
+    p.add_argument("--max-sweeps", type=int, default=100, metavar="N",
+                   help="weight-matching sweeps over the permutation groups, at most")
+    p.add_argument("--restarts", type=int, default=1, metavar="N",
+                   help="weight-matching restarts from random group orders (the best is kept)")
+    p.add_argument("--fisher-samples", type=int, default=256, metavar="N",
                    help="validation inputs the Fisher is computed on")
-    p.add_argument("--seed", type=int, default=0, help="group orders of weight matching")
-    p.add_argument("--out", required=True, help="merged model file (.safetensors, .npz, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weight matching's group orders")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="merged model file (.safetensors, .npz, ...); its report goes beside it "
+                        "as .json")
     p.add_argument("--force", action="store_true",
                    help="overwrite --out and its .json report if they exist")
     return p
@@ -98,6 +105,7 @@ def main(argv: list[str]) -> int:
     check_output_file(report_path, option="--out's report", force=args.force)
 
     zoo = Zoo.open(args.zoo)
+    print(_devices_line(), flush=True)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     if epoch != "last":
         epochs = sorted({int(e) for e in zoo.metrics["epoch"]})
@@ -146,3 +154,15 @@ def _ranges(ids: list[int]) -> str:
         else:
             parts.append([i, i])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def _devices_line() -> str:
+    """The mesh line of `wsl probe` and `wsl gen train`, for a merge: it is not sharded, so it
+    runs on JAX's default device whatever else is there."""
+    import jax
+
+    devices = jax.devices()
+    line = f"mesh: 1 device ({devices[0].platform})"
+    if len(devices) > 1:
+        line += f"; merging is not sharded, {len(devices)} {devices[0].platform} devices available"
+    return line

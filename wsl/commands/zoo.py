@@ -5,27 +5,33 @@
     wsl zoo verify DIR
     wsl zoo export DIR --model ID [--epoch E] [--format safetensors|npz] [--out FILE] [--force]
                    [--torch-layout] [--allow-non-finite]
+    wsl zoo export DIR --all --out NEW_DIR [--metrics parquet|csv] [--license ID] [--name TEXT]
+    wsl zoo card DIR --out NEW_DIR [--license ID] [--name TEXT] [--force]
     wsl zoo recipes [NAME]
-    wsl zoo import --format small-cnn-zoo|model-zoos|checkpoints SRC --out DIR
+    wsl zoo import --format small-cnn-zoo|model-zoos|checkpoints|wsl-export SRC --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
+from wsl.commands._help import HelpFormatter
 from wsl.errors import UsageError
 
-IMPORT_FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints")
+IMPORT_FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints", "wsl-export")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsl zoo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="wsl zoo", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    p = sub.add_parser("build", help="train a recipe's population into a zoo directory (resumes)",
+    add = functools.partial(sub.add_parser, formatter_class=HelpFormatter)  # defaults shown
+    p = add("build", help="train a recipe's population into a zoo directory (resumes)",
                        description="Train a recipe's population into a zoo directory. Rerunning "
                        "the same command resumes an interrupted build.",
                        epilog="Overrides are recipe fields, e.g. epochs=3 lr=[1e-4,1e-2] "
@@ -37,26 +43,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="recipe seed (seed=S)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=build)
-    p = sub.add_parser("info", help="summarise a zoo: architecture, counts, metrics, accuracy "
+    p = add("info", help="summarise a zoo: architecture, counts, metrics, accuracy "
                                     "histogram (checks that every shard file is there)")
     p.add_argument("zoo", help="zoo directory")
     p.set_defaults(run=info)
-    p = sub.add_parser("verify", help="read every file of a zoo: checksums, sizes, shapes, dtypes "
+    p = add("verify", help="read every file of a zoo: checksums, sizes, shapes, dtypes "
                                       "and NaN/inf in the weights",
                        description="Read every file of a zoo and check it against the manifest: "
                        "sha256, size, shape, dtype, and that every weight is finite (NaN/inf is "
                        "allowed only in rows flagged diverged). Exit 1 naming the bad files.")
     p.add_argument("zoo", help="zoo directory")
     p.set_defaults(run=verify)
-    p = sub.add_parser("export", help="write one model to .safetensors or .npz")
+    p = add("export", help="write one model to .safetensors or .npz, or the whole "
+                                      "zoo (--all) as a folder to share",
+                       description="Write one model (--model ID) to .safetensors or .npz, or the "
+                       "whole zoo (--all) into a new folder: safetensors shards, the metrics as "
+                       "Parquet (CSV without pyarrow), the manifest and a dataset card "
+                       "(README.md). `wsl zoo import --format wsl-export DIR` reads it back.")
     p.add_argument("zoo", help="zoo directory")
-    p.add_argument("--model", type=int, required=True, help="model id (metrics.csv 'model')")
-    p.add_argument("--epoch", default="last", help="checkpoint epoch (default: last)")
+    p.add_argument("--model", type=int, default=None, help="model id (metrics.csv 'model')")
+    p.add_argument("--all", action="store_true",
+                   help="export the whole zoo into the new folder --out (not with --model)")
+    p.add_argument("--epoch", default=None, help="checkpoint epoch (default: last; --model only)")
     p.add_argument("--format", choices=("safetensors", "npz"), default=None,
-                   help="file format (default: from the --out suffix, else safetensors)")
+                   help="file format (default: from the --out suffix, else safetensors; --all "
+                        "writes safetensors)")
     p.add_argument("--out", help="output file (default: model_ID_epoch_E.FORMAT in the cwd); "
-                                 "never inside a zoo")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+                                 "with --all a new or empty folder (required); never inside a zoo")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --out file (--model only)")
+    p.add_argument("--metrics", choices=("parquet", "csv"), default=None,
+                   help="--all: metrics table format (default: parquet when pyarrow is "
+                        "installed, else csv)")
+    p.add_argument("--license", default=None,
+                   help="--all: the card's license, e.g. cc-by-4.0 (default: unknown)")
+    p.add_argument("--name", default=None, help="--all: the card's title (pretty_name)")
+    p.add_argument("--no-progress", action="store_true", help="--all: no progress bar")
     p.add_argument("--torch-layout", action="store_true",
                    help="PyTorch names (conv_0.weight) and layouts (OIHW, linear out x in); "
                         "load it with wsl.zoos.torch_modules.load_exported(FILE). Flax SAME "
@@ -65,13 +87,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-non-finite", action="store_true",
                    help="export a model whose weights hold NaN or inf (refused by default)")
     p.set_defaults(run=export)
-    p = sub.add_parser("recipes", help="list the named recipes and their settings")
+    p = add("card", help="write a dataset card (README.md with Hugging Face front "
+                                    "matter, and figures) for a zoo into a new folder",
+                       description="Write a dataset card for a zoo into a new folder: README.md "
+                       "with YAML front matter in the Hugging Face datasets convention "
+                       "(pretty_name, license, tags, sizes, and under `wsl` the architecture, "
+                       "dataset, recipe, columns with their meanings and provenance; citation "
+                       "as BibTeX to complete) and PNG figures (accuracy histogram, "
+                       "hyperparameter scatter). The zoo itself is never written to.")
+    p.add_argument("zoo", help="zoo directory")
+    p.add_argument("--out", required=True,
+                   help="new or empty folder for README.md and figures/ (never inside a zoo)")
+    p.add_argument("--license", default=None,
+                   help="license identifier, e.g. cc-by-4.0 or mit (default: unknown, and the "
+                        "card says so)")
+    p.add_argument("--name", default=None,
+                   help="the card's title (pretty_name; default: from recipe, size, "
+                        "architecture and dataset)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that is not empty (replaces README.md and figures)")
+    p.set_defaults(run=card)
+    p = add("recipes", help="list the named recipes and their settings")
     p.add_argument("name", nargs="?", help="show one recipe's fields")
     p.set_defaults(run=recipes)
-    p = sub.add_parser("import", help="import a Small CNN Zoo, Model Zoos trials or a folder of "
+    p = add("import", help="import a Small CNN Zoo, Model Zoos trials or a folder of "
                                       "checkpoints (rerun to resume)")
     p.add_argument("source", type=Path)
-    p.add_argument("--format", required=True, choices=IMPORT_FORMATS)
+    p.add_argument("--format", required=True, choices=IMPORT_FORMATS,
+                   help="wsl-export: a folder written by `wsl zoo export Z --all`")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--step", type=int, default=None,
                    help="small-cnn-zoo: keep only rows of this step (e.g. 86)")
@@ -149,11 +192,79 @@ def verify(args) -> int:
 
 
 def export(args) -> int:
+    if args.all and args.model is not None:
+        raise UsageError("--all and --model exclude each other: --all exports every model of the "
+                         "zoo, --model ID one")
+    if args.all:
+        return export_all(args)
+    if args.model is None:
+        raise UsageError("say what to export: --model ID (one network) or --all (the whole zoo)")
+    whole_only = [name for name, value in (("--metrics", args.metrics),
+                                           ("--license", args.license), ("--name", args.name))
+                  if value is not None] + (["--no-progress"] if args.no_progress else [])
+    if whole_only:
+        raise UsageError(f"{', '.join(whole_only)} "
+                         f"{'applies' if len(whole_only) == 1 else 'apply'} to --all only")
+    return export_model(args)
+
+
+def export_all(args) -> int:
+    from wsl.outputs import check_output_dir
+    from wsl.zoos.card import LICENSE_UNKNOWN
+    from wsl.zoos.export import export_zoo, metrics_format
+
+    wrong = [name for name, given in (("--epoch", args.epoch is not None),
+                                      ("--torch-layout", args.torch_layout),
+                                      ("--allow-non-finite", args.allow_non_finite),
+                                      ("--force", args.force)) if given]
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)} {'applies' if len(wrong) == 1 else 'apply'} to "
+                         f"--model only; --all exports every row "
+                         f"as stored (diverged rows stay, flagged) into a new folder")
+    if args.format not in (None, "safetensors"):
+        raise UsageError(f"--all writes safetensors shards; --format {args.format} applies to "
+                         f"--model only")
+    if args.out is None:
+        raise UsageError("--all needs --out NEW_DIR, the folder to write the export into")
+    check_output_dir(args.out)  # before anything is read or written
+    metrics_format(args.metrics)  # Parquet asked without pyarrow: refused before any work
+    result = export_zoo(args.zoo, args.out, metrics=args.metrics,
+                        license=args.license or LICENSE_UNKNOWN, pretty_name=args.name,
+                        progress=not args.no_progress)
+    if result.metrics_note:
+        note("export", result.metrics_note)
+    if args.license is None:
+        note("export", "license: unknown (pass --license ID, e.g. cc-by-4.0, to set the card's)")
+    shards = len(result.weights)
+    print(f"wrote {result.folder}: {shards} safetensors shard{'s' if shards > 1 else ''}, "
+          f"{result.metrics}, "
+          f"manifest.json and the card README.md ({result.bytes:,} bytes); read it back with "
+          f"`wsl zoo import --format wsl-export {result.folder} --out DIR`")
+    return 0
+
+
+def card(args) -> int:
+    from wsl.outputs import check_output_dir
+    from wsl.zoos.card import LICENSE_UNKNOWN, write_card
+
+    check_output_dir(args.out)  # before anything is read or written; never into a zoo
+    result = write_card(args.zoo, args.out, license=args.license or LICENSE_UNKNOWN,
+                        pretty_name=args.name, force=args.force)
+    if args.license is None:
+        note("card", "license: unknown (pass --license ID, e.g. cc-by-4.0, to set it)")
+    figures = ", ".join(f.path for f in result.figures) or "no figures (no accuracy column)"
+    print(f"wrote {result.card} and {figures}")
+    return 0
+
+
+def export_model(args) -> int:
     import numpy as np
 
     from wsl.outputs import check_output_file
     from wsl.zoos.store import EXPORT_FORMATS, Zoo, ZooError, export_format
 
+    if args.epoch is None:
+        args.epoch = "last"
     if args.out is not None:
         try:
             fmt = export_format(args.out, args.format)
@@ -214,9 +325,12 @@ def import_(args) -> int:
     if not isinstance(config, dict):
         raise UsageError(f"--arch-config must be a JSON object of architecture settings, e.g. "
                          f"'{{\"widths\": [32]}}', got {args.arch_config!r}")
-    if args.format == "small-cnn-zoo" and (args.arch or config):
-        raise UsageError("--arch and --arch-config do not apply to --format small-cnn-zoo (its "
-                         "architecture is fixed)")
+    if args.format in ("small-cnn-zoo", "wsl-export") and (args.arch or config):
+        raise UsageError(f"--arch and --arch-config do not apply to --format {args.format} (its "
+                         f"architecture is fixed)")
+    if args.format == "wsl-export" and args.ignore_extra:
+        raise UsageError("--ignore-extra does not apply to --format wsl-export (its tensors are "
+                         "checked against the zoo it was exported from)")
     if args.format != "small-cnn-zoo" and args.step is not None:
         raise UsageError(f"--step applies to --format small-cnn-zoo only, not {args.format}")
     if config and not args.arch:
@@ -233,6 +347,8 @@ def import_(args) -> int:
     if args.format == "small-cnn-zoo":
         zoo = importers.import_small_cnn_zoo(args.source, args.out, step=args.step,
                                              progress=progress)
+    elif args.format == "wsl-export":
+        zoo = importers.import_wsl_export(args.source, args.out, progress=progress)
     elif args.format == "model-zoos":
         zoo = importers.import_model_zoos(args.source, args.out, architecture=arch,
                                           progress=progress)
