@@ -468,6 +468,15 @@ def _size_problem(path: Path, size: Any, what: str) -> str | None:
     return None
 
 
+def _existing_zoo_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ZooError(f"{path}: no such zoo directory")
+    if not path.is_dir():
+        raise ZooError(f"{path} is a file, not a zoo directory")
+    return path
+
+
 def _check_file(path: Path, sha: str, what: str = "shard file", size: Any = None) -> None:
     problem = _size_problem(path, size, what)
     if problem:
@@ -714,11 +723,7 @@ class Zoo:
         against its checksum, and every shard file for existence and recorded size; weights
         are read (and their checksums verified) only when first used — `verify_zoo` reads
         everything now."""
-        path = Path(path)
-        if not path.exists():
-            raise ZooError(f"{path}: no such zoo directory")
-        if not path.is_dir():
-            raise ZooError(f"{path} is a file, not a zoo directory")
+        path = _existing_zoo_dir(path)
         manifest = _read_json(path / MANIFEST, "zoo manifest")
         space = _check_manifest(path, manifest)
         table = _read_metrics(path, manifest)
@@ -1165,11 +1170,7 @@ def verify_zoo(path: str | os.PathLike) -> VerifyReport:
 
     A manifest that cannot be read at all raises `ZooError`; every other fault is collected in
     the report's `problems`, one line each naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ZooError(f"{path}: no such zoo directory")
-    if not path.is_dir():
-        raise ZooError(f"{path} is a file, not a zoo directory")
+    path = _existing_zoo_dir(path)
     manifest = _read_json(path / MANIFEST, "zoo manifest")
     _check_manifest(path, manifest)
     report = VerifyReport(path, shards=len(manifest["shards"]))
