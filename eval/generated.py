@@ -315,8 +315,9 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
     )
 
 
-def plot_report(report: GeneratedReport, path) -> None:
-    """Overlaid accuracy histograms and novelty vs accuracy, side by side, as a PNG."""
+def report_figure(report: GeneratedReport):
+    """The figure `plot_report` saves (open; the caller closes it): overlaid accuracy histograms,
+    and novelty against accuracy with each noise baseline's marker labelled with its σ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,13 +334,26 @@ def plot_report(report: GeneratedReport, path) -> None:
     right.scatter(report.train_acc, report.train_max_iou, s=8, alpha=0.5,
                   label="training vs others")
     right.scatter(report.generated_acc, report.generated_max_iou, s=8, alpha=0.6, label="generated")
-    right.scatter([r["mean_acc"] for r in report.noise],
-                  [r["median_max_iou"] for r in report.noise],
-                  marker="x", color="k", label="noised training (median)")
+    noise_acc = [r["mean_acc"] for r in report.noise]
+    noise_iou = [r["median_max_iou"] for r in report.noise]
+    right.plot(noise_acc, noise_iou, "x-", color="k", lw=0.8,
+               label="noised training (mean acc, median IoU)")
+    for row, x, y in zip(report.noise, noise_acc, noise_iou):
+        right.annotate(f"σ={row['sigma']:g}", (x, y), xytext=(4, 4), textcoords="offset points",
+                       fontsize=7)
     right.set_xlabel("test accuracy")
     right.set_ylabel("max IoU of wrong predictions vs training set")
     right.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_report(report: GeneratedReport, path) -> None:
+    """Overlaid accuracy histograms and novelty vs accuracy (noise markers labelled with their
+    σ), side by side, as a PNG (`report_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

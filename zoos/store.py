@@ -225,7 +225,14 @@ def _wsl_version() -> str:
 
 
 def _stable(manifest: Mapping) -> dict:
-    return {k: v for k, v in manifest.items() if k not in _VOLATILE}
+    """The fields that say which zoo this is: a recipe's description is prose that a new wsl
+    version may reword, so it never blocks resuming a build."""
+    stable = {k: v for k, v in manifest.items() if k not in _VOLATILE}
+    recipe = stable.get("recipe")
+    if isinstance(recipe, Mapping) and isinstance(recipe.get("config"), Mapping):
+        config = {k: v for k, v in recipe["config"].items() if k != "description"}
+        stable["recipe"] = {**recipe, "config": config}
+    return stable
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -2,12 +2,15 @@
 
     wsl merge --zoo ZOO_DIR --method greedy --out merged.safetensors
     wsl merge --zoo ZOO_DIR --models 0-9 12 --method fisher --align mean --out merged.npz
+    wsl merge --zoo ZOO_DIR --top 8 --by val_acc --method uniform --out merged.safetensors
 
 The zoo's dataset (named in its manifest) supplies validation data for the greedy soup and the
 Fisher, and test data for the report. The merged model is written in the format its suffix names
 (`wsl.zoos.model_files`); a JSON report with accuracies of the merged, the unaligned merge, the
 best and the mean model is written next to it (same name, ``.json``) and printed. Models are named
-by their ids in the zoo throughout. Neither file is overwritten unless ``--force`` is given.
+by their ids in the zoo throughout. ``--top K --by COLUMN`` merges only the K best models by a
+validation column at the chosen epoch (never a test column: the test split scores the merge);
+the report records that selection. Neither file is overwritten unless ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -44,6 +47,49 @@ def _model_ids(specs: list[str]) -> list[int]:
     return ids
 
 
+DEFAULT_BY = "val_acc"
+
+
+def check_selection_column(by: str, option: str = "--by") -> str:
+    """A column that may choose models: anything but test data (test_* and the gap, which is
+    train_acc − test_acc), since the test split later scores what was chosen."""
+    if by.startswith("test_") or by == "gap":
+        what = "the gap is train_acc − test_acc" if by == "gap" else f"{by} is test data"
+        raise UsageError(f"{option} {by}: selection must not use test data ({what}, and the "
+                         f"test split scores what is selected); use a validation column such "
+                         f"as val_acc or val_loss")
+    return by
+
+
+def lower_is_better(by: str) -> bool:
+    """Loss columns rank lowest first; every other column highest first."""
+    return by.endswith("loss")
+
+
+def check_ranking_column(zoo, by: str, option: str = "--by") -> np.ndarray:
+    """`by` as float64 values of `zoo`'s rows; a UsageError if the zoo has no such numeric
+    column."""
+    if by not in zoo.columns:
+        raise UsageError(f"{option} {by}: {zoo.path} has no such column; its columns are "
+                         f"{', '.join(zoo.columns)}")
+    values = np.asarray(zoo.metrics[by])
+    if values.dtype.kind not in "biuf":
+        raise UsageError(f"{option} {by}: not a numeric column (it holds {values.dtype}); rank "
+                         f"models by a number such as val_acc")
+    return values.astype(np.float64)
+
+
+def best_models(zoo, by: str, top: int, option: str = "--by") -> tuple[list[int], list[float]]:
+    """The ids of the `top` best models of a selected zoo view (one row per model) by column
+    `by`, best first (ties: lower id first), and their values. Rows whose `by` is not finite
+    must already be left out (``Zoo.select(require=[by])``)."""
+    values = check_ranking_column(zoo, by, option)
+    ids = np.asarray(zoo.metrics["model"], np.int64)
+    key = values if lower_is_better(by) else -values
+    order = np.lexsort((ids, key))[:top]
+    return [int(i) for i in ids[order]], [float(v) for v in values[order]]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _help.parser("wsl merge", __doc__)
     p.add_argument("--zoo", required=True, metavar="DIR",
@@ -53,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
                         "does not fall) or Fisher-weighted average")
     p.add_argument("--models", nargs="*", default=None, metavar="IDS",
                    help="model ids to merge, e.g. 0-9 12 (default: every finite model)")
+    p.add_argument("--top", type=int, default=None, metavar="K",
+                   help="merge only the K best models by --by (among --models if given), at "
+                        "--epoch, leaving out models whose value is not finite")
+    p.add_argument("--by", default=None, metavar="COLUMN",
+                   help=f"metrics column that ranks models for --top (default: {DEFAULT_BY}; "
+                        f"a *_loss column ranks lowest first, any other highest first); never "
+                        f"a test column")
     p.add_argument("--epoch", default="last",
                    help="checkpoint to take from each model: 'last' or an epoch number")
     p.add_argument("--align", default="best",
@@ -99,6 +152,13 @@ def main(argv: list[str]) -> int:
                                  ("--fisher-samples", args.fisher_samples, 1)):
         if value < least:
             raise UsageError(f"{option} must be ≥ {least}; got {value}")
+    if args.by is not None:
+        check_selection_column(args.by)
+    if args.by is not None and args.top is None:
+        raise UsageError(f"--by {args.by} ranks models for --top K; give --top K too")
+    if args.top is not None and args.top < 2:
+        raise UsageError(f"--top must be ≥ 2 (a merge needs two models); got {args.top}")
+    by = check_selection_column(args.by or DEFAULT_BY) if args.top is not None else None
     models = None if args.models is None else _model_ids(args.models)
     report_path = out.with_suffix(".json")
     check_output_file(out, force=args.force)
@@ -112,9 +172,28 @@ def main(argv: list[str]) -> int:
         if epoch not in epochs:
             raise EvaluationError(f"--epoch {epoch}: {args.zoo} has no checkpoint at epoch "
                                   f"{epoch}; its epochs are {_ranges(epochs)}")
-    zoo = zoo.select(epoch=epoch, models=models, finite=True, activation="single", min_rows=2)
-    note_dropped(zoo)
+    selection: dict = {"top": args.top, "by": by}
+    if by is not None:
+        check_ranking_column(zoo, by)  # a missing column is the option's fault, named so
+        zoo = zoo.select(epoch=epoch, models=models, finite=True, require=[by], min_rows=2)
+        note_dropped(zoo)
+        chosen, values = best_models(zoo, by, args.top)
+        if len(chosen) < args.top:
+            raise EvaluationError(f"--top {args.top}: only {len(chosen)} models at epoch "
+                                  f"{args.epoch} have a finite {by}")
+        selection.update(values=values)
+        zoo = zoo.select(epoch=None, models=chosen, finite=False, activation="single",
+                         min_rows=2)
+        print(f"selected the {args.top} best models by {by} "
+              f"({'lowest' if lower_is_better(by) else 'highest'} first): "
+              f"{', '.join(str(i) for i in chosen)}")
+    else:
+        zoo = zoo.select(epoch=epoch, models=models, finite=True, activation="single",
+                         min_rows=2)
+        note_dropped(zoo)
     model_ids = [int(m) for m in zoo.metrics["model"]]
+    # Best first with --top; otherwise every model merged, by id.
+    selection["models"] = chosen if by is not None else model_ids
     if args.align in ("best", "mean", "none"):
         align = args.align
     elif int(args.align) in model_ids:
@@ -130,7 +209,8 @@ def main(argv: list[str]) -> int:
                    key=jax.random.key(args.seed), fisher_samples=args.fisher_samples,
                    max_sweeps=args.max_sweeps, restarts=args.restarts, model_ids=model_ids)
     save_model(out, zoo.weight_space, jax.tree.map(np.asarray, result.params))
-    report = {**result.report, "zoo": str(args.zoo), "epoch": args.epoch, "out": str(out)}
+    report = {**result.report, "zoo": str(args.zoo), "epoch": args.epoch,
+              "selection": selection, "out": str(out)}
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"merged {report['members']} of {report['models']} models ({args.method}, aligned to "
           f"{args.align}) -> {out}")

@@ -5,6 +5,7 @@
     wsl zoo verify DIR
     wsl zoo export DIR --model ID [--epoch E] [--format safetensors|npz] [--out FILE] [--force]
                    [--torch-layout] [--allow-non-finite]
+    wsl zoo export DIR --best [--by val_acc] [--epoch E] [...]   (best by a validation column)
     wsl zoo export DIR --all --out NEW_DIR [--metrics parquet|csv] [--license ID] [--name TEXT]
     wsl zoo card DIR --out NEW_DIR [--license ID] [--name TEXT] [--force]
     wsl zoo recipes [NAME]
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=verify)
     p = add("export", help="write one model to .safetensors or .npz, or the whole "
                                       "zoo (--all) as a folder to share",
-                       description="Write one model (--model ID) to .safetensors or .npz, or the "
+                       description="Write one model (--model ID, or --best: the best by a "
+                       "validation column) to .safetensors or .npz, or the "
                        "whole zoo (--all) into a new folder: safetensors shards, the metrics as "
                        "Parquet (CSV without pyarrow), the manifest and a dataset card "
                        "(README.md). `wsl zoo import --format wsl-export DIR` reads it back.")
@@ -64,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=int, default=None, help="model id (metrics.csv 'model')")
     p.add_argument("--all", action="store_true",
                    help="export the whole zoo into the new folder --out (not with --model)")
+    p.add_argument("--best", action="store_true",
+                   help="export the best model by --by at --epoch, among models whose weights "
+                        "and --by value are finite (instead of --model; not with --all)")
+    p.add_argument("--by", default=None, metavar="COLUMN",
+                   help="--best: metrics column that ranks models (default: val_acc; a *_loss "
+                        "column ranks lowest first, any other highest first); never a test "
+                        "column")
     p.add_argument("--epoch", default=None, help="checkpoint epoch (default: last; --model only)")
     p.add_argument("--format", choices=("safetensors", "npz"), default=None,
                    help="file format (default: from the --out suffix, else safetensors; --all "
@@ -195,10 +204,21 @@ def export(args) -> int:
     if args.all and args.model is not None:
         raise UsageError("--all and --model exclude each other: --all exports every model of the "
                          "zoo, --model ID one")
+    if args.best and (args.all or args.model is not None):
+        other = "--all" if args.all else "--model"
+        raise UsageError(f"--best and {other} exclude each other: --best exports the best model "
+                         f"by --by, --model ID a given one, --all every model")
+    if args.by is not None:
+        from wsl.commands.merge import check_selection_column
+
+        check_selection_column(args.by)
+        if not args.best:
+            raise UsageError(f"--by {args.by} ranks models for --best; give --best too")
     if args.all:
         return export_all(args)
-    if args.model is None:
-        raise UsageError("say what to export: --model ID (one network) or --all (the whole zoo)")
+    if args.model is None and not args.best:
+        raise UsageError("say what to export: --model ID (one network), --best [--by COLUMN] "
+                         "(the best one by a validation column) or --all (the whole zoo)")
     whole_only = [name for name, value in (("--metrics", args.metrics),
                                            ("--license", args.license), ("--name", args.name))
                   if value is not None] + (["--no-progress"] if args.no_progress else [])
@@ -274,6 +294,9 @@ def export_model(args) -> int:
     else:
         fmt = args.format or "safetensors"
     zoo = Zoo.open(args.zoo)
+    chosen = ""
+    if args.best:
+        args.model, chosen = _best_model(zoo, args.by or "val_acc", args.epoch)
     rows = zoo.filter(where=lambda m: m["model"] == args.model)
     if not len(rows):
         raise ZooError(f"{args.zoo}: no model {args.model}; ids run "
@@ -294,9 +317,27 @@ def export_model(args) -> int:
     check_output_file(out, force=args.force)  # before anything is written
     rows.export(0, out, fmt, torch_layout=args.torch_layout, force=args.force,
                 allow_non_finite=args.allow_non_finite)
-    print(f"wrote {out} ({fmt}, model {args.model}, epoch {epoch}, "
+    print(f"wrote {out} ({fmt}, model {args.model}{chosen}, epoch {epoch}, "
           f"{'torch' if args.torch_layout else 'jax'} layout)")
     return 0
+
+
+def _best_model(zoo, by: str, epoch: str) -> tuple[int, str]:
+    """The id of the best model of `zoo` by column `by` at `epoch` ('last' or a number), among
+    rows with finite weights and a finite `by`, and a note saying how it was chosen."""
+    from wsl.commands.merge import best_models, check_ranking_column, lower_is_better
+
+    if epoch != "last":
+        try:
+            epoch = int(epoch)
+        except ValueError:
+            raise UsageError(f"--epoch must be an integer or 'last', got {epoch!r}") from None
+    check_ranking_column(zoo, by)
+    view = zoo.select(epoch=epoch, finite=True, require=[by])
+    (model,), (value,) = best_models(view, by, 1)
+    how = "lowest" if lower_is_better(by) else "highest"
+    return model, (f", the {how} {by} ({value:.4g}) of {len(view)} models at epoch "
+                   f"{epoch}")
 
 
 def recipes(args) -> int:
