@@ -50,6 +50,8 @@ from wsl.zoos.store import (
     _provenance,
     _read_csv,
     _read_json,
+    _size_problem,
+    check_file,
     sha256_file,
     tensor_filename,
 )
@@ -333,32 +335,10 @@ def read_export(path: str | os.PathLike) -> Export:
     export = Export(root, manifest, zoo_manifest, shards, metrics_file, kind, metrics["sha256"],
                     metrics["size"])
     for file, size in [(s.file, s.size) for s in shards] + [(metrics_file, metrics["size"])]:
-        _check_size(file, size)
+        problem = _size_problem(file, size, "export file")
+        if problem:
+            raise ZooError(problem)
     return export
-
-
-def _check_size(file: Path, size: int) -> None:
-    if not file.exists():
-        raise ZooError(f"{file}: missing (listed in the export's {MANIFEST}); the export is "
-                       f"incomplete — copy or export it again")
-    if not file.is_file():
-        raise ZooError(f"{file}: not a regular file (listed in the export's {MANIFEST})")
-    actual = file.stat().st_size
-    if actual != size:
-        raise ZooError(f"{file}: {actual:,} bytes, the export manifest records {size:,} "
-                       f"(truncated or damaged); copy or export it again")
-
-
-def check_file(file: Path, sha: str, size: int) -> None:
-    """Size, then sha256, against the export manifest; a mismatch is a `ZooError` naming it."""
-    _check_size(file, size)
-    try:
-        actual = sha256_file(file)
-    except OSError as err:
-        raise ZooError(f"{file}: unreadable: {err.strerror or err}") from err
-    if actual != sha:
-        raise ZooError(f"{file}: checksum mismatch (sha256 {actual[:12]}…, the export manifest "
-                       f"records {sha[:12]}…); the file is damaged — copy or export it again")
 
 
 _SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I8": "int8",
@@ -370,7 +350,7 @@ def read_shard(export: Export, shard: ExportShard) -> dict[str, np.ndarray]:
     """One weights file, verified: {tensor path: array} with the zoo's shapes and dtypes."""
     from safetensors import safe_open
 
-    check_file(shard.file, shard.sha256, shard.size)
+    check_file(shard.file, shard.sha256, "export file", shard.size)
     space = export.weight_space
     files = export.zoo_manifest["shards"][shard.index]["files"]
     out = {}
@@ -401,7 +381,7 @@ def read_shard(export: Export, shard: ExportShard) -> dict[str, np.ndarray]:
 
 def read_metrics(export: Export) -> dict[str, np.ndarray]:
     """The metrics table, verified, as numpy columns of the zoo's column types."""
-    check_file(export.metrics_file, export.metrics_sha256, export.metrics_size)
+    check_file(export.metrics_file, export.metrics_sha256, "export file", export.metrics_size)
     columns = list(export.zoo_manifest["columns"])
     types = export.zoo_manifest["column_types"]
     rows = export.shards[-1].start + export.shards[-1].rows if export.shards else 0

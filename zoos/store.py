@@ -379,7 +379,7 @@ class ZooWriter:
             if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
                 raise ZooError(f"{folder / SHARD_INFO}: file {name!r} has no sha256; the shard "
                                f"description is damaged — delete {folder} and resume")
-            _check_file(folder / name, meta["sha256"], "shard file", size=meta.get("size"))
+            check_file(folder / name, meta["sha256"], "shard file", size=meta.get("size"))
 
     def finalize(self, expected_shards: int | None = None) -> dict:
         """Join every shard's rows into metrics.csv and record the shards in the manifest."""
@@ -393,7 +393,7 @@ class ZooWriter:
         for index in done:
             folder = self.shard_dir(index)
             info = _read_json(folder / SHARD_INFO, f"shard {index} description")
-            _check_file(folder / SHARD_ROWS, info["files"][SHARD_ROWS]["sha256"])
+            check_file(folder / SHARD_ROWS, info["files"][SHARD_ROWS]["sha256"])
             header, body = _read_csv(folder / SHARD_ROWS, "shard file")
             if columns is None:
                 columns = header
@@ -441,6 +441,7 @@ _REPAIR = {
     "shard file": "rebuild this shard (delete its folder and resume the build) or restore it",
     "metrics table": (f"rerun the command that wrote the zoo (it rewrites {METRICS_FILE} from the "
                       f"shards) or restore it"),
+    "export file": "the export is incomplete or damaged — copy or export it again",
 }
 
 
@@ -464,7 +465,7 @@ def _check_plain_name(name: Any, where: Path) -> None:
 def _size_problem(path: Path, size: Any, what: str) -> str | None:
     """Why `path` is not the file of `size` bytes the manifest recorded (None: it is)."""
     if not path.exists():
-        return f"{path}: missing ({what} of a finished zoo)"
+        return f"{path}: missing ({what} listed in its manifest); {_REPAIR[what]}"
     if not path.is_file():
         return f"{path}: not a regular file ({what})"
     if isinstance(size, int) and not isinstance(size, bool):
@@ -484,7 +485,9 @@ def _existing_zoo_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_file(path: Path, sha: str, what: str = "shard file", size: Any = None) -> None:
+def check_file(path: Path, sha: str, what: str = "shard file", size: Any = None) -> None:
+    """Size, then sha256, against what a manifest records; a mismatch is a `ZooError` naming
+    the file and how to repair it."""
     problem = _size_problem(path, size, what)
     if problem:
         raise ZooError(problem)
@@ -619,7 +622,7 @@ def _shard_file_problems(path: Path, manifest: dict) -> list[str]:
 def _read_metrics(path: Path, manifest: dict) -> dict[str, np.ndarray]:
     """The metrics table of a checked manifest, verified against its checksum and parsed."""
     file = path / METRICS_FILE
-    _check_file(file, manifest["metrics_sha256"], "metrics table")
+    check_file(file, manifest["metrics_sha256"], "metrics table")
     header, body = _read_csv(file)
     types = manifest["column_types"]
     if header != list(manifest["columns"]):
@@ -651,7 +654,7 @@ class _Storage:
             if name not in meta["files"]:
                 raise ZooError(f"{self.path / MANIFEST}: shard {meta['name']} lists no {name}")
             info = meta["files"][name]
-            _check_file(file, info["sha256"], size=info.get("size"))
+            check_file(file, info["sha256"], size=info.get("size"))
             array = _load_npy(file)
             expected = tuple(info["shape"])
             if array.shape != expected:
@@ -1196,7 +1199,7 @@ def verify_zoo(path: str | os.PathLike) -> VerifyReport:
         for file, meta in shard["files"].items():
             report.files += 1
             try:
-                _check_file(folder / file, meta["sha256"], size=meta.get("size"))
+                check_file(folder / file, meta["sha256"], size=meta.get("size"))
                 report.bytes += (folder / file).stat().st_size
                 if not file.endswith(".npy"):
                     continue
