@@ -62,3 +62,26 @@ def test_every_library_error_is_a_wsl_error():
                         if c.__module__ == module.__name__ and issubclass(c, Exception)]
     assert len(classes) >= 10
     assert [c.__name__ for c in classes if not issubclass(c, WslError)] == []
+
+
+def test_key_value_words_may_follow_options(capsys):
+    import argparse
+
+    from wsl.commands._help import parse_with_overrides
+
+    parser = argparse.ArgumentParser(prog="wsl x")
+    parser.add_argument("--flag", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    args = parse_with_overrides(parser, ["a=1", "--flag", "b=2"])
+    assert args.flag and args.overrides == ["a=1", "b=2"]
+    for bad in (["a=1", "--flag", "--nope"], ["--flag", "a=1", "--nope", "b=2"],
+                ["a=1", "--flag", "word"]):
+        with pytest.raises(SystemExit) as stop:
+            parse_with_overrides(parser, bad)
+        assert stop.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err
+    # A command without key=value words refuses them wherever they stand.
+    plain = argparse.ArgumentParser(prog="wsl y")
+    plain.add_argument("--flag", action="store_true")
+    with pytest.raises(SystemExit):
+        parse_with_overrides(plain, ["--flag", "a=1"])

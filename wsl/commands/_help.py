@@ -158,3 +158,21 @@ def format_keys(groups: Iterable[tuple[str, list[tuple[str, str, str]]]]) -> str
         lines += ["", f"{title}:"] if lines else [f"{title}:"]
         lines += [f"  {f'{k}={d}'.ljust(width)}  {t}" for k, d, t in rows]
     return "\n".join(lines)
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str],
+                         takes_overrides=lambda args: hasattr(args, "overrides")):
+    """`parser.parse_args(argv)`, with ``key=value`` words allowed before *and* after options.
+
+    argparse alone ends a ``nargs="*"`` positional at the first option, so ``wsl probe … steps=5
+    --no-progress seed=1`` would reject ``seed=1``. Left-over ``key=value`` words join
+    ``args.overrides`` where `takes_overrides(args)`; anything else left over is the usual
+    "unrecognized arguments" usage error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not takes_overrides(args)
+                  or any(word.startswith("-") or "=" not in word for word in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    return args

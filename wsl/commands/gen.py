@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     if argv[:1] == ["train"] and _help.asks_for(argv, "--list-keys"):
         _help.relax_required(_help.subcommand(parser, "train"))  # it needs no zoo
-    args = parser.parse_args(argv)
+    args = _help.parse_with_overrides(parser, argv)
     if args.command == "train" and args.list_keys:
         print(list_keys())
         return 0

@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     if _help.asks_for(argv, "--list-keys"):
         _help.relax_required(parser)  # --list-keys needs no zoo
-    args = parser.parse_args(argv)
+    args = _help.parse_with_overrides(parser, argv)
     if args.list_keys:
         print(list_keys(args.encoder))
         return 0

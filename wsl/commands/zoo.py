@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsl.commands._help import HelpFormatter
+from wsl.commands._help import HelpFormatter, parse_with_overrides
 from wsl.errors import UsageError
 
 IMPORT_FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints", "wsl-export")
@@ -141,12 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     parser = _parser()
-    # key=value overrides may come before or after options (argparse alone stops at the first)
-    args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "build" or any(w.startswith("-") or "=" not in w for w in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.overrides = list(args.overrides) + extra
+    args = parse_with_overrides(parser, argv, lambda args: args.command == "build")
     return args.run(args)
 
 
