@@ -152,9 +152,29 @@ def write_model_zoos_trial():
 
 
 # ------------------------------------------------------------------------------------ 8 devices
+# The longest files (each mostly one subprocess) start first: the suite runs file by file on
+# pytest-xdist workers (`-n auto --dist loadfile`), and a long file started last leaves the other
+# workers idle while it finishes.
+RUN_FIRST = ("test_demo.py", "test_readme.py", "test_eight_devices.py", "test_benchmarks.py")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most four (XLA already uses every core while it runs;
+    more workers only multiply the memory of their compiled programs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
+
+def _run_order(item) -> int:
+    name = item.path.name
+    return RUN_FIRST.index(name) if name in RUN_FIRST else len(RUN_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `eight_devices` run where 8 devices exist; elsewhere they are deselected here
-    and tests/test_eight_devices.py runs them all in one subprocess with 8 fake CPU devices."""
+    and tests/test_eight_devices.py runs them all in one subprocess with 8 fake CPU devices.
+    The files of `RUN_FIRST` are moved to the front (a stable sort keeps every other order)."""
+    items.sort(key=_run_order)
     if jax.device_count() >= 8:
         return
     skip = [item for item in items if item.get_closest_marker("eight_devices")]

@@ -21,7 +21,7 @@ def test_every_eight_device_test_passes_on_fake_devices(eight_device_env):
                    if "mark.eight_devices" in p.read_text(encoding="utf-8"))
     assert len(files) >= 6, files
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
          "-m", "eight_devices and not slow", *files],
         cwd=TESTS.parent, env=eight_device_env, capture_output=True, text=True, timeout=900)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""

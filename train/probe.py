@@ -177,9 +177,14 @@ class ProbeTask:
     def predict(self, params, weights, chunk: int = 512) -> np.ndarray:
         """Predictions in the target's units (probabilities → accuracies; class ids)."""
         n = len(next(iter(jax.tree.leaves(weights))))
-        outs = [np.asarray(self._predict_compiled(params, jax.tree.map(lambda a: a[i:i + chunk],
-                                                                       weights)))
-                for i in range(0, n, chunk)]
+        outs = []
+        for i in range(0, n, chunk):
+            rows = min(chunk, n - i)
+            # A short chunk is padded to a power of two, so that splits of similar sizes (val,
+            # test) share one compiled program; the padded rows' outputs are dropped.
+            padded = min(chunk, 1 << (rows - 1).bit_length())
+            part = jax.tree.map(lambda a: _pad_rows(np.asarray(a[i:i + rows]), padded), weights)
+            outs.append(np.asarray(self._predict_compiled(params, part))[:rows])
         out = np.concatenate(outs)
         if self.kind == "bce":
             return 1 / (1 + np.exp(-out[:, 0]))
@@ -196,6 +201,13 @@ class ProbeTask:
         scores = self.score(self.predict(params, data.params), data.y)
         scores["score"] = scores.get("kendall_tau", scores.get("accuracy"))
         return scores
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with zero rows appended up to `rows` rows."""
+    if len(array) == rows:
+        return array
+    return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
 
 
 def select_rows(zoo, target: str, epoch: str = "last"):
