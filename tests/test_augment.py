@@ -24,7 +24,10 @@ from wsl.train.augment import (
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# XLA:CPU's (MLIR) fusion emitters and its parallel split of LLVM code generation cost 3-4x in
+# compile time on these small programs; the classic emitters compute the same numbers.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def compiled(fn, *args):
@@ -34,6 +37,13 @@ def compiled(fn, *args):
 
 def run_compiled(fn, *args):
     return compiled(fn, *args)(*args)
+
+
+def flat(space, params):
+    """`space.flatten` in numpy, for checks on results: eager jnp ops would compile one program
+    per tensor shape."""
+    parts = [np.asarray(x) for x in space.as_flat_dict(params).values()]
+    return np.concatenate([x.reshape(len(x), -1) for x in parts], axis=1)
 
 
 def networks(arch, n, seed=0, bias_scale=0.1):
@@ -68,7 +78,7 @@ def test_random_permutation_keeps_each_networks_function(cnn):
     out, before, after, permuted = run_compiled(check, jax.random.key(0), params, twins)
     np.testing.assert_array_equal(out["y"], np.arange(6))
     np.testing.assert_allclose(after, before, atol=1e-5)
-    moved = np.abs(np.asarray(space.flatten(out["params"]) - space.flatten(params))).max(axis=1)
+    moved = np.abs(flat(space, out["params"]) - flat(space, params)).max(axis=1)
     assert np.all(moved > 1e-2), "every network is permuted"
     kernel = np.asarray(permuted["conv_0"]["kernel"])
     assert np.abs(kernel[0] - kernel[1]).max() > 1e-2
@@ -98,8 +108,8 @@ def test_gaussian_noise_is_scaled_by_each_tensors_std(cnn):
             assert np.all(np.abs(ratio - 1) < 0.3), t.path
     again = noise(jax.random.key(0), {"params": params})
     other = noise(jax.random.key(1), {"params": params})
-    np.testing.assert_array_equal(space.flatten(again["params"]), space.flatten(out["params"]))
-    assert float(jnp.abs(space.flatten(other["params"]) - space.flatten(out["params"])).max()) > 0
+    np.testing.assert_array_equal(flat(space, again["params"]), flat(space, out["params"]))
+    assert np.abs(flat(space, other["params"]) - flat(space, out["params"])).max() > 0
 
 
 @pytest.mark.parametrize("rescale", [False, True])
@@ -109,7 +119,7 @@ def test_weight_dropout_zeroes_the_given_fraction(cnn, rescale):
     rate = 0.2
     out = run_compiled(weight_dropout(space, rate, rescale=rescale), jax.random.key(0),
                        {"params": params})
-    before, after = np.asarray(space.flatten(params)), np.asarray(space.flatten(out["params"]))
+    before, after = flat(space, params), flat(space, out["params"])
     dropped = after == 0
     n = dropped.size
     assert abs(dropped.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
@@ -150,14 +160,14 @@ def test_named_augmentations_apply_in_a_fixed_order_with_independent_keys(cnn):
     pipeline = Pipeline(ArraySource({"params": params, "accuracy": accuracy}), 4, prefetch=0,
                         augment=augment)
     first, second = (jax.device_get(pipeline.device_batch(Position(0, 0))) for _ in range(2))
-    np.testing.assert_array_equal(space.flatten(first["params"]), space.flatten(second["params"]))
+    np.testing.assert_array_equal(flat(space, first["params"]), flat(space, second["params"]))
     np.testing.assert_array_equal(first["accuracy"], accuracy[pipeline.rows(Position(0, 0))])
-    zeros = np.asarray(space.flatten(first["params"])) == 0
+    zeros = flat(space, first["params"]) == 0
     assert 0.05 < zeros.mean() < 0.15, "dropout ran last, on noisy weights"
     # The next epoch draws afresh: no network comes out as it did before.
     other = jax.device_get(pipeline.device_batch(Position(1, 0)))["params"]
-    assert np.abs(np.asarray(space.flatten(other))[:, None]
-                  - np.asarray(space.flatten(first["params"]))[None]).max(axis=-1).min() > 1e-3
+    assert np.abs(flat(space, other)[:, None]
+                  - flat(space, first["params"])[None]).max(axis=-1).min() > 1e-3
 
 
 def test_bad_arguments_and_batches_are_named(cnn):
@@ -185,18 +195,18 @@ def test_bad_arguments_and_batches_are_named(cnn):
 def test_every_augmentation_reads_and_writes_flat_vectors_alike(cnn):
     space = cnn.weight_space
     params = networks(cnn, 4)
-    flat = np.asarray(space.flatten(params))
+    vectors = flat(space, params)
     augmentations = [random_permutation(space), gaussian_noise(space, 0.1),
                      weight_dropout(space, 0.2), magnitude_pruning(space, 0.3)]
 
-    def both(key, params, flat):
+    def both(key, params, vectors):
         return [(space.flatten(fn(key, {"params": params})["params"]),
-                 fn(key, {"flat": flat})["flat"]) for fn in augmentations]
+                 fn(key, {"flat": vectors})["flat"]) for fn in augmentations]
 
-    for from_tree, from_flat in run_compiled(both, jax.random.key(0), params, flat):
-        assert from_flat.shape == flat.shape
+    for from_tree, from_flat in run_compiled(both, jax.random.key(0), params, vectors):
+        assert from_flat.shape == vectors.shape
         np.testing.assert_array_equal(from_flat, from_tree)
-        assert np.abs(np.asarray(from_flat) - flat).max() > 1e-3
+        assert np.abs(np.asarray(from_flat) - vectors).max() > 1e-3
 
 
 def test_augmentation_names_are_ordered_and_checked():
@@ -218,30 +228,38 @@ def test_named_augmentations_run_in_the_compiled_pipeline():
     arch = build("mlp", input_shape=(5,), widths=(7, 6), num_classes=3)
     space = arch.weight_space
     base = networks(arch, 1, seed=3, bias_scale=0.5)
-    perms = space.random_permutation(jax.random.key(4), num=16)
-    copies = jax.device_get(space.permute(jax.tree.map(lambda a: np.repeat(a, 16, 0), base), perms))
+    tile = lambda tree, n: jax.tree.map(lambda a: np.repeat(a, n, 0), tree)
+    # 16 randomly permuted copies of the network, drawn and applied in one compiled program.
+    copies = jax.device_get(run_compiled(
+        lambda key, params: space.permute(params, space.random_permutation(key, num=16)),
+        jax.random.key(4), tile(base, 16)))
     aligned = jax.device_get(align_for_mixup(space, copies, seed=0))
     y = np.linspace(0.0, 1.0, 16, dtype=np.float32)
     x = np.random.default_rng(5).standard_normal((4, 5)).astype(np.float32)
-    apply = jax.jit(jax.vmap(arch.apply, in_axes=(0, None)))
-    want = np.asarray(apply(base, x))
+    apply = compiled(jax.vmap(arch.apply, in_axes=(0, None)), tile(base, 8), x)
+    want = np.asarray(apply(tile(base, 8), x))  # the base network's outputs, 8 times
 
-    def batch(names, data):
-        pipeline = Pipeline(ArraySource({"params": data, "y": y}), 8, seed=1, prefetch=0,
-                            augment=make_augmentations(space, names, field="params"))
-        return jax.device_get(pipeline.device_batch(Position(0, 0))), pipeline.rows(Position(0, 0))
-
-    out, rows = batch("permute,mixup", aligned)
-    np.testing.assert_allclose(apply(out["params"], x),
-                               np.broadcast_to(want, (8,) + want.shape[1:]), atol=1e-5)
+    # One compiled pipeline for the aligned copies (rows 0-15: batch 0) and, in the same order,
+    # the unaligned ones (rows 16-31: batch 2); unshuffled, so that no batch mixes the two.
+    both = {"params": jax.tree.map(lambda *a: np.concatenate(a), aligned, copies),
+            "y": np.concatenate([y, y])}
+    pipeline = Pipeline(ArraySource(both), 8, shuffle=False, prefetch=0,
+                        augment=make_augmentations(space, "permute,mixup", field="params"))
+    rows = pipeline.rows(Position(0, 0))
+    assert (rows < 16).all() and (pipeline.rows(Position(0, 2)) >= 16).all()
+    out = jax.device_get(pipeline.device_batch(Position(0, 0)))
+    np.testing.assert_allclose(apply(out["params"], x), want, atol=1e-5)
     lam = out["mixup_lambda"]
     assert ((lam >= 0) & (lam <= 1)).all() and lam.std() > 0
     # Targets mix with the weights: λ·y_i + (1 − λ)·y_partner, the partner in the same batch.
     partner_y = (out["y"] - lam * y[rows]) / np.maximum(1 - lam, 1e-6)
     near = np.abs(partner_y[:, None] - y[rows][None, :]).min(axis=1)
     assert (near[lam < 0.95] < 1e-3).all()
-    # Without the alignment, mixing the same copies changes their function.
-    out, _ = batch("mixup", copies)
+    # Without the alignment, mixing the same copies changes their function (a permutation after
+    # mixup changes none).
+    out = jax.device_get(pipeline.device_batch(Position(0, 2)))
     assert np.abs(np.asarray(apply(out["params"], x)) - want).max() > 1e-2
-    out, _ = batch(AUGMENTATIONS, aligned)
-    assert np.isfinite(space.flatten(out["params"])).all() and "mixup_lambda" in out
+    pipeline = Pipeline(ArraySource({"params": aligned, "y": y}), 8, seed=1, prefetch=0,
+                        augment=make_augmentations(space, AUGMENTATIONS, field="params"))
+    out = jax.device_get(pipeline.device_batch(Position(0, 0)))
+    assert np.isfinite(flat(space, out["params"])).all() and "mixup_lambda" in out
