@@ -31,9 +31,11 @@ NUM_MODELS = 40  # 20 disjoint pairs
 
 
 def _train(arch, data, key, num, steps=150, batch_size=64, lr=5e-3):
-    """`num` MLPs, each with its own init and data order, trained together (vmapped Adam)."""
+    """`num` MLPs, each with its own init and data order, trained together (vmapped Adam).
+    Returns NumPy arrays: slicing them compiles nothing."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     init_key, data_key = jax.random.split(key)
+    # Not under the jit below: the architecture caches its compiled init on the first call.
     params = arch.init_population(init_key, num)
     opt = optax.adam(lr)
 
@@ -47,8 +49,12 @@ def _train(arch, data, key, num, steps=150, batch_size=64, lr=5e-3):
         updates, state = jax.vmap(opt.update)(grads, state, params)
         return (optax.apply_updates(params, updates), state), None
 
-    run = jax.jit(lambda c, ks: jax.lax.scan(step, c, ks)[0][0])
-    return run((params, jax.vmap(opt.init)(params)), jax.random.split(data_key, steps))
+    @jax.jit
+    def run(params, data_key):
+        carry = (params, jax.vmap(opt.init)(params))
+        return jax.lax.scan(step, carry, jax.random.split(data_key, steps))[0][0]
+
+    return jax.tree.map(np.asarray, run(params, data_key))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,9 @@ def trained():
     data = load_dataset("digits", seed=0)
     arch = build("mlp", input_shape=(8, 8, 1), widths=(32, 32))
     params = _train(arch, data, jax.random.key(0), NUM_MODELS)
-    acc = evaluate(arch, params, data.x_test, data.y_test)["acc"]
+    # Scored as the two halves the tests pair up: their compiled program is the one LMC uses.
+    acc = np.concatenate([evaluate(arch, _half(params, part), data.x_test, data.y_test)["acc"]
+                          for part in (0, 1)])
     assert acc.min() > 0.85, f"the zoo did not train: test accuracies {np.sort(acc)[:5]}"
     return arch, data, params
 
@@ -125,7 +133,7 @@ def test_averages_of_known_populations():
     # Weighted 1:3 where the Fisher speaks; uniform where every model's Fisher is zero.
     np.testing.assert_allclose(fisher_average(a, fishers)["w"], [2.5, 4.0], rtol=1e-5)
     with pytest.raises(ValueError, match="shape"):
-        fisher_average(a, {"w": jnp.ones((2, 3))})
+        fisher_average(a, {"w": np.ones((2, 3), np.float32)})
 
 
 def test_fisher_diagonal_matches_the_closed_form_of_softmax_regression():
@@ -138,7 +146,9 @@ def test_fisher_diagonal_matches_the_closed_form_of_softmax_regression():
     x = rng.normal(size=(6, 4)).astype(np.float32)
     got = fisher_diagonal(apply, pop, x, batch_size=3)  # two batches, accumulated
     for m in range(2):
-        p = np.asarray(jax.nn.softmax(apply(jax.tree.map(lambda a: a[m], pop), x)))
+        logits = x.astype(np.float64) @ np.asarray(pop["w"][m]) + np.asarray(pop["b"][m])
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
         var = p * (1 - p)
         np.testing.assert_allclose(got["w"][m], (x ** 2).T @ var / len(x), rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(got["b"][m], var.mean(0), rtol=1e-4, atol=1e-7)
@@ -146,12 +156,13 @@ def test_fisher_diagonal_matches_the_closed_form_of_softmax_regression():
 
 def test_greedy_soup_keeps_only_what_helps():
     pop = {"w": jnp.array([[0.0], [1.0], [-5.0], [0.5]])}
-    score = lambda p: -abs(float(p["w"][0]) - 0.4)  # best near 0.4
+    score = lambda p: -abs(float(np.asarray(p["w"])[0]) - 0.4)  # best near 0.4
     soup = greedy_soup(pop, score)
     assert soup.tried[0] == 3 and soup.members[0] == 3  # 0.5 scores best alone
     assert 2 not in soup.members  # -5 would ruin the average
     assert soup.scores == sorted(soup.scores)  # the soup's score never drops
-    np.testing.assert_allclose(soup.params["w"], jnp.mean(pop["w"][np.array(soup.members)], 0))
+    np.testing.assert_allclose(soup.params["w"],
+                               np.mean(np.asarray(pop["w"])[np.array(soup.members)], 0))
 
 
 @pytest.mark.parametrize("method", ["uniform", "greedy", "fisher"])
@@ -176,7 +187,7 @@ def test_merging_after_alignment_beats_merging_without(trained, method):
 
 def test_merge_refuses_diverged_models(trained):
     arch, data, params = trained
-    pop = jax.tree.map(lambda a: np.array(a[:3]), params)
+    pop = jax.tree.map(lambda a: np.array(a[:6]), params)  # the size merged above: no compile
     pop["dense_1"]["bias"][1, 0] = np.inf
     with pytest.raises(ValueError, match=r"models \[1\]"):
         merge(arch, pop, "uniform", x_val=data.x_val, y_val=data.y_val)
@@ -187,7 +198,8 @@ def _write_zoo(path, arch, params, data):
     from wsl.zoos.store import write_zoo
 
     n = 7
-    acc = evaluate(arch, jax.tree.map(lambda a: a[:n], params), data.x_val, data.y_val)["acc"]
+    # Scored with the first half of the zoo: the population size path_metrics compiled for.
+    acc = evaluate(arch, _half(params, 0), data.x_val, data.y_val)["acc"][:n]
     rows = [{"model": i, "epoch": 3, "val_acc": float(acc[i]), "diverged": i == 4}
             for i in range(n)]
     manifest = {"architecture": {"name": arch.name,
@@ -219,7 +231,8 @@ def test_wsl_merge_command(trained, tmp_path, capsys):
     assert report["best_model"] in {0, 1, 2, 3, 5, 6}
     assert report["why"].startswith(f"greedy soup kept {report['members']} of 6")
     merged = load_model(out, arch.weight_space)
-    acc = evaluate(arch, jax.tree.map(lambda a: jnp.asarray(a)[None], merged),
+    # Scored twice over, as merge's report scores its (merged, unaligned) pair: one program.
+    acc = evaluate(arch, jax.tree.map(lambda a: np.stack([a, a]), merged),
                    data.x_test, data.y_test)["acc"][0]
     assert acc == pytest.approx(report["test"]["merged_acc"], abs=1e-6)
 

@@ -98,7 +98,8 @@ class Architecture:
 
 @functools.lru_cache(maxsize=128)
 def _compiled_init(arch: Architecture) -> Callable[[jax.Array], dict]:
-    dummy = jnp.zeros((1,) + arch.input_shape, jnp.float32)
+    # A numpy input, not jnp: a first call inside a jit trace must not cache a tracer here.
+    dummy = np.zeros((1,) + arch.input_shape, np.float32)
     return jax.jit(lambda key: arch.module.init(key, dummy)["params"])
 
 
