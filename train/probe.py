@@ -41,6 +41,7 @@ from wsl.train import TrainConfig, train
 from wsl.train.augment import align_for_mixup, augmentation_names, make_augmentations
 from wsl.train.checkpoint import claim_run_dir
 from wsl.train.trainer import note_dropped
+from wsl.zoos.scoring import pad_rows
 from wsl.zoos.store import MANIFEST, sha256_file
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
@@ -183,7 +184,7 @@ class ProbeTask:
             # A short chunk is padded to a power of two, so that splits of similar sizes (val,
             # test) share one compiled program; the padded rows' outputs are dropped.
             padded = min(chunk, 1 << (rows - 1).bit_length())
-            part = jax.tree.map(lambda a: _pad_rows(np.asarray(a[i:i + rows]), padded), weights)
+            part = jax.tree.map(lambda a: pad_rows(np.asarray(a[i:i + rows]), padded), weights)
             outs.append(np.asarray(self._predict_compiled(params, part))[:rows])
         out = np.concatenate(outs)
         if self.kind == "bce":
@@ -201,13 +202,6 @@ class ProbeTask:
         scores = self.score(self.predict(params, data.params), data.y)
         scores["score"] = scores.get("kendall_tau", scores.get("accuracy"))
         return scores
-
-
-def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    """`array` with zero rows appended up to `rows` rows."""
-    if len(array) == rows:
-        return array
-    return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
 
 
 def select_rows(zoo, target: str, epoch: str = "last"):

@@ -64,7 +64,8 @@ def as_vectors(arch: Architecture, weights) -> np.ndarray:
     return flat
 
 
-def _pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+def pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+    """`a` with zero rows appended up to `size` rows: fixed shapes compile once."""
     if len(a) == size:
         return a
     return np.concatenate([a, np.zeros((size - len(a),) + a.shape[1:], a.dtype)])
@@ -82,9 +83,9 @@ def population_predictions(arch: Architecture, weights, x, *, model_chunk: int =
     mc, dc = min(model_chunk, max(len(flat), 1)), min(data_chunk, max(len(x), 1))
     out = np.empty((len(flat), len(x)), np.int32)
     for m in _chunks(len(flat), mc):
-        vectors = jnp.asarray(_pad_rows(flat[m], mc))
+        vectors = jnp.asarray(pad_rows(flat[m], mc))
         for d in _chunks(len(x), dc):
-            pred = np.asarray(_chunk_predictions(arch, vectors, jnp.asarray(_pad_rows(x[d], dc))))
+            pred = np.asarray(_chunk_predictions(arch, vectors, jnp.asarray(pad_rows(x[d], dc))))
             out[m, d] = pred[:m.stop - m.start, :d.stop - d.start]
     return out
 
@@ -98,11 +99,11 @@ def _split_metrics(arch: Architecture, flat: np.ndarray, x, y, batch: int,
     mc, bc = min(model_chunk, max(len(flat), 1)), max(min(batch, len(x)), 1)
     loss, correct = np.zeros(len(flat)), np.zeros(len(flat))
     for m in _chunks(len(flat), mc):
-        vectors = jnp.asarray(_pad_rows(flat[m], mc))
+        vectors = jnp.asarray(pad_rows(flat[m], mc))
         for d in _chunks(len(x), bc):
-            valid = _pad_rows(np.ones(d.stop - d.start, np.float32), bc)
-            l, c = _chunk_scores(arch, vectors, jnp.asarray(_pad_rows(x[d], bc)),
-                                 jnp.asarray(_pad_rows(y[d], bc)), jnp.asarray(valid))
+            valid = pad_rows(np.ones(d.stop - d.start, np.float32), bc)
+            l, c = _chunk_scores(arch, vectors, jnp.asarray(pad_rows(x[d], bc)),
+                                 jnp.asarray(pad_rows(y[d], bc)), jnp.asarray(valid))
             loss[m] += np.asarray(l, np.float64)[:m.stop - m.start]
             correct[m] += np.asarray(c, np.float64)[:m.stop - m.start]
     return loss / max(len(x), 1), correct / max(len(x), 1)
