@@ -48,7 +48,9 @@ def optimised_env():
 @pytest.fixture
 def eight_device_env():
     """The environment for a subprocess with 8 fake CPU devices (compiled unoptimised)."""
-    return _env(f"--xla_force_host_platform_device_count=8 {UNOPTIMISED}")
+    # A collective still waiting after two minutes is a deadlock: fail then, not at the timeout.
+    return _env(f"--xla_force_host_platform_device_count=8 {UNOPTIMISED} "
+                f"--xla_cpu_collective_call_terminate_timeout_seconds=120")
 
 
 # ------------------------------------------------------------------------------ Small CNN Zoo

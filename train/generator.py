@@ -47,6 +47,7 @@ from wsl.models.weight_generator import (
 from wsl.outputs import check_output_dir
 from wsl.train import TrainConfig, load_params, train
 from wsl.train.checkpoint import claim_run_dir
+from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import dataset_from_spec
@@ -168,20 +169,6 @@ def _batch_data(x, cond_class, cond_scalar) -> dict:
     return data
 
 
-def _fit_batch(config: TrainConfig, rows: int) -> int:
-    """The configured batch size, cut to the number of rows for a small zoo (every model in every
-    batch) and kept a multiple of the mesh's device count."""
-    from wsl.train.layout import mesh_from_config
-
-    devices = mesh_from_config(config.mesh).devices.size
-    size = min(config.batch_size, rows)
-    size -= size % devices
-    if size < 1:
-        raise GenerateError(f"{rows} selected models cannot fill one batch on {devices} devices; "
-                            f"select more models or use fewer devices (mesh.data)")
-    return size
-
-
 def generator_record(zoo: Zoo, config: GeneratorConfig, train_config: TrainConfig, *,
                      min_acc: float | None, align: str, max_models: int | None) -> dict:
     """What a generator folder is, as ``generator.json`` records it: the request, nothing found."""
@@ -239,7 +226,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     if config.method == "latent-ddpm":
         ae = make_autoencoder(config, data.shape[1])
         ae_cfg = dataclasses.replace(train_config, steps=config.ae_steps, ema_decay=0.0,
-                                     batch_size=_fit_batch(train_config, len(data)))
+                                     batch_size=fit_batch_size(train_config, len(data),
+                                                               "selected models"))
         ae_run = train(AutoencoderTask(ae), ae_cfg, {"x": data}, out / "autoencoder",
                        label="autoencoder")
         ae_params = jax.device_get(ae_run.params)
@@ -248,7 +236,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         _write_json(out / GENERATOR_FILE, meta)
         data = ((z - z.mean(0)) / np.maximum(z.std(0), 1e-6)).astype(np.float32)
     space = selection.zoo.weight_space
-    train_config = dataclasses.replace(train_config, batch_size=_fit_batch(train_config, len(data)))
+    train_config = dataclasses.replace(
+        train_config, batch_size=fit_batch_size(train_config, len(data), "selected models"))
     generator = make_generator(config, data.shape[1], space if meta["latent"] is None else None,
                                len(selection.class_names))
     train(GeneratorTask(generator), train_config,

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from wsl.config import ConfigError
 from wsl.mesh import make_mesh
-from wsl.train.config import MeshConfig
+from wsl.train.config import MeshConfig, TrainConfig
 
 AXES = ("data", "fsdp")
 BATCH_SPEC = P(AXES)
@@ -52,6 +52,18 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     if batch_size % shards:
         raise ConfigError(f"batch_size={batch_size} must divide evenly over the mesh's {shards} "
                           f"devices (mesh {dict(mesh.shape)}); use a multiple of {shards}")
+
+
+def fit_batch_size(config: TrainConfig, rows: int, what: str = "rows") -> int:
+    """`config.batch_size`, cut to `rows` for a small dataset (every row in every batch) and
+    rounded down to a multiple of the mesh's device count."""
+    devices = mesh_from_config(config.mesh).devices.size
+    size = min(config.batch_size, rows)
+    size -= size % devices
+    if size < 1:
+        raise ConfigError(f"{rows} {what} cannot fill one batch on {devices} devices; use more "
+                          f"{what} or fewer devices (mesh.data)")
+    return size
 
 
 def leaf_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:

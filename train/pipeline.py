@@ -10,7 +10,8 @@ arrays, `ZooSource` for a zoo. `Pipeline` cuts it into batches:
 * batches are placed on the mesh with the batch sharding, then augmentations
   ``augment(key, batch) -> batch`` (`wsl.models.augment.Augmentation`) run under `jax.jit` with a
   key drawn from (seed, position);
-* a background thread prepares the next `prefetch` batches while the device computes.
+* a background thread reads and places the next `prefetch` batches while the device computes;
+  augmentation runs on the consuming thread (see `Pipeline.augmented`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from wsl.errors import WslError
+from wsl.mesh import finished
 from wsl.models.augment import Augmentation
 
 _AUGMENT_STREAM = 0x61756700  # folds the seed into a key stream of its own ("aug")
@@ -170,20 +172,33 @@ class Pipeline:
 
         return jax.tree_util.tree_map_with_path(check, batch)
 
-    def device_batch(self, position: Position, sharding=None):
-        """The batch at `position`, placed with `sharding` (default device if None), augmented."""
+    def placed_batch(self, position: Position, sharding=None):
+        """The batch at `position`, placed with `sharding` (default device if None), before
+        augmentation. Only transfers: safe to call from any thread."""
         batch = self.host_batch(position)
         if sharding is None:
-            batch = jax.device_put(batch)
-        elif jax.process_count() == 1:
-            batch = jax.device_put(batch, sharding)
-        else:
-            batch = jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+            return jax.device_put(batch)
+        if jax.process_count() == 1:
+            return jax.device_put(batch, sharding)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+    def augmented(self, position: Position, batch, sharding=None):
+        """`batch` (from `placed_batch(position, sharding)`) with the augmentations applied.
+
+        A compiled program over the mesh: call it from the thread that runs the training step.
+        Multi-device programs launched from two threads can enter the devices in different
+        orders, and their collectives then wait for each other for ever.
+        """
         if not self.augment:
             return batch
         epoch, index = position
-        return self._augment_fn(sharding)(np.uint32(self.seed), epoch, index, batch)
+        batch = self._augment_fn(sharding)(np.uint32(self.seed), epoch, index, batch)
+        mesh = getattr(sharding, "mesh", None)
+        return batch if mesh is None else finished(batch, mesh)
+
+    def device_batch(self, position: Position, sharding=None):
+        """The batch at `position`, placed with `sharding` (default device if None), augmented."""
+        return self.augmented(position, self.placed_batch(position, sharding), sharding)
 
     def _augment_fn(self, sharding):
         if sharding not in self._augment_fns:
@@ -231,8 +246,8 @@ class BatchIterator:
 
     def _produce(self, position: Position) -> None:
         while not self._stop.is_set():
-            try:
-                item = self.pipeline.device_batch(position, self.sharding)
+            try:  # transfers only; augmentation runs in __next__, on the consumer's thread
+                item = self.pipeline.placed_batch(position, self.sharding)
             except BaseException as err:  # handed to the consumer, which re-raises it
                 item = _Failure(err)
             while not self._stop.is_set():
@@ -258,6 +273,7 @@ class BatchIterator:
             if isinstance(batch, _Failure):
                 self.close()
                 raise batch.error
+            batch = self.pipeline.augmented(self.position, batch, self.sharding)
         self.position = self._advance(self.position)
         return batch
 

@@ -40,6 +40,7 @@ from wsl.models.normalize import TensorNormalizer
 from wsl.train import TrainConfig, train
 from wsl.train.augment import align_for_mixup, augmentation_names, make_augmentations
 from wsl.train.checkpoint import claim_run_dir
+from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
 from wsl.zoos.scoring import pad_rows
 from wsl.zoos.store import MANIFEST, sha256_file
@@ -309,8 +310,8 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                                     **config.encoder_config)
             task = ProbeTask(encoder, kind, float(train_split.y.mean()),
                              float(train_split.y.std() or 1.0))
-            train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=min(
-                config.train.batch_size, len(train_split.y)))
+            train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=fit_batch_size(
+                config.train, len(train_split.y), "training models"))
             run_dir = out / f"{config.encoder}-seed{seed}"
             train_params = train_split.params
             if "mixup" in config.augment:

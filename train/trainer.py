@@ -32,7 +32,7 @@ import numpy as np
 
 from wsl.config import save, to_dict
 from wsl.errors import WslError
-from wsl.mesh import replicated
+from wsl.mesh import finished, replicated
 from wsl.train.checkpoint import Checkpoints, load_params
 from wsl.train.config import TrainConfig, flat_items
 from wsl.train.early_stopping import EarlyStopping
@@ -166,7 +166,8 @@ class Trainer:
                     "shuffle": cfg.data.shuffle}
         latest = checkpoints.latest_step()
         if latest is None:
-            state = jax.jit(init, out_shardings=self.state_shardings)(seed, example)
+            state = finished(jax.jit(init, out_shardings=self.state_shardings)(seed, example),
+                             self.mesh)
             stopper = EarlyStopping(cfg.eval.mode, cfg.eval.patience, cfg.eval.min_delta)
             return state, {"step": 0, "position": [0, 0], "early_stopping": stopper.to_dict(),
                            "finished": False, "stopped_early": False, **identity}
@@ -276,7 +277,7 @@ class Trainer:
         batches = pipeline.iterate(Position(*meta["position"]), self.batch_sharding)
         try:
             while step < cfg.steps and not stopped_early:
-                state, metrics = train_step(state, next(batches))
+                state, metrics = finished(train_step(state, next(batches)), self.mesh)
                 step += 1
                 pending.append(metrics)
                 last = step == cfg.steps
