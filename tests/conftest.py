@@ -160,7 +160,8 @@ def write_model_zoos_trial():
 # The longest files (each mostly one subprocess) start first: the suite runs file by file on
 # pytest-xdist workers (`-n auto --dist loadfile`), and a long file started last leaves the other
 # workers idle while it finishes.
-RUN_FIRST = ("test_demo.py", "test_readme.py", "test_eight_devices.py", "test_benchmarks.py")
+RUN_FIRST = ("test_demo.py", "test_readme.py", "test_eight_devices.py", "test_benchmarks.py",
+             "test_multiprocess.py")
 
 
 def pytest_xdist_auto_num_workers(config):

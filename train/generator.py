@@ -33,6 +33,7 @@ import numpy as np
 
 from wsl.align import align_zoo
 from wsl.config import from_dict, to_dict
+from wsl.distributed import barrier, is_primary
 from wsl.errors import WslError
 from wsl.models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from wsl.models.flow import SAMPLERS as FLOW_SAMPLERS
@@ -198,6 +199,7 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     record = generator_record(zoo, config, train_config, min_acc=min_acc, align=align,
                               max_models=max_models)
     claim_run_dir(out, record, file=GENERATOR_FILE, what="a generator", mutable=GENERATOR_MUTABLE)
+    barrier("wsl-generator-claimed")  # every process has checked `out` before one writes there
     selection = select_and_align(zoo, config, min_acc=min_acc, align=align,
                                  seed=train_config.seed, max_models=max_models)
     arch = selection.zoo.architecture
@@ -218,10 +220,13 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     }
     # The record first: a folder killed after this is still known to hold this request.
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / GENERATOR_FILE, meta)
-    np.savez(out / "normalizer.npz", mean=selection.normalizer.mean, std=selection.normalizer.std)
-    # The aligned training weights: novelty, diversity and span distance compare in this basis.
-    np.save(out / "aligned_train.npy", selection.flat)
+    if is_primary():  # every process computed the same selection; one writes it
+        _write_json(out / GENERATOR_FILE, meta)
+        np.savez(out / "normalizer.npz", mean=selection.normalizer.mean,
+                 std=selection.normalizer.std)
+        # The aligned training weights: novelty, diversity and span distance compare in this
+        # basis.
+        np.save(out / "aligned_train.npy", selection.flat)
     data = selection.x
     if config.method == "latent-ddpm":
         ae = make_autoencoder(config, data.shape[1])
@@ -233,7 +238,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         ae_params = jax.device_get(ae_run.params)
         z = np.asarray(ae.encode(ae_params, jnp.asarray(data)))
         meta["latent"] = {"mean": z.mean(0).tolist(), "std": np.maximum(z.std(0), 1e-6).tolist()}
-        _write_json(out / GENERATOR_FILE, meta)
+        if is_primary():
+            _write_json(out / GENERATOR_FILE, meta)
         data = ((z - z.mean(0)) / np.maximum(z.std(0), 1e-6)).astype(np.float32)
     space = selection.zoo.weight_space
     train_config = dataclasses.replace(

@@ -31,18 +31,6 @@ def mesh_from_config(config: MeshConfig, devices=None) -> Mesh:
     return make_mesh(AXES, (data, config.fsdp), devices[: data * config.fsdp])
 
 
-def describe_mesh(mesh: Mesh) -> str:
-    """One line naming the devices a run uses: ``mesh: 1 device (cpu)``, ``mesh: data=8 × fsdp=1
-    over 8 cpu devices``."""
-    devices = list(mesh.devices.flat)
-    platforms = sorted({d.platform for d in devices})
-    kind = "/".join(platforms)
-    if len(devices) == 1:
-        return f"mesh: 1 device ({kind})"
-    axes = " × ".join(f"{name}={size}" for name, size in mesh.shape.items())
-    return f"mesh: {axes} over {len(devices)} {kind} devices"
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, BATCH_SPEC)
 

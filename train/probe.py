@@ -34,6 +34,7 @@ import optax
 from scipy import stats
 
 from wsl.config import ConfigError, coerce_fields, to_dict
+from wsl.distributed import barrier, is_primary
 from wsl.errors import WslError
 from wsl.models.encoders import build_encoder, check_encoder_options, encoder_names
 from wsl.models.normalize import TensorNormalizer
@@ -232,6 +233,7 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
         record = {"zoo": str(Path(zoo.path).resolve()),
                   "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST), **to_dict(config)}
         claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE)
+        barrier("wsl-probe-claimed")  # every process has checked `out` before one writes there
     view = select_rows(zoo, config.target, config.epoch)
     note_dropped(view, "models" if config.epoch == "last" else "checkpoints")
     plan = _plan(view, config)
@@ -240,9 +242,11 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
             report = _run_probe(zoo, view, config, Path(scratch), plan)
         return report
     out.mkdir(parents=True, exist_ok=True)
-    (out / PROBE_FILE).write_text(json.dumps(record, indent=2, default=list) + "\n")
+    if is_primary():
+        (out / PROBE_FILE).write_text(json.dumps(record, indent=2, default=list) + "\n")
     report = _run_probe(zoo, view, config, out, plan)
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    if is_primary():
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

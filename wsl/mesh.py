@@ -31,6 +31,19 @@ def make_mesh(axis_names: Sequence[str] = ("data",), shape: Sequence[int] | None
     return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names))
 
 
+def describe_mesh(mesh: Mesh) -> str:
+    """One line naming the devices a run uses: ``mesh: 1 device (cpu)``, ``mesh: data=8 × fsdp=1
+    over 8 cpu devices``, ``... over 4 cpu devices of 2 processes``."""
+    devices = list(mesh.devices.flat)
+    kind = "/".join(sorted({d.platform for d in devices}))
+    if len(devices) == 1:
+        return f"mesh: 1 device ({kind})"
+    axes = " × ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    processes = len({d.process_index for d in devices})
+    where = f" of {processes} processes" if processes > 1 else ""
+    return f"mesh: {axes} over {len(devices)} {kind} devices{where}"
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

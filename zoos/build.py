@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from wsl.config import to_dict
+from wsl.distributed import agree, barrier, is_primary
 from wsl.outputs import check_output_dir
 from wsl.zoos.architectures import Architecture, build
 from wsl.zoos.datasets import Dataset, dataset_from_spec
@@ -102,21 +104,40 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
     Finished shards are verified and skipped; `on_shard(index)` runs after each new shard is
     written (a test raises there to simulate a killed build). Returns the opened `Zoo`.
 
+    In a multi-process run (`wsl.distributed`) every process trains its own share of the shards
+    still missing, on its own devices, into the same directory (shared by all hosts); process 0
+    writes the manifest first and, once every process has finished, verifies every shard and
+    commits the metrics table. The zoo is the one a single process would build, and a rerun
+    with any number of processes resumes whatever a killed process left unwritten.
+
     Ctrl-C (SIGINT, in the main thread) stops the build at the end of the running epoch: the
     shard being trained is abandoned (no partial files stay), finished shards are kept, and
     `KeyboardInterrupt` is raised saying how far it got; rerunning the same build resumes.
     """
     check_output_dir(out, allow_zoo=True)
+    primary, processes = is_primary(), jax.process_count()
     with _StopOnSigint() as stop:
         data = load_recipe_dataset(recipe)
         models, shards = plan(recipe)
-        writer = ZooWriter(out, build_manifest(recipe, data), option="--out")
-        done = set(writer.done_shards())
-        for index in sorted(done):
-            writer.verify_shard(index)
-        total = len(models)
-        finished = sum(len(s.models) for s in shards if s.index in done)
-        bar = tqdm(total=total, initial=finished, unit="model", disable=not progress,
+        manifest = build_manifest(recipe, data)
+        if primary:  # one process creates (or checks) the manifest and cleans up, alone
+            writer = ZooWriter(out, manifest, option="--out")
+            for index in writer.done_shards():
+                writer.verify_shard(index)
+        barrier("wsl-zoo-build-start")
+        if not primary:
+            writer = ZooWriter(out, manifest, option="--out", clean=False)
+        # Every process must split the same list of missing shards: process 0's view of it.
+        done = set(agree(writer.done_shards() if primary else []))
+        missing = [s for s in shards if s.index not in done]
+        mine = missing[jax.process_index()::processes]
+        if processes > 1:
+            print(f"process {jax.process_index()} of {processes}: trains {len(mine)} of the "
+                  f"{len(missing)} missing shards", file=sys.stderr, flush=True)
+        # One process counts from the models already built; several count their own share.
+        trained = sum(len(s.models) for s in shards if s.index in done) if processes == 1 else 0
+        bar = tqdm(total=trained + sum(len(s.models) for s in mine), initial=trained,
+                   unit="model", disable=not (progress and primary),
                    smoothing=0.1, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} models "
                                              "[{elapsed}<{remaining}, {rate_fmt}]")
 
@@ -131,9 +152,7 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                 raise interrupted(f"during shard {shard.index}, which was abandoned")
 
         try:
-            for shard in shards:
-                if shard.index in done:
-                    continue
+            for shard in mine:
                 if stop.requested:
                     raise interrupted("between shards")
                 rows = [models[m] for m in shard.models]
@@ -145,13 +164,19 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                     TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
                     on_epoch=on_epoch)
                 writer.write_shard(shard.index, *_shard_rows(result, rows))
-                bar.n = finished = finished + len(rows)  # exact count, not the sum of fractions
+                bar.n = trained = trained + len(rows)  # exact count, not the sum of fractions
                 bar.refresh()
                 if on_shard is not None:
                     on_shard(shard.index)
         finally:
             bar.close()
-        writer.finalize(len(shards))
+        barrier("wsl-zoo-build-trained")
+        if primary:
+            for shard in missing:
+                if shard not in mine:  # written by another process: checked before committed
+                    writer.verify_shard(shard.index)
+            writer.finalize(len(shards))
+        barrier("wsl-zoo-build-committed")
     return Zoo.open(out)
 
 

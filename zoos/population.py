@@ -262,7 +262,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     if int(data.y_train.max(initial=0)) >= arch.num_classes:
         raise PopulationError(f"dataset {data.name!r} has labels up to {int(data.y_train.max())}, "
                               f"architecture {arch.name!r} has {arch.num_classes} classes")
-    mesh = mesh or make_mesh(("models",))
+    # A population is one process's work (a multi-process zoo build splits it by shard).
+    mesh = mesh or make_mesh(("models",), devices=jax.local_devices())
     padded = round_up(n_models, axis_size(mesh))
     models_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
     replicated = NamedSharding(mesh, P())

@@ -265,11 +265,11 @@ class ZooWriter:
 
     `manifest` needs ``architecture`` ({name, config}) and ``weight_space``
     (`WeightSpace.to_dict()`); the writer adds ``schema_version``, ``generated`` (default false)
-    and ``provenance``.
+    and ``provenance``. `clean` removes the half-written shards of builds no longer running.
     """
 
     def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any], *,
-                 option: str = "zoo directory"):
+                 option: str = "zoo directory", clean: bool = True):
         # A zoo may be resumed in place but never written inside another zoo, over a file or
         # into a folder that cannot be written (`option` names the path in that refusal).
         self.path = check_output_dir(path, option=option, allow_zoo=True)
@@ -296,7 +296,8 @@ class ZooWriter:
             self.manifest.pop("complete", None)
             _write_text_atomic(existing, json.dumps(self.manifest, indent=2) + "\n")
         (self.path / SHARDS).mkdir(exist_ok=True)
-        self._remove_stale_temporaries()
+        if clean:  # off for all but one process of a multi-process build: their PIDs are not ours
+            self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
         """Delete half-written shards (``.tmp-INDEX-PID``) of builds that no longer run."""

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "train weight generators on a zoo, sample and evaluate new networks"),
     "merge": ("wsl.commands.merge",
               "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
+    "launch": ("wsl.commands.launch",
+               "run a command as N local processes of one multi-process JAX run"),
 }
 
 
@@ -105,7 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         return fail("wsl", f"unknown command {name!r}\n\n{usage()}", 2)
     module = importlib.import_module(COMMANDS[name][0])
-    return run(f"wsl {name}", module.main, rest, debug)
+    command = module.main if name == "launch" else _joining_processes(module.main)
+    return run(f"wsl {name}", command, rest, debug)
+
+
+def _joining_processes(command_main):
+    """`command_main`, first joining the multi-process run the environment describes (if any)."""
+    def joined(argv):
+        from wsl.distributed import initialize
+
+        initialize()
+        return command_main(argv)
+    return joined
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ def main(argv: list[str]) -> int:
         print(list_keys())
         return 0
     from wsl.config import ConfigError, override
+    from wsl.mesh import describe_mesh
     from wsl.models.weight_generator import GeneratorConfig
     from wsl.train.generator import (
         DEFAULT_TRAIN,
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> int:
         sample_to_zoo,
         train_generator,
     )
-    from wsl.train.layout import describe_mesh, mesh_from_config
+    from wsl.train.layout import mesh_from_config
     from wsl.zoos.store import Zoo
 
     if args.command == "train":

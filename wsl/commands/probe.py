@@ -117,8 +117,10 @@ def main(argv: list[str]) -> int:
         return 0
 
     from wsl.config import ConfigError, override, parse_value
+    from wsl.distributed import is_primary
     from wsl.eval.probe_report import format_report, plot_probe
-    from wsl.train.layout import describe_mesh, mesh_from_config
+    from wsl.mesh import describe_mesh
+    from wsl.train.layout import mesh_from_config
     from wsl.train.probe import ProbeConfig, run_probe
     from wsl.zoos.store import Zoo
 
@@ -147,6 +149,8 @@ def main(argv: list[str]) -> int:
         print(describe_mesh(mesh_from_config(config.train.mesh)), flush=True)
     out = args.out or Path("runs") / f"probe-{args.encoder}-{args.target}"
     report = run_probe(Zoo.open(args.zoo), config, out)
+    if not is_primary():  # one process of a multi-process run reports and plots
+        return 0
     plot_probe(report, out / "scatter.png")
     print(format_report(report))
     print(f"wrote {out / 'results.json'} and {out / 'scatter.png'}")

@@ -167,12 +167,25 @@ def build(args) -> int:
         note("build", "epochs=0: no training; the zoo holds the untrained networks "
                       "(their initialisations) only")
     check_output_dir(args.out, allow_zoo=True)  # a zoo is resumed in place, never nested
+    print(_population_mesh(), flush=True)
     start = time.perf_counter()
     zoo = build_zoo(recipe, args.out, progress=not args.no_progress)
     seconds = time.perf_counter() - start
     print(f"built {args.out}: {len(zoo.model_ids)} models, {len(zoo)} rows in {seconds:.1f} s")
     print(summarise(zoo))
     return 0
+
+
+def _population_mesh() -> str:
+    """The mesh line of a build: each process trains its shards on its own devices."""
+    import jax
+
+    from wsl.mesh import describe_mesh, make_mesh
+
+    line = describe_mesh(make_mesh(("models",), devices=jax.local_devices()))
+    count = jax.process_count()
+    return line + (f" in each of {count} processes (shards split between them)"
+                   if count > 1 else "")
 
 
 def info(args) -> int:
