@@ -27,6 +27,10 @@ SMOKE = [
     ("condition_scalar=val_acc\n", "condition_scalar=val_acc hidden=32 depth=1 train.steps=20 "
      "ae_steps=20 ae_hidden=32 latent_dim=8 train.log.progress=false\n"),
     ("gen sample gen -n 100", "gen sample gen -n 4"),
+    ("build small-cnn --out runs/small-cnn", "build quick --out runs/small-cnn num_models=16 "
+     "epochs=1 models_per_shard=8 --no-progress"),
+    ("--zoo runs/small-cnn --encoder nfn_hnp\n", "--zoo runs/small-cnn --encoder statnn "
+     "train.steps=10 train.batch_size=8 --no-progress\n"),
 ]
 
 
