@@ -135,5 +135,12 @@ class FlowMatching:
             return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), None
 
         x0 = self.source_scale * jax.random.normal(key, (num, self.dim))
-        x1, _ = jax.lax.scan(step, x0, jnp.arange(steps, dtype=jnp.float32))
-        return x1
+        if self.prediction == "velocity":
+            x1, _ = jax.lax.scan(step, x0, jnp.arange(steps, dtype=jnp.float32))
+            return x1
+        # Data prediction: the field is (x̂1 − x)/(1 − t), singular at t = 1, where a solver's
+        # last evaluations land. The last step instead returns the (guided) predicted clean
+        # weights at t = 1 − h, so that sampling ends exactly at t = 1 and keeps no noise.
+        x, _ = jax.lax.scan(step, x0, jnp.arange(steps - 1, dtype=jnp.float32))
+        t_last = 1.0 - h
+        return x + jnp.maximum(h, self.min_gap) * field(x, t_last)

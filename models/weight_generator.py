@@ -47,7 +47,7 @@ class GeneratorConfig:
     ae_steps: int = 3000
     cond_dropout: float = 0.1  # conditions dropped in training, for classifier-free guidance
     condition_class: str | None = None  # a zoo column to condition on (e.g. "activation")
-    condition_scalar: str | None = None  # a numeric zoo column (e.g. "test_acc")
+    condition_scalar: str | None = None  # a numeric zoo column (e.g. "val_acc"; never test_*)
     sampler: Literal["euler", "heun", "rk4", "ddpm", "ddim"] | None = None  # None: rk4 / ddim
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
@@ -69,6 +69,12 @@ class GeneratorConfig:
         require(self.sample_steps is None or self.sample_steps >= 1, "sample_steps",
                 "must be ≥ 1 or none")
         require(self.guidance >= 0, "guidance", "must be ≥ 0")
+        for field in ("condition_class", "condition_scalar"):
+            # Sampling "at the 90th percentile of test accuracy" would choose networks by the
+            # split that must be scored once, at the end.
+            require(not str(getattr(self, field) or "").startswith("test_"), field,
+                    "a test-split column cannot be a condition (test data is scored once, "
+                    "never chosen on); condition on val_acc or another validation column")
         is_flow = self.method == "flow"
         predictions = flow.PREDICTIONS if is_flow else diffusion.PREDICTIONS
         require(self.prediction in predictions, "prediction",

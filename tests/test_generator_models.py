@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from wsl.config import ConfigError, override
 from wsl.models.autoencoder import Autoencoding, WeightAutoencoder
@@ -69,6 +70,34 @@ def test_conditional_generation_hits_each_cluster(kind):
     c = sample(params, jax.random.key(8), 4, **kwargs)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+class PointMass(nn.Module):
+    """What a data-predicting backbone learns from a one-point population: that point."""
+
+    point: tuple
+
+    @nn.compact
+    def __call__(self, x, t, cond_class=None, cond_scalar=None):
+        scale = self.param("scale", nn.initializers.ones, ())
+        return jnp.broadcast_to(scale * jnp.asarray(self.point), x.shape)
+
+
+@pytest.mark.parametrize("method, steps", [("euler", 7), ("heun", 30), ("rk4", 10), ("rk4", 1)])
+def test_flow_sampler_ends_at_t1_on_the_predicted_point(method, steps):
+    point = tuple(float(v) for v in np.linspace(-1, 1, DIM))
+    gen = FlowMatching(PointMass(point), DIM, source_scale=3.0)
+    params = gen.init(jax.random.key(0))
+    x = np.asarray(gen.sample(params, jax.random.key(1), 16, steps=steps, method=method))
+    # No source noise left: with 1 − t floored at min_gap the last step kept part of it.
+    np.testing.assert_allclose(x, np.broadcast_to(point, x.shape), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("field", ["condition_scalar", "condition_class"])
+def test_conditioning_on_a_test_column_is_refused(field):
+    with pytest.raises(ConfigError, match=f"{field}: a test-split column cannot be a condition"):
+        GeneratorConfig(**{field: "test_acc"})
+    assert getattr(GeneratorConfig(**{field: "val_acc"}), field) == "val_acc"
 
 
 def test_unknown_sampler_is_named():
