@@ -44,6 +44,16 @@ def describe_mesh(mesh: Mesh) -> str:
     return f"mesh: {axes} over {len(devices)} {kind} devices{where}"
 
 
+def describe_default_device(what: str) -> str:
+    """The mesh line of work that is not sharded (`what`: "merging", "sampling"): it runs on
+    JAX's default device whatever else is there."""
+    devices = jax.devices()
+    line = f"mesh: 1 device ({devices[0].platform})"
+    if len(devices) > 1:
+        line += f"; {what} is not sharded, {len(devices)} {devices[0].platform} devices available"
+    return line
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

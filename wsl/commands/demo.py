@@ -54,10 +54,12 @@ def main(argv: list[str]) -> int:
     from wsl.commands.zoo import summarise
     from wsl.config import override
     from wsl.eval.probe_report import format_report, plot_probe
+    from wsl.mesh import describe_mesh
     from wsl.models.weight_generator import GeneratorConfig
     from wsl.outputs import check_output_dir
     from wsl.train import generator as generators
     from wsl.train import probe
+    from wsl.train.layout import mesh_from_config
     from wsl.zoos.build import build_zoo
     from wsl.zoos.recipes import get_recipe
     from wsl.zoos.store import Zoo
@@ -80,6 +82,7 @@ def main(argv: list[str]) -> int:
     else:
         generators.check_sample_out(samples_dir, option="--out's samples folder")
 
+    print(describe_mesh(mesh_from_config(train_config.mesh)), flush=True)
     t = _stage("1/4 build the quick zoo (a population trained in one compiled program)")
     zoo = build_zoo(recipe, zoo_dir)  # resumes, or is finished
     print(summarise(zoo))

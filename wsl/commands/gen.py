@@ -146,7 +146,7 @@ def main(argv: list[str]) -> int:
         print(list_keys())
         return 0
     from wsl.config import ConfigError, override
-    from wsl.mesh import describe_mesh
+    from wsl.mesh import describe_default_device, describe_mesh
     from wsl.models.weight_generator import GeneratorConfig
     from wsl.train.generator import (
         DEFAULT_TRAIN,
@@ -187,6 +187,7 @@ def main(argv: list[str]) -> int:
         if args.steps is not None and args.steps < 1:
             raise UsageError(f"--steps must be ≥ 1; got {args.steps}")
         check_sample_out(args.out)  # before the generator is loaded
+        print(describe_default_device("sampling"), flush=True)
         generator = TrainedGenerator.load(args.generator)
         zoo, info = sample_to_zoo(generator, args.out, args.num, seed=args.seed,
                                   sampler=args.sampler, steps=args.steps, guidance=args.guidance,
@@ -208,5 +209,6 @@ def main(argv: list[str]) -> int:
 
             out = check_output_dir(args.out)
             out.mkdir(parents=True, exist_ok=True)
+        print(describe_default_device("evaluation"), flush=True)
         report(zoo, args.generator, out, args.seed)
     return 0

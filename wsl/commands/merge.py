@@ -132,6 +132,7 @@ def main(argv: list[str]) -> int:
 
     from wsl.eval.errors import EvaluationError
     from wsl.eval.merging import merge
+    from wsl.mesh import describe_default_device
     from wsl.outputs import check_output_file
     from wsl.train.trainer import note_dropped
     from wsl.zoos.model_files import format_from_suffix, save_model
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
     check_output_file(report_path, option="--out's report", force=args.force)
 
     zoo = Zoo.open(args.zoo)
-    print(_devices_line(), flush=True)
+    print(describe_default_device("merging"), flush=True)
     epoch = args.epoch if args.epoch == "last" else int(args.epoch)
     if epoch != "last":
         epochs = sorted({int(e) for e in zoo.metrics["epoch"]})
@@ -234,15 +235,3 @@ def _ranges(ids: list[int]) -> str:
         else:
             parts.append([i, i])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
-
-
-def _devices_line() -> str:
-    """The mesh line of `wsl probe` and `wsl gen train`, for a merge: it is not sharded, so it
-    runs on JAX's default device whatever else is there."""
-    import jax
-
-    devices = jax.devices()
-    line = f"mesh: 1 device ({devices[0].platform})"
-    if len(devices) > 1:
-        line += f"; merging is not sharded, {len(devices)} {devices[0].platform} devices available"
-    return line
