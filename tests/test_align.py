@@ -48,7 +48,8 @@ def test_solve_reaches_scipys_optimum_on_hard_and_easy_matrices():
 def test_solve_keeps_batch_shape_threads_and_rejects_bad_input():
     scores = np.random.default_rng(1).normal(size=(2, 3, 5, 5))
     assert assignment.solve(scores).shape == (2, 3, 5)
-    many = np.random.default_rng(2).normal(size=(64, 32, 32))
+    many = np.random.default_rng(2).normal(size=(64, 96, 96))
+    assert assignment._threads(3, len(many), 96) == 3  # enough work to hand out
     threaded = assignment.solve(many, workers=3)
     np.testing.assert_allclose(assignment.assignment_value(many, threaded),
                                assignment.assignment_value(many, assignment.solve_reference(many)))

@@ -14,10 +14,12 @@ stream-to-stream kernel) makes the objective quadratic in g; its step is lineari
 permutation and kept only if the true objective does not fall, so the objective never decreases.
 GroupNorm groups (`WeightSpace.blocks`) only get block-respecting permutations.
 
-A population (leading model axis) is aligned in one pass: the similarity matrices of all models are
-one vmapped, jit-compiled einsum per group (shardable over the model axis with a mesh), and the
-assignments are solved exactly (`wsl.assignment`). Models that converged stop being solved; models
-with NaN or inf weights are data, not errors: they keep the identity and are flagged in `valid`.
+A population (leading model axis) is aligned in one pass: each group step computes the similarity
+matrices of the models it solves in one vmapped, jit-compiled einsum (shardable over the model axis
+with a mesh), and the assignments are solved exactly (`wsl.assignment`). Models that converged, and
+models none of whose neighbouring groups moved since their last solve, are neither computed nor
+solved; models with NaN or inf weights are data, not errors: they keep the identity and are flagged
+in `valid`.
 """
 
 from __future__ import annotations
@@ -124,8 +126,13 @@ def _take(x, perm, axis):
     return jnp.take(x, perm, axis=axis, mode="clip")
 
 
+def _rows(tree, index):
+    return tree if index is None else {p: jnp.take(a, index, axis=0) for p, a in tree.items()}
+
+
 @functools.partial(jax.jit, static_argnames=("terms", "n", "ref_batched"))
-def _similarity(ref, other, perms, *, terms, n, ref_batched):
+def _similarity(ref, other, perms, index=None, *, terms, n, ref_batched):
+    """A for the models `index` of the population (all when None); `perms` are theirs."""
     def one(r, o, p):
         total = jnp.zeros((n, n), jnp.float32)
         for path, axis, others in terms:
@@ -137,31 +144,41 @@ def _similarity(ref, other, perms, *, terms, n, ref_batched):
             total = total + jnp.matmul(a, b.T, precision=_HIGHEST)
         return total
 
-    return jax.vmap(one, in_axes=(0 if ref_batched else None, 0, 0))(ref, other, perms)
+    ref = _rows(ref, index) if ref_batched else ref
+    return jax.vmap(one, in_axes=(0 if ref_batched else None, 0, 0))(ref, _rows(other, index),
+                                                                      perms)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "ref_batched"))
-def _objective(ref, other, perms, *, plan, ref_batched):
+def _objective(ref, other, perms, index=None, *, plan, ref_batched):
+    """The objective of the models `index` (all when None); `perms` None is the identity."""
     def one(r, o, p):
         total = jnp.zeros((), jnp.float32)
         for path, permuted in plan:
             b = o[path]
-            for ax, g in permuted:
+            for ax, g in permuted if p is not None else ():
                 b = _take(b, p[g], ax)
             total = total + jnp.sum(r[path] * b)
         return total
 
-    return jax.vmap(one, in_axes=(0 if ref_batched else None, 0, 0))(ref, other, perms)
+    ref = _rows(ref, index) if ref_batched else ref
+    return jax.vmap(one, in_axes=(0 if ref_batched else None, 0, 0))(ref, _rows(other, index),
+                                                                      perms)
 
 
-@jax.jit
-def _take_models(tree, index):
-    return jax.tree.map(lambda a: a[index], tree)
+def _unless_identity(perms: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray] | None:
+    """`perms`, or None when they are all the identity: the objective then needs no gathers,
+    which cost more than the products themselves (and both callers agree on the rounding)."""
+    identity = all((p == np.arange(p.shape[-1])).all() for p in perms.values())
+    return None if identity else perms
 
 
 # ------------------------------------------------------------------------------ inputs
 def _flat_f32(space: WeightSpace, params: Params) -> dict[str, jax.Array]:
-    return {p: jnp.asarray(a, jnp.float32) for p, a in space.as_flat_dict(params).items()}
+    # Arrays already on device in float32 are kept as they are: converting them again costs a
+    # device_put per tensor on every call.
+    return {p: a if isinstance(a, jax.Array) and a.dtype == jnp.float32
+            else jnp.asarray(a, jnp.float32) for p, a in space.as_flat_dict(params).items()}
 
 
 def _finite(space: WeightSpace, flat: Mapping[str, Any], lead: int) -> np.ndarray:
@@ -208,9 +225,9 @@ def _initial_perms(space: WeightSpace, init: Mapping[str, Any] | None, num: int)
 
 # ------------------------------------------------------------------------------ weight matching
 def _bucket(count: int, total: int, multiple: int) -> int:
-    """Batch size for `count` active models: 64·4^k (few distinct compiled shapes), a multiple of
-    the mesh size, at most the full (already padded) population."""
-    size = 64
+    """Batch size for `count` models: 8·4^k (few distinct compiled shapes), a multiple of the
+    mesh size, at most the whole (already padded) population."""
+    size = 8
     while size < count:
         size *= 4
     return min(round_up(size, multiple), total)
@@ -220,90 +237,89 @@ def _descend(space, ref, other, perms, valid, *, groups, orders, tol, ref_batche
     """Coordinate descent from `perms` (updated in place); returns (objective history, sweeps).
 
     The objective after each sweep accumulates the exact gain of every accepted group step (the
-    assignment value it adds) on top of the objective computed at the start. Converged models
-    drop out of the compiled batch whenever it can shrink to half its size.
+    assignment value it adds) on top of the objective computed at the start. Each step computes
+    scores only for the models it solves (padded to one of a few batch sizes, so that few shapes
+    are compiled): converged models and models whose scores cannot have changed cost nothing.
     """
     num = len(valid)
     plan = _tensor_plan(space)
+    sizes, blocks = space.group_sizes, space.blocks
     devices = 1 if mesh is None else int(mesh.devices.shape[0])
 
-    def evaluate(r, o, p):
-        return np.asarray(_objective(r, o, p, plan=plan, ref_batched=ref_batched), np.float64)
+    def evaluate(p, index=None):
+        return np.asarray(_objective(ref, other, p, index, plan=plan, ref_batched=ref_batched),
+                          np.float64)
 
-    objective = evaluate(ref, other, perms)
+    objective = evaluate(_unless_identity(perms))
     history = [objective.copy()]
     sweeps = np.zeros(num, np.int64)
     active = valid.copy()
-    # A group's scores change only when a group it shares a tensor with changes (itself too, if
-    # quadratic): a model whose neighbourhood is unchanged since its last solve would get the same
-    # optimum again, so it is skipped — the trajectory is the same as re-solving every step.
     terms = {g: _group_terms(space, g) for g in groups}
-    neighbours = {g: {h for _, _, others in terms[g] for _, h in others} for g in groups}
     # Terms no other permutation acts on give a constant part of A: computed once per group.
-    constant: dict[str, np.ndarray] = {}
+    constant: dict[str, np.ndarray | None] = {}
     varying = {g: tuple(t for t in terms[g] if t[2]) for g in groups}
-    clock = 0
-    solved_at = {g: np.full(num, -1) for g in groups}
-    changed_at = {g: np.zeros(num, np.int64) for g in space.group_sizes}
-    batch = None
+    # Each compiled call gets only the tensors and permutations its terms read: every argument
+    # costs a transfer and a pytree entry on every call.
+    reads = {g: sorted({path for path, _, _ in varying[g]}) for g in groups}
+    inputs = {g: ({p: ref[p] for p in reads[g]}, {p: other[p] for p in reads[g]}) for g in groups}
+    uses = {g: sorted({h for _, _, others in varying[g] for _, h in others}) for g in groups}
+    quadratic = {g: _is_quadratic(space, g) for g in groups}
+    # A group's scores change only when a group they read changes: a model none of whose read
+    # groups moved since its last solve would get the same optimum again, so it is skipped — the
+    # trajectory is the same as re-solving every step. (A quadratic group's own accepted step
+    # leaves it clean: it is re-linearised once a neighbour moves.)
+    readers = {h: [g for g in groups if h in uses[g] and g != h] for h in sizes}
+    stale = {g: np.ones(num, bool) for g in groups}
     for order in orders:
         live = np.flatnonzero(active)
         if not len(live):
             break
-        size = _bucket(len(live), num, devices)
-        if batch is None and size >= num:
-            batch, real, sub_other, sub_ref = np.arange(num), num, other, ref
-        elif batch is None or size <= len(batch) // 2:
-            real = len(live)
-            batch = np.concatenate([live, np.repeat(live[:1], size - real)])
-            take = lambda tree: _take_models(tree, jnp.asarray(batch))
-            sub_other = take(other)
-            sub_ref = take(ref) if ref_batched else ref
-            if mesh is not None:
-                sub_other = shard_leading(sub_other, mesh)
-                sub_ref = shard_leading(sub_ref, mesh) if ref_batched else sub_ref
-        live_pos = np.flatnonzero(active[batch[:real]])
         progress = np.zeros(num, bool)
         for g in order:
-            clock += 1
-            last = solved_at[g][batch[live_pos]]
-            touched = np.max([changed_at[h][batch[live_pos]] for h in neighbours[g]] + [last * 0],
-                             axis=0)
-            pos = live_pos[(last < 0) | (touched > last)]
-            if not len(pos):
+            models = live[stale[g][live]]
+            if not len(models):
                 continue
-            models = batch[pos]
-            n = space.group_sizes[g]
-            sub_perms = perms if len(batch) == num else {h: p[batch] for h, p in perms.items()}
+            n = sizes[g]
+            size = _bucket(len(models), num, devices)
+            index = None if size == num and len(models) == num else \
+                np.concatenate([models, np.repeat(models[:1], size - len(models))])
             if g not in constant:
                 fixed_terms = tuple(t for t in terms[g] if not t[2])
                 constant[g] = (np.asarray(_similarity(ref, other, perms, terms=fixed_terms, n=n,
                                                       ref_batched=ref_batched))
-                               if fixed_terms else np.zeros((num, n, n), np.float32))
-            scores = constant[g][batch[pos]]
+                               if fixed_terms else None)
             if varying[g]:
-                scores = scores + np.asarray(_similarity(sub_ref, sub_other, sub_perms,
-                                                         terms=varying[g], n=n,
-                                                         ref_batched=ref_batched))[pos]
+                used = {h: perms[h] if index is None else perms[h][index] for h in uses[g]}
+                scores = np.asarray(_similarity(*inputs[g], used, index, terms=varying[g], n=n,
+                                                ref_batched=ref_batched))[:len(models)]
+                if constant[g] is not None:
+                    scores = constant[g][models] + scores
+            else:
+                scores = constant[g][models] if constant[g] is not None else \
+                    np.zeros((len(models), n, n), np.float32)
             current = perms[g][models]
-            new = solve(scores, blocks=space.blocks.get(g, 1))
-            old_val = assignment.assignment_value(scores, current)
-            gain = assignment.assignment_value(scores, new) - old_val
-            better = gain > tol * np.abs(scores).max(-1).sum(-1)
-            if better.any() and _is_quadratic(space, g):
+            new = solve(scores, blocks=blocks.get(g, 1))
+            gain = (assignment.assignment_value(scores, new)
+                    - assignment.assignment_value(scores, current))
+            scale = np.maximum(scores.max(-1), -scores.min(-1)).sum(-1)  # Σ_i max_j |S_ij|
+            better = gain > tol * scale
+            if quadratic[g] and better.any():
                 # The linearised step may overshoot a quadratic objective: keep it only if the
                 # true objective does not fall, and count its true gain.
-                trial = {h: p.copy() for h, p in sub_perms.items()}
-                trial[g][pos[better]] = new[better]
-                gain = (evaluate(sub_ref, sub_other, trial) - evaluate(sub_ref, sub_other,
-                                                                       sub_perms))[pos]
+                before = {h: p[models if index is None else index] for h, p in perms.items()}
+                trial = {h: p.copy() for h, p in before.items()}
+                trial[g][:len(models)][better] = new[better]
+                gain = (evaluate(trial, index) - evaluate(before, index))[:len(models)]
                 better &= gain >= 0
-            solved_at[g][models] = clock
-            changed_at[g][models[better]] = clock
-            perms[g][models[better]] = new[better]
-            objective[models[better]] += gain[better]
-            progress[models[better]] = True
-        sweeps[batch[live_pos]] += 1
+            stale[g][models] = False
+            if better.any():
+                moved = models[better]
+                perms[g][moved] = new[better]
+                objective[moved] += gain[better]
+                progress[moved] = True
+                for h in readers[g]:
+                    stale[h][moved] = True
+        sweeps[live] += 1
         history.append(objective.copy())
         active &= progress
     return np.stack(history, axis=-1), sweeps
@@ -411,7 +427,7 @@ def matching_objective(space: WeightSpace, reference: Params, other: Params,
         oth = {p: a[None] for p, a in oth.items()}
     num = next(iter(oth.values())).shape[0]
     perms = _initial_perms(space, perms, num)
-    value = np.asarray(_objective(ref, oth, perms, plan=_tensor_plan(space),
+    value = np.asarray(_objective(ref, oth, _unless_identity(perms), plan=_tensor_plan(space),
                                   ref_batched=ref_batched))
     return value if batched else value[0]
 
