@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from wsl.mesh import make_mesh
+from wsl.zoos import fast_conv
 from wsl.zoos.architectures import build
 from wsl.zoos.build import build_zoo
 from wsl.zoos.datasets import load_dataset
@@ -141,6 +142,47 @@ def test_matmul_conv_matches_flax_conv():
         np.testing.assert_allclose(jax.jit(fast)(params, x), jax.jit(conv.apply)(params, x),
                                    rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("formulation", ["patches", "dense"])
+def test_population_conv_formulations_match_flax_conv(formulation, monkeypatch):
+    # Both batched formulations, forced whatever the shape, against flax's conv vmapped over a
+    # population of kernels: outputs and gradients, for shared and per-model inputs, with the
+    # paddings and strides the zoo architectures use.
+    monkeypatch.setattr(fast_conv, "conv_formulation", lambda *args: formulation)
+    rng = np.random.default_rng(3)
+    cases = [((4, 4, 3), {"kernel_size": (3, 3), "strides": (2, 2), "padding": "SAME"}),
+             ((2, 2, 3), {"kernel_size": (3, 3), "strides": (2, 2), "padding": "SAME"}),
+             ((9, 9, 2), {"kernel_size": (5, 5), "padding": "VALID"}),
+             ((5, 7, 2), {"kernel_size": (2, 3), "strides": (1, 2), "padding": "VALID"})]
+    for shape, kwargs in cases:
+        conv = nn.Conv(4, **kwargs)
+        one = jax.eval_shape(conv.init, jax.random.key(0), np.zeros((1,) + shape, np.float32))
+        params = jax.tree.map(
+            lambda l: rng.standard_normal((3,) + l.shape).astype(np.float32), one)
+        shared = rng.standard_normal((5,) + shape).astype(np.float32)
+        own = rng.standard_normal((3, 5) + shape).astype(np.float32)
+
+        def fast(p, x):
+            with nn.intercept_methods(_matmul_conv_interceptor):
+                return conv.apply(p, x)
+
+        for x, axes in ((shared, (0, None)), (own, (0, 0))):
+            loss = lambda f: lambda p, x: jnp.sum(jnp.sin(jax.vmap(f, axes)(p, x)))
+            got = jax.jit(jax.value_and_grad(loss(fast)))(params, x)
+            want = jax.jit(jax.value_and_grad(loss(conv.apply)))(params, x)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-4, err_msg=str(kwargs))
+            for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=str(kwargs))
+
+
+def test_small_cnn_layers_choose_their_formulation():
+    # The small CNN on 8x8 MNIST: 8x8 and 4x4 maps train as patches, the 2x2 map dense; at the
+    # evaluation batch the 4x4 map runs dense too.
+    choose = fast_conv.conv_formulation
+    assert [choose(s, s, (3, 3), 32) for s in (8, 4, 2)] == ["patches", "patches", "dense"]
+    assert [choose(s, s, (3, 3), 500) for s in (8, 4, 2)] == ["patches", "dense", "dense"]
+    assert choose(28, 28, (5, 5), 500) == "patches"
 
 def test_init_schemes_have_their_scales():
     arch = build("mlp", input_shape=(400,), widths=(300,))

@@ -13,7 +13,7 @@ whichever population, shard, padding or device count it is trained in.
 A member whose loss or weights become non-finite stops updating (its last finite weights are
 kept) and is flagged ``diverged``; it never stops the others.
 
-CPU speed: convolutions run as patches @ kernel (`population_apply`), and dropout masks come
+CPU speed: convolutions run as batched matmuls (`population_apply`), and dropout masks come
 from a cheap counter-based hash PRNG (`DROPOUT_PRNG`) instead of threefry.
 """
 
@@ -205,9 +205,19 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             correct = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
             return wb @ jnp.stack([ce, correct, jnp.ones_like(ce)], axis=1)  # (S, 3)
 
+        models = weight.shape[0]
+        # Convolutional nets give each model its own copy of the batch: from a shared input the
+        # first conv is one matmul for all models whose (examples, models) output XLA then
+        # transposes to (models, examples), which costs more than the copy. A first dense layer
+        # is cheaper shared.
+        own_copy = any(leaf.ndim == 5 for leaf in jax.tree.leaves(params))  # HWIO + models
+
         def body(total, batch):
             xb, yb, wb = batch
-            return total + jax.vmap(per_model, (0, None, None, 0))(params, xb, yb, wb), None
+            if own_copy:
+                xb = jnp.broadcast_to(xb, (models,) + xb.shape)
+            axes = (0, 0 if own_copy else None, None, 0)
+            return total + jax.vmap(per_model, axes)(params, xb, yb, wb), None
 
         total, _ = jax.lax.scan(body, jnp.zeros(weight.shape[:2] + (3,)), (xs, ys, ws))
         return total
