@@ -8,10 +8,14 @@ compilation and `--warmup` steps, each window closed by a device sync:
   optimizer, donated state) called in a loop — the floor;
 * ``bare + pipeline``: the same update fed by the zoo input pipeline (shuffling, prefetching,
   placement on the mesh) — the baseline the trainer is compared with;
-* ``trainer``: `train.train` with checkpoints every `--checkpoint-every` steps (asynchronous,
-  orbax) and metrics fetched every `--log-every` steps. A window ends just after its checkpoint
-  has been handed to orbax, so every window pays for exactly one save (and overlaps the
-  background write of the previous one).
+* ``trainer``: `train.train` with checkpoints every `--checkpoint-every` steps (orbax, saved by
+  the trainer's checkpoint thread while training goes on) and metrics logged every `--log-every`
+  steps. A window ends just after its checkpoint has been handed to that thread, so every window
+  pays for exactly one save: the one handed on as the window starts.
+
+After the loops, the same training state is saved `--repeats` × 3 times through
+`wsl.train.checkpoint.Checkpoints` alone, each save waited for: the wall and CPU time of one save
+(``save_ms``, ``save_cpu_ms``), the cost the trainer hides behind training.
 
 The loops alternate `--repeats` times so that load from other processes hits them alike; the
 table gives the median and the minimum wall time over all windows, and the median CPU time of the
@@ -39,8 +43,10 @@ import optax
 
 from wsl.config import override
 from wsl.train import ArraySource, Pipeline, TrainConfig, train
+from wsl.train.checkpoint import Checkpoints
 from wsl.train.layout import batch_sharding, mesh_from_config
 from wsl.train.optim import make_optimizer, make_schedule
+from wsl.train.step import make_init
 
 
 class FlatEncoder:
@@ -134,6 +140,28 @@ def time_trainer(task, config: TrainConfig, data: dict, warmup: int, window: int
     return _per_step(marks, window)
 
 
+def time_saves(task, config: TrainConfig, data: dict, saves: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each of `saves` checkpoints of the trainer's state, written the way
+    the trainer writes them (by a checkpoint thread) and waited for one by one."""
+    tx, _, _ = bare_programs(task, config)
+    batch = jax.device_put({k: v[:config.batch_size] for k, v in data.items()})
+    state = jax.jit(make_init(task, tx, config.ema_decay > 0))(np.uint32(config.seed), batch)
+    times = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        checkpoints = Checkpoints(run_dir, keep=config.checkpoint.keep, background=True)
+        try:
+            for step in range(saves + 1):  # the first one also creates the folders: not timed
+                start = _now()
+                checkpoints.save(step, state, {"step": step})
+                checkpoints.wait()
+                end = _now()
+                if step:
+                    times.append((end[0] - start[0], end[1] - start[1]))
+        finally:
+            checkpoints.close()
+    return times
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4096)
@@ -169,6 +197,10 @@ def main(argv=None) -> int:
         for name, loop in loops.items():
             timings[name] += loop()
 
+    saves = time_saves(task, config, data, 3 * args.repeats)
+    save_ms = 1e3 * statistics.median(w for w, _ in saves)
+    save_cpu_ms = 1e3 * statistics.median(c for _, c in saves)
+
     wall = {name: [w for w, _ in values] for name, values in timings.items()}
     cpu = {name: [c for _, c in values] for name, values in timings.items()}
     median = {name: statistics.median(values) for name, values in wall.items()}
@@ -189,6 +221,8 @@ def main(argv=None) -> int:
               f"{1e3 * best[name]:>7.2f} {best[name] / best[base]:>6.3f} "
               f"{1e3 * cpu_median[name]:>7.2f} {cpu_median[name] / cpu_median[base]:>6.3f}   "
               f"{runs}")
+    print(f"one checkpoint on its own: {save_ms:.1f} ms wall, {save_cpu_ms:.1f} ms CPU "
+          f"({save_cpu_ms / (window * 1e3 * cpu_median[base]):.1%} of a {base} window's CPU time)")
     print(json.dumps({
         "benchmark": "trainer_overhead", "mode": "smoke" if args.smoke else "full",
         "overhead_ratio": round(median["trainer"] / median[base], 4),
@@ -198,6 +232,7 @@ def main(argv=None) -> int:
         "bare_pipeline_ms": round(1e3 * median[base], 3),
         "bare_fixed_batch_ms": round(1e3 * median["bare, fixed batch"], 3),
         "pipeline_ratio": round(median[base] / median["bare, fixed batch"], 4),
+        "save_ms": round(save_ms, 3), "save_cpu_ms": round(save_cpu_ms, 3),
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
         "steps": args.steps, "repeats": args.repeats, "windows": len(wall["trainer"]),
         "params": params, "device": jax.devices()[0].device_kind,

@@ -27,6 +27,7 @@ from wsl.train import (
     load_params,
     train,
 )
+from wsl.train.checkpoint import Checkpoints
 from wsl.train.early_stopping import EarlyStopping
 from wsl.train.optim import make_optimizer, make_schedule
 from wsl.train.run_log import RunLog, read_records
@@ -105,6 +106,23 @@ def test_regression_loss_falls_by_90_percent(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 150 and json.loads(lines[-1])["step"] == 150
     assert {"train/loss", "train/lr", "train/grad_norm"} <= set(json.loads(lines[-1]))
+
+
+def test_a_log_is_the_mean_over_the_updates_since_the_last_one(tmp_path):
+    # Logs every 5 updates, read a step late, with checkpoints in between (7, 14, 21) and the
+    # on-device record of the last 5 updates wrapping around: the same means as logging each one.
+    data = regression_data()
+    each = train(Regression(), small_config("steps=23", "checkpoint.every=0"), data,
+                 tmp_path / "each").curve("train/loss")[1]
+    config = small_config("steps=23", "log.every=5", "checkpoint.every=7")
+    steps, loss = train(Regression(), config, data, tmp_path / "five").curve("train/loss")
+    assert list(steps) == [5, 10, 15, 20, 23]
+    expected = [np.mean(each[start:end]) for start, end in zip([0, 5, 10, 15, 20], steps)]
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    # A run stopped at a log step whose record was still on its way keeps that record.
+    with pytest.raises(Killed):
+        train(Regression(), config, data, tmp_path / "killed", hooks=[kill_at(10)])
+    assert [r["step"] for r in read_records(tmp_path / "killed")] == [5, 10]
 
 
 def test_schedule_warms_up_then_decays_and_clipping_bounds_the_update():
@@ -216,6 +234,18 @@ t.train(t.Regression(), t.small_config("ema_decay=0.9"), t.regression_data(),
     assert_trees_close(resumed.params, whole.params)
     assert_trees_close(resumed.ema_params, whole.ema_params)
     assert list(resumed.curve("train/loss")[0]) == list(range(1, 41))
+
+
+def test_a_failed_background_save_raises_when_the_checkpoints_close(tmp_path):
+    checkpoints = Checkpoints(tmp_path, keep=1, background=True)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    checkpoints.manager.save = disk_full
+    checkpoints.save(1, {"w": jnp.ones(3)}, {"step": 1})  # handed on: returns at once
+    with pytest.raises(OSError, match="no space left"):
+        checkpoints.close()
 
 
 def test_run_log_writes_tensorboard_scalars_when_a_writer_is_installed(tmp_path, monkeypatch):

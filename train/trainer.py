@@ -13,12 +13,18 @@ resuming from the latest checkpoint in `run_dir` when there is one. The run dire
 Resuming is announced on stdout (``resumed from step N (of M) in RUN_DIR``), so that a rerun
 never continues an old run silently.
 
-The device is synchronised only every `log.every` steps (metrics are fetched then), at
-evaluations and when a checkpoint copies the state off the device.
+The training thread waits for the device only at evaluations and at checkpoints that fall on a
+log step (the log is read first, so that a diverged state is never saved). Each update writes its
+metrics into a small on-device record; a log copies that record to the host in the background
+and reads it once the next update is queued behind it. A checkpoint queues a device copy of the
+state and hands it to a checkpoint thread, which runs orbax's save while training goes on
+(single-process runs with ``checkpoint.async_save``; otherwise the training thread saves, without
+the copy, as orbax then synchronises processes with device programs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from wsl.config import save, to_dict
 from wsl.errors import WslError
-from wsl.mesh import finished, replicated
+from wsl.mesh import finished, launches_one_at_a_time, replicated
 from wsl.train.checkpoint import Checkpoints, load_params
 from wsl.train.config import TrainConfig, flat_items
 from wsl.train.early_stopping import EarlyStopping
@@ -210,13 +217,14 @@ class Trainer:
                              f"{type(self.task).__name__}.evaluate returned: {sorted(metrics)}")
         return metrics
 
-    def _log_training(self, log: RunLog, step: int, pending: list) -> None:
-        # The one sync per log.every steps. Metrics are replicated: each process reads its own copy.
-        values = jax.device_get(jax.tree.map(lambda a: a.addressable_data(0), pending))
-        means = {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+    def _log_training(self, log: RunLog, step: int, count: int, record) -> None:
+        """Write the mean metrics of the `count` updates up to `step`, read from `record` (see
+        `_recording`; as `_fetch` returns it)."""
+        rows = np.arange(step - count, step) % len(jax.tree.leaves(record)[0])  # in step order
+        means = {f"train/{k}": float(np.mean(v[rows])) for k, v in jax.device_get(record).items()}
         loss = means["train/loss"]
         if not math.isfinite(loss):
-            when = f"by step {step} (mean of steps {step - len(pending) + 1}–{step})"
+            when = f"by step {step} (mean of steps {step - count + 1}–{step})"
             bad = _nonfinite_fields(self._source)
             if bad:
                 raise TrainError(f"training loss became {loss} {when}: the training data holds "
@@ -227,6 +235,15 @@ class Trainer:
         rate = log.advance(step, loss)
         log.write(step, {**means, "train/steps_per_sec": rate})
 
+    @staticmethod
+    def _fetch(record) -> dict:
+        """`record` as this process's own copy (it is replicated), its copy to the host started:
+        reading it later waits for the device but not for a transfer."""
+        local = jax.tree.map(lambda a: a.addressable_data(0), record)
+        for leaf in jax.tree.leaves(local):
+            leaf.copy_to_host_async()
+        return local
+
     # ------------------------------------------------------------------ the loop
     def fit(self, data, eval_data: Any = None, *, augment: Sequence[Augmentation] = (),
             hooks: Sequence[StepCallback] = ()) -> TrainResult:
@@ -234,8 +251,10 @@ class Trainer:
 
         `eval_data` goes to ``task.evaluate`` every `eval.every` steps and at the end; `augment`
         hooks run on every batch; `hooks` are called as ``hook(step, state)`` once each update
-        has been logged, evaluated and checkpointed (reading the state from a hook synchronises
-        the device; keep no reference to it, the next update donates its buffers).
+        has been evaluated and its checkpoint (if any) handed on; a log's training metrics are
+        written by then if the step also saves a checkpoint (evaluations and the end do), else
+        with the next update (reading the state from a hook synchronises the device; keep no
+        reference to it, the next update donates its buffers).
         """
         cfg = self.config
         check_task(self.task, needs_evaluate=eval_data is not None)
@@ -244,9 +263,13 @@ class Trainer:
         pipeline = Pipeline(source, cfg.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle,
                             augment=augment, prefetch=cfg.data.prefetch)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A save in a thread of its own must not launch programs: orbax synchronises several
+        # processes with one, and a mesh of CPU devices runs one program at a time.
+        background = (cfg.checkpoint.async_save and jax.process_count() == 1
+                      and not launches_one_at_a_time(self.mesh))
         checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                   metric=cfg.eval.metric, mode=cfg.eval.mode,
-                                  async_save=cfg.checkpoint.async_save)
+                                  async_save=cfg.checkpoint.async_save, background=background)
         try:
             state, meta = self._start(pipeline, checkpoints)
             self._save_config()  # only once the run is known to start or resume
@@ -258,28 +281,44 @@ class Trainer:
                 return TrainResult(state, read_records(self.run_dir), self.run_dir,
                                    stopper.best_step, stopper.best_value, meta["stopped_early"])
             state, stopped_early = self._loop(state, meta, stopper, pipeline, checkpoints,
-                                              eval_data, hooks)
+                                              eval_data, hooks, background)
         finally:
             checkpoints.close()
         return TrainResult(state, read_records(self.run_dir), self.run_dir, stopper.best_step,
                            stopper.best_value, stopped_early)
 
-    def _loop(self, state, meta, stopper, pipeline, checkpoints, eval_data, hooks):
+    def _loop(self, state, meta, stopper, pipeline, checkpoints, eval_data, hooks, background):
         cfg = self.config
-        train_step = jax.jit(make_train_step(self.task, self.tx, self.schedule, cfg.ema_decay),
-                             in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=(self.state_shardings, replicated(self.mesh)),
+        update = make_train_step(self.task, self.tx, self.schedule, cfg.ema_decay)
+        rows = min(cfg.log.every, cfg.steps)  # never more updates than that between two logs
+        metrics_sharding = replicated(self.mesh)
+        train_step = jax.jit(_recording(update, rows),
+                             in_shardings=(self.state_shardings, self.batch_sharding,
+                                           metrics_sharding),
+                             out_shardings=(self.state_shardings, metrics_sharding),
                              donate_argnums=0)
-        step, pending, stopped_early = int(meta["step"]), [], False
+        # A background save reads its state while the next updates run, and they donate theirs.
+        copy_state = (jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                              out_shardings=self.state_shardings) if background else None)
+        step, stopped_early = int(meta["step"]), False
+        record, count = None, 0  # the metrics of the last `rows` updates; updates since the log
+        fetching = None  # (step, count, record) of a log whose values are on their way to the host
         log = RunLog(self.run_dir, total_steps=cfg.steps, resume_step=step,
                      progress=cfg.log.progress, tensorboard=cfg.log.tensorboard,
                      primary=jax.process_index() == 0, label=self.label)
         batches = pipeline.iterate(Position(*meta["position"]), self.batch_sharding)
         try:
             while step < cfg.steps and not stopped_early:
-                state, metrics = finished(train_step(state, next(batches)), self.mesh)
-                step += 1
-                pending.append(metrics)
+                batch = next(batches)
+                if record is None:
+                    shapes = jax.eval_shape(update, state, batch)[1]
+                    record = jax.device_put(jax.tree.map(
+                        lambda s: np.zeros((rows, *s.shape), s.dtype), shapes), metrics_sharding)
+                state, record = finished(train_step(state, batch, record), self.mesh)
+                step, count = step + 1, count + 1
+                if fetching is not None:  # read now that this update is queued behind it
+                    self._log_training(log, *fetching)
+                    fetching = None
                 last = step == cfg.steps
                 evaluation, new_best = None, None
                 due = last or (cfg.eval.every and step % cfg.eval.every == 0)
@@ -289,23 +328,48 @@ class Trainer:
                         if stopper.update(step, evaluation[cfg.eval.metric]):
                             new_best = evaluation[cfg.eval.metric]
                         stopped_early = stopper.should_stop and not last
+                save = (last or stopped_early or evaluation is not None
+                        or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0))
                 if last or stopped_early or step % cfg.log.every == 0:
-                    self._log_training(log, step, pending)
-                    pending = []
+                    if save:
+                        self._log_training(log, step, count, self._fetch(record))
+                    else:
+                        fetching = step, count, self._fetch(record)
+                    count = 0
                 if evaluation is not None:
                     log.write(step, {f"eval/{k}": v for k, v in evaluation.items()})
-                if (last or stopped_early or evaluation is not None
-                        or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)):
-                    checkpoints.save(step, state, {
+                if save:
+                    # Nothing donates the state after the last update: it needs no copy.
+                    final = last or stopped_early
+                    saved = state if copy_state is None or final else copy_state(state)
+                    checkpoints.save(step, saved, {
                         **meta, "step": step, "position": list(batches.position),
-                        "early_stopping": stopper.to_dict(), "finished": last or stopped_early,
+                        "early_stopping": stopper.to_dict(), "finished": final,
                         "stopped_early": stopped_early}, new_best)
                 for hook in hooks:
                     hook(step, state)
+        except BaseException:
+            if fetching is not None:  # its update did happen: keep its record, as before
+                with contextlib.suppress(Exception):
+                    self._log_training(log, *fetching)
+            raise
         finally:
             batches.close()
             log.close()
         return state, stopped_early
+
+
+def _recording(update, rows: int):
+    """`update` that also writes its metrics into row ``state.step % rows`` of `record` (arrays
+    with a leading axis of `rows`), so that a log fetches one array per metric rather than one per
+    metric and update. `record` is not donated: a log reads it while the next updates run."""
+
+    def train_step(state: TrainState, batch, record):
+        row = state.step % rows
+        state, metrics = update(state, batch)
+        return state, jax.tree.map(lambda r, m: r.at[row].set(m), record, metrics)
+
+    return train_step
 
 
 def train(task, config: TrainConfig, data, run_dir: str | Path, *, eval_data: Any = None,
