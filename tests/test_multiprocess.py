@@ -20,9 +20,7 @@ BUILD = ["quick", "--no-progress", "num_models=32", "models_per_shard=8", "epoch
 
 def _launch(*argv, processes=2, devices=1, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    wsl = [sys.executable, "-c", "import sys; from wsl.commands import main; "
-                                 "sys.exit(main(sys.argv[1:]))"]
-    return subprocess.run([*wsl, "launch", "-n", str(processes),
+    return subprocess.run([sys.executable, "-m", "wsl.commands", "launch", "-n", str(processes),
                            "--devices-per-process", str(devices), "--", *argv],
                           env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -120,7 +120,6 @@ def main(argv: list[str]) -> int:
     print(f"wsl launch: {args.num_processes} processes: {shlex.join(command)}",
           file=sys.stderr, flush=True)
     if command[0] == "wsl":  # this installation's wsl, whether or not it is on PATH
-        command = [sys.executable, "-c", "import sys; from wsl.commands import main; "
-                                         "sys.exit(main(sys.argv[1:]))", *command[1:]]
+        command = [sys.executable, "-m", "wsl.commands", *command[1:]]
     return launch(command, args.num_processes, port=args.port, devices=args.devices_per_process,
                   all_output=args.all_output)
