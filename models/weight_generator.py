@@ -39,6 +39,8 @@ class GeneratorConfig:
     heads: int = 4
     prediction: Literal["data", "velocity", "noise"] = "data"  # backbone output; see models.flow
     source_scale: float = 1.0  # flow: std of the Gaussian source, in normalised weight units
+    time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times
+    ot_pairing: bool = False  # flow: pair noise and weights by minibatch optimal transport
     diffusion_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     clip_x0: float | None = None
@@ -114,7 +116,8 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar)
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
-                            config.prediction)
+                            config.prediction, time_sampling=config.time_sampling,
+                            ot_pairing=config.ot_pairing)
     return Diffusion(backbone, dim, config.diffusion_steps, config.schedule, config.cond_dropout,
                      config.clip_x0, config.prediction)
 

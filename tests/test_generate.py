@@ -15,6 +15,7 @@ from wsl.train import TrainConfig
 from wsl.train.generator import (
     GenerateError,
     TrainedGenerator,
+    condition_for,
     sample_to_zoo,
     select_and_align,
     train_generator,
@@ -84,12 +85,65 @@ def test_accuracy_condition_and_its_errors(trained):
     assert gen.scalar_target("q90") == pytest.approx((stats["q90"] - stats["mean"]) / stats["std"])
     high = gen.sample(4, seed=0, cond_scalar="q90", guidance=2.0)
     assert high.shape == (4, gen.architecture.num_params) and np.isfinite(high).all()
-    with pytest.raises(GenerateError, match="q75"):
-        gen.sample(2, cond_scalar="q75")
+    with pytest.raises(GenerateError, match="q80.*q75"):
+        gen.sample(2, cond_scalar="q80")
     with pytest.raises(GenerateError, match="rk5"):
         gen.sample(2, sampler="rk5")
     with pytest.raises(GenerateError, match="not a generator directory"):
         TrainedGenerator.load(trained / "zoo")
+
+
+def test_condition_map_translates_targets_into_conditions():
+    # Achieved accuracy rises by 0.1 per std of condition, flat below −1, and falls for a loss.
+    rising = {"condition": [-2, -1, 0, 1, 2], "monotone": [0.4, 0.4, 0.5, 0.6, 0.7],
+              "increasing": True}
+    assert condition_for(rising, 0.55) == pytest.approx(0.5)
+    assert condition_for(rising, 0.4) == pytest.approx(-1.5)  # the middle of the flat stretch
+    assert condition_for(rising, 0.9) == pytest.approx(2.0)  # clamped to the measured range
+    falling = {"condition": [-1, 0, 1], "monotone": [2.0, 1.0, 0.5], "increasing": False}
+    assert condition_for(falling, 0.75) == pytest.approx(0.5)
+
+
+def test_calibration_measures_requested_against_achieved(trained, tmp_path):
+    from wsl.eval.calibration import (
+        QUANTILES,
+        fit_condition_map,
+        measure_calibration,
+        write_condition_map,
+    )
+
+    gen = TrainedGenerator.load(trained / "generator")
+    raw = measure_calibration(gen, num=6, seed=1)
+    assert [r["target"] for r in raw.rows] == list(QUANTILES) and not raw.mapped
+    stats = gen.meta["scalar"]
+    for row in raw.rows:
+        assert row["requested"] == stats[row["target"]]
+        assert row["error"] == pytest.approx(row["achieved"] - row["requested"])
+        assert row["achieved_ci95"][0] <= row["achieved"] <= row["achieved_ci95"][1]
+    assert raw.calibrated == all(abs(r["error"]) <= raw.tolerance for r in raw.rows)
+    assert "calibration (raw condition)" in raw.table()
+
+    copy = tmp_path / "generator"
+    import shutil
+
+    shutil.copytree(trained / "generator", copy)
+    gen = TrainedGenerator.load(copy)
+    condition_map = fit_condition_map(gen, num=6, grid=(-2.0, 0.0, 2.0))
+    assert condition_map["column"] == "val_acc" and len(condition_map["achieved"]) == 3
+    assert np.all(np.diff(condition_map["monotone"]) >= 0)
+    write_condition_map(gen, condition_map)
+    reloaded = TrainedGenerator.load(copy)
+    assert reloaded.condition_map == condition_map
+    assert reloaded.scalar_target("q90") == pytest.approx(condition_for(condition_map,
+                                                                        stats["q90"]))
+    assert reloaded.scalar_target("q90", use_map=False) == pytest.approx(
+        (stats["q90"] - stats["mean"]) / stats["std"])
+    mapped = measure_calibration(reloaded, num=6, seed=1, targets=("q50", 0.5))
+    assert mapped.mapped and [r["requested"] for r in mapped.rows] == [stats["q50"], 0.5]
+    zoo, _ = sample_to_zoo(reloaded, tmp_path / "samples", 4, cond_scalar="q90")
+    provenance = zoo.manifest["provenance"]
+    assert provenance["condition_map"] is True
+    assert provenance["condition_value"] == pytest.approx(reloaded.scalar_target("q90"))
 
 
 def test_min_acc_selects_on_validation_not_test_accuracy(trained):
@@ -125,3 +179,32 @@ def test_sharded_training_gives_the_same_loss(tmp_path):
     eight = _losses(tmp_path / "eight", 8)
     assert len(one) == 3
     np.testing.assert_allclose(eight, one, rtol=1e-4)
+
+
+def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, tmp_path, capsys):
+    import shutil
+
+    from wsl.commands import main
+
+    gen_dir = tmp_path / "generator"
+    shutil.copytree(trained / "generator", gen_dir)
+    assert main(["gen", "calibrate", str(gen_dir), "-n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "condition map (val_acc of 4 samples per value" in out
+    assert "calibration (through the condition map fitted on validation)" in out
+    saved = json.loads((gen_dir / "condition_map.json").read_text())
+    assert len(saved["condition"]) == 13 and saved["column"] == "val_acc"
+    assert main(["gen", "sample", str(gen_dir), "-n", "4", "--out", str(tmp_path / "s"),
+                 "--cond-scalar", "q50", "--no-eval"]) == 0
+    capsys.readouterr()
+    assert main(["gen", "eval", str(tmp_path / "s"), "--generator", str(gen_dir),
+                 "--calibration-samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "calibration (raw condition)" in out and "max IoU" in out
+    calibration = json.loads((tmp_path / "s" / "calibration.json").read_text())
+    assert set(calibration) == {"raw condition", "condition map (fitted on validation)"}
+    assert [r["target"] for r in calibration["raw condition"]["rows"]] == [
+        "q10", "q25", "q50", "q75", "q90"]
+    assert (tmp_path / "s" / "calibration.png").stat().st_size > 1000
+    assert main(["gen", "calibrate", str(gen_dir), "-n", "1"]) == 2
+    assert "-n/--num must be ≥ 2" in capsys.readouterr().err

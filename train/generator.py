@@ -56,6 +56,8 @@ from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
+# Which condition value achieves which score, measured on validation (`wsl gen calibrate`).
+CONDITION_MAP_FILE = "condition_map.json"
 # How the generator's training run is named on its progress bar and when it resumes.
 RUN_LABELS = {"flow": "flow matching", "ddpm": "diffusion", "latent-ddpm": "latent diffusion"}
 DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
@@ -153,7 +155,8 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
         # sit within a few points of each other.
         scalar_stats = {"column": config.condition_scalar, "mean": float(raw.mean()),
                         "std": float(max(raw.std(), 1e-8)),
-                        **{f"q{q}": float(np.percentile(raw, q)) for q in (10, 50, 90, 100)}}
+                        **{f"q{q}": float(np.percentile(raw, q))
+                           for q in (0, 10, 25, 50, 75, 90, 100)}}
         cond_scalar = ((raw - scalar_stats["mean"]) / scalar_stats["std"]).astype(np.float32)
     else:
         scalar_stats = None
@@ -265,6 +268,7 @@ class TrainedGenerator:
     autoencoder: Any = None
     ae_params: Any = None
     compile_seconds: float = 0.0
+    condition_map: dict | None = None  # from `wsl gen calibrate` (CONDITION_MAP_FILE)
     _programs: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -291,7 +295,11 @@ class TrainedGenerator:
         if latent:
             ae = make_autoencoder(config, space.num_params)
             ae_params = load_params(directory / "autoencoder", "latest")
-        return cls(directory, meta, config, normalizer, generator, params, ae, ae_params)
+        condition_map = None
+        if (directory / CONDITION_MAP_FILE).exists():
+            condition_map = json.loads((directory / CONDITION_MAP_FILE).read_text())
+        return cls(directory, meta, config, normalizer, generator, params, ae, ae_params,
+                   condition_map=condition_map)
 
     @property
     def architecture(self):
@@ -305,9 +313,15 @@ class TrainedGenerator:
                                 f"{names}")
         return names.index(name)
 
-    def scalar_target(self, value: float | str) -> float:
+    def scalar_target(self, value: float | str, use_map: bool = True) -> float:
         """A raw scalar condition (e.g. 0.93) or a quantile of the training population's values
-        (``"q90"``, also q10, q50, q100), as the standardised value the generator was trained on."""
+        (``"q90"``, also q0, q10, q25, q50, q75, q100), as the standardised value the generator
+        was trained on.
+
+        With a condition map (`use_map` and ``condition_map.json`` present) the value is a target
+        for the samples' mean score, translated into the condition value that achieved it on
+        validation (clamped to the map's measured range).
+        """
         stats = self.meta.get("scalar")
         if not stats:
             raise GenerateError(f"{self.directory}: this generator has no scalar condition; "
@@ -317,6 +331,8 @@ class TrainedGenerator:
                 keys = sorted(k for k in stats if k.startswith("q"))
                 raise GenerateError(f"cond_scalar {value!r}: give a number or one of {keys}")
             value = stats[value]
+        if use_map and self.condition_map is not None:
+            return condition_for(self.condition_map, float(value))
         return (float(value) - stats["mean"]) / stats["std"]
 
     def _program(self, n: int, method: str, steps: int, guidance: float, with_class: bool,
@@ -345,7 +361,7 @@ class TrainedGenerator:
             self.compile_seconds += time.perf_counter() - start
         return self._programs[key]
 
-    def _settings(self, sampler, steps, guidance, cond_class, cond_scalar):
+    def _settings(self, sampler, steps, guidance, cond_class, cond_scalar, use_map=True):
         cfg = self.config
         allowed = FLOW_SAMPLERS if cfg.method == "flow" else DIFFUSION_SAMPLERS
         if sampler is not None and sampler not in allowed:
@@ -356,14 +372,15 @@ class TrainedGenerator:
         return (sampler or cfg.default_sampler, steps or cfg.default_steps,
                 float(cfg.guidance if guidance is None else guidance),
                 None if cond_class is None else self.class_id(cond_class),
-                None if cond_scalar is None else self.scalar_target(cond_scalar))
+                None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
 
     def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
                 guidance: float | None = None, cond_class: str | None = None,
-                cond_scalar: float | str | None = None, chunk: int = 1000) -> float:
+                cond_scalar: float | str | None = None, use_map: bool = True,
+                chunk: int = 1000) -> float:
         """Compile what `sample` with these arguments will run; returns the seconds it took."""
         method, steps, guidance, cls, sca = self._settings(sampler, steps, guidance, cond_class,
-                                                           cond_scalar)
+                                                           cond_scalar, use_map)
         before = self.compile_seconds
         for n in {min(chunk, num - start) for start in range(0, num, chunk)}:
             self._program(n, method, steps, guidance, cls is not None, sca is not None)
@@ -372,16 +389,17 @@ class TrainedGenerator:
     def sample(self, num: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None,
                cond_class: str | None = None, cond_scalar: float | str | None = None,
-               chunk: int = 1000) -> np.ndarray:
+               use_map: bool = True, chunk: int = 1000) -> np.ndarray:
         """`num` raw weight vectors (denormalised), deterministic for a seed.
 
         Compiled once per chunk size and setting (`compile_seconds` adds up the compile time).
-        `cond_scalar` is a raw value or a training-population quantile such as ``"q90"``.
+        `cond_scalar` is a raw value or a training-population quantile such as ``"q90"``; with
+        the generator's condition map (unless `use_map` is False) it is the samples' target.
         """
         if num < 1:
             raise GenerateError(f"number of samples must be ≥ 1, got {num}")
         method, steps, guidance, cls_value, sca_value = self._settings(
-            sampler, steps, guidance, cond_class, cond_scalar)
+            sampler, steps, guidance, cond_class, cond_scalar, use_map)
         out = []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
@@ -392,6 +410,23 @@ class TrainedGenerator:
             sca = None if sca_value is None else jnp.full((n,), sca_value, jnp.float32)
             out.append(np.asarray(program(self.params, self.ae_params, key, cls, sca)))
         return np.concatenate(out).astype(np.float32)
+
+
+def condition_for(condition_map: dict, target: float) -> float:
+    """The standardised condition value whose samples reached `target` on the map's monotone
+    curve (linear between grid points; the nearest end outside the measured range)."""
+    condition = np.asarray(condition_map["condition"], np.float64)
+    achieved = np.asarray(condition_map["monotone"], np.float64)
+    if not condition_map.get("increasing", True):
+        achieved, condition = -achieved[::-1], condition[::-1]
+        target = -target
+    # A flat stretch of the curve: every value on it reaches the same score; take its middle.
+    levels, first = np.unique(achieved, return_index=True)
+    last = len(achieved) - 1 - np.unique(achieved[::-1], return_index=True)[1]
+    middle = (condition[first] + condition[last]) / 2
+    if len(levels) == 1:
+        return float(middle[0])
+    return float(np.interp(target, levels, middle))
 
 
 def check_sample_out(out: str | Path, option: str = "--out") -> Path:
@@ -442,6 +477,12 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
                 else sample_options["guidance"],
                 "cond_class": sample_options.get("cond_class"),
                 "cond_scalar": sample_options.get("cond_scalar")}
+    if settings["cond_scalar"] is not None:
+        # What the condition network was given, and whether a target went through the map.
+        settings["condition_map"] = bool(gen.condition_map is not None
+                                         and sample_options.get("use_map", True))
+        settings["condition_value"] = gen.scalar_target(settings["cond_scalar"],
+                                                        settings["condition_map"])
     manifest = {
         "architecture": {"name": arch.name, "config": gen.meta["architecture"]["config"]},
         "weight_space": gen.meta["weight_space"], "dataset": gen.meta["dataset"],

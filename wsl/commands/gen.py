@@ -5,7 +5,8 @@
     wsl gen train --list-keys
     wsl gen sample G -n 100 --out S [--seed 0] [--sampler heun] [--steps 20]
                    [--cond-scalar 0.9|q90] [--guidance 2]
-    wsl gen eval S --generator G
+    wsl gen eval S --generator G [--no-calibration]
+    wsl gen calibrate G [-n 100] [--seed 0]
 
 ``key=value`` words set fields of the generator config (``hidden=256 backbone=transformer``) or,
 prefixed with ``train.``, of the training config (``train.steps=5000 train.optimizer.lr=3e-4``);
@@ -28,6 +29,28 @@ def _scalar(text: str):
         return float(text)
     except ValueError:
         return text  # a quantile name, checked against the generator's statistics
+
+
+def calibration_report(generator, out: Path, num: int, seed: int, sample_options=None) -> dict:
+    """Print and write (`calibration.json`, `calibration.png`) requested vs achieved accuracy of
+    a scalar-conditioned generator at the population's q10..q90 (fresh samples of `seed`): raw,
+    and through its condition map when it has one."""
+    from wsl.eval.calibration import measure_calibration, plot_calibration
+
+    sample_options = sample_options or {}
+    results, labels = [measure_calibration(generator, num=num, seed=seed, use_map=False,
+                                           **sample_options)], ["raw condition"]
+    if generator.condition_map is not None:
+        results.append(measure_calibration(generator, num=num, seed=seed, use_map=True,
+                                           **sample_options))
+        labels.append("condition map (fitted on validation)")
+    for result in results:
+        print(result.table())
+    summary = {label: result.to_dict() for label, result in zip(labels, results)}
+    (out / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_calibration(results, labels, out / "calibration.png")
+    print(f"wrote {out / 'calibration.json'} and {out / 'calibration.png'}")
+    return summary
 
 
 def report(generated, generator, out: Path, seed: int) -> dict:
@@ -63,10 +86,20 @@ examples (its recipe's eval_examples), which the report names beside the table.
 """
 
 
+CALIBRATE_EPILOG = """\
+A conditioned generator asked for the 90th percentile of validation accuracy need not deliver it.
+calibrate samples N networks at each of 13 condition values (from 3 std below the population's
+mean to 3 above), scores them on the validation split (never test), and keeps the monotone curve
+from condition to achieved mean accuracy in GENERATOR/condition_map.json. From then on
+`wsl gen sample G --cond-scalar q90` asks for samples whose mean reaches q90 and the map picks the
+condition value. It then checks the map on fresh samples (seed + 1) at q10..q90 and prints both.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _help.parser("wsl gen", __doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                help="train, sample or eval (wsl gen COMMAND --help)")
+                                help="train, sample, eval or calibrate (wsl gen COMMAND --help)")
     p = _help.subparser(sub, "train", "train a generator on a zoo", epilog=TRAIN_EPILOG)
     p.add_argument("--zoo", required=True, type=Path, metavar="DIR",
                    help="zoo to learn from (each model's last checkpoint)")
@@ -124,6 +157,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for evaluation.json/.png (default: the generated zoo itself; "
                         "required for a zoo that is not generated)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="for a scalar-conditioned generator, skip sampling at q10..q90 to "
+                        "report requested vs achieved accuracy (calibration.json/.png)")
+    p.add_argument("--calibration-samples", type=int, default=100, metavar="N",
+                   help="networks sampled per calibration target")
+    p = _help.subparser(sub, "calibrate",
+                        "fit a conditioned generator's condition map on validation",
+                        epilog=CALIBRATE_EPILOG)
+    p.add_argument("generator", type=Path, help="generator folder trained with "
+                                                 "condition_scalar=val_acc (or another val_/train_ "
+                                                 "acc or loss column)")
+    p.add_argument("-n", "--num", type=int, default=100, metavar="N",
+                   help="networks sampled at each grid value of the condition")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the map (the check "
+                                                       "after it uses seed + 1)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="guidance weight the map is for (default: the generator's)")
     return parser
 
 
@@ -196,7 +246,7 @@ def main(argv: list[str]) -> int:
               f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
         if not args.no_eval:
             report(zoo, generator, args.out, args.seed)
-    else:
+    elif args.command == "eval":
         zoo = Zoo.open(args.zoo)
         if args.out is None:
             # A generated zoo keeps its evaluation beside its samples; any other zoo is left as is.
@@ -210,5 +260,31 @@ def main(argv: list[str]) -> int:
             out = check_output_dir(args.out)
             out.mkdir(parents=True, exist_ok=True)
         print(describe_default_device("evaluation"), flush=True)
-        report(zoo, args.generator, out, args.seed)
+        generator = TrainedGenerator.load(args.generator)
+        report(zoo, generator, out, args.seed)
+        if generator.meta.get("scalar") and not args.no_calibration:
+            if args.calibration_samples < 2:
+                raise UsageError(f"--calibration-samples must be ≥ 2; got "
+                                 f"{args.calibration_samples}")
+            provenance = zoo.manifest.get("provenance") or {}
+            options = {k: provenance.get(k) for k in ("sampler", "steps", "guidance")}
+            calibration_report(generator, out, args.calibration_samples, args.seed + 1, options)
+    else:  # calibrate
+        from wsl.eval.calibration import fit_condition_map, write_condition_map
+
+        if args.num < 2:
+            raise UsageError(f"-n/--num must be ≥ 2; got {args.num}")
+        print(describe_default_device("calibration"), flush=True)
+        generator = TrainedGenerator.load(args.generator)
+        condition_map = fit_condition_map(generator, num=args.num, seed=args.seed,
+                                          guidance=args.guidance)
+        write_condition_map(generator, condition_map)
+        print(f"condition map ({condition_map['column']} of {args.num} samples per value, "
+              f"validation split):")
+        for c, a, m in zip(condition_map["condition"], condition_map["achieved"],
+                           condition_map["monotone"]):
+            print(f"  condition {c:+.2f} std -> {a:.4f} (monotone {m:.4f})")
+        print(f"wrote {args.generator / 'condition_map.json'}")
+        calibration_report(generator, args.generator, args.num, args.seed + 1,
+                           {"guidance": args.guidance})
     return 0

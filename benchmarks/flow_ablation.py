@@ -1,0 +1,193 @@
+"""Benchmark: which ingredients make unconditional flow matching reach its training population.
+
+An ablation over what DeepWeightFlow-style generators vary: alignment, what the network predicts
+(clean weights or velocity), the source's scale, how training times are drawn, minibatch optimal
+transport pairing of noise and weights, the velocity network's size and the number of training
+steps. Every variant trains a flow generator on the same cached zoo as `benchmarks/generate.py`
+(`build_or_open`), samples ``--samples`` networks per seed and scores them. Variants are compared
+on the **validation** accuracy of their samples (the choice of what to keep is made there); test
+accuracy is printed beside it, scored once per sample, never used to choose.
+
+    python benchmarks/flow_ablation.py --smoke            # seconds: untrained digits MLPs
+    python benchmarks/flow_ablation.py --quick            # 256-model zoos, 800 steps
+    python benchmarks/flow_ablation.py [--zoos small-cnn] # full zoos, 4000 steps, 3 seeds
+
+Runs are kept under ``--out`` and read back when the command is repeated. Prints a table per zoo
+and one JSON object as the last line (``--save`` also writes it to
+``benchmarks/results/flow_ablation-<mode>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._report import table  # noqa: E402
+from benchmarks.generate import ZOOS, build_or_open  # noqa: E402
+from wsl.config import override  # noqa: E402
+from wsl.eval.generated import bootstrap_interval  # noqa: E402
+from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
+from wsl.train import TrainConfig  # noqa: E402
+from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402
+
+# name: (generator config words, training words, alignment); each changes one thing from "base"
+# (the library's defaults) unless its name joins two.
+VARIANTS = {
+    "base": ([], [], "mean"),
+    "no-align": ([], [], "none"),
+    "velocity": (["prediction=velocity"], [], "mean"),
+    "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean"),
+    "source0.1": (["source_scale=0.1"], [], "mean"),
+    "logit-normal": (["time_sampling=logit-normal"], [], "mean"),
+    "ot-pairing": (["ot_pairing=true"], [], "mean"),
+    "wide": (["hidden=1024"], [], "mean"),
+    "long": ([], ["steps*3"], "mean"),
+}
+STEPS = {"full": 4000, "quick": 800, "smoke": 20}
+SEEDS = {"full": 3, "quick": 1, "smoke": 1}
+
+
+def train_words(words: list[str], steps: int) -> list[str]:
+    """The training config words, with ``steps*k`` meaning k times the mode's step count."""
+    out = [f"steps={steps}"]
+    for word in words:
+        if word.startswith("steps*"):
+            out[0] = f"steps={steps * int(word[len('steps*'):])}"
+        else:
+            out.append(word)
+    return out
+
+
+def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: int) -> dict:
+    """One variant at one seed: train (or read back), sample, score; the row is cached."""
+    gen_words, trn_words, align = VARIANTS[name]
+    if mode == "smoke":
+        gen_words = gen_words + ["hidden=64", "depth=1"]
+    words = train_words(trn_words, STEPS[mode]) + [
+        f"seed={seed}", "batch_size=64", "ema_decay=0.99", "log.progress=false",
+        "checkpoint.every=1000"]
+    settings = {"generator": gen_words, "train": words, "align": align, "samples": samples,
+                "zoo": str(zoo.path)}
+    saved = workdir / f"{name}-seed{seed}.row.json"
+    if saved.exists():
+        row = json.loads(saved.read_text())
+        if row.get("settings") == settings:
+            return row
+    gen_dir = workdir / f"{name}-seed{seed}-generator"
+    if saved.exists():  # other settings: start again
+        shutil.rmtree(gen_dir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train_generator(zoo.path, gen_dir, override(GeneratorConfig(), gen_words),
+                    override(TrainConfig(), words), align=align)
+    train_seconds = time.perf_counter() - start
+    out = workdir / f"{name}-seed{seed}-samples"
+    shutil.rmtree(out, ignore_errors=True)
+    generated, _ = sample_to_zoo(gen_dir, out, samples, seed=seed)
+    row = {"variant": name, "seed": seed, "settings": settings, "train_s": train_seconds,
+           "val_acc": [float(v) for v in generated.metrics["val_acc"]],
+           "test_acc": [float(v) for v in generated.metrics["test_acc"]]}
+    saved.write_text(json.dumps(row) + "\n")
+    return row
+
+
+def population(zoo) -> dict:
+    """The training population's mean validation and test accuracy (last epochs, finite)."""
+    view = zoo.select(epoch="last", finite=True, activation="most_common", min_rows=2)
+    return {split: float(np.mean(view.metrics[f"{split}_acc"])) for split in ("val", "test")}
+
+
+def summarise(rows: list[dict], reference: dict) -> dict:
+    """Mean accuracy over every sample of every seed, with bootstrap 95 % intervals over seeds'
+    sample means (one seed: over samples), and the gap to the training population."""
+    out = {}
+    for split in ("val", "test"):
+        per_seed = [float(np.mean(r[f"{split}_acc"])) for r in rows]
+        values = per_seed if len(per_seed) >= 3 else [v for r in rows for v in r[f"{split}_acc"]]
+        low, high = bootstrap_interval(np.asarray(values), np.mean, seed=0)
+        out[split] = {"mean": float(np.mean(per_seed)), "ci95": [low, high],
+                      "per_seed": per_seed, "gap": float(np.mean(per_seed)) - reference[split]}
+    out["train_s"] = float(np.mean([r["train_s"] for r in rows]))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="256-model zoos, 800 steps, 1 seed")
+    speed.add_argument("--smoke", action="store_true", help="seconds: checks that it runs")
+    parser.add_argument("--zoos", default=None,
+                        help="comma-separated recipes (default mlp-mnist1d,small-cnn)")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated (default all): {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", type=int, default=None, help="generator seeds per variant")
+    parser.add_argument("--samples", type=int, default=None, help="networks per seed (100)")
+    parser.add_argument("--zoo-dir", type=Path, default=None,
+                        help="cached zoos (default as benchmarks/generate.py)")
+    parser.add_argument("--out", type=Path, default=None, help="runs (default under --zoo-dir)")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/flow_ablation-<mode>.json")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    variants = (args.variants or ("ot-pairing" if args.smoke else ",".join(VARIANTS))).split(",")
+    zoos = (args.zoos or ("quick" if args.smoke else "mlp-mnist1d,small-cnn")).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    unknown += [z for z in zoos if z not in ZOOS or mode not in ZOOS[z][1]]
+    if unknown:
+        parser.error(f"unknown {unknown}; variants {list(VARIANTS)}")
+    seeds = args.seeds or SEEDS[mode]
+    samples = args.samples or (8 if args.smoke else 100)
+    if args.zoo_dir is None and args.smoke:
+        with tempfile.TemporaryDirectory(prefix="wsl-bench-ablation-") as scratch:
+            return run(args, mode, variants, zoos, seeds, samples, Path(scratch))
+    return run(args, mode, variants, zoos, seeds, samples,
+               args.zoo_dir or Path(tempfile.gettempdir()) / "wsl-bench-generate")
+
+
+def run(args, mode, variants, zoos, seeds, samples, zoo_dir: Path) -> int:
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    root = args.out or zoo_dir / f"ablation-{mode}"
+    results = {}
+    for recipe in zoos:
+        zoo, _ = build_or_open(recipe, mode, zoo_dir)
+        reference = population(zoo)
+        summaries = {}
+        for name in variants:
+            rows = [run_variant(zoo, name, seed, root / recipe, mode, samples)
+                    for seed in range(seeds)]
+            summaries[name] = summarise(rows, reference)
+            print(f"{recipe} / {name}: val {summaries[name]['val']['mean']:.4f}", flush=True)
+        best = max(summaries, key=lambda n: summaries[n]["val"]["mean"])
+        lines = [(name, f"{s['val']['mean']:.4f}",
+                  f"[{s['val']['ci95'][0]:.4f}, {s['val']['ci95'][1]:.4f}]",
+                  f"{s['val']['gap'] * 100:+.1f}", f"{s['test']['mean']:.4f}",
+                  f"{s['test']['gap'] * 100:+.1f}", f"{s['train_s']:.0f}",
+                  "<- best on val" if name == best else "")
+                 for name, s in summaries.items()]
+        print(f"\n== {recipe}: training population val {reference['val']:.4f}, test "
+              f"{reference['test']:.4f}; {seeds} seed(s) x {samples} samples per variant")
+        print(table(("variant", "val acc", "95% CI", "vs pop (pt)", "test acc", "vs pop (pt)",
+                     "train s", ""), lines), flush=True)
+        results[recipe] = {"population": reference, "best_on_val": best, "variants": summaries}
+    report = {"benchmark": "flow_ablation", "mode": mode, "seeds": seeds, "samples": samples,
+              "steps": STEPS[mode], "variants": {v: VARIANTS[v] for v in variants},
+              "zoos": results}
+    if args.save:
+        path = Path(__file__).parent / "results" / f"flow_ablation-{mode}.json"
+        path.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
