@@ -35,10 +35,80 @@ def augmentation_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def generate_markdown(paths: list[str]) -> str:
+    """README's generator table, printed from `benchmarks/generate.py` result files: per zoo and
+    method, validation (what is chosen on) and test accuracy over seeds with 95 % intervals, the
+    novelty audit and calibration."""
+    import json
+
+    lines = ["| zoo | method | val acc [95 % CI] | test acc [95 % CI] | vs population (test) | "
+             "median max IoU: generated / noise / midpoints / knn-2 / knn-4 | novel than | "
+             "calibration error q10–q90 (map / raw) | 1,000 samples |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        for zoo, result in report["zoos"].items():
+            pop = result["population"]
+            first = True
+            for name, m in result["methods"].items():
+                chosen = " (chosen on val)" if name == result["best_on_val"] else ""
+                nov = m["novelty"]
+                ious = " / ".join(f"{nov[k]['median_max_iou']:.2f}" if k in nov else "–"
+                                  for k in ("generated", "noise_equal_acc", "midpoints", "knn-2",
+                                            "knn-4"))
+                beaten = [k.removeprefix("more_novel_than_") for k, v in m["verdicts"].items()
+                          if v]
+                calib = m.get("calibration")
+                calib_text = (f"{calib['calibration']['max_abs_error'] * 100:.1f} / "
+                              f"{calib['calibration_raw']['max_abs_error'] * 100:.1f} pt"
+                              if calib else "")
+                label = (f"{zoo} ({result['num_train']} models, val {pop['val']:.3f}, test "
+                         f"{pop['test']:.3f})" if first else "")
+                first = False
+                lines.append(
+                    f"| {label} | {name}{chosen} | {m['val']['mean']:.3f} "
+                    f"[{m['val']['ci95'][0]:.3f}, {m['val']['ci95'][1]:.3f}] | "
+                    f"{m['test']['mean']:.3f} [{m['test']['ci95'][0]:.3f}, "
+                    f"{m['test']['ci95'][1]:.3f}] | {m['test']['gap'] * 100:+.1f} pt | {ious} | "
+                    f"{', '.join(beaten) or 'none'} | {calib_text} | "
+                    f"{m['sample_1000_s']:.1f} s |")
+    return "\n".join(lines)
+
+
+KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown}
+# README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
+README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
+
+
+def update_readme(readme: str = "README.md") -> int:
+    """Reprint every marked table of `readme` from its result files; returns how many."""
+    import re
+    from pathlib import Path
+
+    path = Path(readme)
+    root = path.resolve().parent
+
+    def reprint(match) -> str:
+        kind, pattern = match.group(1), match.group(2)
+        files = sorted(str(p) for p in root.glob(pattern))
+        return f"<!-- table: {kind} {pattern} -->\n{KINDS[kind](files)}\n<!-- end table -->"
+
+    text, count = re.subn(README_TABLE, reprint, path.read_text(encoding="utf-8"),
+                          flags=re.S | re.M)
+    path.write_text(text, encoding="utf-8")
+    return count
+
+
 if __name__ == "__main__":
     import sys
 
     # python benchmarks/_report.py augmentations benchmarks/results/probe_augmentations_*.json
-    if len(sys.argv) < 3 or sys.argv[1] != "augmentations":
-        sys.exit("usage: python benchmarks/_report.py augmentations RESULT.json [...]")
-    print(augmentation_markdown(sys.argv[2:]))
+    # python benchmarks/_report.py readme   (reprints every marked table of README.md)
+    if sys.argv[1:] == ["readme"]:
+        print(f"reprinted {update_readme()} tables in README.md")
+    elif len(sys.argv) < 3 or sys.argv[1] not in KINDS:
+        sys.exit(f"usage: python benchmarks/_report.py {{{','.join(KINDS)}}} RESULT.json [...]"
+                 f" | readme")
+    else:
+        print(KINDS[sys.argv[1]](sys.argv[2:]))

@@ -20,6 +20,7 @@ and one JSON object as the last line (``--save`` also writes it to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -40,18 +41,22 @@ from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402
 
-# name: (generator config words, training words, alignment); each changes one thing from "base"
-# (the library's defaults) unless its name joins two.
+# name: (generator config words, training words, alignment, sampling words); each changes one
+# thing from "base" (the library's defaults) unless its name joins two. Variants that differ only
+# in sampling share one trained generator per seed.
 VARIANTS = {
-    "base": ([], [], "mean"),
-    "no-align": ([], [], "none"),
-    "velocity": (["prediction=velocity"], [], "mean"),
-    "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean"),
-    "source0.1": (["source_scale=0.1"], [], "mean"),
-    "logit-normal": (["time_sampling=logit-normal"], [], "mean"),
-    "ot-pairing": (["ot_pairing=true"], [], "mean"),
-    "wide": (["hidden=1024"], [], "mean"),
-    "long": ([], ["steps*3"], "mean"),
+    "base": ([], [], "mean", []),
+    "no-align": ([], [], "none", []),
+    "velocity": (["prediction=velocity"], [], "mean", []),
+    "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean", []),
+    "source0.1": (["source_scale=0.1"], [], "mean", []),
+    "loss-on-data": (["loss_on=data"], [], "mean", []),
+    "logit-normal": (["time_sampling=logit-normal"], [], "mean", []),
+    "ot-pairing": (["ot_pairing=true"], [], "mean", []),
+    "wide": (["hidden=1024"], [], "mean", []),
+    "long": ([], ["steps*3"], "mean", []),
+    "rk4x50": ([], [], "mean", ["steps=50"]),
+    "euler100": ([], [], "mean", ["sampler=euler", "steps=100"]),
 }
 STEPS = {"full": 4000, "quick": 800, "smoke": 20}
 SEEDS = {"full": 3, "quick": 1, "smoke": 1}
@@ -70,22 +75,22 @@ def train_words(words: list[str], steps: int) -> list[str]:
 
 def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: int) -> dict:
     """One variant at one seed: train (or read back), sample, score; the row is cached."""
-    gen_words, trn_words, align = VARIANTS[name]
+    gen_words, trn_words, align, sample_words = VARIANTS[name]
     if mode == "smoke":
         gen_words = gen_words + ["hidden=64", "depth=1"]
     words = train_words(trn_words, STEPS[mode]) + [
         f"seed={seed}", "batch_size=64", "ema_decay=0.99", "log.progress=false",
         "checkpoint.every=1000"]
-    settings = {"generator": gen_words, "train": words, "align": align, "samples": samples,
-                "zoo": str(zoo.path)}
+    training = {"generator": gen_words, "train": words, "align": align, "zoo": str(zoo.path)}
+    settings = {**training, "sampling": sample_words, "samples": samples}
     saved = workdir / f"{name}-seed{seed}.row.json"
     if saved.exists():
         row = json.loads(saved.read_text())
         if row.get("settings") == settings:
             return row
-    gen_dir = workdir / f"{name}-seed{seed}-generator"
-    if saved.exists():  # other settings: start again
-        shutil.rmtree(gen_dir, ignore_errors=True)
+    # One folder per training request: a generator is reused by every variant that samples it.
+    digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
+    gen_dir = workdir / f"generator-{digest}"
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train_generator(zoo.path, gen_dir, override(GeneratorConfig(), gen_words),
@@ -93,7 +98,10 @@ def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: in
     train_seconds = time.perf_counter() - start
     out = workdir / f"{name}-seed{seed}-samples"
     shutil.rmtree(out, ignore_errors=True)
-    generated, _ = sample_to_zoo(gen_dir, out, samples, seed=seed)
+    options = dict(word.split("=", 1) for word in sample_words)
+    if "steps" in options:
+        options["steps"] = int(options["steps"])
+    generated, _ = sample_to_zoo(gen_dir, out, samples, seed=seed, **options)
     row = {"variant": name, "seed": seed, "settings": settings, "train_s": train_seconds,
            "val_acc": [float(v) for v in generated.metrics["val_acc"]],
            "test_acc": [float(v) for v in generated.metrics["test_acc"]]}

@@ -98,11 +98,16 @@ class FlowMatching:
     min_gap: float = 0.05  # data prediction: 1 − t is floored here in the velocity and the loss
     time_sampling: Literal["uniform", "logit-normal"] = "uniform"
     ot_pairing: bool = False  # pair noise with data by minibatch optimal transport in training
+    # Data prediction: the loss on the velocity (weight 1 / (1 − t)², the flow-matching loss) or
+    # on the weights themselves (every t weighted alike, as a denoiser is trained).
+    loss_on: Literal["velocity", "data"] = "velocity"
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ModelError(f"unknown flow prediction {self.prediction!r}; choose from "
                              f"{PREDICTIONS}")
+        if self.loss_on not in ("velocity", "data"):
+            raise ModelError(f"flow loss_on must be 'velocity' or 'data', got {self.loss_on!r}")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ModelError(f"unknown time sampling {self.time_sampling!r}; choose from "
                              f"{TIME_SAMPLINGS}")
@@ -138,6 +143,8 @@ class FlowMatching:
         out = self.backbone.apply({"params": params}, xt, t, cond_class, cond_scalar)
         if self.prediction == "velocity":
             return jnp.mean((out - (x1 - x0)) ** 2)
+        if self.loss_on == "data":
+            return jnp.mean((out - x1) ** 2)
         # ‖v̂ − v‖² with v̂ = (x̂1 − x_t)/(1 − t) and v = (x1 − x_t)/(1 − t).
         return jnp.mean(((out - x1) / self._gap(t)) ** 2)
 

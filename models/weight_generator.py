@@ -41,6 +41,7 @@ class GeneratorConfig:
     source_scale: float = 1.0  # flow: std of the Gaussian source, in normalised weight units
     time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times
     ot_pairing: bool = False  # flow: pair noise and weights by minibatch optimal transport
+    loss_on: Literal["velocity", "data"] = "velocity"  # flow, data prediction: see models.flow
     diffusion_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     clip_x0: float | None = None
@@ -117,7 +118,7 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
                             config.prediction, time_sampling=config.time_sampling,
-                            ot_pairing=config.ot_pairing)
+                            ot_pairing=config.ot_pairing, loss_on=config.loss_on)
     return Diffusion(backbone, dim, config.diffusion_steps, config.schedule, config.cond_dropout,
                      config.clip_x0, config.prediction)
 

@@ -27,6 +27,9 @@ SMOKE = [
     ("condition_scalar=val_acc\n", "condition_scalar=val_acc hidden=32 depth=1 train.steps=20 "
      "ae_steps=20 ae_hidden=32 latent_dim=8 train.log.progress=false\n"),
     ("gen sample gen -n 100", "gen sample gen -n 4"),
+    ("gen calibrate gen -n 20", "gen calibrate gen -n 2"),
+    ("gen eval samples --generator gen ",
+     "gen eval samples --generator gen --calibration-samples 4 "),
     ("build small-cnn --out runs/small-cnn", "build quick --out runs/small-cnn num_models=16 "
      "epochs=1 models_per_shard=8 --no-progress"),
     ("--zoo runs/small-cnn --encoder nfn_hnp\n", "--zoo runs/small-cnn --encoder statnn "
@@ -75,3 +78,23 @@ def test_every_readme_snippet_runs_in_order(tmp_path, monkeypatch):
 ])
 def test_shell_lines_are_split_as_a_shell_would(line, expected):
     assert _shell_commands(line) == expected
+
+
+def test_readme_tables_are_printed_from_committed_result_files():
+    import sys
+
+    root = README.parent
+    sys.path.insert(0, str(root))
+    try:
+        from benchmarks._report import KINDS, README_TABLE
+    finally:
+        sys.path.remove(str(root))
+    tables = re.findall(README_TABLE, README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    assert tables, "README has no marked tables"
+    for kind, pattern, body in tables:
+        files = sorted(str(p) for p in root.glob(pattern))
+        assert files, f"README's {kind} table names {pattern}, which matches no result file"
+        expected = KINDS[kind](files)
+        assert body.strip() == expected, (
+            f"README's {kind} table differs from `python benchmarks/_report.py {kind} "
+            f"{pattern}`; `python benchmarks/_report.py readme` reprints it:\n{expected}")
