@@ -45,18 +45,18 @@ from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402
 # thing from "base" (the library's defaults) unless its name joins two. Variants that differ only
 # in sampling share one trained generator per seed.
 VARIANTS = {
-    "base": ([], [], "mean", []),
-    "no-align": ([], [], "none", []),
+    "base": (["loss_on=velocity"], [], "mean", []),
+    "loss-on-data": (["loss_on=data"], [], "mean", []),
+    "data+no-align": (["loss_on=data"], [], "none", []),
+    "data+logit-normal": (["loss_on=data", "time_sampling=logit-normal"], [], "mean", []),
+    "data+ot-pairing": (["loss_on=data", "ot_pairing=true"], [], "mean", []),
+    "data+wide": (["loss_on=data", "hidden=1024"], [], "mean", []),
+    "data+3x-steps": (["loss_on=data"], ["steps*3"], "mean", []),
+    "data+rk4x50": (["loss_on=data"], [], "mean", ["steps=50"]),
+    "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),
     "velocity": (["prediction=velocity"], [], "mean", []),
     "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean", []),
-    "source0.1": (["source_scale=0.1"], [], "mean", []),
-    "loss-on-data": (["loss_on=data"], [], "mean", []),
-    "logit-normal": (["time_sampling=logit-normal"], [], "mean", []),
-    "ot-pairing": (["ot_pairing=true"], [], "mean", []),
-    "wide": (["hidden=1024"], [], "mean", []),
-    "long": ([], ["steps*3"], "mean", []),
-    "rk4x50": ([], [], "mean", ["steps=50"]),
-    "euler100": ([], [], "mean", ["sampler=euler", "steps=100"]),
+    "rk4x50": (["loss_on=velocity"], [], "mean", ["steps=50"]),
 }
 STEPS = {"full": 4000, "quick": 800, "smoke": 20}
 SEEDS = {"full": 3, "quick": 1, "smoke": 1}
@@ -99,8 +99,9 @@ def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: in
     out = workdir / f"{name}-seed{seed}-samples"
     shutil.rmtree(out, ignore_errors=True)
     options = dict(word.split("=", 1) for word in sample_words)
-    if "steps" in options:
-        options["steps"] = int(options["steps"])
+    for key, kind in (("steps", int), ("temperature", float)):
+        if key in options:
+            options[key] = kind(options[key])
     generated, _ = sample_to_zoo(gen_dir, out, samples, seed=seed, **options)
     row = {"variant": name, "seed": seed, "settings": settings, "train_s": train_seconds,
            "val_acc": [float(v) for v in generated.metrics["val_acc"]],
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
                         help="write benchmarks/results/flow_ablation-<mode>.json")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    variants = (args.variants or ("ot-pairing" if args.smoke else ",".join(VARIANTS))).split(",")
+    default = "data+ot-pairing" if args.smoke else ",".join(VARIANTS)
+    variants = (args.variants or default).split(",")
     zoos = (args.zoos or ("quick" if args.smoke else "mlp-mnist1d,small-cnn")).split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     unknown += [z for z in zoos if z not in ZOOS or mode not in ZOOS[z][1]]

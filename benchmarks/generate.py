@@ -91,6 +91,7 @@ ZOOS = {
 # "+acc" methods ask for q90 of validation accuracy through their condition map.
 METHODS = {
     "flow": ([], {}),
+    "flow-data": (["loss_on=data"], {}),  # the loss on the weights: see benchmarks/flow_ablation
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90"}),

@@ -105,8 +105,12 @@ class Diffusion:
         return jnp.mean(weight * (out - x0) ** 2)
 
     def sample(self, params, key, num: int, *, steps: int | None = None, method: str = "ddim",
-               eta: float = 0.0, cond_class=None, cond_scalar=None, guidance: float = 1.0):
-        """DDPM (every step of the schedule) or DDIM on `steps` evenly spaced steps."""
+               eta: float = 0.0, cond_class=None, cond_scalar=None, guidance: float = 1.0,
+               temperature: float = 1.0):
+        """DDPM (every step of the schedule) or DDIM on `steps` evenly spaced steps.
+
+        `temperature` scales the starting noise and the noise DDPM injects (below 1: samples
+        nearer the modes, less diverse)."""
         if method not in SAMPLERS:
             raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if method == "ddpm":
@@ -133,8 +137,8 @@ class Diffusion:
             sigma = eta * jnp.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             direction = jnp.sqrt(jnp.maximum(1 - ab_prev - sigma ** 2, 0.0)) * eps
             noise = jax.random.normal(sub, x.shape, x.dtype)
-            return jnp.sqrt(ab_prev) * x0 + direction + sigma * noise, None
+            return jnp.sqrt(ab_prev) * x0 + direction + temperature * sigma * noise, None
 
-        x = jax.random.normal(k_init, (num, self.dim))
+        x = temperature * jax.random.normal(k_init, (num, self.dim))
         x, _ = jax.lax.scan(step, x, (ks, prev, jax.random.split(k_loop, steps)))
         return x

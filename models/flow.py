@@ -8,7 +8,11 @@ learns both the conditional and the unconditional field — classifier-free guid
 What the backbone outputs (`prediction`):
 
 * ``"data"`` (default): the clean weights x̂1; the velocity is (x̂1 − x_t) / (1 − t). The loss is
-  the velocity loss written in x̂1 (weight 1 / (1 − t)², with 1 − t floored at `min_gap`). A
+  the velocity loss written in x̂1 (weight 1 / (1 − t)², with 1 − t floored at `min_gap`), or with
+  ``loss_on="data"`` the plain loss on x̂1, every t alike. The latter samples more accurate
+  networks from weight zoos (mlp-mnist1d: +12 points, `benchmarks/flow_ablation.py`) but does so
+  by staying near training models, and it collapses the spread within a mode of a toy mixture
+  (the near-identity map at t → 1 gets little weight); the velocity loss is the default. A
   backbone narrower than the weight vector (an MLP of width 512 over 5,000 weights) can only
   output vectors in a subspace of its own width; predicting the weights there is fine, because
   trained weights lie near a low-dimensional set, but predicting a velocity is not: the velocity
@@ -95,7 +99,7 @@ class FlowMatching:
     source_scale: float = 1.0
     cond_dropout: float = 0.1
     prediction: Literal["data", "velocity"] = "data"
-    min_gap: float = 0.05  # data prediction: 1 − t is floored here in the velocity and the loss
+    min_gap: float = 0.05  # data prediction: 1 − t is floored here in the velocity loss
     time_sampling: Literal["uniform", "logit-normal"] = "uniform"
     ot_pairing: bool = False  # pair noise with data by minibatch optimal transport in training
     # Data prediction: the loss on the velocity (weight 1 / (1 − t)², the flow-matching loss) or
@@ -126,10 +130,13 @@ class FlowMatching:
         return jnp.maximum(1.0 - t, self.min_gap)[:, None]
 
     def velocity(self, params, x, t, cond_class=None, cond_scalar=None):
+        """The field at times t < 1. Data prediction divides by the exact 1 − t: a floor here
+        would slow the field on (1 − min_gap, 1) and leave samples short of the data when a
+        solver takes more than 1 / min_gap steps (`sample` never evaluates at t = 1)."""
         out = self.backbone.apply({"params": params}, x, t, cond_class, cond_scalar)
         if self.prediction == "velocity":
             return out
-        return (out - x) / self._gap(t)
+        return (out - x) / (1.0 - t)[:, None]
 
     def loss(self, params, x1, key, cond_class=None, cond_scalar=None):
         k_noise, k_time, k_drop = jax.random.split(key, 3)
@@ -149,8 +156,12 @@ class FlowMatching:
         return jnp.mean(((out - x1) / self._gap(t)) ** 2)
 
     def sample(self, params, key, num: int, *, steps: int = 100, method: str = "rk4",
-               cond_class=None, cond_scalar=None, guidance: float = 1.0):
-        """`num` samples, integrating the learned field from noise (deterministic given `key`)."""
+               cond_class=None, cond_scalar=None, guidance: float = 1.0,
+               temperature: float = 1.0):
+        """`num` samples, integrating the learned field from noise (deterministic given `key`).
+
+        `temperature` scales the source noise the integration starts from (below 1: samples
+        nearer the modes, less diverse)."""
         if method not in SAMPLERS:
             raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if steps < 1:
@@ -173,7 +184,7 @@ class FlowMatching:
             k4 = field(x + h * k3, t + h)
             return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), None
 
-        x0 = self.source_scale * jax.random.normal(key, (num, self.dim))
+        x0 = temperature * self.source_scale * jax.random.normal(key, (num, self.dim))
         if self.prediction == "velocity":
             x1, _ = jax.lax.scan(step, x0, jnp.arange(steps, dtype=jnp.float32))
             return x1
@@ -182,4 +193,4 @@ class FlowMatching:
         # weights at t = 1 − h, so that sampling ends exactly at t = 1 and keeps no noise.
         x, _ = jax.lax.scan(step, x0, jnp.arange(steps - 1, dtype=jnp.float32))
         t_last = 1.0 - h
-        return x + jnp.maximum(h, self.min_gap) * field(x, t_last)
+        return x + h * field(x, t_last)

@@ -41,7 +41,10 @@ class GeneratorConfig:
     source_scale: float = 1.0  # flow: std of the Gaussian source, in normalised weight units
     time_sampling: Literal["uniform", "logit-normal"] = "uniform"  # flow: training times
     ot_pairing: bool = False  # flow: pair noise and weights by minibatch optimal transport
-    loss_on: Literal["velocity", "data"] = "velocity"  # flow, data prediction: see models.flow
+    # Flow with data prediction: the velocity loss (default), or the loss on the weights with
+    # every t alike — more accurate samples on weight zoos, but nearer the training models, and
+    # within-mode variance collapses (benchmarks/flow_ablation.py, tests/test_generator_models).
+    loss_on: Literal["velocity", "data"] = "velocity"
     diffusion_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     clip_x0: float | None = None
@@ -54,6 +57,7 @@ class GeneratorConfig:
     sampler: Literal["euler", "heun", "rk4", "ddpm", "ddim"] | None = None  # None: rk4 / ddim
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
+    temperature: float = 1.0  # sampling: scale of the starting noise (choose it on validation)
 
     def __post_init__(self):
         coerce_fields(self)  # types and choices (method, backbone, ...), named by field
@@ -72,6 +76,7 @@ class GeneratorConfig:
         require(self.sample_steps is None or self.sample_steps >= 1, "sample_steps",
                 "must be ≥ 1 or none")
         require(self.guidance >= 0, "guidance", "must be ≥ 0")
+        require(self.temperature > 0, "temperature", "must be positive")
         for field in ("condition_class", "condition_scalar"):
             # Sampling "at the 90th percentile of test accuracy" would choose networks by the
             # split that must be scored once, at the end.

@@ -208,3 +208,13 @@ def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, 
     assert (tmp_path / "s" / "calibration.png").stat().st_size > 1000
     assert main(["gen", "calibrate", str(gen_dir), "-n", "1"]) == 2
     assert "-n/--num must be ≥ 2" in capsys.readouterr().err
+
+
+def test_temperature_is_a_sampling_option(trained, tmp_path):
+    gen = TrainedGenerator.load(trained / "generator")
+    cold, warm = gen.sample(6, seed=1, temperature=0.3), gen.sample(6, seed=1)
+    assert not np.allclose(cold, warm)  # what it does to a mode: test_generator_models
+    with pytest.raises(GenerateError, match="temperature must be positive"):
+        gen.sample(2, temperature=0.0)
+    zoo, _ = sample_to_zoo(gen, tmp_path / "s", 3, temperature=0.5)
+    assert zoo.manifest["provenance"]["temperature"] == 0.5

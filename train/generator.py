@@ -335,10 +335,10 @@ class TrainedGenerator:
             return condition_for(self.condition_map, float(value))
         return (float(value) - stats["mean"]) / stats["std"]
 
-    def _program(self, n: int, method: str, steps: int, guidance: float, with_class: bool,
-                 with_scalar: bool):
+    def _program(self, n: int, method: str, steps: int, guidance: float, temperature: float,
+                 with_class: bool, with_scalar: bool):
         """The compiled sampler for one chunk shape and setting, with its compile time."""
-        key = (n, method, steps, guidance, with_class, with_scalar)
+        key = (n, method, steps, guidance, temperature, with_class, with_scalar)
         if key not in self._programs:
             generator, decode = self.generator, self.autoencoder is not None
             latent = self.meta.get("latent")
@@ -346,7 +346,8 @@ class TrainedGenerator:
 
             def run(params, ae_params, rng, cls, sca):
                 z = generator.sample(params, rng, n, steps=steps, method=method, cond_class=cls,
-                                     cond_scalar=sca, guidance=guidance)
+                                     cond_scalar=sca, guidance=guidance,
+                                     temperature=temperature)
                 if decode:
                     z = z * jnp.asarray(latent["std"]) + jnp.asarray(latent["mean"])
                     z = self.autoencoder.decode(ae_params, z)
@@ -361,7 +362,8 @@ class TrainedGenerator:
             self.compile_seconds += time.perf_counter() - start
         return self._programs[key]
 
-    def _settings(self, sampler, steps, guidance, cond_class, cond_scalar, use_map=True):
+    def _settings(self, sampler, steps, guidance, temperature, cond_class, cond_scalar,
+                  use_map=True):
         cfg = self.config
         allowed = FLOW_SAMPLERS if cfg.method == "flow" else DIFFUSION_SAMPLERS
         if sampler is not None and sampler not in allowed:
@@ -369,27 +371,32 @@ class TrainedGenerator:
                                 f"choose from {allowed}")
         if steps is not None and steps < 1:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
+        if temperature is not None and not temperature > 0:
+            raise GenerateError(f"sampling temperature must be positive, got {temperature}")
         return (sampler or cfg.default_sampler, steps or cfg.default_steps,
                 float(cfg.guidance if guidance is None else guidance),
+                float(cfg.temperature if temperature is None else temperature),
                 None if cond_class is None else self.class_id(cond_class),
                 None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
 
     def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
-                guidance: float | None = None, cond_class: str | None = None,
-                cond_scalar: float | str | None = None, use_map: bool = True,
-                chunk: int = 1000) -> float:
+                guidance: float | None = None, temperature: float | None = None,
+                cond_class: str | None = None, cond_scalar: float | str | None = None,
+                use_map: bool = True, chunk: int = 1000) -> float:
         """Compile what `sample` with these arguments will run; returns the seconds it took."""
-        method, steps, guidance, cls, sca = self._settings(sampler, steps, guidance, cond_class,
-                                                           cond_scalar, use_map)
+        method, steps, guidance, temperature, cls, sca = self._settings(
+            sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
         before = self.compile_seconds
         for n in {min(chunk, num - start) for start in range(0, num, chunk)}:
-            self._program(n, method, steps, guidance, cls is not None, sca is not None)
+            self._program(n, method, steps, guidance, temperature, cls is not None,
+                          sca is not None)
         return self.compile_seconds - before
 
     def sample(self, num: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None,
-               cond_class: str | None = None, cond_scalar: float | str | None = None,
-               use_map: bool = True, chunk: int = 1000) -> np.ndarray:
+               temperature: float | None = None, cond_class: str | None = None,
+               cond_scalar: float | str | None = None, use_map: bool = True,
+               chunk: int = 1000) -> np.ndarray:
         """`num` raw weight vectors (denormalised), deterministic for a seed.
 
         Compiled once per chunk size and setting (`compile_seconds` adds up the compile time).
@@ -398,13 +405,13 @@ class TrainedGenerator:
         """
         if num < 1:
             raise GenerateError(f"number of samples must be ≥ 1, got {num}")
-        method, steps, guidance, cls_value, sca_value = self._settings(
-            sampler, steps, guidance, cond_class, cond_scalar, use_map)
+        method, steps, guidance, temperature, cls_value, sca_value = self._settings(
+            sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
         out = []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
-            program = self._program(n, method, steps, guidance, cls_value is not None,
-                                    sca_value is not None)
+            program = self._program(n, method, steps, guidance, temperature,
+                                    cls_value is not None, sca_value is not None)
             key = jax.random.fold_in(jax.random.key(seed), start)
             cls = None if cls_value is None else jnp.full((n,), cls_value, jnp.int32)
             sca = None if sca_value is None else jnp.full((n,), sca_value, jnp.float32)
@@ -475,6 +482,8 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
                 "steps": sample_options.get("steps") or cfg.default_steps,
                 "guidance": cfg.guidance if sample_options.get("guidance") is None
                 else sample_options["guidance"],
+                "temperature": cfg.temperature if sample_options.get("temperature") is None
+                else sample_options["temperature"],
                 "cond_class": sample_options.get("cond_class"),
                 "cond_scalar": sample_options.get("cond_scalar")}
     if settings["cond_scalar"] is not None:

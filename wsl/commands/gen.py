@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="classifier-free guidance weight for a conditioned generator (default: "
                         "the generator's guidance= key, 1.0 unless set)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="scale of the starting noise: below 1 samples nearer the modes, less "
+                        "diverse (default: the generator's temperature= key, 1.0 unless set); "
+                        "choose it on validation accuracy, never test")
     p.add_argument("--cond-class", default=None, metavar="CLASS",
                    help="class of the class condition, e.g. relu for condition_class=activation "
                         "(default: unconditional)")
@@ -241,7 +245,8 @@ def main(argv: list[str]) -> int:
         generator = TrainedGenerator.load(args.generator)
         zoo, info = sample_to_zoo(generator, args.out, args.num, seed=args.seed,
                                   sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  cond_class=args.cond_class, cond_scalar=args.cond_scalar)
+                                  temperature=args.temperature, cond_class=args.cond_class,
+                                  cond_scalar=args.cond_scalar)
         print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
               f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
         if not args.no_eval:
@@ -267,7 +272,8 @@ def main(argv: list[str]) -> int:
                 raise UsageError(f"--calibration-samples must be ≥ 2; got "
                                  f"{args.calibration_samples}")
             provenance = zoo.manifest.get("provenance") or {}
-            options = {k: provenance.get(k) for k in ("sampler", "steps", "guidance")}
+            options = {k: provenance.get(k) for k in ("sampler", "steps", "guidance",
+                                                      "temperature")}
             calibration_report(generator, out, args.calibration_samples, args.seed + 1, options)
     else:  # calibrate
         from wsl.eval.calibration import fit_condition_map, write_condition_map
