@@ -274,3 +274,19 @@ def test_a_nan_loss_names_non_finite_training_data(tmp_path):
     with pytest.raises(TrainError, match=r"lower optimizer.lr\) or the data may hold NaN"):
         train(_Regression(), override(config, ["optimizer.lr=1e30"]),
               {"x": np.ones((8, 3), np.float32), "y": y}, tmp_path / "b")
+
+
+def test_a_run_recorded_before_a_config_field_existed_resumes_only_at_its_default(tmp_path):
+    from wsl.train.checkpoint import RunDirError, claim_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"generator": {"hidden": 64}}))
+    defaults = {"generator": {"hidden": 512, "temperature": 1.0}}
+    request = {"generator": {"hidden": 64, "temperature": 1.0}}
+    assert claim_run_dir(run, request, file="run.json", what="a run", defaults=defaults)
+    with pytest.raises(RunDirError, match=r"generator.temperature=unset, not 0.5"):
+        claim_run_dir(run, {"generator": {"hidden": 64, "temperature": 0.5}}, file="run.json",
+                      what="a run", defaults=defaults)
+    with pytest.raises(RunDirError, match="generator.temperature=unset, not 1.0"):
+        claim_run_dir(run, request, file="run.json", what="a run")  # no defaults given

@@ -62,7 +62,8 @@ def _show(value: Any) -> str:
 
 
 def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str, what: str,
-                  option: str = "--out", mutable: Sequence[str] = ()) -> bool:
+                  option: str = "--out", mutable: Sequence[str] = (),
+                  defaults: Mapping[str, Any] | None = None) -> bool:
     """May `directory` hold the run `record` describes? True if it holds that run already.
 
     Nothing is written. Refused, as a `WslError` naming the fault: a folder that is a file, not
@@ -70,8 +71,9 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
     different run (the first differing key is named, e.g. "target='test_acc', not 'gap'"); a
     non-empty folder without `file`. `record` is compared key by key (nested dicts flattened to
     ``a.b``), except for keys under a `mutable` prefix (settings a resumed run may change, details
-    the request does not fix); a key the stored record lacks is skipped
-    when the new value is None (a record written before the key existed). ``zoo_sha256`` (the
+    the request does not fix); a key the stored record lacks is skipped when the new value is None
+    or its value in `defaults` (a record of the same shape holding the configs' defaults): a
+    record written before the key existed, which ran with that default. ``zoo_sha256`` (the
     zoo's manifest hash) stands for the zoo: when both records have it, the zoo's path may change.
     """
     directory = check_output_dir(directory, option=option)
@@ -90,6 +92,7 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
         raise RunDirError(f"{path}: not a {what} record (a JSON object); choose another {option}")
     new = flat_items(json.loads(json.dumps(dict(record), default=list)))
     old = flat_items(stored)
+    default = flat_items(json.loads(json.dumps(dict(defaults or {}), default=list)))
     skip = tuple(mutable)
     if "zoo_sha256" in old and "zoo_sha256" in new:
         skip += ("zoo",)
@@ -100,7 +103,8 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
         if key.split(".")[0] not in record:
             continue  # stored details the request does not describe (architecture, timings)
         before, now = old.get(key, _UNSET), new.get(key, _UNSET)
-        if before is _UNSET and (now is None or key == "zoo_sha256"):
+        if before is _UNSET and (now is None or key == "zoo_sha256"
+                                 or default.get(key, _UNSET) == now):
             continue  # a record written before the key existed
         if before != now:
             differ.append((key, before, now))

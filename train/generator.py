@@ -201,7 +201,10 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     zoo = Zoo.open(zoo_path)
     record = generator_record(zoo, config, train_config, min_acc=min_acc, align=align,
                               max_models=max_models)
-    claim_run_dir(out, record, file=GENERATOR_FILE, what="a generator", mutable=GENERATOR_MUTABLE)
+    # A generator trained before a config field existed ran with its default: it still resumes.
+    defaults = {"generator": to_dict(GeneratorConfig()), "train": to_dict(TrainConfig())}
+    claim_run_dir(out, record, file=GENERATOR_FILE, what="a generator", mutable=GENERATOR_MUTABLE,
+                  defaults=defaults)
     barrier("wsl-generator-claimed")  # every process has checked `out` before one writes there
     selection = select_and_align(zoo, config, min_acc=min_acc, align=align,
                                  seed=train_config.seed, max_models=max_models)
