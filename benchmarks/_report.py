@@ -76,7 +76,31 @@ def generate_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown}
+def flow_ablation_markdown(paths: list[str]) -> str:
+    """README's flow ablation table, printed from `benchmarks/flow_ablation.py --save` files."""
+    import json
+
+    lines = ["| zoo | variant | seeds | val acc [95 % CI] | vs population (val) | test acc | "
+             "vs population (test) | nearest training model (rel.) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        for zoo, result in report["zoos"].items():
+            pop = result["population"]
+            for i, (name, v) in enumerate(result["variants"].items()):
+                chosen = " (best on val)" if name == result["best_on_val"] else ""
+                label = f"{zoo} (val {pop['val']:.3f}, test {pop['test']:.3f})" if i == 0 else ""
+                lines.append(f"| {label} | {name}{chosen} | {len(v['val']['per_seed'])} | "
+                             f"{v['val']['mean']:.3f} [{v['val']['ci95'][0]:.3f}, "
+                             f"{v['val']['ci95'][1]:.3f}] | {v['val']['gap'] * 100:+.1f} pt | "
+                             f"{v['test']['mean']:.3f} | {v['test']['gap'] * 100:+.1f} pt | "
+                             f"{v['nn_relative']:.2f} |")
+    return "\n".join(lines)
+
+
+KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
+         "flow_ablation": flow_ablation_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 

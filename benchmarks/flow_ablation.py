@@ -36,10 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import table  # noqa: E402
 from benchmarks.generate import ZOOS, build_or_open  # noqa: E402
 from wsl.config import override  # noqa: E402
-from wsl.eval.generated import bootstrap_interval  # noqa: E402
+from wsl.eval.generated import bootstrap_interval, nearest_neighbours  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402
+from wsl.zoos.store import Zoo  # noqa: E402
 
 # name: (generator config words, training words, alignment, sampling words); each changes one
 # thing from "base" (the library's defaults) unless its name joins two. Variants that differ only
@@ -87,6 +88,9 @@ def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: in
     if saved.exists():
         row = json.loads(saved.read_text())
         if row.get("settings") == settings:
+            if "nn_relative" not in row:  # a row written before this column existed
+                row["nn_relative"] = nearness(workdir, name, seed, training)
+                saved.write_text(json.dumps(row) + "\n")
             return row
     # One folder per training request: a generator is reused by every variant that samples it.
     digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
@@ -104,10 +108,31 @@ def run_variant(zoo, name: str, seed: int, workdir: Path, mode: str, samples: in
             options[key] = kind(options[key])
     generated, _ = sample_to_zoo(gen_dir, out, samples, seed=seed, **options)
     row = {"variant": name, "seed": seed, "settings": settings, "train_s": train_seconds,
+           "nn_relative": nearness(workdir, name, seed, training),
            "val_acc": [float(v) for v in generated.metrics["val_acc"]],
            "test_acc": [float(v) for v in generated.metrics["test_acc"]]}
     saved.write_text(json.dumps(row) + "\n")
     return row
+
+
+def nearness(workdir: Path, name: str, seed: int, training: dict) -> float:
+    """Median distance of a variant's samples to their nearest aligned training model, over the
+    training models' own median distance to their nearest other one (< 1: nearer the training
+    models than they are to each other, a sign of copying)."""
+    # Alignment depends only on the zoo, the alignment and the seed: any generator folder that
+    # shares them holds the same aligned training set.
+    for folder in sorted(workdir.glob("*generator*")):
+        meta = json.loads((folder / "generator.json").read_text())
+        if (meta["selection"]["align"] == training["align"]
+                and meta["train"]["seed"] == seed and (folder / "aligned_train.npy").exists()):
+            train = np.load(folder / "aligned_train.npy")
+            break
+    else:
+        raise FileNotFoundError(f"no aligned training set for align={training['align']} "
+                                f"seed={seed} under {workdir}")
+    samples = Zoo.open(workdir / f"{name}-seed{seed}-samples").flat()
+    own = nearest_neighbours(train, train, exclude=np.arange(len(train)))[1][:, 0]
+    return float(np.median(nearest_neighbours(samples, train)[1][:, 0]) / np.median(own))
 
 
 def population(zoo) -> dict:
@@ -127,6 +152,7 @@ def summarise(rows: list[dict], reference: dict) -> dict:
         out[split] = {"mean": float(np.mean(per_seed)), "ci95": [low, high],
                       "per_seed": per_seed, "gap": float(np.mean(per_seed)) - reference[split]}
     out["train_s"] = float(np.mean([r["train_s"] for r in rows]))
+    out["nn_relative"] = float(np.mean([r["nn_relative"] for r in rows]))
     return out
 
 
@@ -181,13 +207,14 @@ def run(args, mode, variants, zoos, seeds, samples, zoo_dir: Path) -> int:
         lines = [(name, f"{s['val']['mean']:.4f}",
                   f"[{s['val']['ci95'][0]:.4f}, {s['val']['ci95'][1]:.4f}]",
                   f"{s['val']['gap'] * 100:+.1f}", f"{s['test']['mean']:.4f}",
-                  f"{s['test']['gap'] * 100:+.1f}", f"{s['train_s']:.0f}",
+                  f"{s['test']['gap'] * 100:+.1f}", f"{s['nn_relative']:.2f}",
+                  f"{s['train_s']:.0f}",
                   "<- best on val" if name == best else "")
                  for name, s in summaries.items()]
         print(f"\n== {recipe}: training population val {reference['val']:.4f}, test "
               f"{reference['test']:.4f}; {seeds} seed(s) x {samples} samples per variant")
         print(table(("variant", "val acc", "95% CI", "vs pop (pt)", "test acc", "vs pop (pt)",
-                     "train s", ""), lines), flush=True)
+                     "NN dist (rel.)", "train s", ""), lines), flush=True)
         results[recipe] = {"population": reference, "best_on_val": best, "variants": summaries}
     report = {"benchmark": "flow_ablation", "mode": mode, "seeds": seeds, "samples": samples,
               "steps": STEPS[mode], "variants": {v: VARIANTS[v] for v in variants},

@@ -82,6 +82,9 @@ ZOOS = {
                             "dropout=[0.0,0.1]", "train_fraction=[0.5,1.0]"],
                   {"quick": ["num_models=256", "epochs=3", "checkpoints=[0,3]"],
                    "full": ["num_models=1000", "epochs=6", "checkpoints=[0,6]"]}),
+    # Whole networks beyond MLPs and small CNNs: residual streams with LayerNorm, attention heads.
+    "resnet-mnist": (SHARED, {"quick": ["num_models=256"], "full": ["num_models=1000"]}),
+    "transformer-mnist": (SHARED, {"quick": ["num_models=256"], "full": ["num_models=1000"]}),
     # Smoke: sklearn's digits load in a moment, where MNIST-1D is generated for seconds; the
     # networks stay untrained (no training program to compile), so each starts from its own draw.
     "quick": (SHARED, {"smoke": ["num_models=16", "epochs=0", "checkpoints=[0]",

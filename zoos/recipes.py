@@ -193,6 +193,27 @@ RECIPES: dict[str, Recipe] = {
         num_models=100, epochs=5, batch_size=32, models_per_shard=100, eval_examples=2000,
         data_order="per_model", lr=(3e-3,), weight_decay=(1e-5,), init_scale=(0.1,),
         dropout=(0.1,), activation=("relu",), optimizer=("adam",), init=("truncated_normal",)),
+    "resnet-mnist": Recipe(
+        name="resnet-mnist",
+        description="tiny pre-activation ResNets (width 8, two stages of one block, LayerNorm) on "
+                    "MNIST downsampled to 8x8; trained briefly: on CPU a ResNet step costs about "
+                    "ten Small CNN steps",
+        architecture="resnet", arch={"width": 8, "stages": 2, "blocks_per_stage": 1},
+        dataset="mnist", dataset_options={"resize": (8, 8), "max_train": 10000},
+        num_models=1000, epochs=1, batch_size=32, models_per_shard=128, eval_examples=1000,
+        lr=(2e-3, 1e-2), weight_decay=(1e-6, 1e-4), init_scale=(1.0,), dropout=(0.0, 0.1),
+        train_fraction=(1.0,), activation=("relu",), optimizer=("adam",)),
+    "transformer-mnist": Recipe(
+        name="transformer-mnist",
+        description="tiny transformers (7x7 patches: 4 tokens of width 16, one block of 2 heads, "
+                    "MLP 32) on MNIST downsampled to 14x14",
+        architecture="transformer",
+        arch={"patch": 7, "dim": 16, "depth": 1, "heads": 2, "head_dim": 8, "mlp_dim": 32},
+        dataset="mnist", dataset_options={"resize": (14, 14), "max_train": 10000},
+        num_models=1000, epochs=4, checkpoints=(0, 1, 2, 4), batch_size=32,
+        models_per_shard=128, eval_examples=2000,
+        lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), init_scale=(1.0,), dropout=(0.0, 0.2),
+        train_fraction=(0.5, 1.0), activation=("gelu", "relu"), optimizer=("adam",)),
 }
 
 
