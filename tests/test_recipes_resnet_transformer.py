@@ -24,7 +24,7 @@ FIXED_SEED = ["activation=relu", "optimizer=adam", "init_seeds=1", "data_order=p
 def test_recipe_validates_and_fits_its_architecture(name):
     architecture, shape, num_params = NEW[name]
     recipe = get_recipe(name)
-    assert isinstance(recipe, Recipe) and recipe is RECIPES[name] and recipe.name == name
+    assert isinstance(recipe, Recipe) and recipe == RECIPES[name] and recipe.name == name
     assert recipe.architecture == architecture and recipe.dataset == "mnist"
     assert tuple(recipe.dataset_options["resize"]) == shape[:2]
     models, shards = plan(recipe)
