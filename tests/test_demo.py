@@ -37,7 +37,7 @@ def test_demo_runs_end_to_end_and_a_rerun_trains_nothing(tmp_path, optimised_env
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     first, rerun = run.stdout.split("== rerun")
-    assert "4/4 sample 100 networks" in first and "novelty:" in first
+    assert "4/4 sample 100 networks" in first and "novel than noise" in first
     evaluation = json.loads((tmp_path / "samples" / "evaluation.json").read_text())
     assert evaluation["num_generated"] == 100
     # Digits has ten classes (chance 0.1); the generated networks must really work.
