@@ -99,8 +99,51 @@ def flow_ablation_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def analyze_markdown(paths: list[str]) -> str:
+    """README's `wsl zoo analyze` speed table, printed from `benchmarks/analyze.py --save`."""
+    import json
+
+    lines = ["| zoo | metric | models | vectorised models/s | one at a time (jitted) models/s | "
+             "speedup |", "|---|---|---|---|---|---|"]
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        metrics = [k.removesuffix("_speedup") for k in report if k.endswith("_speedup")
+                   and k != "min_speedup"]
+        for i, m in enumerate(metrics):
+            label = f"{report['recipe']} ({report['mode']})" if i == 0 else ""
+            lines.append(f"| {label} | {m} | {report[m + '_models']} | "
+                         f"{report[m + '_vmapped_models_per_s']:.3g} | "
+                         f"{report[m + '_loop_models_per_s']:.3g} | "
+                         f"{report[m + '_speedup']:.1f}× |")
+    return "\n".join(lines)
+
+
+def phase_markdown(paths: list[str]) -> str:
+    """README's phase grid: test accuracy, Hessian trace and alpha per (width, lr) cell, mean
+    over seeds, printed from the `phase` entry of `benchmarks/analyze.py --save` files."""
+    import json
+
+    lines = []
+    for path in paths:
+        with open(path) as f:
+            phase = json.load(f)["phase"]
+        columns = [c for c in ("test_acc", "hessian_trace", "spectral_alpha")
+                   if c in phase["mean"]]
+        lines += [f"| {phase['y']} \\ {phase['x']} | "
+                  + " | ".join(f"{x:g}" for x in phase["xs"]) + " |",
+                  "|---|" + "---|" * len(phase["xs"])]
+        for c in columns:
+            lines.append(f"| **{c}** |" + " |" * len(phase["xs"]))
+            for y, row in zip(phase["ys"], phase["mean"][c]):
+                cells = " | ".join("—" if v is None else f"{v:.3g}" for v in row)
+                lines.append(f"| {y:g} | {cells} |")
+    return "\n".join(lines)
+
+
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
-         "flow_ablation": flow_ablation_markdown}
+         "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
+         "phase": phase_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 

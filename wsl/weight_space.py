@@ -368,6 +368,34 @@ class WeightSpace:
     def as_flat_dict(self, params: Params) -> dict[str, Any]:
         return {t.path: _get(params, t.path) for t in self.tensors}
 
+    def width_mask(self, width: int) -> dict[str, np.ndarray]:
+        """{path: 0/1 float32 array}: 1 where an entry touches only the first `width` units of
+        every permuted axis (groups smaller than `width` are kept whole).
+
+        A network whose other entries are zero computes what the `width`-unit network computes,
+        so one padded weight space holds networks of many widths (phase zoos train them in one
+        program). That holds only where a group's units do not interact: a group normalised by
+        a LayerNorm/GroupNorm (a ``scale`` tensor on it) would see its padded zeros, so it is
+        refused.
+        """
+        if int(width) < 1:
+            raise WeightSpaceError(f"width must be >= 1 unit, got {width}")
+        normalised = sorted({g for t in self.tensors if t.path.rsplit("/", 1)[-1] == "scale"
+                             for g in t.axes if g is not None})
+        if normalised:
+            raise WeightSpaceError(f"cannot narrow groups {normalised}: a normalisation layer "
+                                   f"acts on them and would see the padded units")
+        masks = {}
+        for t in self.tensors:
+            mask = np.ones(t.shape, np.float32)
+            for axis, group in enumerate(t.axes):
+                if group is not None:
+                    keep = (np.arange(t.shape[axis]) < int(width)).astype(np.float32)
+                    shape = [-1 if a == axis else 1 for a in range(len(t.shape))]
+                    mask = mask * keep.reshape(shape)
+            masks[t.path] = mask
+        return masks
+
     def zeros(self, *lead: int, dtype=jnp.float32) -> dict:
         return nest_paths({t.path: jnp.zeros(tuple(lead) + t.shape, dtype) for t in self.tensors})
 

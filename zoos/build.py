@@ -25,14 +25,24 @@ from wsl.zoos.population import (
     TrainSettings,
     train_population,
 )
-from wsl.zoos.recipes import Recipe, plan
+from wsl.zoos.recipes import OPTIONAL_HPARAMS, Recipe, plan
 from wsl.zoos.store import Zoo, ZooWriter
 
 
 def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction", "seed",
-            "activation", "optimizer", "init")
+            "activation", "optimizer", "init") + tuple(k for k in OPTIONAL_HPARAMS if k in row)
     return {k: row[k] for k in keys}
+
+
+def _recipe_entry(recipe: Recipe) -> dict:
+    """The manifest's recipe config. Optional fields left empty are not written, so a zoo
+    begun before such a field existed still resumes (its manifest compares equal)."""
+    config = to_dict(recipe)
+    for field in OPTIONAL_HPARAMS:
+        if not config.get(field):
+            config.pop(field, None)
+    return {"name": recipe.name, "config": config}
 
 
 def build_manifest(recipe: Recipe, data: Dataset) -> dict:
@@ -45,7 +55,7 @@ def build_manifest(recipe: Recipe, data: Dataset) -> dict:
         "dataset": {**recipe.dataset_spec,
                     "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                     "sizes": data.sizes},
-        "recipe": {"name": recipe.name, "config": to_dict(recipe)},
+        "recipe": _recipe_entry(recipe),
         "build": {"num_models": len(models), "num_shards": len(shards),
                   "checkpoints": list(recipe.checkpoint_epochs),
                   "shards": [{"group": s.group, "models": [s.models[0], s.models[-1]]}
@@ -156,7 +166,8 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                 if stop.requested:
                     raise interrupted("between shards")
                 rows = [models[m] for m in shard.models]
-                hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")}
+                hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")
+                           + tuple(k for k in OPTIONAL_HPARAMS if k in rows[0])}
                 arch = _group_architecture(recipe, data, shard.group["activation"])
                 per_epoch = len(rows) / max(recipe.epochs, 1)
                 result = train_population(

@@ -293,7 +293,7 @@ def scatter_columns(zoo) -> tuple[str | None, str | None]:
     """The hyperparameter for the scatter's x axis and the one that colours it (None: none
     varies)."""
     last = _last_rows(zoo)
-    settings = [c for c in zoo.columns if c not in _MEASURED and _varies(last[c])]
+    settings = [c for c in zoo.manifest["columns"] if c not in _MEASURED and _varies(last[c])]
     numeric = [c for c in settings if last[c].dtype.kind in "iuf"]
     preferred = ([c for c in _SCATTER_X if c in numeric]
                  + [c for c in numeric if c not in _SCATTER_X])
@@ -407,8 +407,8 @@ def card_metadata(zoo, *, license: str = LICENSE_UNKNOWN, pretty_name: str | Non
     arch = manifest["architecture"]
     pretty_name = pretty_name or default_pretty_name(zoo)
     epochs = np.unique(zoo.metrics["epoch"]).tolist()
-    types = manifest.get("column_types", {})
-    columns = {c: {"type": types.get(c, "str"), "meaning": manifest["columns"].get(c) or ""}
+    types, meanings = zoo.column_types, zoo.column_meanings
+    columns = {c: {"type": types.get(c, "str"), "meaning": meanings.get(c) or ""}
                for c in zoo.columns}
     tags = list(dict.fromkeys(["weight-space-learning", "model-zoo", "wsl", arch["name"],
                                _dataset_name(manifest)]))

@@ -101,7 +101,7 @@ def _write_parquet(zoo: Zoo, path: Path) -> None:
     types = zoo.manifest["column_types"]
     metrics = zoo.metrics
     arrays, fields = [], []
-    for column in zoo.columns:
+    for column in zoo.manifest["columns"]:  # the table as stored, not the analysed columns
         kind = types.get(column, "str")
         values = metrics[column]
         values = values.astype(str).tolist() if kind == "str" else values
@@ -151,7 +151,8 @@ def export_zoo(zoo: Zoo | str | os.PathLike, out: str | os.PathLike, *,
     if not zoo.is_whole:
         raise ZooError(f"{zoo.path}: export --all writes a whole zoo, not a view of {len(zoo)} "
                        f"rows; pass the zoo itself")
-    manifest = zoo.manifest
+    # Analysed columns (`wsl zoo analyze`) stay with the zoo: the export is the build's record.
+    manifest = {k: v for k, v in zoo.manifest.items() if k != "analysis"}
     arch = json.dumps(manifest["architecture"], sort_keys=True)
     space = json.dumps(zoo.weight_space.to_dict(), sort_keys=True)
     tmp = out.absolute().parent / f".{out.name}.tmp-{os.getpid()}"
@@ -195,7 +196,8 @@ def export_zoo(zoo: Zoo | str | os.PathLike, out: str | os.PathLike, *,
             "zoo": manifest,
             "weights": weights,
             "metrics": {"file": metrics_name, "format": kind, "rows": len(zoo),
-                        "columns": zoo.columns, **_file_entry(tmp, metrics_name)},
+                        "columns": list(zoo.manifest["columns"]),
+                        **_file_entry(tmp, metrics_name)},
             "card": {"file": card.card.name, "figures": [f.path for f in card.figures],
                      "license": license},
             "exported": {**_provenance(), "source": str(zoo.path.resolve())},

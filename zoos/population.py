@@ -6,6 +6,10 @@ scheme and scale, bias init, dropout rate, train fraction (a per-model mask on t
 Values that change code (activation, optimizer, widths) are separate calls, one compiled program
 each. One epoch is one compiled call (`lax.scan` over its steps, state donated).
 
+Width is per model too (phase zoos): with a ``width`` hyperparameter every hidden group keeps its
+first `width` units and the rest stay exactly zero (`WeightSpace.width_mask`), so networks of many
+widths train in one padded program and each computes what its narrow network computes.
+
 Reproducibility: every model's keys derive from (seed, the model's own seed) only, and with the
 default ``data_order="shared"`` the batch order from (seed, epoch) only, so a model trains the same
 whichever population, shard, padding or device count it is trained in.
@@ -31,7 +35,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from wsl.errors import WslError
 from wsl.mesh import axis_size, make_mesh, round_up
+from wsl.weight_space import nest_paths
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.datasets import Dataset
 from wsl.zoos.dropout_prng import DROPOUT_PRNG
@@ -131,7 +137,7 @@ def _all_finite(tree) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
-              eval_batch: int):
+              eval_batch: int, masked: bool = False):
     """The compiled epoch and evaluation of one group; cached on the (hashable) architecture."""
     opt = OPTIMIZERS[optimizer]()
 
@@ -142,6 +148,8 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         grads = jax.tree.map(lambda g, p: g + hp["weight_decay"] * p, grads, params)
         updates, new_state = opt.update(grads, opt_state, params)
         new_params = jax.tree.map(lambda p, u: p - hp["lr"] * u, params, updates)
+        if masked:  # units beyond the model's width stay zero whatever the optimizer does
+            new_params = jax.tree.map(jnp.multiply, new_params, hp["mask"])
         ok = jnp.isfinite(loss) & _all_finite(new_params)
         keep = ok & ~diverged
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)
@@ -227,12 +235,14 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
 
 # ------------------------------------------------------------------------------- training
 def check_hparams(hparams: Mapping[str, Any]) -> int:
-    """Validate per-model hyperparameter arrays; returns the number of models."""
+    """Validate per-model hyperparameter arrays; returns the number of models. ``width``
+    (active units per hidden group, 0 = all) is optional."""
     need = FLOAT_HPARAMS + ("seed", "init")
     missing = [k for k in need if k not in hparams]
     if missing:
         raise PopulationError(f"hyperparameters missing {missing}; need {list(need)}")
-    sizes = {k: len(np.atleast_1d(hparams[k])) for k in need}
+    sizes = {k: len(np.atleast_1d(hparams[k])) for k in need + (("width",) if "width" in hparams
+                                                                 else ())}
     if len(set(sizes.values())) != 1:
         raise PopulationError(f"hyperparameter arrays differ in length: {sizes}")
     n = sizes["lr"]
@@ -247,10 +257,28 @@ def check_hparams(hparams: Mapping[str, Any]) -> int:
         if not ok.all():
             raise PopulationError(f"{name} must be {rule}; model {int(np.argmin(ok))} has "
                                   f"{arrays[name][np.argmin(ok)]}")
+    if "width" in hparams:
+        widths = np.asarray(hparams["width"])
+        if widths.dtype.kind not in "iu" and not np.all(widths == np.round(widths)) \
+                or (widths < 0).any():
+            raise PopulationError(f"width must be whole unit counts >= 0 (0 = full width), got "
+                                  f"{widths.tolist()[:8]}")
     unknown = sorted(set(map(str, np.atleast_1d(hparams["init"]))) - set(INITS))
     if unknown:
         raise PopulationError(f"unknown init schemes {unknown}; choose from {list(INITS)}")
     return n
+
+
+def width_masks(arch: Architecture, widths) -> dict:
+    """Stacked `WeightSpace.width_mask` of every model (width 0 = all units)."""
+    space = arch.weight_space
+    full = max(space.group_sizes.values(), default=1)
+    try:
+        each = {w: space.width_mask(int(w) or full) for w in set(np.asarray(widths).tolist())}
+    except WslError as err:
+        raise PopulationError(f"architecture {arch.name!r}: {err}") from err
+    return nest_paths({t.path: np.stack([each[w][t.path] for w in np.asarray(widths).tolist()])
+                       for t in space.tensors})
 
 
 def _pad(values: np.ndarray, size: int) -> np.ndarray:
@@ -261,7 +289,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
                      settings: TrainSettings, mesh: Mesh | None = None,
                      on_epoch: Callable[[int], None] | None = None) -> PopulationResult:
     """Train one population of `arch` on `data`; `hparams` holds one value per model for
-    lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name).
+    lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name), and
+    optionally width (active units of every hidden group; 0 = all).
 
     `on_epoch(epochs_done)` runs after each epoch has finished computing; an exception it raises
     stops training cleanly."""
@@ -283,12 +312,16 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     seeds = _pad(np.asarray(hparams["seed"], np.int64).reshape(-1), padded)
     schemes = _pad(np.array([str(s) for s in np.atleast_1d(hparams["init"])]), padded)
 
+    masked = "width" in hparams
     programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
-                         settings.eval_batch)
+                         settings.eval_batch, masked)
     init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
     params = initial_population(arch, init_ids, schemes, floats["init_scale"], floats["bias_init"],
                              settings.seed)
+    if masked:
+        mask = width_masks(arch, _pad(np.asarray(hparams["width"]).reshape(-1), padded))
+        params = jax.tree.map(np.multiply, params, mask)
     opt_state = jax.vmap(OPTIMIZERS[settings.optimizer]().init)(params)
     keys = lambda stream, impl=None: jax.random.wrap_key_data(
         np.stack([model_key_data(settings.seed, s, stream) for s in seeds]), impl=impl)
@@ -297,7 +330,7 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
                  "diverged": np.zeros(padded, bool),
                  "hp": {"lr": floats["lr"], "weight_decay": floats["weight_decay"],
                         "dropout": floats["dropout"], "dropout_key": keys(1, DROPOUT_PRNG),
-                        "order_key": keys(2)}})
+                        "order_key": keys(2), **({"mask": mask} if masked else {})}})
     n_train = len(data.y_train)
     subset = _subset_masks(seeds, floats["train_fraction"], n_train, settings.seed)
 

@@ -14,6 +14,10 @@ How hyperparameter fields are read (each is a tuple):
   One value fixes the field.
 * ``sampling="grid"``: every field lists values and the models walk the Cartesian product
   (model i gets grid point i mod grid size, so ``num_models = grid size × k`` gives k seeds each).
+* ``width`` (empty by default: every model uses the architecture's full width) lists the numbers
+  of active units per hidden group, a choice under random sampling and a grid axis under grid
+  sampling. The architecture's own widths are the largest; narrower models keep their other units
+  at zero (`WeightSpace.width_mask`), so all widths train in one program — the phase zoos.
 
 Model i's hyperparameters depend only on (seed, i), so a zoo of 100 models holds the same models as
 the first 100 of a zoo of 1,000 built with the same seed. Models are then ordered by the values
@@ -41,6 +45,8 @@ LOG_RANGES = ("lr", "weight_decay", "init_scale")
 LINEAR_RANGES = ("dropout", "bias_init")
 CHOICES = ("train_fraction", "activation", "optimizer", "init")
 HPARAMS = LOG_RANGES + LINEAR_RANGES + CHOICES
+# Drawn after HPARAMS and only when given, so that recipes written before it draw what they drew.
+OPTIONAL_HPARAMS = ("width",)
 GROUP_KEYS = ("activation", "optimizer")  # change the compiled program
 
 
@@ -74,6 +80,7 @@ class Recipe:
     activation: tuple[str, ...] = ("relu",)
     optimizer: tuple[str, ...] = ("adam",)
     init: tuple[str, ...] = ("default",)
+    width: tuple[int, ...] = ()  # active units per hidden group; () = the architecture's widths
 
     def __post_init__(self):
         # Declared types first (tuples, frozen maps: a recipe stays hashable whatever it was
@@ -144,6 +151,10 @@ def _validate(recipe: Recipe) -> None:
     if unknown:
         fail("arch", f"unknown config {unknown} for architecture {recipe.architecture!r}; valid: "
                      f"{sorted(set(valid) - {'activation', 'input_shape', 'num_classes'})}")
+    if any(w < 1 for w in recipe.width):
+        fail("width", f"values must be >= 1 unit, got {list(recipe.width)}")
+    if len(set(recipe.width)) != len(recipe.width):
+        fail("width", f"values repeat: {list(recipe.width)}")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -193,6 +204,27 @@ RECIPES: dict[str, Recipe] = {
         num_models=100, epochs=5, batch_size=32, models_per_shard=100, eval_examples=2000,
         data_order="per_model", lr=(3e-3,), weight_decay=(1e-5,), init_scale=(0.1,),
         dropout=(0.1,), activation=("relu",), optimizer=("adam",), init=("truncated_normal",)),
+    "phase-mlp-mnist1d": Recipe(
+        name="phase-mlp-mnist1d",
+        description="phase grid (Schürholt et al.'s phase-transition zoo): MLPs 40-w-w-10 on "
+                    "MNIST-1D, width w from under- to over-parameterised x SGD learning rate (the "
+                    "noise temperature) x 4 seeds; narrow models are padded to width 128",
+        architecture="mlp", arch={"widths": (128, 128)}, dataset="mnist1d",
+        num_models=120, epochs=20, checkpoints=(0, 1, 2, 5, 10, 20), batch_size=32,
+        models_per_shard=40, sampling="grid",
+        width=(4, 8, 16, 32, 64, 128), lr=(0.01, 0.03, 0.1, 0.3, 1.0), optimizer=("sgd",),
+        activation=("relu",)),
+    "phase-small-cnn": Recipe(
+        name="phase-small-cnn",
+        description="phase grid: Small CNNs (3 conv layers of w channels) on MNIST 8x8, width w "
+                    "x SGD learning rate (the noise temperature) x 4 seeds; narrow models are "
+                    "padded to 32 channels",
+        architecture="small_cnn", arch={"channels": 32, "num_layers": 3}, dataset="mnist",
+        dataset_options={"resize": (8, 8), "max_train": 10000},
+        num_models=100, epochs=5, checkpoints=(0, 1, 2, 5), batch_size=32, models_per_shard=50,
+        eval_examples=2000, sampling="grid",
+        width=(2, 4, 8, 16, 32), lr=(0.003, 0.01, 0.03, 0.1, 0.3), optimizer=("sgd",),
+        activation=("relu",), init=("kaiming_normal",)),
     "resnet-mnist": Recipe(
         name="resnet-mnist",
         description="tiny pre-activation ResNets (width 8, two stages of one block, LayerNorm) on "
@@ -273,14 +305,17 @@ def _sample(recipe: Recipe, index: int) -> dict[str, Any]:
         else:
             choice = values[int(rng.integers(len(values)))]
             row[field] = float(choice) if field == "train_fraction" else str(choice)
+    if recipe.width:
+        row["width"] = int(recipe.width[int(rng.integers(len(recipe.width)))])
     return row
 
 
 def _grid(recipe: Recipe) -> list[dict[str, Any]]:
-    fields = HPARAMS
+    fields = HPARAMS + tuple(f for f in OPTIONAL_HPARAMS if getattr(recipe, f))
     points = itertools.product(*(getattr(recipe, f) for f in fields))
-    return [{f: (str(v) if f in ("activation", "optimizer", "init") else float(v))
-             for f, v in zip(fields, point)} for point in points]
+    kind = lambda f: str if f in ("activation", "optimizer", "init") else int if f == "width" \
+        else float
+    return [{f: kind(f)(v) for f, v in zip(fields, point)} for point in points]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,16 @@ A shard is written into a temporary directory and renamed into place, so a kille
 leaves a half shard that looks finished; `ZooWriter.done_shards()` is what a resumed build skips.
 Weights are memory-mapped on first use and their checksums verified then: a damaged file is named
 in the error instead of being read.
+
+Columns computed after the build (`wsl zoo analyze`: Hessian, spectra, CKA, mode connectivity) live
+beside the metrics table, never in it, so the table and the shards stay exactly as built::
+
+    analysis-<sha12>.csv     model, epoch and one column per analysed property, row for row with
+                             metrics.csv (empty = not computed for that row)
+
+The manifest's ``analysis`` entry names that file, its checksum, the columns' meanings and how each
+property was measured. A new version is written under a new name before the manifest points to it,
+so an interrupted update leaves the previous one in force.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ METRICS_FILE = "metrics.csv"
 SHARDS = "shards"
 SHARD_INFO = "shard.json"
 SHARD_ROWS = "rows.csv"
+ANALYSIS = "analysis"  # manifest entry of the analysed columns
 
 # Column meanings written into every manifest; columns not listed here get the caller's meaning.
 STANDARD_COLUMNS: dict[str, str] = {
@@ -73,6 +84,8 @@ STANDARD_COLUMNS: dict[str, str] = {
     "activation": "hidden activation",
     "optimizer": "optimizer (sgd, momentum, adam, rmsprop)",
     "init": "weight init scheme",
+    "width": ("active units in every hidden group (phase zoos); the other units of the stored "
+              "tensors are zero"),
 }
 # Fields that differ between two runs of the same build and so do not count when resuming.
 _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "metrics_sha256",
@@ -443,6 +456,8 @@ _REPAIR = {
     "metrics table": (f"rerun the command that wrote the zoo (it rewrites {METRICS_FILE} from the "
                       f"shards) or restore it"),
     "export file": "the export is incomplete or damaged — copy or export it again",
+    "analysis table": (f"restore it, or delete the 'analysis' entry of {MANIFEST} and rerun "
+                       f"`wsl zoo analyze` (the weights and metrics table are not affected)"),
 }
 
 
@@ -620,6 +635,119 @@ def _shard_file_problems(path: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def _analysis_entry(path: Path, manifest: dict) -> dict | None:
+    """The manifest's ``analysis`` entry, checked field by field (untrusted input), or None."""
+    entry = manifest.get(ANALYSIS)
+    if entry is None:
+        return None
+    where = path / MANIFEST
+
+    def bad(field: str, message: str):
+        raise ZooError(f"{where}: field 'analysis.{field}' {message}")
+
+    if not isinstance(entry, dict):
+        raise ZooError(f"{where}: field 'analysis' must be an object, got {entry!r:.80}")
+    file = entry.get("file")
+    if not (isinstance(file, str) and file.startswith("analysis-") and file.endswith(".csv")
+            and "/" not in file and "\\" not in file):
+        bad("file", f"must name an analysis-<hash>.csv file in the zoo, got {file!r:.80}")
+    if not isinstance(entry.get("sha256"), str):
+        bad("sha256", "must be a sha256 hex digest")
+    columns = entry.get("columns")
+    if not (isinstance(columns, dict) and columns
+            and all(isinstance(c, str) and isinstance(m, str) for c, m in columns.items())):
+        bad("columns", f"must map column names to meanings, got {columns!r:.80}")
+    clash = sorted(set(columns) & set(manifest["columns"]))
+    if clash:
+        bad("columns", f"repeat metrics-table columns {clash}")
+    if not isinstance(entry.get("metrics", {}), dict):
+        bad("metrics", "must be an object")
+    return entry
+
+
+def _read_analysis(path: Path, manifest: dict, table: Mapping[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The analysed columns (float; NaN where there is no value) and, per column, which rows
+    were analysed (an empty cell: not yet; ``nan``: analysed, no value), checked against the
+    metrics table."""
+    entry = _analysis_entry(path, manifest)
+    if entry is None:
+        return {}, {}
+    file = path / entry["file"]
+    check_file(file, entry["sha256"], "analysis table", size=entry.get("size"))
+    header, body = _read_csv(file, "analysis table")
+    columns = list(entry["columns"])
+    if header != ["model", "epoch"] + columns:
+        raise ZooError(f"{file}: header {header[:8]} should be model, epoch, then the "
+                       f"manifest's analysis columns {columns[:6]}")
+    if len(body) != len(table["model"]):
+        raise ZooError(f"{file}: {len(body)} rows, the metrics table has {len(table['model'])}")
+    keys = [_parse_column(c, "int", [line[j] for line in body], str(file))
+            for j, c in enumerate(("model", "epoch"))]
+    if not (np.array_equal(keys[0], table["model"]) and np.array_equal(keys[1], table["epoch"])):
+        raise ZooError(f"{file}: its (model, epoch) rows are not those of {METRICS_FILE}")
+    values = {c: _parse_column(c, "float", [line[j + 2] or "nan" for line in body], str(file))
+              for j, c in enumerate(columns)}
+    done = {c: np.array([line[j + 2] != "" for line in body], bool)
+            for j, c in enumerate(columns)}
+    return values, done
+
+
+def write_analysis(path: str | os.PathLike, columns: Mapping[str, np.ndarray],
+                   meanings: Mapping[str, str], how: Mapping[str, Any],
+                   analysed: Mapping[str, np.ndarray] | None = None) -> Zoo:
+    """Add or fill analysed columns of a finished zoo; returns it reopened.
+
+    `columns` maps names to one float per row of the zoo; `analysed[name]` (default: where the
+    value is not NaN) marks the rows this call measured — NaN there means "measured, no value"
+    (e.g. a layer too small for a fit), and rows not marked are left as they are. A row already
+    analysed keeps its value. `how` (metric name -> how it was measured) is merged into
+    ``analysis.metrics``. The metrics table and the shards are not touched.
+    """
+    zoo = Zoo.open(path)
+    path, manifest = zoo.path, dict(zoo.manifest)
+    rows = len(zoo._table["model"])
+    entry = _analysis_entry(path, manifest) or {"columns": {}, "metrics": {}}
+    clash = sorted(set(columns) & set(manifest["columns"]))
+    if clash:
+        raise ZooError(f"{path}: analysed columns {clash} would shadow metrics-table columns")
+    merged = {c: zoo._table[c].copy() for c in entry["columns"]}
+    done = {c: zoo.analysed(c).copy() for c in entry["columns"]}
+    for name, values in columns.items():
+        values = np.asarray(values, np.float64)
+        if values.shape != (rows,):
+            raise ZooError(f"analysed column {name!r}: {values.shape[:3]} values for a zoo of "
+                           f"{rows} rows")
+        new = np.asarray(analysed[name], bool) if analysed is not None and name in analysed \
+            else ~np.isnan(values)
+        old = done.get(name, np.zeros(rows, bool))
+        take = new & ~old
+        merged[name] = np.where(take, values, merged.get(name, np.full(rows, np.nan)))
+        done[name] = old | new
+    names = list(merged)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", "epoch"] + names)
+    for r in range(rows):
+        writer.writerow([int(zoo._table["model"][r]), int(zoo._table["epoch"][r])]
+                        + [repr(float(merged[c][r])) if done[c][r] else "" for c in names])
+    text = out.getvalue().encode("utf-8")
+    digest = hashlib.sha256(text).hexdigest()
+    file = f"analysis-{digest[:12]}.csv"
+    tmp = path / f".{file}.tmp-{os.getpid()}"
+    tmp.write_bytes(text)
+    os.replace(tmp, path / file)
+    previous = entry.get("file")
+    manifest[ANALYSIS] = {
+        "file": file, "sha256": digest, "size": len(text),
+        "columns": {c: meanings.get(c) or entry["columns"].get(c, "") for c in names},
+        "metrics": {**entry.get("metrics", {}), **_jsonable(dict(how))}}
+    _write_text_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if previous and previous != file:
+        (path / previous).unlink(missing_ok=True)  # the manifest no longer names it
+    return Zoo.open(path)
+
+
 def _read_metrics(path: Path, manifest: dict) -> dict[str, np.ndarray]:
     """The metrics table of a checked manifest, verified against its checksum and parsed."""
     file = path / METRICS_FILE
@@ -645,6 +773,7 @@ class _Storage:
         self.starts = np.cumsum([0] + [s["rows"] for s in self.shards])
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self._finite: dict[int, np.ndarray] = {}
+        self.analysed: dict[str, np.ndarray] = {}  # analysed column -> rows measured
 
     def array(self, shard: int, tensor: str) -> np.ndarray:
         key = (shard, tensor)
@@ -738,12 +867,15 @@ class Zoo:
         manifest = _read_json(path / MANIFEST, "zoo manifest")
         space = _check_manifest(path, manifest)
         table = _read_metrics(path, manifest)
+        analysed, done = _read_analysis(path, manifest, table)
+        table.update(analysed)
         problems = _shard_file_problems(path, manifest)
         if problems:
             more = f" (and {len(problems) - 1} more; `wsl zoo verify` lists them)" \
                 if len(problems) > 1 else ""
             raise ZooError(problems[0] + more)
         storage = _Storage(path, manifest, space)
+        storage.analysed = done
         rows = len(table["model"])
         if storage.starts[-1] != rows:
             raise ZooError(f"{path / MANIFEST}: shards hold {storage.starts[-1]} rows but "
@@ -766,7 +898,29 @@ class Zoo:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.manifest["columns"])
+        """The metrics table's columns, then those `wsl zoo analyze` added."""
+        return list(self.manifest["columns"]) + list(self.analysis_columns)
+
+    @property
+    def analysis_columns(self) -> dict[str, str]:
+        """{column: meaning} of the analysed columns (`write_analysis`)."""
+        return dict((self.manifest.get(ANALYSIS) or {}).get("columns", {}))
+
+    def analysed(self, column: str) -> np.ndarray:
+        """Per row of this view: has `wsl zoo analyze` measured `column` (even if it found no
+        value)? False for every row of a column never analysed."""
+        done = self._storage.analysed.get(column)
+        return np.zeros(len(self), bool) if done is None else done[self.global_rows]
+
+    @property
+    def column_meanings(self) -> dict[str, str]:
+        return {**self.manifest["columns"], **self.analysis_columns}
+
+    @property
+    def column_types(self) -> dict[str, str]:
+        stored = self.manifest["column_types"]
+        return {**{c: stored.get(c, "str") for c in self.manifest["columns"]},
+                **{c: "float" for c in self.analysis_columns}}
 
     @property
     def weight_space(self) -> WeightSpace:
@@ -856,18 +1010,19 @@ class Zoo:
         another is float); a byte-identical copy of the zoo writes each shard with its own. A
         missing or inconsistent ``shard.json`` gives the manifest's types."""
         self.shard_row_range(index)
-        merged = {c: self.manifest["column_types"].get(c, "str") for c in self.columns}
+        stored = list(self.manifest["columns"])  # analysed columns are not in the shards
+        merged = {c: self.manifest["column_types"].get(c, "str") for c in stored}
         try:
             info = _read_json(self.path / self.manifest["shards"][index]["name"] / SHARD_INFO,
                               f"shard {index} description")
         except ZooError:
             return merged
         own = info.get("columns")
-        if not isinstance(own, dict) or list(own) != self.columns:
+        if not isinstance(own, dict) or list(own) != stored:
             return merged
         fits = {("int", "float")} | {(k, k) for k in _COLUMN_KINDS} | {
             (k, "str") for k in _COLUMN_KINDS}
-        if not all((own[c], merged[c]) in fits for c in self.columns):
+        if not all((own[c], merged[c]) in fits for c in stored):
             return merged
         return dict(own)
 
@@ -1193,6 +1348,13 @@ def verify_zoo(path: str | os.PathLike) -> VerifyReport:
     report.files += 1
     if (path / METRICS_FILE).is_file():
         report.bytes += (path / METRICS_FILE).stat().st_size
+    if table is not None and manifest.get(ANALYSIS) is not None:
+        report.files += 1
+        try:
+            _read_analysis(path, manifest, table)
+            report.bytes += (path / manifest[ANALYSIS]["file"]).stat().st_size
+        except ZooError as err:
+            report.problems.append(str(err))
     start = 0
     for shard in manifest["shards"]:
         folder, rows = path / shard["name"], shard["rows"]

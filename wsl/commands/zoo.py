@@ -8,6 +8,8 @@
     wsl zoo export DIR --best [--by val_acc] [--epoch E] [...]   (best by a validation column)
     wsl zoo export DIR --all --out NEW_DIR [--metrics parquet|csv] [--license ID] [--name TEXT]
     wsl zoo card DIR --out NEW_DIR [--license ID] [--name TEXT] [--force]
+    wsl zoo analyze DIR --metrics hessian,cka,mc,spectral,farms [--epoch last|all|E]   (resumes)
+    wsl zoo plot DIR --x width --y lr --color test_acc[,hessian_trace,...] [--out FILE.png]
     wsl zoo recipes [NAME]
     wsl zoo import --format small-cnn-zoo|model-zoos|checkpoints|wsl-export SRC --out DIR
 """
@@ -116,6 +118,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="write into a folder that is not empty (replaces README.md and figures)")
     p.set_defaults(run=card)
+    p = add("analyze", help="add loss-landscape, CKA and spectral columns to a zoo "
+                            "(resumes; rows that have them are skipped)",
+            description="Compute properties of every model at --epoch and add them as columns "
+            "beside the zoo's metrics table (the table and weights are not touched): hessian "
+            "(top eigenvalue, trace), mc (linear and Bezier loss barriers to a same-cell partner "
+            "after alignment), cka (to the cell and to a reference model), spectral (power-law "
+            "alpha, stable rank, spectral norm), farms (alpha on square sub-blocks). An "
+            "interrupted run resumes without recomputing finished shards; a rerun computes only "
+            "what is missing. `wsl probe --target COLUMN` then predicts any of them.")
+    p.add_argument("zoo", help="zoo directory")
+    p.add_argument("--metrics", default="hessian,spectral",
+                   help="comma-separated: hessian, mc, cka, spectral, farms")
+    p.add_argument("--epoch", default="last", help="'last' (each model's last checkpoint), "
+                                                   "'all', or an epoch number")
+    p.add_argument("--examples", type=int, default=512,
+                   help="size of the fixed training batch (loss-based metrics and CKA)")
+    p.add_argument("--lanczos-iterations", type=int, default=32)
+    p.add_argument("--trace-samples", type=int, default=48,
+                   help="Hessian-vector products of the Hutch++ trace estimate")
+    p.add_argument("--bezier-steps", type=int, default=100,
+                   help="Adam steps that fit each Bezier control point")
+    p.add_argument("--batch-models", type=int, default=64, help="models per vectorised call")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=analyze)
+    p = add("plot", help="phase diagram: heatmaps of columns over two grid axes",
+            description="Average a column over the seeds of every (x, y) cell of a grid zoo and "
+            "draw it as a heatmap, one panel per --color column; the grid is printed as text "
+            "too.")
+    p.add_argument("zoo", help="zoo directory")
+    p.add_argument("--x", default="width", help="column on the horizontal axis")
+    p.add_argument("--y", default="lr", help="column on the vertical axis")
+    p.add_argument("--color", default="test_acc",
+                   help="comma-separated columns, one heatmap each")
+    p.add_argument("--epoch", default="last", help="'last', 'all' or an epoch number")
+    p.add_argument("--out", default=None,
+                   help="PNG file (default: phase-<x>-<y>.png in the current folder)")
+    p.set_defaults(run=plot)
     p = add("recipes", help="list the named recipes and their settings")
     p.add_argument("name", nargs="?", help="show one recipe's fields")
     p.set_defaults(run=recipes)
@@ -174,6 +213,70 @@ def build(args) -> int:
     print(f"built {args.out}: {len(zoo.model_ids)} models, {len(zoo)} rows in {seconds:.1f} s")
     print(summarise(zoo))
     return 0
+
+
+def analyze(args) -> int:
+    import numpy as np
+
+    from wsl.eval.zoo_analysis import METRICS, AnalyzeSettings, analyze_zoo, parse_metrics
+    from wsl.zoos.store import Zoo
+
+    metrics = parse_metrics(args.metrics)  # an unknown metric fails before anything runs
+    settings = AnalyzeSettings(examples=args.examples,
+                               lanczos_iterations=args.lanczos_iterations,
+                               trace_samples=args.trace_samples, bezier_steps=args.bezier_steps,
+                               batch_models=args.batch_models)
+    start = time.perf_counter()
+    report = analyze_zoo(args.zoo, metrics, args.epoch, settings,
+                         progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    zoo = report.zoo or Zoo.open(args.zoo)
+    print(f"analyzed {args.zoo}: {', '.join(metrics)} on {report.rows} rows in {seconds:.1f} s "
+          f"({report.computed_units} shard units computed, {report.reused_units} reused from an "
+          f"interrupted run)")
+    for name, count in report.skipped.items():
+        if count:
+            print(f"  {name}: {count} rows already had values (kept)")
+    view = zoo.filter(epoch=None if args.epoch == "all" else
+                      (args.epoch if args.epoch == "last" else int(args.epoch)))
+    width = max(len(c) for m in metrics for c in METRICS[m].columns)
+    for m in metrics:
+        for c in METRICS[m].columns:
+            v = view.metrics[c]
+            v = v[np.isfinite(v)]
+            stats = (f"median {np.median(v):.4g}  [{np.min(v):.4g}, {np.max(v):.4g}]"
+                     if len(v) else "no finite values")
+            print(f"  {c.ljust(width)}  {len(v):5d} rows  {stats}")
+    return 0
+
+
+def plot(args) -> int:
+    from wsl.eval.phase import phase_grid, plot_phase
+    from wsl.outputs import check_output_file
+    from wsl.zoos.store import Zoo
+
+    zoo = Zoo.open(args.zoo)
+    epoch = args.epoch if args.epoch in ("last", "all") else _int_epoch(args.epoch)
+    colors = [c.strip() for c in args.color.split(",") if c.strip()]
+    if not colors:
+        raise UsageError("--color needs at least one column")
+    grids = [phase_grid(zoo, args.x, args.y, c, epoch) for c in colors]
+    out = Path(args.out or f"phase-{args.x}-{args.y}.png")
+    check_output_file(out, option="--out", force=True)  # a plot is redrawn, not precious
+    plot_phase(grids, out, title=f"{zoo.path.name}, epoch {args.epoch}")
+    for grid in grids:
+        print(grid.table())
+        print()
+    print(f"wrote {out}")
+    return 0
+
+
+def _int_epoch(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--epoch must be 'last', 'all' or an epoch number, got {text!r}") \
+            from None
 
 
 def _population_mesh() -> str:
@@ -465,14 +568,15 @@ def summarise(zoo) -> str:
     numeric = [c for c in zoo.columns if c not in ("model", "epoch", "seed", "diverged")
                and last[c].dtype.kind in "fi"]
     if numeric:
+        w = max(15, *(len(c) + 2 for c in numeric))  # analysed columns have long names
         lines += ["", f"metrics at each model's last checkpoint ({len(models)} models)",
-                  f"  {'column':<15}{'mean':>10}{'std':>10}{'min':>10}{'median':>10}{'max':>10}"]
+                  f"  {'column':<{w}}{'mean':>10}{'std':>10}{'min':>10}{'median':>10}{'max':>10}"]
         for c in numeric:
             v = last[c].astype(np.float64)
             v = v[np.isfinite(v)]
             stats = (np.mean(v), np.std(v), np.min(v), np.median(v), np.max(v)) if len(v) else \
                 (np.nan,) * 5
-            lines.append(f"  {c:<15}" + "".join(f"{s:>10.4g}" for s in stats))
+            lines.append(f"  {c:<{w}}" + "".join(f"{s:>10.4g}" for s in stats))
     if "test_acc" in last:
         lines += ["", "test accuracy at the last checkpoint", histogram(last["test_acc"])]
     return "\n".join(lines)

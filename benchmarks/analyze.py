@@ -1,0 +1,185 @@
+"""Benchmark: models analysed per second by `wsl zoo analyze`, vectorised against one at a time.
+
+For every metric (hessian, spectral, farms, cka, mc) it times the analysis of the phase zoo's last
+checkpoint twice: vectorised as `wsl zoo analyze` runs it (models of a shard `jax.vmap`ped in
+chunks of 64) and one model at a time through the same jitted per-model function (chunks of 1,
+the loop a user would write). Both are timed after an untimed warm-up call that compiles their
+programs; the loop on a sample of models (it is slow), the vectorised run on all of them.
+
+    python benchmarks/analyze.py --smoke   # seconds: a 12-model digits grid (checks it runs)
+    python benchmarks/analyze.py --quick   # a few minutes: the MLP phase zoo, 2 seeds, 10 epochs
+    python benchmarks/analyze.py           # full: phase-mlp-mnist1d as the recipe says (120)
+
+The values computed in the vectorised run are written into the zoo as analysed columns, and the
+phase grid (width x learning rate, mean over seeds) of the accuracies and of every measured
+column is printed and kept in the JSON. Prints tables, then one JSON object as the last line;
+``--save`` also writes it to benchmarks/results/analyze-<mode>.json and the heatmaps of test
+accuracy, Hessian trace and alpha to analyze-<mode>-phase.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wsl.eval.zoo_analysis import METRICS, AnalyzeSettings, _Context  # noqa: E402
+from wsl.zoos.build import build_zoo  # noqa: E402
+from wsl.zoos.recipes import get_recipe  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SETUPS = {
+    # mode: (recipe, overrides, models timed one at a time)
+    "smoke": ("phase-mlp-mnist1d", ["dataset=digits", "arch={'widths': [16, 16]}",
+                                    "width=[8,16]", "lr=[0.03,0.3]", "num_models=8", "epochs=1",
+                                    "checkpoints=[0,1]", "models_per_shard=8"], 2),
+    "quick": ("phase-mlp-mnist1d", ["num_models=60", "epochs=10", "checkpoints=[0,10]",
+                                    "models_per_shard=60"], 6),  # 2 seeds per cell
+    "full": ("phase-mlp-mnist1d", [], 12),
+}
+SETTINGS = {"smoke": AnalyzeSettings(examples=64, lanczos_iterations=8, trace_samples=9,
+                                     bezier_steps=10),
+            "quick": AnalyzeSettings(), "full": AnalyzeSettings()}
+
+
+def _zoo(mode: str, scratch: str | None):
+    """The mode's phase zoo: kept under $TMPDIR between runs (a rerun reuses it), except in
+    smoke mode, which builds it in `scratch` and leaves nothing behind."""
+    recipe_name, overrides, _ = SETUPS[mode]
+    recipe = get_recipe(recipe_name, overrides)
+    folder = Path(scratch or tempfile.gettempdir()) / "wsl-bench-analyze" / mode
+    return build_zoo(recipe, folder, progress=mode != "smoke")
+
+
+def _time(zoo, settings: AnalyzeSettings, metric: str, rows: np.ndarray
+          ) -> tuple[float, dict[str, np.ndarray]]:
+    """Seconds to compute `metric` for `rows` in a fresh context (nothing cached but the
+    compiled programs; the training batch is read before the clock starts), and the values."""
+    context = _Context(zoo, settings)
+    if METRICS[metric].needs_data:
+        context.data()
+    start = time.perf_counter()
+    values = context.compute(metric, rows)
+    jax.block_until_ready(jax.tree.leaves(values))
+    return time.perf_counter() - start, values
+
+
+def measure(zoo, metric: str, settings: AnalyzeSettings, sample: int) -> dict:
+    rows = zoo.filter(epoch="last").global_rows
+    # Spread the sample over the grid: widths differ in cost (and in compiled programs).
+    pick = rows[np.linspace(0, len(rows) - 1, sample).round().astype(int)]
+    one = dataclasses.replace(settings, batch_models=1)
+    for r in pick:  # warm-up: compiles the one-model program of every width in the sample
+        _time(zoo, one, metric, np.array([r]))
+    loop_s = sum(_time(zoo, one, metric, np.array([r]))[0] for r in pick)
+    first, _ = _time(zoo, settings, metric, rows)  # compiles the chunk programs
+    steady, values = _time(zoo, settings, metric, rows)
+    return {"metric": metric, "models": len(rows), "vmapped_models_per_s": len(rows) / steady,
+            "vmapped_models_per_s_with_compile": len(rows) / first,
+            "loop_models_per_s": sample / loop_s, "loop_sample": sample,
+            "speedup": (len(rows) / steady) / (sample / loop_s), "rows": rows,
+            "values": values}
+
+
+PHASE_COLORS = ("test_acc", "train_acc", "hessian_top_eigenvalue", "hessian_trace",
+                "spectral_alpha", "farms_alpha", "cka_cell", "mc_linear_barrier",
+                "mc_bezier_barrier")
+
+
+def phase_report(zoo, rows: list[dict], png: Path | None) -> dict:
+    """Write the values measured into the zoo, then the phase grid (width x lr, mean over seeds)
+    of the accuracies and every measured column; a heatmap PNG of the headline ones."""
+    from wsl.eval.phase import phase_grid, plot_phase
+    from wsl.zoos.store import write_analysis
+
+    total = len(zoo._table["model"])
+    columns, analysed, meanings = {}, {}, {}
+    for r in rows:
+        for c, v in r["values"].items():
+            columns[c] = np.full(total, np.nan)
+            columns[c][r["rows"]] = v
+            analysed[c] = np.isin(np.arange(total), r["rows"])
+            meanings[c] = METRICS[r["metric"]].columns[c]
+    zoo = write_analysis(zoo.path, columns, meanings,
+                         {r["metric"]: {"by": "benchmarks/analyze.py"} for r in rows})
+    grids = {c: phase_grid(zoo, "width", "lr", c) for c in PHASE_COLORS if c in zoo.columns}
+    if png is not None:
+        plot_phase([grids[c] for c in ("test_acc", "hessian_trace", "spectral_alpha")
+                    if c in grids], png, title=f"{zoo.manifest['recipe']['name']}: mean over "
+                                               f"seeds at the last epoch")
+    for grid in grids.values():
+        print(grid.table())
+    return {"x": "width", "y": "lr", "xs": next(iter(grids.values())).xs.tolist(),
+            "ys": next(iter(grids.values())).ys.tolist(),
+            "mean": {c: [[None if np.isnan(v) else round(float(v), 6) for v in line]
+                         for line in g.mean] for c, g in grids.items()},
+            "seeds": next(iter(grids.values())).count.tolist()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="a smaller phase zoo (minutes)")
+    speed.add_argument("--smoke", action="store_true", help="seconds: a tiny digits grid")
+    parser.add_argument("--metrics", default=",".join(METRICS),
+                        help="comma-separated subset of " + ", ".join(METRICS))
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/analyze-<mode>.json (not in smoke mode)")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        parser.error(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    with tempfile.TemporaryDirectory() as scratch:
+        zoo = _zoo(mode, scratch if mode == "smoke" else None)
+        rows = [measure(zoo, m, SETTINGS[mode], SETUPS[mode][2]) for m in metrics]
+        save = args.save and mode != "smoke"
+        phase = phase_report(zoo, rows, RESULTS / f"analyze-{mode}-phase.png" if save else None)
+
+    cols = ["metric", "models", "vmapped_models_per_s", "vmapped_models_per_s_with_compile",
+            "loop_models_per_s", "speedup"]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    table = [[fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    print(f"zoo: {zoo.path.name} ({zoo.manifest['recipe']['name']}), "
+          f"{len(zoo.filter(epoch='last'))} models at the last epoch, "
+          f"{zoo.weight_space.num_params:,} stored parameters each; {jax.device_count()} "
+          f"{jax.default_backend()} device(s)")
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    for t in table:
+        print("  ".join(v.rjust(w) for v, w in zip(t, widths)))
+    print(f"(loop: one model per jitted call, timed on {SETUPS[mode][2]} models spread over the "
+          f"grid after a warm-up; vmapped: every model, steady state = second run)")
+    result = {"benchmark": "analyze", "mode": mode, "cpu_count": os.cpu_count(),
+              "recipe": zoo.manifest["recipe"]["name"], "settings":
+                  dataclasses.asdict(SETTINGS[mode])}
+    for r in rows:
+        m = r["metric"]
+        result.update({f"{m}_vmapped_models_per_s": r["vmapped_models_per_s"],
+                       f"{m}_vmapped_models_per_s_with_compile":
+                           r["vmapped_models_per_s_with_compile"],
+                       f"{m}_loop_models_per_s": r["loop_models_per_s"],
+                       f"{m}_speedup": r["speedup"], f"{m}_models": r["models"]})
+    if rows:
+        result["min_speedup"] = min(r["speedup"] for r in rows)
+    result["phase"] = phase
+    if save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"analyze-{mode}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
