@@ -19,9 +19,11 @@ resumes where it stopped; once every unit is done the columns are written beside
 table (`wsl.zoos.store.write_analysis`) and the parts are removed. Rows that already have a value
 are never recomputed; the metrics table and the weights are never touched.
 
-Phase zoos (`width` column) store narrow networks padded with zeros: the Hessian is restricted to
-the model's own units, spectra are taken on its own sub-matrices, and Bézier control points move
-only units one of the two endpoints uses.
+Phase zoos (`width` column) store narrow networks padded with zeros. Each is run as the narrow
+network it is wherever the architecture's config can say so (`narrowed`: MLP widths, CNN
+channels), so padding costs nothing; otherwise the padded network runs with its width mask: the
+Hessian restricted to the model's own units, Bézier control points moving only units one of the
+two endpoints uses. Spectra are always taken on the model's own sub-matrices.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from wsl.eval import spectral as spectral_lib
 from wsl.eval.errors import EvaluationError
 from wsl.eval.lmc import loss_barrier
 from wsl.mesh import axis_size, make_mesh, round_up
-from wsl.zoos.architectures import Architecture
+from wsl.weight_space import nest_paths
+from wsl.zoos.architectures import Architecture, narrowed
 from wsl.zoos.fast_conv import population_apply
 from wsl.zoos.population import width_masks
 from wsl.zoos.store import Zoo, write_analysis
@@ -291,6 +294,7 @@ class _Context:
         self._data = None
         self._cells = None
         self._spectra_cache: tuple[bytes | None, dict] = (None, {})
+        self._narrowed: dict[tuple[Architecture, int], Architecture] = {}
         # The model axis is sharded over the local devices, as the population trainer does.
         self.mesh = make_mesh(("models",), devices=jax.local_devices())
 
@@ -360,8 +364,9 @@ class _Context:
         return self.cells()[tuple(self.table[c][row].item() for c in keys)]
 
     def masks(self, arch: Architecture, rows: np.ndarray):
-        """Stacked width masks of `rows`, or None for a zoo without a width column."""
-        if "width" not in self.table:
+        """Stacked width masks of `rows` run by `arch`, or None where nothing is padded (a zoo
+        without a width column, or a narrowed architecture)."""
+        if "width" not in self.table or arch.weight_space != self.zoo.weight_space:
             return None
         return width_masks(arch, self.table["width"][rows].astype(int))
 
@@ -379,19 +384,33 @@ class _Context:
         return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
     def groups(self, rows: np.ndarray) -> Iterator[tuple[Architecture, np.ndarray]]:
-        """(architecture, rows) chunks: one activation each, at most `batch_models` rows."""
+        """(architecture, rows) chunks of at most `batch_models` rows: one activation and, in a
+        phase zoo, one width each — run by the narrow architecture when its config can say it
+        (`narrowed`), so that padded units cost nothing."""
         archs = [self.zoo.architecture_of(int(r)) for r in rows]
-        names = np.array([a.config.get("activation", "") for a in archs])
+        widths = (self.table["width"][rows].astype(int) if "width" in self.table
+                  else np.zeros(len(rows), int))
+        keys = [(a.config.get("activation", ""), int(w)) for a, w in zip(archs, widths)]
         step = self.settings.batch_models
-        for act in dict.fromkeys(names.tolist()):
-            pick = np.flatnonzero(names == act)
+        for key in dict.fromkeys(keys):
+            pick = np.array([i for i, k in enumerate(keys) if k == key])
+            arch = archs[pick[0]]
+            if key[1]:
+                if (arch, key[1]) not in self._narrowed:
+                    self._narrowed[(arch, key[1])] = narrowed(arch, key[1]) or arch
+                arch = self._narrowed[(arch, key[1])]
             for start in range(0, len(pick), step):
-                chunk = pick[start:start + step]
-                yield archs[chunk[0]], rows[chunk]
+                yield arch, rows[pick[start:start + step]]
 
-    def params(self, rows: np.ndarray) -> dict:
-        return jax.tree.map(lambda a: np.asarray(a, np.float32), self.zoo._view(rows).weights(
-            np.arange(len(rows))))
+    def params(self, rows: np.ndarray, arch: Architecture | None = None) -> dict:
+        """Stacked weights of `rows`; cut to `arch`'s shapes (a narrowed architecture keeps the
+        first units of every axis) when it is given."""
+        weights = self.zoo._view(rows).weights(np.arange(len(rows)))
+        if arch is None or arch.weight_space == self.zoo.weight_space:
+            return jax.tree.map(lambda a: np.asarray(a, np.float32), weights)
+        flat = self.zoo.weight_space.as_flat_dict(weights)
+        return nest_paths({t.path: np.asarray(flat[t.path][(slice(None),) + tuple(
+            slice(0, n) for n in t.shape)], np.float32) for t in arch.weight_space.tensors})
 
     def keys(self, rows: np.ndarray) -> jax.Array:
         base = jax.random.key(self.settings.seed)
@@ -420,7 +439,7 @@ class _Context:
             full = self.padded(chunk)
             masks = self.masks(arch, full)
             program = hessian_program(arch, self.settings, masks is not None)
-            t, s = program(self.spread(self.params(full)),
+            t, s = program(self.spread(self.params(full, arch)),
                            self.spread(masks) if masks is not None else 0, x, y,
                            self.spread(self.keys(full)))
             idx = [where[r] for r in chunk]
@@ -481,10 +500,14 @@ class _Context:
         where = {r: i for i, r in enumerate(rows)}
         for arch, chunk in self.groups(rows):
             full = self.padded(chunk)
-            reps = np.asarray(representation_program(arch)(self.spread(self.params(full)), x))
+            reps = np.asarray(representation_program(arch)(self.spread(self.params(full, arch)),
+                                                            x))
             for r, rep in zip(chunk, reps):
                 out[where[r]] = rep
-        return np.stack(out)
+        # Narrowed models have fewer features: zero columns pad them to one size, which leaves
+        # linear CKA unchanged (they add nothing to any of its three norms).
+        size = max(rep.shape[1] for rep in out)
+        return np.stack([np.pad(rep, ((0, 0), (0, size - rep.shape[1]))) for rep in out])
 
     def _mc(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         x, y, _ = self.data()
@@ -502,7 +525,7 @@ class _Context:
             idx = [where[r] for r in chunk]
             full = self.padded(chunk)
             mates = self.padded(partner[idx])
-            a, b = self.params(full), self.params(mates)
+            a, b = self.params(full, arch), self.params(mates, arch)
             space = arch.weight_space
             perms = weight_matching(space, a, b, key=jax.random.key(self.settings.seed)).perms
             b = space.permute(b, perms)

@@ -241,6 +241,15 @@ def test_masked_hessian_is_the_narrow_networks(phase_zoo):
     dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     assert float(top[0]) == pytest.approx(dense[-1], rel=1e-3)
     assert float(trace[0]) == pytest.approx(dense.sum(), rel=1e-3)
+    # what `wsl zoo analyze` runs: the narrowed 2-unit architecture, no mask
+    narrowed_values = context.compute("hessian", row)
+    assert narrowed_values["hessian_top_eigenvalue"][0] == pytest.approx(dense[-1], rel=1e-3)
+    assert narrowed_values["hessian_trace"][0] == pytest.approx(dense.sum(), rel=1e-3)
+    from wsl.zoos.architectures import narrowed
+
+    assert narrowed(arch, 2).config["widths"] == (2, 2)
+    transformer = build("transformer", input_shape=(14, 14, 1), patch=7)
+    assert narrowed(transformer, 4) is None  # no width key: the masked way
 
 
 def test_last_layer_input_is_the_penultimate_representation():

@@ -229,6 +229,33 @@ def build(name: str, **config) -> Architecture:
     return Architecture(name, full, space, module, full["input_shape"], int(full["num_classes"]))
 
 
+# Config keys that set hidden widths, and how a width cap narrows them.
+_WIDTH_KEYS = {"widths": lambda v, w: tuple(min(int(x), w) for x in v),
+               "channels": lambda v, w: min(int(v), w)}
+
+
+def narrowed(arch: Architecture, width: int) -> Architecture | None:
+    """The architecture whose every hidden group has its first `width` units: what a model of a
+    phase zoo (`WeightSpace.width_mask`) really is, so it can be run without its zero padding.
+
+    Built from the config's width keys and accepted only if its tensors are exactly the stored
+    ones cut to `width` units on every permuted axis; None where no such config exists (then
+    the padded architecture with a mask is the way)."""
+    keys = [k for k in _WIDTH_KEYS if k in arch.config]
+    if not keys:
+        return None
+    config = {**arch.config, **{k: _WIDTH_KEYS[k](arch.config[k], int(width)) for k in keys}}
+    try:
+        narrow = build(arch.name, **config)
+    except ArchitectureError:
+        return None
+    expect = [tuple(min(n, int(width)) if g is not None else n for g, n in zip(t.axes, t.shape))
+              for t in arch.weight_space.tensors]
+    same = ([t.path for t in narrow.weight_space.tensors] == list(arch.weight_space.paths)
+            and [t.shape for t in narrow.weight_space.tensors] == expect)
+    return narrow if same else None
+
+
 def list_architectures() -> list[dict[str, Any]]:
     """Every registered architecture with its description, default config and parameter count."""
     return [{"name": name, "description": _DESCRIPTIONS[name], "config": default_config(name),
