@@ -217,7 +217,7 @@ def test_masked_hessian_is_the_narrow_networks(phase_zoo):
     zoo = phase_zoo.filter(epoch="last")
     i = int(np.flatnonzero(zoo.metrics["width"] == 2)[0])
     # 166 own parameters: a Hutch++ sketch of 170 vectors (510 HVPs) spans them, so exact
-    settings = AnalyzeSettings(examples=64, lanczos_iterations=40, trace_samples=510)
+    settings = AnalyzeSettings(examples=32, lanczos_iterations=40, trace_samples=510)
     from wsl.eval.zoo_analysis import _Context, hessian_program
 
     context = _Context(Zoo.open(phase_zoo.path), settings)
