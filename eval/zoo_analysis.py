@@ -314,6 +314,11 @@ class _Context:
                     f"metric {name!r} compares models of one grid cell (every hyperparameter "
                     f"equal but the seed); no two models of {self.zoo.path.name} share one — "
                     f"build a grid recipe with several seeds (e.g. phase-mlp-mnist1d)")
+        if name in ("spectral", "farms") and not _has_spectra(self.zoo.weight_space, {}):
+            raise EvaluationError(
+                f"metric {name!r} fits the spectra of weight matrices, and no kernel of this "
+                f"zoo's {self.zoo.manifest['architecture']['name']!r} networks has "
+                f"{spectral_lib.MIN_EVALS} or more eigenvalues")
         if name in ("hessian", "mc", "cka"):
             try:
                 self.zoo.architecture

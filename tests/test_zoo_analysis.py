@@ -293,6 +293,8 @@ def test_analyze_errors_are_one_line(phase_zoo, tmp_path, capsys):
                        tmp_path / "random", progress=False, mesh=ONE_DEVICE)
     with pytest.raises(EvaluationError, match="grid cell"):
         analyze_zoo(random.path, "mc", progress=False)
+    with pytest.raises(EvaluationError, match="no kernel of this zoo's 'mlp' networks"):
+        analyze_zoo(random.path, "spectral", progress=False)  # 64-4-10: too small for a fit
     with pytest.raises(EvaluationError, match="no rows at epoch"):
         analyze_zoo(phase_zoo.path, "spectral", 99, progress=False)
     nodata = _copy(phase_zoo, tmp_path / "nodata")
