@@ -206,6 +206,10 @@ def analyze_zoo(path: str | os.PathLike, metrics: str | Sequence[str] = "hessian
             bar.update(len(part))
             if on_unit is not None:
                 on_unit(name, shard)
+    except KeyboardInterrupt as err:
+        raise KeyboardInterrupt(f"analysis stopped ({err or 'interrupted'}); {computed + reused} "
+                                f"of {len(units)} shard units are saved in {zoo.path / PARTS} — "
+                                f"rerun the same command to resume") from err
     finally:
         bar.close()
     how = {name: context.describe(name) for name in names if len(todo[name])}

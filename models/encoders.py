@@ -167,6 +167,9 @@ _ENCODERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
                        "relational transformer on the neural graph, attention along edges"),
     "probex": ("wsl.models.probex", "ProbeX", {},
                "learned probes through one layer (Horwitz et al. 2025)"),
+    "unf": ("wsl.models.unf", "UNF", {},
+            "universal neural functional: equivariant layers for any weight space (Zhou et al. "
+            "2023)"),
 }
 
 
