@@ -5,6 +5,9 @@
 `jax.jit` on each batch (`wsl.train.pipeline`):
 
 * ``permute`` — a random hidden-unit permutation per network (an exact symmetry);
+* ``scale`` — a random positive rescaling of every ReLU unit, log s ~ U(−`log_scale`,
+  `log_scale`) (exact; only groups where it holds, `wsl.models.augment.scalable_groups`);
+* ``sign`` — a random sign flip of every tanh unit (exact; likewise only where it holds);
 * ``noise`` — Gaussian noise, `noise_scale` × each tensor's std;
 * ``dropout`` — each weight zeroed with probability `dropout_rate`;
 * ``prune`` — the `prune_fraction` smallest-magnitude weights of every kernel zeroed;
@@ -15,10 +18,17 @@ cannot run inside the compiled pipeline. So the training networks are aligned on
 reference, before training (`align_for_mixup`; a permutation changes no network's function, so
 the data are the same networks), and mixup runs on them with ``prealigned=True`` — first, before
 any random permutation undoes the common alignment.
+
+``scale`` and ``sign`` act on the groups whose nonlinearity has that symmetry and where it is not
+broken by a normalisation or a residual sum (`wsl.models.augment.unit_symmetry_groups`); on a weight
+space without such a group they change nothing, and `make_augmentations` warns. They trust the
+weight space's nonlinearity map, which is one per zoo: a zoo whose networks differ in activation
+(an ``activation`` column) needs its rows split by activation before ``scale`` or ``sign``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -30,13 +40,17 @@ from wsl.models.augment import (
     gaussian_noise,
     magnitude_pruning,
     random_permutation,
+    random_scaling,
+    random_sign_flip,
+    scalable_groups,
+    unit_symmetry_groups,
     weight_dropout,
 )
 from wsl.models.mixup import aligned_mixup
 from wsl.weight_space import WeightSpace
 
 # The order in which they are applied, whatever order they are named in.
-AUGMENTATIONS = ("mixup", "permute", "noise", "dropout", "prune")
+AUGMENTATIONS = ("mixup", "permute", "scale", "sign", "noise", "dropout", "prune")
 
 
 def augmentation_names(value: str | Sequence[str] | None,
@@ -65,20 +79,34 @@ def augmentation_names(value: str | Sequence[str] | None,
 
 def make_augmentations(space: WeightSpace, names: Sequence[str], *, noise_scale: float = 0.05,
                        dropout_rate: float = 0.05, prune_fraction: float = 0.1,
-                       mixup_alpha: float = 1.0, field: str | None = None) -> list[Augmentation]:
+                       mixup_alpha: float = 1.0, log_scale: float = 0.5,
+                       field: str | None = None,
+                       no_sign: Sequence[str] = ()) -> list[Augmentation]:
     """The augmentations `names` names, in `AUGMENTATIONS` order, for batches whose weights are in
     `field` (``"params"`` or ``"flat"``; default whichever the batch has).
 
     ``mixup`` expects the training networks aligned to a common reference (`align_for_mixup`).
+    ``scale`` or ``sign`` on a weight space where it holds for no group changes nothing and warns.
+    `no_sign` names groups a sign flip must leave alone although the weight space allows it
+    (`wsl.zoos.architectures.pooled_before_activation`: pooling the space does not record).
     """
     build = {
         "mixup": lambda: aligned_mixup(space, alpha=mixup_alpha, prealigned=True),
         "permute": lambda: random_permutation(space, field),
+        "scale": lambda: random_scaling(space, log_scale, field=field),
+        "sign": lambda: random_sign_flip(space, field=field, exclude=tuple(no_sign)),
         "noise": lambda: gaussian_noise(space, noise_scale, field=field),
         "dropout": lambda: weight_dropout(space, dropout_rate, field=field),
         "prune": lambda: magnitude_pruning(space, prune_fraction, field=field),
     }
-    return [build[name]() for name in augmentation_names(names)]
+    chosen = augmentation_names(names)
+    for name in ("scale", "sign"):
+        if name in chosen and not scalable_groups(space, name):
+            reasons = "; ".join(f"{g}: {why}" for g, why in
+                                unit_symmetry_groups(space, name).items())
+            warnings.warn(f"augmentation {name!r} changes nothing: its symmetry holds for no "
+                          f"group of this weight space ({reasons or 'no groups'})", stacklevel=2)
+    return [build[name]() for name in chosen]
 
 
 def align_for_mixup(space: WeightSpace, params, seed: int = 0, rounds: int = 3):

@@ -43,6 +43,7 @@ from wsl.train.augment import align_for_mixup, augmentation_names, make_augmenta
 from wsl.train.checkpoint import claim_run_dir
 from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
+from wsl.zoos.architectures import pooled_before_activation
 from wsl.zoos.scoring import pad_rows
 from wsl.zoos.store import MANIFEST, sha256_file
 
@@ -276,6 +277,14 @@ def _plan(view, config: ProbeConfig) -> tuple[str, list[str], list[tuple]]:
 
 def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
     space = view.weight_space
+    unit_symmetries = sorted({"scale", "sign"} & set(config.augment))
+    if unit_symmetries and "activation" in view.metrics \
+            and len(np.unique(view.metrics["activation"])) > 1:
+        # The weight space records one activation per group; rescaling a relu network's units
+        # is a symmetry, a tanh network's is not (and would leak the activation to the probe).
+        raise ProbeError(f"augmentation {', '.join(unit_symmetries)} needs one activation, and "
+                         f"the probed rows mix {sorted(set(view.metrics['activation']))}; probe a "
+                         f"zoo of one activation, or leave {' and '.join(unit_symmetries)} out")
     results = []
     kind, names, parts_per_seed = plan
     for seed, parts in enumerate(parts_per_seed):
@@ -326,7 +335,8 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                                          noise_scale=config.noise_scale,
                                          dropout_rate=config.dropout_rate,
                                          prune_fraction=config.prune_fraction,
-                                         mixup_alpha=config.mixup_alpha)
+                                         mixup_alpha=config.mixup_alpha,
+                                         no_sign=pooled_before_activation(zoo.architecture))
             label = config.encoder + (f" seed {seed}" if config.seeds > 1 else "")
             result = train(task, train_cfg, {"params": train_params, "y": train_split.y},
                            run_dir, eval_data=val_split, augment=augment, label=label)

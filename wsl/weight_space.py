@@ -271,6 +271,25 @@ class WeightSpace:
         """Every (tensor path, axis) that `group` permutes."""
         return [(t.path, a) for t in self.tensors for a, g in enumerate(t.axes) if g == group]
 
+    def unit_roles(self, group: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(writers, readers) of `group`: the (tensor path, axis) pairs where it is the tensor's
+        last axis — flax kernels are (..., in, out), so a kernel producing its units, or their
+        bias — and those where an earlier axis carries it — a kernel consuming its units.
+
+        The last axis, not the last permuted one: a classifier kernel (hidden, None) reads its
+        hidden group. A chain layer has one writing kernel (+ bias) and one reading kernel; a
+        residual stream is written and read by many tensors, a normalised group also by its
+        ``scale`` and ``bias``.
+        """
+        if group not in self.group_sizes:
+            raise WeightSpaceError(f"no group {group!r}; groups are {list(self.groups)}")
+        writers, readers = [], []
+        for t in self.tensors:
+            for axis, g in enumerate(t.axes):
+                if g == group:
+                    (writers if axis == len(t.axes) - 1 else readers).append((t.path, axis))
+        return writers, readers
+
     def summary(self) -> str:
         """A human-readable table of tensors, shapes, groups and counts."""
         rows = [("tensor", "shape", "axis groups", "params")]

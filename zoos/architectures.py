@@ -229,6 +229,17 @@ def build(name: str, **config) -> Architecture:
     return Architecture(name, full, space, module, full["input_shape"], int(full["num_classes"]))
 
 
+# Groups whose units are max-pooled before their activation: a sign flip of such a unit does not
+# commute with the max (max(-z) = -min(z)), so it is not a symmetry there; positive rescaling is.
+_POOLED_BEFORE_ACTIVATION = {"cnn_s": ("conv_0", "conv_1")}
+
+
+def pooled_before_activation(arch: Architecture) -> tuple[str, ...]:
+    """The groups of `arch` max-pooled before their nonlinearity (the weight space does not
+    record pooling)."""
+    return _POOLED_BEFORE_ACTIVATION.get(arch.name, ())
+
+
 # Config keys that set hidden widths, and how a width cap narrows them.
 _WIDTH_KEYS = {"widths": lambda v, w: tuple(min(int(x), w) for x in v),
                "channels": lambda v, w: min(int(v), w)}

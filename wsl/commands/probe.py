@@ -55,7 +55,7 @@ def _parser():
     augment = parser.add_mutually_exclusive_group()
     augment.add_argument("--augment", default="permute", metavar="NAMES",
                          help="augmentations of training batches, comma-separated: permute, "
-                              "noise, dropout, prune, mixup, or none")
+                              "scale, sign, noise, dropout, prune, mixup, or none")
     augment.add_argument("--no-augment", dest="augment", action="store_const", const="none",
                          help="no augmentation (same as --augment none)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
