@@ -22,11 +22,12 @@ Equivariant linear layer
     tensor the equivariant maps between two tensors factor into one two-dimensional space
     (identity, mean-and-broadcast) per shared group and one map per unshared group, so these
     2^|G(i) ∩ G(o)| terms with full channel mixing span *all* equivariant linear maps for the
-    declared product of symmetric groups, and the bias (constant per output channel) spans the
-    invariant offsets. Terms are grouped by S: every tensor with S ⊆ G(t) is both a source and a
-    target of S, so a layer is one matmul per distinct S (rows: all sources' channels, columns:
-    all targets' channels). Each pooled summary is computed once per (tensor, S), from the
-    smallest already-pooled parent, and shared by all targets.
+    declared product of symmetric groups (groups of size ≥ 2), and the bias (constant per output
+    channel) spans the invariant offsets. On a chain this is NFN-HNP's layer (on an MLP the two
+    agree to float rounding given the same variables). Terms are grouped by S: every tensor with
+    S ⊆ G(t) is both a source and a target of S, so a layer is one matmul per distinct S (rows:
+    all sources' channels, columns: all targets' channels). Each pooled summary is computed once
+    per (tensor, S), from the smallest already-pooled parent, and shared by all targets.
 
 Invariant head
     Mean over each tensor's group axes, concatenate over tensors, MLP to out_dim. With
