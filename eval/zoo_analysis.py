@@ -555,8 +555,11 @@ class _Context:
 
 
 # ----------------------------------------------------------------------- compiled programs
-def _loss(arch: Architecture, params, x, y):
-    logits = population_apply(arch, params, x)
+def _loss(arch: Architecture, params, x, y, *, fast: bool = True):
+    """Mean cross-entropy on the batch. `fast`: convolutions as batched matmuls
+    (`population_apply`, quicker under vmap on CPU), whose custom gradient cannot be
+    differentiated forward — Hessian-vector products (forward over reverse) use flax's own."""
+    logits = population_apply(arch, params, x) if fast else arch.apply(params, x)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
@@ -579,7 +582,7 @@ def _cached(kind: str, key: _Key, make: Callable[[], Callable]) -> Callable:
 def hessian_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
     """(params, mask, x, y, key) -> (top eigenvalue, trace) of one model (vmap it)."""
     def one(params, mask, x, y, key):
-        loss = lambda p: _loss(arch, p, x, y)
+        loss = lambda p: _loss(arch, p, x, y, fast=False)
         m = mask if masked else None
         k1, k2 = jax.random.split(key)
         top = hessian_lib.top_eigenvalue(loss, params, k1, settings.lanczos_iterations, mask=m)

@@ -252,6 +252,29 @@ def test_masked_hessian_is_the_narrow_networks(phase_zoo):
     assert narrowed(transformer, 4) is None  # no width key: the masked way
 
 
+def test_hessian_of_a_cnn_matches_the_dense_hessian():
+    """Convolutions too (the trainer's matmul convolutions have a custom gradient that forward
+    mode cannot differentiate: the Hessian must not use them)."""
+    from wsl.eval.zoo_analysis import hessian_program
+
+    arch = build("small_cnn", input_shape=(6, 6, 1), num_classes=3, channels=2, num_layers=2,
+                 activation="tanh")
+    params = jax.tree.map(lambda a: a[None], arch.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 16).astype(np.int32)
+    settings = AnalyzeSettings(lanczos_iterations=70, trace_samples=3 * 70)
+    top, trace = hessian_program(arch, settings, False)(params, 0, x, y,
+                                                        jax.random.split(jax.random.key(1), 1))
+    flat, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a[0]), params))
+    loss = lambda v: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        arch.apply(unravel(v), x), y))
+    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
+    assert len(flat) <= 70  # the sketch spans every direction: both estimates are exact
+    assert float(top[0]) == pytest.approx(dense[-1], rel=1e-3)
+    assert float(trace[0]) == pytest.approx(dense.sum(), rel=1e-3, abs=1e-4)
+
+
 def test_last_layer_input_is_the_penultimate_representation():
     arch = build("mlp", input_shape=(5,), num_classes=3, widths=(4, 6), activation="relu")
     params = arch.init(jax.random.key(0))
