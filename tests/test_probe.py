@@ -44,6 +44,23 @@ def test_statnn_probe_beats_constant(scaled_zoo, tmp_path):
     assert "kendall_tau" in format_report(report)
 
 
+def test_statnn_features_are_standardised_on_the_training_split(scaled_zoo, monkeypatch):
+    """StatNN is a fair baseline only with its statistics standardised (fitted on training
+    models): the probe passes the fitted mean and std to the encoder."""
+    import wsl.train.probe as probe_module
+
+    seen = []
+    real = probe_module.build_encoder
+    monkeypatch.setattr(probe_module, "build_encoder",
+                        lambda *a, **k: seen.append(k) or real(*a, **k))
+    run_probe(scaled_zoo, ProbeConfig(encoder="statnn", train=override(
+        DEFAULT_TRAIN, ["steps=5", "eval.every=5"])))
+    (kwargs,) = seen
+    features = 7 * len(scaled_zoo.weight_space.tensors)
+    assert len(kwargs["feature_mean"]) == len(kwargs["feature_std"]) == features
+    assert min(kwargs["feature_std"]) > 0 and np.ptp(kwargs["feature_mean"]) > 0
+
+
 def test_gbt_and_classification(scaled_zoo, tmp_path):
     report = run_probe(scaled_zoo, ProbeConfig(encoder="statnn_gbt", target="kind"))
     assert report["summary"]["accuracy"]["mean"] > 0.8  # two balanced classes: chance is 0.5

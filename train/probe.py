@@ -319,8 +319,17 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
         else:
             normalizer = TensorNormalizer.fit(space, train_split.params)
             out_dim = len(names) if kind == "classes" else 1
+            extra = {}
+            if config.encoder == "statnn" and "feature_mean" not in config.encoder_config:
+                # A fair baseline: its statistics standardised, fitted on the training split.
+                from wsl.models.encoders import prepare
+                from wsl.models.statnn import fit_feature_scaling, stat_features
+
+                features = stat_features(space, prepare(space, train_split.params, normalizer))
+                extra = dict(zip(("feature_mean", "feature_std"),
+                                 fit_feature_scaling(np.asarray(features))))
             encoder = build_encoder(config.encoder, space, out_dim=out_dim, normalizer=normalizer,
-                                    **config.encoder_config)
+                                    **extra, **config.encoder_config)
             task = ProbeTask(encoder, kind, float(train_split.y.mean()),
                              float(train_split.y.std() or 1.0))
             train_cfg = dataclasses.replace(config.train, seed=seed, batch_size=fit_batch_size(
