@@ -6,7 +6,7 @@
    weight space: HNP layers of channels 16-16-5 with ReLU, HNP pooling, an MLP head 1000-1000-1.
    Both run on this machine's CPU cores on the same random networks; timings interleave the two
    and take the median of ``--repeats`` rounds. The torch side needs the optional extra
-   (``pip install torch==2.13.0 einops && pip install --no-deps nfn==0.1.2``) and is skipped with a
+   (``pip install -e ".[torch]"``: torch 2.13.0 and nfn 0.1.2) and is skipped with a
    message when it is absent.
 2. Peak memory of the neural-graph GNN's compiled forward + backward (4 layers, width 64)
    against the batch size, from XLA's memory analysis (arguments + outputs + temporaries). It
@@ -187,8 +187,8 @@ def main(argv=None) -> int:
     repeats = args.repeats or {"full": 5, "quick": 3, "smoke": 1}[mode]
     missing = torch_available()
     if missing:
-        print(f"torch baseline skipped: {missing} (pip install torch==2.13.0 einops && "
-              f"pip install --no-deps nfn==0.1.2)")
+        print(f"torch baseline skipped: {missing} (pip install -e \".[torch]\": torch "
+              f"2.13.0 and nfn 0.1.2)")
     else:
         import torch
 
