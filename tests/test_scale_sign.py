@@ -19,7 +19,7 @@ from wsl.models.augment import (
 )
 from wsl.models.errors import ModelError
 from wsl.train.augment import augmentation_names, make_augmentations
-from wsl.weight_space import WeightSpaceError
+from wsl.weight_space import WeightSpaceError, nest_paths
 from wsl.zoos.architectures import build
 
 # XLA:CPU compile time dominates these tiny programs; the classic emitters compute the same.
@@ -101,18 +101,7 @@ def networks(arch, n, seed=0, bias_scale=0.5):
     for t in arch.weight_space.tensors:
         std = 1 / np.sqrt(np.prod(t.shape[:-1])) if len(t.shape) > 1 else bias_scale
         out[t.path] = (std * rng.standard_normal((n,) + t.shape)).astype(np.float32)
-    return nest(out)
-
-
-def nest(flat):
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
+    return nest_paths(out)
 
 
 def as_numpy(space, params):
@@ -130,7 +119,7 @@ def by_hand(space, params, group, factors, writer_power=1, reader_power=-1):
             f = factors.reshape((len(factors),) + (1,) * axis + (factors.shape[-1],)
                                 + (1,) * (x.ndim - 2 - axis))
             flat[path] = (x * f ** power).astype(x.dtype)
-    return nest(flat)
+    return nest_paths(flat)
 
 
 def draw(symmetry, size, seed):
