@@ -582,11 +582,14 @@ def _cached(kind: str, key: _Key, make: Callable[[], Callable]) -> Callable:
 def hessian_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
     """(params, mask, x, y, key) -> (top eigenvalue, trace) of one model (vmap it)."""
     def one(params, mask, x, y, key):
-        loss = lambda p: _loss(arch, p, x, y, fast=False)
+        # The trainer's matmul convolutions (fast under vmap on CPU) have a custom gradient with
+        # no forward mode: their Hessian-vector products go reverse over reverse.
+        loss = lambda p: _loss(arch, p, x, y)
         m = mask if masked else None
         k1, k2 = jax.random.split(key)
-        top = hessian_lib.top_eigenvalue(loss, params, k1, settings.lanczos_iterations, mask=m)
-        tr = hessian_lib.trace(loss, params, k2, settings.trace_samples, mask=m)
+        top = hessian_lib.top_eigenvalue(loss, params, k1, settings.lanczos_iterations, mask=m,
+                                         reverse=True)
+        tr = hessian_lib.trace(loss, params, k2, settings.trace_samples, mask=m, reverse=True)
         return top, tr
     return one
 
