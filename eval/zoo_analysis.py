@@ -177,9 +177,8 @@ def analyze_zoo(path: str | os.PathLike, metrics: str | Sequence[str] = "hessian
     rows = view.global_rows
     todo, skipped = {}, {}
     for name in names:
-        columns = [c for c in METRICS[name].columns]
         have = np.ones(len(rows), bool)
-        for c in columns:
+        for c in METRICS[name].columns:
             have &= zoo.analysed(c)[rows]
         todo[name] = rows[~have]
         skipped[name] = int(have.sum())
@@ -340,7 +339,8 @@ class _Context:
                            "rule": "the first `examples` of numpy default_rng(seed)."
                                    "permutation(len(train))"}
         if name == "cka":
-            how["reference"] = "per epoch, the analysed model with the highest val_acc"
+            how["reference"] = ("per epoch, the model with the highest val_acc at that epoch "
+                                "(finite weights)")
         if name == "mc":
             how["partner"] = ("the next seed of the same cell (cyclic in model id); partner "
                               "weight-matched to the model")

@@ -307,7 +307,7 @@ def test_probe_refuses_unit_symmetries_on_mixed_activations(tmp_path):
     from wsl.zoos.recipes import Recipe
 
     zoo = build_zoo(Recipe(name="mixed", architecture="mlp", arch={"widths": (8,)},
-                           dataset="digits", num_models=12, epochs=1,
+                           dataset="digits", num_models=12, epochs=0, checkpoints=(0,),
                            activation=("relu", "tanh")),
                     tmp_path / "zoo", progress=False,
                     mesh=make_mesh(("models",), devices=jax.devices()[:1]))

@@ -257,20 +257,20 @@ def test_hessian_of_a_cnn_matches_the_dense_hessian():
     mode cannot differentiate: the Hessian must not use them)."""
     from wsl.eval.zoo_analysis import hessian_program
 
-    arch = build("small_cnn", input_shape=(6, 6, 1), num_classes=3, channels=2, num_layers=2,
+    arch = build("small_cnn", input_shape=(4, 4, 1), num_classes=3, channels=3, num_layers=1,
                  activation="tanh")
     params = jax.tree.map(lambda a: a[None], arch.init(jax.random.key(0)))
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(16, 6, 6, 1)).astype(np.float32)
+    x = rng.normal(size=(16, 4, 4, 1)).astype(np.float32)
     y = rng.integers(0, 3, 16).astype(np.int32)
-    settings = AnalyzeSettings(lanczos_iterations=70, trace_samples=3 * 70)
+    settings = AnalyzeSettings(lanczos_iterations=45, trace_samples=3 * 45)
     top, trace = hessian_program(arch, settings, False)(params, 0, x, y,
                                                         jax.random.split(jax.random.key(1), 1))
     flat, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.asarray(a[0]), params))
     loss = lambda v: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         arch.apply(unravel(v), x), y))
     dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
-    assert len(flat) <= 70  # the sketch spans every direction: both estimates are exact
+    assert len(flat) <= 45  # the sketch spans every direction: both estimates are exact
     assert float(top[0]) == pytest.approx(dense[-1], rel=1e-3)
     assert float(trace[0]) == pytest.approx(dense.sum(), rel=1e-3, abs=1e-4)
 
@@ -354,6 +354,10 @@ def test_cli_analyze_then_plot(phase_zoo, tmp_path, capsys):
     assert cli(["zoo", "plot", str(path), "--color", "test_acc,spectral_alpha",
                 "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000 and "spectral_alpha" in capsys.readouterr().out
+    size = out.stat().st_size
+    assert cli(["zoo", "plot", str(path), "--out", str(out)]) == 1  # nothing is overwritten
+    assert "already exists" in capsys.readouterr().err and out.stat().st_size == size
+    assert cli(["zoo", "plot", str(path), "--out", str(out), "--force"]) == 0
 
 
 @pytest.mark.eight_devices

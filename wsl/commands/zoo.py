@@ -9,7 +9,7 @@
     wsl zoo export DIR --all --out NEW_DIR [--metrics parquet|csv] [--license ID] [--name TEXT]
     wsl zoo card DIR --out NEW_DIR [--license ID] [--name TEXT] [--force]
     wsl zoo analyze DIR --metrics hessian,cka,mc,spectral,farms [--epoch last|all|E]   (resumes)
-    wsl zoo plot DIR --x width --y lr --color test_acc[,hessian_trace,...] [--out FILE.png]
+    wsl zoo plot DIR --x width --y lr --color test_acc[,...] [--out FILE.png] [--force]
     wsl zoo recipes [NAME]
     wsl zoo import --format small-cnn-zoo|model-zoos|checkpoints|wsl-export SRC --out DIR
 """
@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", default="last", help="'last', 'all' or an epoch number")
     p.add_argument("--out", default=None,
                    help="PNG file (default: phase-<x>-<y>.png in the current folder)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(run=plot)
     p = add("recipes", help="list the named recipes and their settings")
     p.add_argument("name", nargs="?", help="show one recipe's fields")
@@ -262,7 +263,7 @@ def plot(args) -> int:
         raise UsageError("--color needs at least one column")
     grids = [phase_grid(zoo, args.x, args.y, c, epoch) for c in colors]
     out = Path(args.out or f"phase-{args.x}-{args.y}.png")
-    check_output_file(out, option="--out", force=True)  # a plot is redrawn, not precious
+    check_output_file(out, option="--out", force=args.force)
     plot_phase(grids, out, title=f"{zoo.path.name}, epoch {args.epoch}")
     for grid in grids:
         print(grid.table())
