@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def table(head: tuple, rows: list[tuple]) -> str:
     """`head` and `rows` as aligned columns under a dashed rule; cells may be any printable
@@ -14,16 +16,21 @@ def table(head: tuple, rows: list[tuple]) -> str:
     return "\n".join(text)
 
 
+def _load(paths: list[str]) -> list[dict]:
+    """The result files' JSON objects, in order."""
+    out = []
+    for path in paths:
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
 def augmentation_markdown(paths: list[str]) -> str:
     """The README's augmentation table, printed from `benchmarks/probe.py --augmentations --save`
     result files (README numbers come from committed JSON, never typed)."""
-    import json
-
     lines = ["| encoder | augment | val τ | test τ ± 95 % CI | Δ test τ vs none (paired) |",
              "|---|---|---|---|---|"]
-    for path in paths:
-        with open(path) as f:
-            report = json.load(f)
+    for report in _load(paths):
         for encoder, result in report["encoders"].items():
             for setting, row in result["settings"].items():
                 chosen = " (chosen on val)" if setting == result["chosen_by_val"] else ""
@@ -39,15 +46,11 @@ def generate_markdown(paths: list[str]) -> str:
     """README's generator table, printed from `benchmarks/generate.py` result files: per zoo and
     method, validation (what is chosen on) and test accuracy over seeds with 95 % intervals, the
     novelty audit and calibration."""
-    import json
-
     lines = ["| zoo | method | val acc [95 % CI] | test acc [95 % CI] | vs population (test) | "
              "median max IoU: generated / noise / midpoints / knn-2 / knn-4 | novel than | "
              "calibration error q10–q90 (map / raw) | 1,000 samples |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for path in paths:
-        with open(path) as f:
-            report = json.load(f)
+    for report in _load(paths):
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             first = True
@@ -78,14 +81,10 @@ def generate_markdown(paths: list[str]) -> str:
 
 def flow_ablation_markdown(paths: list[str]) -> str:
     """README's flow ablation table, printed from `benchmarks/flow_ablation.py --save` files."""
-    import json
-
     lines = ["| zoo | variant | seeds | val acc [95 % CI] | vs population (val) | test acc | "
              "vs population (test) | nearest training model (rel.) |",
              "|---|---|---|---|---|---|---|---|"]
-    for path in paths:
-        with open(path) as f:
-            report = json.load(f)
+    for report in _load(paths):
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             for i, (name, v) in enumerate(result["variants"].items()):
@@ -101,13 +100,9 @@ def flow_ablation_markdown(paths: list[str]) -> str:
 
 def analyze_markdown(paths: list[str]) -> str:
     """README's `wsl zoo analyze` speed table, printed from `benchmarks/analyze.py --save`."""
-    import json
-
     lines = ["| zoo | metric | models | vectorised models/s | one at a time (jitted) models/s | "
              "speedup |", "|---|---|---|---|---|---|"]
-    for path in paths:
-        with open(path) as f:
-            report = json.load(f)
+    for report in _load(paths):
         metrics = [k.removesuffix("_speedup") for k in report if k.endswith("_speedup")
                    and k != "min_speedup"]
         for i, m in enumerate(metrics):
@@ -122,12 +117,9 @@ def analyze_markdown(paths: list[str]) -> str:
 def phase_markdown(paths: list[str]) -> str:
     """README's phase grid: test accuracy, Hessian trace and alpha per (width, lr) cell, mean
     over seeds, printed from the `phase` entry of `benchmarks/analyze.py --save` files."""
-    import json
-
     lines = []
-    for path in paths:
-        with open(path) as f:
-            phase = json.load(f)["phase"]
+    for report in _load(paths):
+        phase = report["phase"]
         columns = [c for c in ("test_acc", "hessian_trace", "spectral_alpha")
                    if c in phase["mean"]]
         lines += [f"| {phase['y']} \\ {phase['x']} | "
