@@ -1,5 +1,6 @@
 """Probing: an encoder trained through the loop predicts a zoo column far better than a constant."""
 
+import dataclasses
 import json
 
 import jax
@@ -103,3 +104,19 @@ def test_probe_config_names_augmentations_and_checks_strengths():
                        ("mixup_alpha", 0.0)):
         with pytest.raises(ConfigError, match=field):
             override(ProbeConfig(), [f"{field}={bad}"])
+
+
+def test_a_probe_folder_from_before_a_new_field_still_resumes(scaled_zoo, tmp_path):
+    """`log_scale` came later: a probe.json without it ran with its default and is this run."""
+    import wsl.train.probe as probe_module
+
+    config = ProbeConfig(encoder="statnn", train=override(DEFAULT_TRAIN, ["steps=5",
+                                                                          "eval.every=5"]))
+    out = tmp_path / "probe"
+    run_probe(scaled_zoo, config, out)
+    record = json.loads((out / probe_module.PROBE_FILE).read_text())
+    record.pop("log_scale")
+    (out / probe_module.PROBE_FILE).write_text(json.dumps(record))
+    run_probe(scaled_zoo, config, out)  # accepted: resumes (nothing left to train)
+    with pytest.raises(Exception, match="log_scale"):
+        run_probe(scaled_zoo, dataclasses.replace(config, log_scale=1.0), out)

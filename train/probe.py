@@ -78,6 +78,7 @@ class ProbeConfig:
     dropout_rate: float = 0.05  # probability of zeroing each weight
     prune_fraction: float = 0.1  # smallest-magnitude fraction of each kernel zeroed
     mixup_alpha: float = 1.0  # mixup λ ~ Beta(α, α)
+    log_scale: float = 0.5  # scale: per-unit log s uniform in ±log_scale
     encoder_config: dict = dataclasses.field(default_factory=dict)
     train: TrainConfig = DEFAULT_TRAIN
 
@@ -109,7 +110,8 @@ class ProbeConfig:
         for name, ok, bound in (("noise_scale", self.noise_scale >= 0, "≥ 0"),
                                 ("dropout_rate", 0 <= self.dropout_rate < 1, "in [0, 1)"),
                                 ("prune_fraction", 0 <= self.prune_fraction < 1, "in [0, 1)"),
-                                ("mixup_alpha", self.mixup_alpha > 0, "> 0")):
+                                ("mixup_alpha", self.mixup_alpha > 0, "> 0"),
+                                ("log_scale", self.log_scale >= 0, "≥ 0")):
             if not ok:
                 raise ConfigError(f"{name} must be {bound}; got {getattr(self, name)}")
 
@@ -233,7 +235,9 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
         out = Path(out)
         record = {"zoo": str(Path(zoo.path).resolve()),
                   "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST), **to_dict(config)}
-        claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE)
+        # A probe run before a config field existed ran with its default: it still resumes.
+        claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE,
+                      defaults=to_dict(ProbeConfig()))
         barrier("wsl-probe-claimed")  # every process has checked `out` before one writes there
     view = select_rows(zoo, config.target, config.epoch)
     note_dropped(view, "models" if config.epoch == "last" else "checkpoints")
@@ -345,6 +349,7 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                                          dropout_rate=config.dropout_rate,
                                          prune_fraction=config.prune_fraction,
                                          mixup_alpha=config.mixup_alpha,
+                                         log_scale=config.log_scale,
                                          no_sign=pooled_before_activation(zoo.architecture))
             label = config.encoder + (f" seed {seed}" if config.seeds > 1 else "")
             result = train(task, train_cfg, {"params": train_params, "y": train_split.y},

@@ -9,7 +9,8 @@ none; see `wsl.train.augment`). ``key=value`` words set, prefixed with ``train.`
 training config (``train.steps=2000 train.optimizer.lr=3e-4``; bare training keys such as
 ``steps=2000`` are accepted too), prefixed with ``encoder.``, options of the encoder
 (``encoder.head_widths=[64,64]``; see `wsl.models.encoders`), and unprefixed the augmentation
-strengths (``noise_scale=0.1``, ``dropout_rate``, ``prune_fraction``, ``mixup_alpha``).
+strengths (``noise_scale=0.1``, ``dropout_rate``, ``prune_fraction``, ``mixup_alpha``,
+``log_scale``).
 ``--list-keys`` prints every key with its default and type.
 """
 
@@ -21,7 +22,7 @@ from wsl.commands import _help
 from wsl.train.probe import DEFAULT_TRAIN, ENCODERS
 
 # ProbeConfig fields a key=value word may set; every other word goes to the training config.
-STRENGTHS = ("noise_scale", "dropout_rate", "prune_fraction", "mixup_alpha")
+STRENGTHS = ("noise_scale", "dropout_rate", "prune_fraction", "mixup_alpha", "log_scale")
 # Encoder options the probe sets itself (from the target and the training split).
 RESERVED = ("out_dim", "normalizer")
 
@@ -32,7 +33,7 @@ key=value words (wsl probe --list-keys [--encoder NAME] prints every key, its de
                      train; bare training keys such as steps=2000 are accepted too)
   encoder.KEY=VALUE  the encoder's options: encoder.head_widths=[64,64] encoder.dropout=0.1
   noise_scale=0.1    strengths of --augment: noise_scale, dropout_rate, prune_fraction,
-                     mixup_alpha
+                     mixup_alpha, log_scale (scale: per-unit log s in ±log_scale)
 
 Rerunning the same command resumes its training runs ("resumed from step N (of M)").
 """
