@@ -29,6 +29,7 @@ two endpoints uses. Spectra are always taken on the model's own sub-matrices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -555,28 +556,11 @@ class _Context:
 
 
 # ----------------------------------------------------------------------- compiled programs
-def _loss(arch: Architecture, params, x, y, *, fast: bool = True):
-    """Mean cross-entropy on the batch. `fast`: convolutions as batched matmuls
-    (`population_apply`, quicker under vmap on CPU), whose custom gradient cannot be
-    differentiated forward — Hessian-vector products (forward over reverse) use flax's own."""
-    logits = population_apply(arch, params, x) if fast else arch.apply(params, x)
+def _loss(arch: Architecture, params, x, y):
+    """Mean cross-entropy on the batch, convolutions as batched matmuls (`population_apply`:
+    quicker under vmap on CPU)."""
+    logits = population_apply(arch, params, x)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Key:
-    arch: Architecture
-    settings: AnalyzeSettings
-    masked: bool
-
-
-_PROGRAMS: dict[tuple, Callable] = {}
-
-
-def _cached(kind: str, key: _Key, make: Callable[[], Callable]) -> Callable:
-    if (kind, key) not in _PROGRAMS:
-        _PROGRAMS[(kind, key)] = make()
-    return _PROGRAMS[(kind, key)]
 
 
 def hessian_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
@@ -594,12 +578,12 @@ def hessian_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
     return one
 
 
+@functools.lru_cache(maxsize=64)
 def hessian_program(arch: Architecture, settings: AnalyzeSettings, masked: bool) -> Callable:
-    """The population version: every model of a chunk in one vmapped, jitted call."""
-    def make():
-        one = hessian_one(arch, settings, masked)
-        return jax.jit(jax.vmap(one, (0, 0 if masked else None, None, None, 0)))
-    return _cached("hessian", _Key(arch, settings, masked), make)
+    """The population version: every model of a chunk in one vmapped, jitted call (cached on
+    the hashable architecture and settings)."""
+    one = hessian_one(arch, settings, masked)
+    return jax.jit(jax.vmap(one, (0, 0 if masked else None, None, None, 0)))
 
 
 def last_layer_input(arch: Architecture) -> Callable:
@@ -625,10 +609,9 @@ def last_layer_input(arch: Architecture) -> Callable:
     return features
 
 
+@functools.lru_cache(maxsize=64)
 def representation_program(arch: Architecture) -> Callable:
-    def make():
-        return jax.jit(jax.vmap(last_layer_input(arch), (0, None)))
-    return _cached("representation", _Key(arch, AnalyzeSettings(), False), make)
+    return jax.jit(jax.vmap(last_layer_input(arch), (0, None)))
 
 
 def mc_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
@@ -664,11 +647,10 @@ def mc_one(arch: Architecture, settings: AnalyzeSettings, masked: bool):
     return one
 
 
+@functools.lru_cache(maxsize=64)
 def mc_program(arch: Architecture, settings: AnalyzeSettings, masked: bool) -> Callable:
-    def make():
-        one = mc_one(arch, settings, masked)
-        return jax.jit(jax.vmap(one, (0, 0, 0 if masked else None, None, None, 0)))
-    return _cached("mc", _Key(arch, settings, masked), make)
+    one = mc_one(arch, settings, masked)
+    return jax.jit(jax.vmap(one, (0, 0, 0 if masked else None, None, None, 0)))
 
 
 # ------------------------------------------------------------------------------ spectra
