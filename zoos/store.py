@@ -731,15 +731,11 @@ def write_analysis(path: str | os.PathLike, columns: Mapping[str, np.ndarray],
     for r in range(rows):
         writer.writerow([int(zoo._table["model"][r]), int(zoo._table["epoch"][r])]
                         + [repr(float(merged[c][r])) if done[c][r] else "" for c in names])
-    text = out.getvalue().encode("utf-8")
-    digest = hashlib.sha256(text).hexdigest()
-    file = f"analysis-{digest[:12]}.csv"
-    tmp = path / f".{file}.tmp-{os.getpid()}"
-    tmp.write_bytes(text)
-    os.replace(tmp, path / file)
+    file = f"analysis-{hashlib.sha256(out.getvalue().encode()).hexdigest()[:12]}.csv"
+    _write_text_atomic(path / file, out.getvalue())
     previous = entry.get("file")
     manifest[ANALYSIS] = {
-        "file": file, "sha256": digest, "size": len(text),
+        "file": file, "sha256": sha256_file(path / file), "size": (path / file).stat().st_size,
         "columns": {c: meanings.get(c) or entry["columns"].get(c, "") for c in names},
         "metrics": {**entry.get("metrics", {}), **_jsonable(dict(how))}}
     _write_text_atomic(path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
