@@ -25,13 +25,15 @@ from wsl.zoos.population import (
     TrainSettings,
     train_population,
 )
-from wsl.zoos.recipes import OPTIONAL_HPARAMS, Recipe, plan
+from wsl.zoos.recipes import OPTIONAL_HPARAMS, TASK_FIELDS, Recipe, plan, recipe_tasks
 from wsl.zoos.store import Zoo, ZooWriter
+from wsl.zoos.tasks import SOURCES, Task, TaskArrays, source_dataset
 
 
 def _hparam_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction", "seed",
-            "activation", "optimizer", "init") + tuple(k for k in OPTIONAL_HPARAMS if k in row)
+            "activation", "optimizer", "init") + tuple(k for k in OPTIONAL_HPARAMS + ("task",)
+                                                       if k in row)
     return {k: row[k] for k in keys}
 
 
@@ -42,6 +44,9 @@ def _recipe_entry(recipe: Recipe) -> dict:
     for field in OPTIONAL_HPARAMS:
         if not config.get(field):
             config.pop(field, None)
+    if not recipe.is_multitask:
+        for field in TASK_FIELDS:
+            config.pop(field, None)
     return {"name": recipe.name, "config": config}
 
 
@@ -49,12 +54,23 @@ def build_manifest(recipe: Recipe, data: Dataset) -> dict:
     """The manifest a build of `recipe` writes: everything needed to rebuild and to read it."""
     models, shards = plan(recipe)
     arch = _group_architecture(recipe, data, shards[0].group["activation"])
-    return {
+    if recipe.is_multitask:
+        # Each model has its own task: the dataset entry names the sources; the task table says
+        # what every task is (`wsl.zoos.tasks`) and which are held out.
+        table = recipe_tasks(recipe)
+        dataset = {**recipe.dataset_spec, "num_classes": arch.num_classes,
+                   "input_shape": list(data.input_shape),
+                   "sources": {s: SOURCES[s] for s in recipe.task_sources}}
+        tasks = {"num_classes": arch.num_classes,
+                 "num_train": sum(t["split"] == "train" for t in table),
+                 "num_heldout": sum(t["split"] == "heldout" for t in table), "table": table}
+    else:
+        dataset = {**recipe.dataset_spec, "num_classes": data.num_classes,
+                   "input_shape": list(data.input_shape), "sizes": data.sizes}
+    manifest = {
         "architecture": {"name": arch.name, "config": _jsonable_config(arch.config)},
         "weight_space": arch.weight_space.to_dict(),
-        "dataset": {**recipe.dataset_spec,
-                    "num_classes": data.num_classes, "input_shape": list(data.input_shape),
-                    "sizes": data.sizes},
+        "dataset": dataset,
         "recipe": _recipe_entry(recipe),
         "build": {"num_models": len(models), "num_shards": len(shards),
                   "checkpoints": list(recipe.checkpoint_epochs),
@@ -62,6 +78,9 @@ def build_manifest(recipe: Recipe, data: Dataset) -> dict:
                              for s in shards]},
         "generated": False,
     }
+    if recipe.is_multitask:
+        manifest["tasks"] = tasks
+    return manifest
 
 
 def _jsonable_config(config: Mapping[str, Any]) -> dict:
@@ -69,12 +88,18 @@ def _jsonable_config(config: Mapping[str, Any]) -> dict:
 
 
 def _group_architecture(recipe: Recipe, data: Dataset, activation: str) -> Architecture:
+    classes = data.num_classes
+    if recipe.is_multitask:  # the classes of a task, not of its source
+        classes = recipe.task_classes or data.num_classes
     return build(recipe.architecture, **recipe.arch, activation=activation,
-                 input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+                 input_shape=tuple(data.input_shape), num_classes=classes)
 
 
-def load_recipe_dataset(recipe: Recipe) -> Dataset:
-    """The recipe's dataset, read the way a zoo's manifest is (`datasets.dataset_from_spec`)."""
+def load_recipe_dataset(recipe: Recipe, source: str | None = None) -> Dataset:
+    """The recipe's dataset, read the way a zoo's manifest is (`datasets.dataset_from_spec`);
+    for a multi-task recipe, the data of one of its sources (default the first)."""
+    if recipe.is_multitask:
+        return source_dataset(source or recipe.task_sources[0])
     return dataset_from_spec(recipe.dataset_spec, f"recipe {recipe.name!r}")
 
 
@@ -168,12 +193,16 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                 rows = [models[m] for m in shard.models]
                 hparams = {k: [r[k] for r in rows] for k in FLOAT_HPARAMS + ("seed", "init")
                            + tuple(k for k in OPTIONAL_HPARAMS if k in rows[0])}
+                tasks = None
+                if recipe.is_multitask:  # the shard's source; every model its own task on it
+                    data = load_recipe_dataset(recipe, shard.group["source"])
+                    tasks = TaskArrays.build([Task.parse(r["task"]) for r in rows], data)
                 arch = _group_architecture(recipe, data, shard.group["activation"])
                 per_epoch = len(rows) / max(recipe.epochs, 1)
                 result = train_population(
                     arch, data, hparams,
                     TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
-                    on_epoch=on_epoch)
+                    on_epoch=on_epoch, tasks=tasks)
                 writer.write_shard(shard.index, *_shard_rows(result, rows))
                 bar.n = trained = trained + len(rows)  # exact count, not the sum of fractions
                 bar.refresh()

@@ -538,6 +538,9 @@ def dataset_from_spec(spec: Any, where: str = "the manifest") -> Dataset:
     if not isinstance(spec, dict) or "name" not in spec:
         raise DatasetError(f"{where} names no dataset (field 'dataset.name'), so its networks "
                            f"cannot be evaluated")
+    if spec["name"] == "tasks":
+        raise DatasetError(f"{where}: a multi-task zoo; every model has its own task (its 'task' "
+                           f"column), whose data `wsl.zoos.tasks.task_dataset` builds")
     if spec.get("external"):
         raise DatasetError(f"{where}: dataset {spec['name']!r} came with an imported zoo and is "
                            f"not one wsl can load; evaluate its networks on data you load")

@@ -44,6 +44,7 @@ from wsl.zoos.dropout_prng import DROPOUT_PRNG
 from wsl.zoos.errors import PopulationError
 from wsl.zoos.fast_conv import population_apply
 from wsl.zoos.init_schemes import INITS, initial_population, model_key_data
+from wsl.zoos.tasks import TaskArrays
 
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     # Learning rates are per-model values, so every optimizer is written with unit step size
@@ -135,13 +136,26 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def _task_inputs(task, x, y):
+    """One model's view of raw source examples under its task: transformed inputs and its own
+    labels (examples of other classes get label 0 and weight 0 elsewhere)."""
+    flat = x.reshape(x.shape[0], -1)[:, task["index"]] * task["scale"] + task["shift"]
+    return flat.reshape(x.shape), jnp.maximum(task["label_map"][y], 0)
+
+
 @functools.lru_cache(maxsize=64)
 def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
-              eval_batch: int, masked: bool = False):
-    """The compiled epoch and evaluation of one group; cached on the (hashable) architecture."""
+              eval_batch: int, masked: bool = False, tasked: bool = False):
+    """The compiled epoch and evaluation of one group; cached on the (hashable) architecture.
+
+    `tasked`: every model has its own task (`wsl.zoos.tasks.TaskArrays`): an epoch walks
+    positions of each model's own example pool (``hp["pool"]``) in one shared order, and inputs
+    and labels pass through the model's transform and label map."""
     opt = OPTIMIZERS[optimizer]()
 
     def model_step(params, opt_state, diverged, hp, x, y, weight, step):
+        if tasked:
+            x, y = _task_inputs(hp["task"], x, y)
         key = jax.random.fold_in(hp["dropout_key"], step) if dropout else None
         loss, grads = jax.value_and_grad(_per_model_loss, argnums=1)(
             arch, params, x, y, weight, hp["dropout"], key)
@@ -156,7 +170,8 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         return pick(new_params, params), pick(new_state, opt_state), diverged | ~ok
 
     def train_epoch(state, x_train, y_train, subset, epoch, order_key):
-        n = x_train.shape[0]
+        # Tasked: positions in each model's pool; the subset mask is over those positions.
+        n = state["hp"]["pool"].shape[1] if tasked else x_train.shape[0]
         steps = max(n // batch_size, 1)
         take = min(steps * batch_size, n)
         if data_order == "shared":
@@ -172,8 +187,18 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             idx, i = inputs
             step = epoch * steps + i
             # shared: (batch, ...); per model: (models, batch, ...)
-            x, y = x_train[idx], y_train[idx]
-            if data_order == "shared":
+            if tasked:
+                pool = state["hp"]["pool"]
+                examples = (jnp.take(pool, idx, axis=1) if data_order == "shared"
+                            else jnp.take_along_axis(pool, idx, axis=1))
+                x, y = x_train[examples], y_train[examples]
+            else:
+                x, y = x_train[idx], y_train[idx]
+            if tasked:
+                weight = (jnp.take(subset, idx, axis=1) if data_order == "shared"
+                          else jnp.take_along_axis(subset, idx, axis=1)).astype(jnp.float32)
+                axes = (0, 0, 0, 0, 0, 0, 0, None)
+            elif data_order == "shared":
                 weight = jnp.take(subset, idx, axis=1).astype(jnp.float32)
                 axes = (0, 0, 0, 0, None, None, 0, None)
             else:
@@ -186,7 +211,7 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         (params, opt_state, diverged), _ = jax.lax.scan(body, carry, (order, jnp.arange(steps)))
         return {**state, "params": params, "opt_state": opt_state, "diverged": diverged}
 
-    def evaluate(params, x, y, weight):
+    def evaluate(params, x, y, weight, task=None):
         """Per-model (loss sum, correct count, example count) under S example weightings.
 
         `weight` is (models, S, n): one row per split (train subset, val, test) of the
@@ -207,7 +232,9 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         ys = y.reshape(-1, size)
         ws = jnp.moveaxis(weight.reshape(weight.shape[:2] + (-1, size)), 2, 0)
 
-        def per_model(p, xb, yb, wb):
+        def per_model(p, xb, yb, wb, task):
+            if tasked:
+                xb, yb = _task_inputs(task, xb, yb)
             logits = population_apply(arch, p, xb)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             correct = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
@@ -224,8 +251,8 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             xb, yb, wb = batch
             if own_copy:
                 xb = jnp.broadcast_to(xb, (models,) + xb.shape)
-            axes = (0, 0 if own_copy else None, None, 0)
-            return total + jax.vmap(per_model, axes)(params, xb, yb, wb), None
+            axes = (0, 0 if own_copy else None, None, 0, 0 if tasked else None)
+            return total + jax.vmap(per_model, axes)(params, xb, yb, wb, task), None
 
         total, _ = jax.lax.scan(body, jnp.zeros(weight.shape[:2] + (3,)), (xs, ys, ws))
         return total
@@ -281,16 +308,39 @@ def width_masks(arch: Architecture, widths) -> dict:
                        for t in space.tensors})
 
 
+def _given_population(arch: Architecture, params: Any, n_models: int, padded: int) -> dict:
+    """Given starting weights, checked against the architecture and padded like the rest."""
+    space = arch.weight_space
+    leaves = {t.path: t.shape for t in space.tensors}
+    try:
+        flat = np.asarray(space.flatten(params), np.float32)
+    except Exception as err:  # a missing tensor or wrong shape: name it, not a tree-map trace
+        raise PopulationError(f"initial_params do not fit architecture {arch.name!r} "
+                              f"(tensors {sorted(leaves)}): {err}") from err
+    if flat.shape != (n_models, space.num_params):
+        raise PopulationError(f"initial_params hold {flat.shape[0]} networks of "
+                              f"{flat.shape[-1]} weights; need {n_models} of {space.num_params}")
+    return space.unflatten(_pad(flat, padded))
+
+
 def _pad(values: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([values, np.repeat(values[:1], size - len(values), axis=0)])
 
 
 def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, Any],
                      settings: TrainSettings, mesh: Mesh | None = None,
-                     on_epoch: Callable[[int], None] | None = None) -> PopulationResult:
+                     on_epoch: Callable[[int], None] | None = None, *,
+                     tasks: TaskArrays | None = None,
+                     initial_params: Any = None) -> PopulationResult:
     """Train one population of `arch` on `data`; `hparams` holds one value per model for
     lr, weight_decay, init_scale, bias_init, dropout, train_fraction, seed and init (a name), and
     optionally width (active units of every hidden group; 0 = all).
+
+    `tasks` gives every model its own task on the source `data` (classes, labels and input
+    transform; `wsl.zoos.tasks.TaskArrays`): each model learns from, and is scored on, its own
+    task's examples only. `initial_params` (a population pytree, leading axis = models) replaces
+    the init scheme: fine-tuning from given networks (`init`, `init_scale` and `bias_init` are
+    then unused).
 
     `on_epoch(epochs_done)` runs after each epoch has finished computing; an exception it raises
     stops training cleanly."""
@@ -298,7 +348,15 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     if tuple(data.input_shape) != tuple(arch.input_shape):
         raise PopulationError(f"dataset {data.name!r} has inputs {data.input_shape}, architecture "
                               f"{arch.name!r} expects {arch.input_shape}")
-    if int(data.y_train.max(initial=0)) >= arch.num_classes:
+    if tasks is not None:
+        if len(tasks.label_map) != n_models or tasks.label_map.shape[1] != data.num_classes:
+            raise PopulationError(f"tasks cover {tasks.label_map.shape[0]} models of "
+                                  f"{tasks.label_map.shape[1]} source classes; the population has "
+                                  f"{n_models} models on {data.num_classes} classes")
+        if int(tasks.label_map.max(initial=0)) >= arch.num_classes:
+            raise PopulationError(f"tasks have up to {int(tasks.label_map.max()) + 1} classes, "
+                                  f"architecture {arch.name!r} has {arch.num_classes}")
+    elif int(data.y_train.max(initial=0)) >= arch.num_classes:
         raise PopulationError(f"dataset {data.name!r} has labels up to {int(data.y_train.max())}, "
                               f"architecture {arch.name!r} has {arch.num_classes} classes")
     # A population is one process's work (a multi-process zoo build splits it by shard).
@@ -315,10 +373,13 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     masked = "width" in hparams
     programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
-                         settings.eval_batch, masked)
-    init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
-    params = initial_population(arch, init_ids, schemes, floats["init_scale"], floats["bias_init"],
-                             settings.seed)
+                         settings.eval_batch, masked, tasks is not None)
+    if initial_params is not None:
+        params = _given_population(arch, initial_params, n_models, padded)
+    else:
+        init_ids = seeds % settings.init_seeds if settings.init_seeds else seeds
+        params = initial_population(arch, init_ids, schemes, floats["init_scale"],
+                                    floats["bias_init"], settings.seed)
     if masked:
         mask = width_masks(arch, _pad(np.asarray(hparams["width"]).reshape(-1), padded))
         params = jax.tree.map(np.multiply, params, mask)
@@ -332,7 +393,22 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
                         "dropout": floats["dropout"], "dropout_key": keys(1, DROPOUT_PRNG),
                         "order_key": keys(2), **({"mask": mask} if masked else {})}})
     n_train = len(data.y_train)
-    subset = _subset_masks(seeds, floats["train_fraction"], n_train, settings.seed)
+    task_hp = {}
+    if tasks is None:
+        subset = _subset_masks(seeds, floats["train_fraction"], n_train, settings.seed)
+    else:
+        # Each model walks its own pool of task examples; its train fraction is a subset of the
+        # pool, and pool padding (models whose task has fewer examples) is never learned from.
+        pool, counts = tasks.pools(data.y_train)
+        pool, counts = _pad(pool, padded), _pad(counts, padded)
+        subset = np.zeros(pool.shape, bool)
+        for m in range(padded):
+            subset[m, :counts[m]] = _subset_masks(seeds[m:m + 1], floats["train_fraction"][m:m + 1],
+                                                  int(counts[m]), settings.seed)[0]
+        task_hp = {"pool": pool, "task": {
+            "label_map": _pad(tasks.label_map, padded), "index": _pad(tasks.index, padded),
+            "scale": _pad(tasks.scale, padded), "shift": _pad(tasks.shift, padded)}}
+        state["hp"] = {**state["hp"], **put(task_hp)}
 
     # Every checkpoint scores all splits in one call: the train subset (each model's own
     # examples among the first `limit`), val and test, concatenated with one weight row each.
@@ -341,9 +417,18 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
              (data.x_test[:limit], data.y_test[:limit])]
     sizes = [len(y) for _, y in parts]
     weight = np.zeros((padded, 3, sum(sizes)), np.float32)
-    weight[:, 0, :sizes[0]] = subset[:, :sizes[0]]
-    weight[:, 1, sizes[0]:sizes[0] + sizes[1]] = 1.0
-    weight[:, 2, sizes[0] + sizes[1]:] = 1.0
+    if tasks is None:
+        weight[:, 0, :sizes[0]] = subset[:, :sizes[0]]
+        weight[:, 1, sizes[0]:sizes[0] + sizes[1]] = 1.0
+        weight[:, 2, sizes[0] + sizes[1]:] = 1.0
+    else:  # each model's own training subset and the val / test examples of its classes
+        label_map = task_hp["task"]["label_map"]
+        for m in range(padded):
+            own = pool[m][subset[m]]
+            own = own[own < sizes[0]]
+            weight[m, 0, own] = 1.0
+            weight[m, 1, sizes[0]:sizes[0] + sizes[1]] = label_map[m][parts[1][1]] >= 0
+            weight[m, 2, sizes[0] + sizes[1]:] = label_map[m][parts[2][1]] >= 0
     rep = lambda a: jax.device_put(a, replicated)
     x_eval, y_eval = (rep(np.concatenate([x for x, _ in parts])),
                       rep(np.concatenate([y for _, y in parts])))
@@ -354,7 +439,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     snapshots, scores, diverged = [], [], []
     for epoch in range(settings.epochs + 1):
         if epoch in settings.checkpoints:
-            scores.append(programs["evaluate"](state["params"], x_eval, y_eval, weight))
+            scores.append(programs["evaluate"](state["params"], x_eval, y_eval, weight,
+                                               state["hp"].get("task")))
             diverged.append(np.asarray(state["diverged"]))  # the state is donated next
             snapshots.append(jax.device_get(state["params"]))
         if epoch < settings.epochs:

@@ -14,6 +14,12 @@ How hyperparameter fields are read (each is a tuple):
   One value fixes the field.
 * ``sampling="grid"``: every field lists values and the models walk the Cartesian product
   (model i gets grid point i mod grid size, so ``num_models = grid size × k`` gives k seeds each).
+* Multi-task zoos (``dataset="tasks"``): ``task_sources`` (`wsl.zoos.tasks.SOURCES`),
+  ``task_classes`` (k) and ``task_transforms`` span every task (source, k-subset of classes,
+  transform); ``heldout_tasks`` of them, chosen by the seed, are never trained on
+  (`wsl.zoos.tasks.task_table`). Each model draws one training task (a choice under random
+  sampling, a grid axis under grid sampling), recorded in the ``task`` column; shards group the
+  models of one source.
 * ``width`` (empty by default: every model uses the architecture's full width) lists the numbers
   of active units per hidden group, a choice under random sampling and a grid axis under grid
   sampling. The architecture's own widths are the largest; narrower models keep their other units
@@ -48,6 +54,8 @@ HPARAMS = LOG_RANGES + LINEAR_RANGES + CHOICES
 # Drawn after HPARAMS and only when given, so that recipes written before it draw what they drew.
 OPTIONAL_HPARAMS = ("width",)
 GROUP_KEYS = ("activation", "optimizer")  # change the compiled program
+# Recipe fields of multi-task zoos; left out of the manifest when unused, like OPTIONAL_HPARAMS.
+TASK_FIELDS = ("task_sources", "task_classes", "task_transforms", "heldout_tasks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,10 @@ class Recipe:
     optimizer: tuple[str, ...] = ("adam",)
     init: tuple[str, ...] = ("default",)
     width: tuple[int, ...] = ()  # active units per hidden group; () = the architecture's widths
+    task_sources: tuple[str, ...] = ()  # multi-task zoo (dataset="tasks"): the tasks' sources
+    task_classes: int = 0  # classes per task (0: all of the source's)
+    task_transforms: tuple[str, ...] = ("none",)
+    heldout_tasks: int = 0  # tasks never trained on, for transfer
 
     def __post_init__(self):
         # Declared types first (tuples, frozen maps: a recipe stays hashable whatever it was
@@ -94,6 +106,10 @@ class Recipe:
     @property
     def checkpoint_epochs(self) -> tuple[int, ...]:
         return self.checkpoints or tuple(range(self.epochs + 1))
+
+    @property
+    def is_multitask(self) -> bool:
+        return bool(self.task_sources)
 
     @property
     def dataset_spec(self) -> dict[str, Any]:
@@ -151,6 +167,23 @@ def _validate(recipe: Recipe) -> None:
     if unknown:
         fail("arch", f"unknown config {unknown} for architecture {recipe.architecture!r}; valid: "
                      f"{sorted(set(valid) - {'activation', 'input_shape', 'num_classes'})}")
+    if recipe.is_multitask != (recipe.dataset == "tasks"):
+        fail("dataset", "a multi-task zoo has dataset='tasks' and names its task_sources; any "
+                        f"other has no task_sources (got dataset={recipe.dataset!r}, "
+                        f"task_sources={list(recipe.task_sources)})")
+    if recipe.is_multitask:
+        from wsl.zoos.tasks import SOURCES, Task, TaskError
+
+        unknown = [s for s in recipe.task_sources if s not in SOURCES]
+        if unknown:
+            fail("task_sources", f"unknown {unknown}; choose from {sorted(SOURCES)}")
+        try:
+            for transform in recipe.task_transforms:
+                Task(recipe.task_sources[0], (0, 1), transform)
+        except TaskError as err:
+            fail("task_transforms", str(err))
+        if recipe.task_classes < 0 or recipe.heldout_tasks < 0:
+            fail("task_classes", "task_classes and heldout_tasks must be >= 0")
     if any(w < 1 for w in recipe.width):
         fail("width", f"values must be >= 1 unit, got {list(recipe.width)}")
     if len(set(recipe.width)) != len(recipe.width):
@@ -246,6 +279,49 @@ RECIPES: dict[str, Recipe] = {
         models_per_shard=128, eval_examples=2000,
         lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), init_scale=(1.0,), dropout=(0.0, 0.2),
         train_fraction=(0.5, 1.0), activation=("gelu", "relu"), optimizer=("adam",)),
+    # Multi-task zoos for transfer (`wsl transfer`): 5-way tasks, held-out tasks never trained on.
+    "mnist-tasks": Recipe(
+        name="mnist-tasks",
+        description="MLPs 64-32-5 on 5-way MNIST 8x8 tasks: every 5-class subset (relabelled in "
+                    "order) x input transform (none, rot90, rot180, invert); 48 of the 1,008 "
+                    "tasks held out",
+        architecture="mlp", arch={"widths": (32,)}, dataset="tasks",
+        task_sources=("mnist8",), task_classes=5,
+        task_transforms=("none", "rot90", "rot180", "invert"), heldout_tasks=48,
+        num_models=2000, epochs=5, checkpoints=(0, 1, 5), batch_size=32, models_per_shard=250,
+        eval_examples=1000, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
+        optimizer=("adam",)),
+    "digits-tasks": Recipe(
+        name="digits-tasks",
+        description="MLPs 64-32-5 on 5-way sklearn-digits tasks (8x8, every 5-class subset); the "
+                    "same 26 class subsets are held out as in mnist8-tasks (same seed), for "
+                    "cross-dataset transfer",
+        architecture="mlp", arch={"widths": (32,)}, dataset="tasks",
+        task_sources=("digits",), task_classes=5, heldout_tasks=26,
+        num_models=1000, epochs=20, checkpoints=(0, 1, 5, 20), batch_size=32,
+        models_per_shard=250, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
+        optimizer=("adam",)),
+    "mnist8-tasks": Recipe(
+        name="mnist8-tasks",
+        description="MLPs 64-32-5 on 5-way MNIST 8x8 tasks (every 5-class subset, no transform); "
+                    "the same 26 held-out class subsets as digits-tasks",
+        architecture="mlp", arch={"widths": (32,)}, dataset="tasks",
+        task_sources=("mnist8",), task_classes=5, heldout_tasks=26,
+        num_models=1000, epochs=5, checkpoints=(0, 1, 5), batch_size=32, models_per_shard=250,
+        eval_examples=1000, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
+        optimizer=("adam",)),
+    "mnist1d-tasks": Recipe(
+        name="mnist1d-tasks",
+        description="MLPs 40-32-32-5 on 5-way MNIST-1D tasks from five settings of its generator "
+                    "(default, clean, noisy, still, scaled) x every 5-class subset; 60 of the "
+                    "1,260 tasks held out",
+        architecture="mlp", arch={"widths": (32, 32)}, dataset="tasks",
+        task_sources=("mnist1d", "mnist1d-clean", "mnist1d-noisy", "mnist1d-still",
+                      "mnist1d-scaled"),
+        task_classes=5, heldout_tasks=60,
+        num_models=2000, epochs=10, checkpoints=(0, 1, 5, 10), batch_size=32,
+        models_per_shard=200, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
+        optimizer=("adam",)),
 }
 
 
@@ -310,12 +386,33 @@ def _sample(recipe: Recipe, index: int) -> dict[str, Any]:
     return row
 
 
-def _grid(recipe: Recipe) -> list[dict[str, Any]]:
+def _grid(recipe: Recipe, train_tasks: list[str]) -> list[dict[str, Any]]:
     fields = HPARAMS + tuple(f for f in OPTIONAL_HPARAMS if getattr(recipe, f))
-    points = itertools.product(*(getattr(recipe, f) for f in fields))
-    kind = lambda f: str if f in ("activation", "optimizer", "init") else int if f == "width" \
-        else float
+    axes = [getattr(recipe, f) for f in fields]
+    if train_tasks:
+        fields, axes = fields + ("task",), axes + [train_tasks]
+    points = itertools.product(*axes)
+    kind = lambda f: str if f in ("activation", "optimizer", "init", "task") \
+        else int if f == "width" else float
     return [{f: kind(f)(v) for f, v in zip(fields, point)} for point in points]
+
+
+def recipe_tasks(recipe: Recipe) -> list[dict[str, Any]]:
+    """The task table of a multi-task recipe (empty for any other)."""
+    if not recipe.is_multitask:
+        return []
+    from wsl.zoos.tasks import TaskError, task_table
+
+    try:
+        return task_table(recipe.task_sources, recipe.task_classes, recipe.task_transforms,
+                          recipe.heldout_tasks, recipe.seed)
+    except TaskError as err:
+        raise RecipeError(f"recipe {recipe.name!r}: {err}") from err
+
+
+def group_keys(recipe: Recipe) -> tuple[str, ...]:
+    """What shards are grouped by: the compiled program, and a multi-task zoo's data source."""
+    return GROUP_KEYS + (("source",) if recipe.is_multitask else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +420,7 @@ class Shard:
     """One unit of work and of storage: whole models of one compiled group."""
 
     index: int
-    group: Mapping[str, str]  # activation, optimizer
+    group: Mapping[str, str]  # activation, optimizer (and source for multi-task zoos)
     models: tuple[int, ...]
 
 
@@ -333,16 +430,25 @@ def plan(recipe: Recipe) -> tuple[list[dict[str, Any]], list[Shard]]:
     Each group's models split into equal chunks of at most `models_per_shard`, so every shard of a
     group has (nearly) one size and the group compiles once.
     """
+    train_tasks = [t["spec"] for t in recipe_tasks(recipe) if t["split"] == "train"]
     if recipe.sampling == "grid":
-        grid = _grid(recipe)
+        grid = _grid(recipe, train_tasks)
         drawn = [dict(grid[i % len(grid)]) for i in range(recipe.num_models)]
     else:
         drawn = [_sample(recipe, i) for i in range(recipe.num_models)]
+        for i, row in enumerate(drawn):
+            if train_tasks:  # its own stream: the other draws stay what they were
+                row["task"] = train_tasks[int(np.random.default_rng([recipe.seed, i, 5])
+                                              .integers(len(train_tasks)))]
     for i, row in enumerate(drawn):
         row["seed"] = i
-    group_of = lambda row: tuple(row[k] for k in GROUP_KEYS)
+        if train_tasks:
+            row["source"] = row["task"].split(":")[0]
+    keys = group_keys(recipe)
+    group_of = lambda row: tuple(row[k] for k in keys)
     groups = sorted({group_of(r) for r in drawn},
-                    key=lambda g: tuple(getattr(recipe, k).index(v) for k, v in zip(GROUP_KEYS, g)))
+                    key=lambda g: tuple(getattr(recipe, k if k != "source" else "task_sources")
+                                        .index(v) for k, v in zip(keys, g)))
     models, shards = [], []
     for group in groups:
         members = [r for r in drawn if group_of(r) == group]
@@ -353,7 +459,7 @@ def plan(recipe: Recipe) -> tuple[list[dict[str, Any]], list[Shard]]:
             for row in members[start:start + size]:
                 ids.append(len(models))
                 models.append({"model": len(models), **row})
-            shards.append(Shard(len(shards), FrozenMap(zip(GROUP_KEYS, group)), tuple(ids)))
+            shards.append(Shard(len(shards), FrozenMap(zip(keys, group)), tuple(ids)))
     return models, shards
 
 
