@@ -3,8 +3,9 @@
 Both backbones read and write a flat weight vector (WeightSpace flatten order, normalised per
 tensor). `MLPBackbone` sees the whole vector at once; `TokenTransformer` cuts every tensor into
 fixed-size tokens so that attention, not one huge dense layer, mixes the weights of larger networks.
-Conditioning: an optional class id (task or dataset) and an optional scalar (e.g. target accuracy),
-each with a learned "null" used for classifier-free guidance.
+Conditioning: an optional class id (task or dataset), an optional scalar (e.g. target accuracy) and
+an optional task given by data (per-class support features, `wsl.models.task_encoder`), each with
+a learned "null" used for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl.models.errors import ModelError
+from wsl.models.task_encoder import TaskEncoder
 from wsl.weight_space import WeightSpace
 
 
@@ -29,18 +32,23 @@ def time_embedding(t: jax.Array, dim: int) -> jax.Array:
 
 
 class Conditioning(nn.Module):
-    """Embeds time plus optional class and scalar conditions into one vector per example.
+    """Embeds time plus optional class, scalar and task conditions into one vector per example.
 
     `cond_class` is an int array with -1 meaning "no class"; `cond_scalar` is a float array with
-    NaN meaning "no scalar". Both "no" values map to learned null embeddings (used for guidance).
+    NaN meaning "no scalar"; `cond_task` is a float array (batch, *task_shape) of per-class support
+    features with NaN (tested at entry [:, 0, 0]) meaning "no task". Every "no" value maps to a
+    learned null embedding (used for guidance). An empty `task_shape` adds no task parameters at
+    all, so generators trained before the task condition existed load unchanged.
     """
 
     dim: int
     num_classes: int = 0
     use_scalar: bool = False
+    task_shape: tuple[int, ...] = ()
+    task_embed: int = 64
 
     @nn.compact
-    def __call__(self, t, cond_class=None, cond_scalar=None):
+    def __call__(self, t, cond_class=None, cond_scalar=None, cond_task=None):
         h = nn.Dense(self.dim)(nn.silu(nn.Dense(self.dim)(time_embedding(t, self.dim))))
         if self.num_classes:
             table = nn.Embed(self.num_classes + 1, self.dim, name="class_embed")
@@ -52,6 +60,22 @@ class Conditioning(nn.Module):
             emb = nn.Dense(self.dim, name="scalar_embed")(
                 time_embedding(jnp.nan_to_num(s), self.dim))
             h = h + jnp.where(jnp.isnan(s)[:, None], null[None, :], emb)
+        if not self.task_shape:
+            if cond_task is not None:
+                raise ModelError("this generator has no task condition; cond_task must be None")
+            return h
+        shape = tuple(self.task_shape)
+        if len(shape) != 2:
+            raise ModelError(f"task_shape must be (classes, features), got {shape}")
+        if cond_task is None:
+            cond_task = jnp.full((*t.shape, *shape), jnp.nan)
+        if tuple(cond_task.shape[1:]) != shape:
+            raise ModelError(f"cond_task has shape {tuple(cond_task.shape)}; expected "
+                             f"(batch, {', '.join(map(str, shape))}) (classes, features)")
+        null = self.param("task_null", nn.initializers.normal(0.02), (self.dim,))
+        emb = TaskEncoder(self.dim, self.task_embed, name="task_encoder")(
+            jnp.nan_to_num(cond_task))
+        h = h + jnp.where(jnp.isnan(cond_task[:, 0, 0])[:, None], null[None, :], emb)
         return h
 
 
@@ -63,10 +87,13 @@ class MLPBackbone(nn.Module):
     depth: int = 3
     num_classes: int = 0
     use_scalar: bool = False
+    task_shape: tuple[int, ...] = ()  # (classes, features) of a task condition; () for none
+    task_embed: int = 64
 
     @nn.compact
-    def __call__(self, x, t, cond_class=None, cond_scalar=None):
-        c = Conditioning(self.hidden, self.num_classes, self.use_scalar)(t, cond_class, cond_scalar)
+    def __call__(self, x, t, cond_class=None, cond_scalar=None, cond_task=None):
+        c = Conditioning(self.hidden, self.num_classes, self.use_scalar, self.task_shape,
+                         self.task_embed)(t, cond_class, cond_scalar, cond_task)
         h = nn.Dense(self.hidden)(x)
         for i in range(self.depth):
             y = nn.LayerNorm()(h) + nn.Dense(self.hidden, name=f"cond_{i}")(nn.silu(c))
@@ -101,14 +128,17 @@ class TokenTransformer(nn.Module):
     heads: int = 4
     num_classes: int = 0
     use_scalar: bool = False
+    task_shape: tuple[int, ...] = ()  # (classes, features) of a task condition; () for none
+    task_embed: int = 64
 
     @nn.compact
-    def __call__(self, x, t, cond_class=None, cond_scalar=None):
+    def __call__(self, x, t, cond_class=None, cond_scalar=None, cond_task=None):
         index, tensor_ids, n = token_layout(self.space, self.token_dim)
         batch = x.shape[0]
         padded = jnp.concatenate([x, jnp.zeros((batch, 1), x.dtype)], axis=-1)
         tokens = padded[:, index]                                    # (batch, n, token_dim)
-        c = Conditioning(self.dim, self.num_classes, self.use_scalar)(t, cond_class, cond_scalar)
+        c = Conditioning(self.dim, self.num_classes, self.use_scalar, self.task_shape,
+                         self.task_embed)(t, cond_class, cond_scalar, cond_task)
         h = nn.Dense(self.dim)(tokens)
         h = h + self.param("pos", nn.initializers.normal(0.02), (n, self.dim))
         h = h + nn.Embed(len(self.space.tensors), self.dim, name="tensor_embed")(tensor_ids)
@@ -129,7 +159,19 @@ class TokenTransformer(nn.Module):
 
 
 def init_backbone(backbone: nn.Module, key: jax.Array, dim: int) -> dict:
-    """A backbone's parameters, traced with one example of every input it can take (a class and
-    a scalar condition too, so that their embeddings exist even if the first batch has none)."""
-    return backbone.init(key, jnp.zeros((1, dim)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32),
-                         jnp.zeros((1,)))["params"]
+    """A backbone's parameters, traced with one example of every input it can take (a class, a
+    scalar and, if it has a task shape, a task condition too, so that their embeddings exist
+    even if the first batch has none)."""
+    inputs = [jnp.zeros((1, dim)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), jnp.zeros((1,))]
+    task_shape = tuple(getattr(backbone, "task_shape", ()))
+    if task_shape:
+        inputs.append(jnp.zeros((1, *task_shape)))
+    return backbone.init(key, *inputs)["params"]
+
+
+def condition_args(cond_class=None, cond_scalar=None, cond_task=None) -> tuple:
+    """The condition arguments a backbone is applied with after (x, t). The task is passed only
+    when given, so that backbones written before the task condition (four inputs) still run."""
+    if cond_task is None:
+        return cond_class, cond_scalar
+    return cond_class, cond_scalar, cond_task

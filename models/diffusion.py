@@ -10,7 +10,7 @@ capped at `snr_cap` ("min-SNR", Hang et al. 2023) so the nearly clean steps do n
 Time enters the backbone as k / num_steps ∈ [0, 1). The linear schedule is the default: the
 cosine one drives ᾱ to ~1e-9 at the last step, which needs `clip_x0` to sample stably with noise
 prediction. DDIM with η = 0 samples deterministically in far fewer steps than the schedule has.
-Conditions and guidance work as in `wsl.models.flow`.
+Conditions (class, scalar, task) and guidance work as in `wsl.models.flow`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.backbones import init_backbone
+from wsl.models.backbones import condition_args, init_backbone
 from wsl.models.errors import ModelError
 from wsl.models.flow import drop_conditions, guided
 
@@ -46,7 +46,8 @@ def beta_schedule(kind: str, num_steps: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Diffusion:
-    """A DDPM around a backbone `f(x, t, cond_class, cond_scalar) -> predicted x0 or noise`."""
+    """A DDPM around a backbone `f(x, t, cond_class, cond_scalar[, cond_task]) -> predicted x0
+    or noise` (the task only when given)."""
 
     backbone: nn.Module
     dim: int
@@ -78,27 +79,27 @@ class Diffusion:
     def init(self, key):
         return init_backbone(self.backbone, key, self.dim)
 
-    def _output(self, params, x, k, cond_class, cond_scalar):
-        return self.backbone.apply({"params": params}, x, k / self.num_steps, cond_class,
-                                   cond_scalar)
+    def _output(self, params, x, k, cond_class, cond_scalar, cond_task=None):
+        return self.backbone.apply({"params": params}, x, k / self.num_steps,
+                                   *condition_args(cond_class, cond_scalar, cond_task))
 
-    def predict_data(self, params, x, k, cond_class=None, cond_scalar=None):
+    def predict_data(self, params, x, k, cond_class=None, cond_scalar=None, cond_task=None):
         """x̂0 at steps `k` (float array, one per example), whatever the backbone predicts."""
-        out = self._output(params, x, k, cond_class, cond_scalar)
+        out = self._output(params, x, k, cond_class, cond_scalar, cond_task)
         if self.prediction == "data":
             return out
         ab = self.alpha_bar[k.astype(jnp.int32)][:, None]
         return (x - jnp.sqrt(1 - ab) * out) / jnp.sqrt(ab)
 
-    def loss(self, params, x0, key, cond_class=None, cond_scalar=None):
+    def loss(self, params, x0, key, cond_class=None, cond_scalar=None, cond_task=None):
         k_noise, k_step, k_drop = jax.random.split(key, 3)
         k = jax.random.randint(k_step, (x0.shape[0],), 0, self.num_steps)
         noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
         ab = self.alpha_bar[k][:, None]
         xk = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * noise
-        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar,
-                                                  self.cond_dropout)
-        out = self._output(params, xk, k.astype(jnp.float32), cond_class, cond_scalar)
+        conditions = drop_conditions(k_drop, cond_class, cond_scalar, self.cond_dropout,
+                                     cond_task)
+        out = self._output(params, xk, k.astype(jnp.float32), *conditions)
         if self.prediction == "noise":
             return jnp.mean((out - noise) ** 2)
         weight = jnp.minimum(ab / (1 - ab), self.snr_cap)
@@ -106,11 +107,12 @@ class Diffusion:
 
     def sample(self, params, key, num: int, *, steps: int | None = None, method: str = "ddim",
                eta: float = 0.0, cond_class=None, cond_scalar=None, guidance: float = 1.0,
-               temperature: float = 1.0):
+               temperature: float = 1.0, cond_task=None):
         """DDPM (every step of the schedule) or DDIM on `steps` evenly spaced steps.
 
         `temperature` scales the starting noise and the noise DDPM injects (below 1: samples
-        nearer the modes, less diverse)."""
+        nearer the modes, less diverse). `cond_task` is (num, k, F) support features (a NaN task:
+        no task) or None."""
         if method not in SAMPLERS:
             raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if method == "ddpm":
@@ -122,7 +124,7 @@ class Diffusion:
         # Guidance mixes x̂0 or ε̂ alike: at a fixed x_k one is an affine function of the other.
         x0_fn = lambda x, k: guided(self.predict_data, params, x,
                                     jnp.full((x.shape[0],), k, jnp.float32),
-                                    cond_class, cond_scalar, guidance)
+                                    cond_class, cond_scalar, guidance, cond_task)
         k_init, k_loop = jax.random.split(key)
 
         def step(x, inputs):

@@ -2,8 +2,9 @@
 
 Training regresses the velocity v(x_t, t, c) onto x1 − x0 along x_t = (1 − t)·x0 + t·x1,
 x0 ~ N(0, source_scale²). Sampling integrates dx/dt = v from t = 0 to 1 with Euler, Heun or RK4.
-Conditions (class, scalar) are dropped at rate `cond_dropout` during training so that one network
-learns both the conditional and the unconditional field — classifier-free guidance mixes them.
+Conditions (class, scalar, task) are dropped at rate `cond_dropout` during training so that one
+network learns both the conditional and the unconditional field — classifier-free guidance mixes
+them.
 
 What the backbone outputs (`prediction`):
 
@@ -33,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wsl.models.backbones import init_backbone
+from wsl.models.backbones import condition_args, init_backbone
 from wsl.models.errors import ModelError
 
 SAMPLERS = ("euler", "heun", "rk4")
@@ -65,34 +66,43 @@ def ot_pair(x0, x1):
     return x0[order]
 
 
-def drop_conditions(key, cond_class, cond_scalar, rate: float):
-    """Replace each example's conditions by "none" (class −1, scalar NaN) with probability
-    `rate`."""
+def drop_conditions(key, cond_class, cond_scalar, rate: float, cond_task=None):
+    """Replace each example's conditions by "none" (class −1, scalar NaN, task all NaN), each
+    independently with probability `rate`. Returns (cond_class, cond_scalar, cond_task)."""
     if rate <= 0:
-        return cond_class, cond_scalar
+        return cond_class, cond_scalar, cond_task
     k1, k2 = jax.random.split(key)
     if cond_class is not None:
         cond_class = jnp.where(jax.random.bernoulli(k1, rate, cond_class.shape), -1, cond_class)
     if cond_scalar is not None:
         cond_scalar = jnp.where(jax.random.bernoulli(k2, rate, cond_scalar.shape), jnp.nan,
                                 cond_scalar)
-    return cond_class, cond_scalar
+    if cond_task is not None:
+        # Its own key folded in: class and scalar draws stay those of runs without a task.
+        drop = jax.random.bernoulli(jax.random.fold_in(key, 2), rate, cond_task.shape[:1])
+        cond_task = jnp.where(drop.reshape(-1, *([1] * (cond_task.ndim - 1))), jnp.nan,
+                              cond_task)
+    return cond_class, cond_scalar, cond_task
 
 
-def guided(apply, params, x, t, cond_class, cond_scalar, guidance: float):
-    """Classifier-free guidance: v_uncond + w·(v_cond − v_uncond); w = 1 is plain conditional."""
-    if guidance == 1.0 or (cond_class is None and cond_scalar is None):
-        return apply(params, x, t, cond_class, cond_scalar)
+def guided(apply, params, x, t, cond_class, cond_scalar, guidance: float, cond_task=None):
+    """Classifier-free guidance: v_uncond + w·(v_cond − v_uncond); w = 1 is plain conditional.
+    The unconditional field has every condition none, the task included."""
+    conditions = condition_args(cond_class, cond_scalar, cond_task)
+    if guidance == 1.0 or all(c is None for c in conditions):
+        return apply(params, x, t, *conditions)
     none_class = None if cond_class is None else jnp.full_like(cond_class, -1)
     none_scalar = None if cond_scalar is None else jnp.full_like(cond_scalar, jnp.nan)
-    v_cond = apply(params, x, t, cond_class, cond_scalar)
-    v_none = apply(params, x, t, none_class, none_scalar)
+    none_task = None if cond_task is None else jnp.full_like(cond_task, jnp.nan)
+    v_cond = apply(params, x, t, *conditions)
+    v_none = apply(params, x, t, *condition_args(none_class, none_scalar, none_task))
     return v_none + guidance * (v_cond - v_none)
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowMatching:
-    """A flow-matching generator around a backbone `f(x, t, cond_class, cond_scalar)`."""
+    """A flow-matching generator around a backbone `f(x, t, cond_class, cond_scalar[, cond_task])`
+    (the task only when given)."""
 
     backbone: nn.Module
     dim: int
@@ -129,25 +139,26 @@ class FlowMatching:
     def _gap(self, t):
         return jnp.maximum(1.0 - t, self.min_gap)[:, None]
 
-    def velocity(self, params, x, t, cond_class=None, cond_scalar=None):
+    def velocity(self, params, x, t, cond_class=None, cond_scalar=None, cond_task=None):
         """The field at times t < 1. Data prediction divides by the exact 1 − t: a floor here
         would slow the field on (1 − min_gap, 1) and leave samples short of the data when a
         solver takes more than 1 / min_gap steps (`sample` never evaluates at t = 1)."""
-        out = self.backbone.apply({"params": params}, x, t, cond_class, cond_scalar)
+        out = self.backbone.apply({"params": params}, x, t,
+                                  *condition_args(cond_class, cond_scalar, cond_task))
         if self.prediction == "velocity":
             return out
         return (out - x) / (1.0 - t)[:, None]
 
-    def loss(self, params, x1, key, cond_class=None, cond_scalar=None):
+    def loss(self, params, x1, key, cond_class=None, cond_scalar=None, cond_task=None):
         k_noise, k_time, k_drop = jax.random.split(key, 3)
         x0 = self.source_scale * jax.random.normal(k_noise, x1.shape, x1.dtype)
         if self.ot_pairing:
             x0 = ot_pair(x0, x1)
         t = sample_times(k_time, x1.shape[0], self.time_sampling)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        cond_class, cond_scalar = drop_conditions(k_drop, cond_class, cond_scalar,
-                                                  self.cond_dropout)
-        out = self.backbone.apply({"params": params}, xt, t, cond_class, cond_scalar)
+        conditions = drop_conditions(k_drop, cond_class, cond_scalar, self.cond_dropout,
+                                     cond_task)
+        out = self.backbone.apply({"params": params}, xt, t, *condition_args(*conditions))
         if self.prediction == "velocity":
             return jnp.mean((out - (x1 - x0)) ** 2)
         if self.loss_on == "data":
@@ -157,17 +168,18 @@ class FlowMatching:
 
     def sample(self, params, key, num: int, *, steps: int = 100, method: str = "rk4",
                cond_class=None, cond_scalar=None, guidance: float = 1.0,
-               temperature: float = 1.0):
+               temperature: float = 1.0, cond_task=None):
         """`num` samples, integrating the learned field from noise (deterministic given `key`).
 
         `temperature` scales the source noise the integration starts from (below 1: samples
-        nearer the modes, less diverse)."""
+        nearer the modes, less diverse). `cond_task` is (num, k, F) support features (a NaN task:
+        no task) or None."""
         if method not in SAMPLERS:
             raise ModelError(f"unknown sampler {method!r}; choose from {SAMPLERS}")
         if steps < 1:
             raise ModelError(f"steps must be ≥ 1, got {steps}")
         field = lambda x, t: guided(self.velocity, params, x, jnp.full((x.shape[0],), t),
-                                    cond_class, cond_scalar, guidance)
+                                    cond_class, cond_scalar, guidance, cond_task)
         h = 1.0 / steps
 
         def step(x, i):

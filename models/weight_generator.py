@@ -5,7 +5,8 @@ builds the model on a vector of a given size; `GeneratorTask` and `AutoencoderTa
 `wsl.train.train` (they follow its task protocol: ``init(key, batch)``,
 ``loss(params, batch, key)``).
 A batch holds ``x`` (normalised, aligned weight vectors, or latents) and optionally
-``cond_class`` / ``cond_scalar``. Their training config is `wsl.train.generator.DEFAULT_TRAIN`.
+``cond_class`` / ``cond_scalar`` / ``cond_task`` (per-class support features, several draws per
+model). Their training config is `wsl.train.generator.DEFAULT_TRAIN`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 
 from wsl.config import ConfigError, coerce_fields
@@ -54,6 +56,10 @@ class GeneratorConfig:
     cond_dropout: float = 0.1  # conditions dropped in training, for classifier-free guidance
     condition_class: str | None = None  # a zoo column to condition on (e.g. "activation")
     condition_scalar: str | None = None  # a numeric zoo column (e.g. "val_acc"; never test_*)
+    # The zoo's task, given by data: per-class support features (k, F) from `wsl.zoos.tasks`,
+    # encoded by `wsl.models.task_encoder.TaskEncoder` (per-class width `task_embed`).
+    condition_task: bool = False
+    task_embed: int = 64
     sampler: Literal["euler", "heun", "rk4", "ddpm", "ddim"] | None = None  # None: rk4 / ddim
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
@@ -67,7 +73,7 @@ class GeneratorConfig:
                 raise ConfigError(f"{field}: {message}, got {getattr(self, field)!r}")
 
         for field in ("hidden", "depth", "token_dim", "heads", "diffusion_steps", "latent_dim",
-                      "ae_steps"):
+                      "ae_steps", "task_embed"):
             require(getattr(self, field) >= 1, field, "must be ≥ 1")
         require(all(w >= 1 for w in self.ae_hidden), "ae_hidden", "widths must be ≥ 1")
         require(self.source_scale > 0, "source_scale", "must be positive")
@@ -109,17 +115,31 @@ class GeneratorConfig:
 
 
 def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None = None,
-                   num_classes: int = 0):
-    """The flow or diffusion model over vectors of size `dim` (weights, or latents)."""
+                   num_classes: int = 0, task_shape: tuple[int, ...] | None = None):
+    """The flow or diffusion model over vectors of size `dim` (weights, or latents).
+
+    `task_shape` is (classes, features) of the task condition; used, and needed, only when
+    `config.condition_task`."""
     use_scalar = config.condition_scalar is not None
+    task = ()
+    if config.condition_task:
+        if task_shape is None:
+            raise ModelError("condition_task=True needs the task features' shape (classes, "
+                             "features) as task_shape; none was given")
+        task = tuple(int(n) for n in task_shape)
+        if len(task) != 2 or min(task) < 1:
+            raise ModelError(f"task_shape must be (classes, features), both ≥ 1; got "
+                             f"{tuple(task_shape)}")
     if config.backbone == "transformer":
         if space is None or space.num_params != dim:
             raise ModelError("the transformer backbone tokenises weights and needs their weight "
                              "space (latent-ddpm uses the mlp backbone on latents)")
         backbone = TokenTransformer(space, config.token_dim, config.hidden, config.depth,
-                                    config.heads, num_classes, use_scalar)
+                                    config.heads, num_classes, use_scalar, task,
+                                    config.task_embed)
     else:
-        backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar)
+        backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar, task,
+                               config.task_embed)
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
                             config.prediction, time_sampling=config.time_sampling,
@@ -134,7 +154,10 @@ def make_autoencoder(config: GeneratorConfig, dim: int) -> Autoencoding:
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorTask:
-    """Trainer task: minimise the generator's loss on batches of vectors ``x``."""
+    """Trainer task: minimise the generator's loss on batches of vectors ``x``.
+
+    ``cond_task`` in a batch is (batch, draws, k, F), several support draws per model, of which
+    each step uses one per example, at random (or (batch, k, F): one task per example)."""
 
     generator: FlowMatching | Diffusion
 
@@ -142,8 +165,19 @@ class GeneratorTask:
         return self.generator.init(key)
 
     def loss(self, params, batch, key):
+        cond_task = batch.get("cond_task")
+        if cond_task is not None:
+            if cond_task.ndim not in (3, 4):
+                raise ModelError(f"cond_task has shape {tuple(cond_task.shape)}; expected "
+                                 f"(batch, draws, classes, features) or (batch, classes, "
+                                 f"features)")
+            # Split off only here: without a task the loss draws exactly what it drew before.
+            key, k_draw = jax.random.split(key)
+            if cond_task.ndim == 4:
+                draw = jax.random.randint(k_draw, cond_task.shape[:1], 0, cond_task.shape[1])
+                cond_task = cond_task[jnp.arange(cond_task.shape[0]), draw]
         loss = self.generator.loss(params, batch["x"], key, batch.get("cond_class"),
-                                   batch.get("cond_scalar"))
+                                   batch.get("cond_scalar"), cond_task)
         return loss, {}
 
 

@@ -5,7 +5,9 @@ The pipeline (`wsl gen train` / `wsl gen sample`):
 1. select rows of a zoo (each model's last checkpoint, not diverged, optionally a minimum accuracy;
    one activation unless the generator is conditioned on it);
 2. align every selected network to a common reference by weight matching (`wsl.align.align_zoo`),
-   flatten through the weight space and normalise per tensor (`wsl.models.normalize`);
+   flatten through the weight space and normalise per tensor (`wsl.models.normalize`); a
+   task-conditioned generator also takes each model's task as per-class support features
+   (`wsl.zoos.tasks`);
 3. train the generator with the shared training loop (`wsl.train.train`, with EMA parameters);
 4. sample, undo the normalisation, score every sample on the zoo's dataset
    (`wsl.zoos.scoring.population_metrics`) and write a zoo whose manifest marks it generated and
@@ -87,6 +89,8 @@ class Selection:
     cond_scalar: np.ndarray | None  # standardised by `scalar_stats`
     align_seconds: float
     scalar_stats: dict | None = None  # mean, std and quantiles of the raw scalar condition
+    cond_task: np.ndarray | None = None  # support features (models, draws, k, F)
+    task_features: dict | None = None  # what produced them (`wsl.zoos.tasks`)
 
 
 def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None = None,
@@ -160,17 +164,56 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
         cond_scalar = ((raw - scalar_stats["mean"]) / scalar_stats["std"]).astype(np.float32)
     else:
         scalar_stats = None
+    cond_task = task_features = None
+    if config.condition_task:
+        # Imported here: only task-conditioned generators need it (a zoo without a task table
+        # is refused there, by name).
+        from wsl.zoos.tasks import zoo_support_features
+
+        cond_task, task_features = zoo_support_features(view, seed=seed)
+        cond_task = np.asarray(cond_task, np.float32)
+        check_task_features(cond_task, len(view), f"{zoo.path}: support features")
     return Selection(view, flat, x, normalizer, activation, class_names, cond_class, cond_scalar,
-                     align_seconds, scalar_stats)
+                     align_seconds, scalar_stats, cond_task, task_features)
 
 
-def _batch_data(x, cond_class, cond_scalar) -> dict:
+def check_task_features(cond_task: np.ndarray, models: int, what: str) -> None:
+    """Support features are (models, draws, k, F), every (k, F) block finite or all NaN (no task
+    for that draw: the null task); a NaN elsewhere would be read as zero, silently."""
+    if cond_task.ndim != 4 or cond_task.shape[0] != models or 0 in cond_task.shape:
+        raise GenerateError(f"{what} have shape {cond_task.shape}; expected (models={models}, "
+                            f"draws, classes, features), none empty")
+    bad = _partial_tasks(cond_task)
+    if bad:
+        raise GenerateError(f"{what}: models (selection rows) {bad[:10]} have non-finite "
+                            f"features in an otherwise given task")
+
+
+def _partial_tasks(cond_task: np.ndarray) -> list[int]:
+    """Leading indices of (k, F) blocks neither finite nor all NaN."""
+    blocks = cond_task.reshape(*cond_task.shape[:-2], -1)
+    ok = np.isfinite(blocks).all(-1) | np.isnan(blocks).all(-1)
+    return sorted({int(i) for i in np.nonzero(~ok)[0]})
+
+
+def _batch_data(x, cond_class, cond_scalar, cond_task=None) -> dict:
     data = {"x": x}
     if cond_class is not None:
         data["cond_class"] = cond_class
     if cond_scalar is not None:
         data["cond_scalar"] = cond_scalar
+    if cond_task is not None:
+        data["cond_task"] = cond_task
     return data
+
+
+def _jsonable(value):
+    """numpy scalars and arrays in a record (e.g. the task features' info) as JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def generator_record(zoo: Zoo, config: GeneratorConfig, train_config: TrainConfig, *,
@@ -223,6 +266,9 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
                       "align_seconds": selection.align_seconds},
         "class_names": selection.class_names, "latent": None,
         "scalar": selection.scalar_stats,
+        "task": None if selection.cond_task is None else json.loads(json.dumps(
+            {**(selection.task_features or {}), "shape": list(selection.cond_task.shape[2:])},
+            default=_jsonable)),
     }
     # The record first: a folder killed after this is still known to hold this request.
     out.mkdir(parents=True, exist_ok=True)
@@ -251,11 +297,16 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     train_config = dataclasses.replace(
         train_config, batch_size=fit_batch_size(train_config, len(data), "selected models"))
     generator = make_generator(config, data.shape[1], space if meta["latent"] is None else None,
-                               len(selection.class_names))
+                               len(selection.class_names), _task_shape(meta))
     train(GeneratorTask(generator), train_config,
-          _batch_data(data, selection.cond_class, selection.cond_scalar), out / "generator",
-          label=RUN_LABELS.get(config.method, config.method))
+          _batch_data(data, selection.cond_class, selection.cond_scalar, selection.cond_task),
+          out / "generator", label=RUN_LABELS.get(config.method, config.method))
     return out
+
+
+def _task_shape(meta: dict) -> tuple[int, ...] | None:
+    task = meta.get("task")
+    return None if not task else tuple(int(n) for n in task["shape"])
 
 
 @dataclasses.dataclass
@@ -292,7 +343,7 @@ class TrainedGenerator:
         latent = meta.get("latent")
         dim = config.latent_dim if latent else space.num_params
         generator = make_generator(config, dim, None if latent else space,
-                                   len(meta.get("class_names", [])))
+                                   len(meta.get("class_names", [])), _task_shape(meta))
         params = load_params(directory / "generator", "latest", ema=train_cfg.ema_decay > 0)
         ae = ae_params = None
         if latent:
@@ -338,19 +389,45 @@ class TrainedGenerator:
             return condition_for(self.condition_map, float(value))
         return (float(value) - stats["mean"]) / stats["std"]
 
+    @property
+    def task_shape(self) -> tuple[int, ...] | None:
+        """(classes, features) of the task condition; None for a generator without one."""
+        return _task_shape(self.meta)
+
+    def task_condition(self, cond_task, num: int) -> np.ndarray | None:
+        """`cond_task` — support features (k, F) for every sample, or (num, k, F) — checked and
+        as (num, k, F) float32; None stays None (sampled unconditionally: the null task)."""
+        if cond_task is None:
+            return None
+        shape = self.task_shape
+        if shape is None:
+            raise GenerateError(f"{self.directory}: this generator has no task condition; train "
+                                f"one with condition_task=true to sample for a task")
+        task = np.asarray(cond_task, np.float32)
+        if task.shape == shape:
+            task = np.broadcast_to(task, (num, *shape))
+        elif task.shape != (num, *shape):
+            raise GenerateError(f"cond_task has shape {task.shape}; expected {shape} (classes, "
+                                f"features) or {(num, *shape)} (one task per sample)")
+        bad = _partial_tasks(task)
+        if bad:
+            raise GenerateError(f"cond_task: samples {bad[:10]} have non-finite features in an "
+                                f"otherwise given task (all NaN means no task)")
+        return task
+
     def _program(self, n: int, method: str, steps: int, guidance: float, temperature: float,
-                 with_class: bool, with_scalar: bool):
+                 with_class: bool, with_scalar: bool, with_task: bool = False):
         """The compiled sampler for one chunk shape and setting, with its compile time."""
-        key = (n, method, steps, guidance, temperature, with_class, with_scalar)
+        key = (n, method, steps, guidance, temperature, with_class, with_scalar, with_task)
         if key not in self._programs:
             generator, decode = self.generator, self.autoencoder is not None
             latent = self.meta.get("latent")
             mean, std = jnp.asarray(self.normalizer.mean), jnp.asarray(self.normalizer.std)
 
-            def run(params, ae_params, rng, cls, sca):
+            def run(params, ae_params, rng, cls, sca, task):
                 z = generator.sample(params, rng, n, steps=steps, method=method, cond_class=cls,
                                      cond_scalar=sca, guidance=guidance,
-                                     temperature=temperature)
+                                     temperature=temperature, cond_task=task)
                 if decode:
                     z = z * jnp.asarray(latent["std"]) + jnp.asarray(latent["mean"])
                     z = self.autoencoder.decode(ae_params, z)
@@ -358,7 +435,8 @@ class TrainedGenerator:
 
             args = (self.params, self.ae_params, jax.random.key(0),
                     jnp.zeros((n,), jnp.int32) if with_class else None,
-                    jnp.zeros((n,), jnp.float32) if with_scalar else None)
+                    jnp.zeros((n,), jnp.float32) if with_scalar else None,
+                    jnp.zeros((n, *self.task_shape), jnp.float32) if with_task else None)
             start = time.perf_counter()
             compiled = jax.jit(run).lower(*args).compile()
             self._programs[key] = compiled
@@ -385,40 +463,47 @@ class TrainedGenerator:
     def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
                 guidance: float | None = None, temperature: float | None = None,
                 cond_class: str | None = None, cond_scalar: float | str | None = None,
-                use_map: bool = True, chunk: int = 1000) -> float:
+                use_map: bool = True, chunk: int = 1000, cond_task=None) -> float:
         """Compile what `sample` with these arguments will run; returns the seconds it took."""
         method, steps, guidance, temperature, cls, sca = self._settings(
             sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
+        task = self.task_condition(cond_task, num)
         before = self.compile_seconds
         for n in {min(chunk, num - start) for start in range(0, num, chunk)}:
             self._program(n, method, steps, guidance, temperature, cls is not None,
-                          sca is not None)
+                          sca is not None, task is not None)
         return self.compile_seconds - before
 
     def sample(self, num: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None,
                temperature: float | None = None, cond_class: str | None = None,
                cond_scalar: float | str | None = None, use_map: bool = True,
-               chunk: int = 1000) -> np.ndarray:
+               chunk: int = 1000, cond_task=None) -> np.ndarray:
         """`num` raw weight vectors (denormalised), deterministic for a seed.
 
         Compiled once per chunk size and setting (`compile_seconds` adds up the compile time).
         `cond_scalar` is a raw value or a training-population quantile such as ``"q90"``; with
         the generator's condition map (unless `use_map` is False) it is the samples' target.
+        `cond_task` is a task's support features (k, F) for every sample, or (num, k, F), as
+        `wsl.zoos.tasks` computes them; without it a task-conditioned generator samples
+        unconditionally (the null task).
         """
         if num < 1:
             raise GenerateError(f"number of samples must be ≥ 1, got {num}")
         method, steps, guidance, temperature, cls_value, sca_value = self._settings(
             sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
+        task_value = self.task_condition(cond_task, num)
         out = []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
             program = self._program(n, method, steps, guidance, temperature,
-                                    cls_value is not None, sca_value is not None)
+                                    cls_value is not None, sca_value is not None,
+                                    task_value is not None)
             key = jax.random.fold_in(jax.random.key(seed), start)
             cls = None if cls_value is None else jnp.full((n,), cls_value, jnp.int32)
             sca = None if sca_value is None else jnp.full((n,), sca_value, jnp.float32)
-            out.append(np.asarray(program(self.params, self.ae_params, key, cls, sca)))
+            task = None if task_value is None else jnp.asarray(task_value[start:start + n])
+            out.append(np.asarray(program(self.params, self.ae_params, key, cls, sca, task)))
         return np.concatenate(out).astype(np.float32)
 
 
@@ -488,7 +573,9 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
                 "temperature": cfg.temperature if sample_options.get("temperature") is None
                 else sample_options["temperature"],
                 "cond_class": sample_options.get("cond_class"),
-                "cond_scalar": sample_options.get("cond_scalar")}
+                "cond_scalar": sample_options.get("cond_scalar"),
+                # The features themselves are an array (they belong with the task, not here).
+                "cond_task": None if sample_options.get("cond_task") is None else "given"}
     if settings["cond_scalar"] is not None:
         # What the condition network was given, and whether a target went through the map.
         settings["condition_map"] = bool(gen.condition_map is not None

@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "train an encoder to predict a zoo column from weights (Kendall τ, R²)"),
     "gen": ("wsl.commands.gen",
             "train weight generators on a zoo, sample and evaluate new networks"),
+    "transfer": ("wsl.commands.transfer",
+                 "sample networks for a new task from a task-conditioned generator and "
+                 "fine-tune them against other inits"),
     "merge": ("wsl.commands.merge",
               "align networks of a zoo and merge them (uniform, greedy soup, Fisher)"),
     "launch": ("wsl.commands.launch",

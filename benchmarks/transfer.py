@@ -1,0 +1,245 @@
+"""Benchmark: networks sampled for held-out tasks as initialisations (`wsl transfer`), honestly.
+
+For each experiment (a multi-task zoo, built once and cached under ``--out``; a target source)
+and each of ``--seeds`` generator seeds:
+
+1. train a task-conditioned flow-matching generator on the zoo's aligned last-epoch models
+   (`wsl.train.generator.train_generator` with ``condition_task=true``);
+2. for each of the first ``tasks`` held-out tasks of the zoo (never trained on; for the
+   cross-dataset experiments the same class subsets of the *other* dataset), run
+   `wsl.train.transfer.transfer`: sampled, random, zoo-mean, nearest-task and wrong-task inits,
+   ``samples`` networks each, fine-tuned together for ``epochs`` epochs.
+
+Nothing is chosen: guidance is the generator's default (1) and every sample is kept. Each init is
+summarised by validation accuracy at epochs 0, 1, 5 and the last, the epochs it needs to reach
+random init's final validation accuracy, and the test accuracy after the last epoch (the test
+split of every held-out task is scored once, there). Per quantity: mean over seeds of each seed's
+mean over tasks, with a 95 % t-interval over seeds; the verdicts use the intervals.
+
+Experiments: ``main`` (mnist-tasks: MNIST 8x8 class subsets x transforms), ``digits->mnist8``
+(generator on digits-tasks, transfer to MNIST 8x8) and ``mnist8->digits`` (the reverse).
+
+    python benchmarks/transfer.py --smoke   # seconds: a tiny digits zoo, 2 tasks, 1 seed
+    python benchmarks/transfer.py --quick   # mnist8-tasks (500 models), 5 tasks, 1 seed
+    python benchmarks/transfer.py           # full: 3 experiments, 12 / 10 / 10 tasks, 3 seeds
+
+Prints a table per experiment and one JSON object as the last line; ``--save`` writes it to
+``benchmarks/results/transfer-<mode>.json``. Zoos, generators and every finished (task, seed)
+report live under ``--out``: rerun after an interruption and finished work is read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from wsl.eval.transfer import aggregate, finish, t_interval  # noqa: E402
+from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
+from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator  # noqa: E402
+from wsl.train.transfer import TransferConfig, transfer  # noqa: E402
+from wsl.zoos.build import build_zoo  # noqa: E402
+from wsl.zoos.errors import ZooError  # noqa: E402
+from wsl.zoos.recipes import get_recipe  # noqa: E402
+from wsl.zoos.store import Zoo  # noqa: E402
+from wsl.zoos.tasks import Task, tasks_of  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    recipe: str
+    zoo_words: tuple[str, ...] = ()
+    target_source: str | None = None  # None: the zoo's own source (its held-out tasks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    experiments: tuple[Experiment, ...]
+    tasks: tuple[int, ...]  # held-out tasks per experiment
+    seeds: int
+    gen_steps: int
+    hidden: int
+    samples: int
+    epochs: int
+
+
+MODES = {
+    "smoke": Mode((Experiment("main", "digits-tasks",
+                              ("num_models=40", "epochs=3", "checkpoints=[0,3]",
+                               "models_per_shard=40")),),
+                  tasks=(2,), seeds=1, gen_steps=60, hidden=64, samples=3, epochs=2),
+    "quick": Mode((Experiment("main", "mnist8-tasks", ("num_models=500",)),),
+                  tasks=(5,), seeds=1, gen_steps=1500, hidden=512, samples=10, epochs=10),
+    "full": Mode((Experiment("main", "mnist-tasks"),
+                  Experiment("digits->mnist8", "digits-tasks", target_source="mnist8"),
+                  Experiment("mnist8->digits", "mnist8-tasks", target_source="digits")),
+                 tasks=(12, 10, 10), seeds=3, gen_steps=4000, hidden=512, samples=10,
+                 epochs=25),
+}
+
+
+def open_or_build(root: Path, experiment: Experiment, mode: str) -> Zoo:
+    path = root / f"{experiment.recipe}-{mode}"
+    try:
+        return Zoo.open(path)
+    except ZooError:
+        print(f"building {path} ...", flush=True)
+        return build_zoo(get_recipe(experiment.recipe, list(experiment.zoo_words)), path,
+                         progress=mode != "smoke")
+
+
+def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
+    """The zoo's first `count` held-out tasks (table order, fixed by the recipe's seed), moved to
+    the target source for a cross-dataset experiment."""
+    held = tasks_of(zoo.manifest, "heldout")[:count]
+    if experiment.target_source:
+        held = [Task(experiment.target_source, t.classes, t.transform) for t in held]
+    return held
+
+
+def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int) -> TrainedGenerator:
+    config = GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden)
+    train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
+    out = root / f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}"
+    if not (out / "trained").exists():  # trained generators are not realigned on a rerun
+        train_generator(zoo.path, out, config, train)
+        (out / "trained").write_text("trained\n")
+    return TrainedGenerator.load(out)
+
+
+def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: str,
+                   mode: Mode) -> dict:
+    zoo = open_or_build(root, experiment, mode_name)
+    tasks = target_tasks(zoo, experiment, count)
+    reports = []
+    for seed in range(mode.seeds):
+        gen = generator_for(zoo, root, mode, seed)
+        for task in tasks:
+            cache = root / "runs" / experiment.name.replace(">", "") / f"seed{seed}" / \
+                f"{task.spec.replace(':', '_')}-{mode.samples}x{mode.epochs}.json"
+            if cache.exists():
+                report = json.loads(cache.read_text())
+            else:
+                start = time.perf_counter()
+                config = TransferConfig(samples=mode.samples, epochs=mode.epochs, seed=seed)
+                report = finish(transfer(gen, task, config, progress=False))
+                report["seconds"] = time.perf_counter() - start
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(report) + "\n")
+            report["seed"] = seed
+            reports.append(report)
+            print(f"  {experiment.name} seed {seed} {task.spec}: " + ", ".join(
+                f"{k} {v['val_epoch0']:.3f}->{v['val_final']:.3f}"
+                for k, v in report["summary"].items()), flush=True)
+    summary = aggregate(reports)
+    chance = reports[0]["chance"]
+    return {"experiment": experiment.name, "recipe": experiment.recipe,
+            "zoo": str(zoo.path), "models": len(zoo.select(epoch="last")),
+            "target_source": experiment.target_source,
+            "tasks": [t.spec for t in tasks], "seeds": mode.seeds, "chance": chance,
+            "summary": summary, "verdicts": verdicts(reports, summary, chance, mode.epochs)}
+
+
+def _paired(reports: list[dict], a: str, b: str, quantity: str) -> dict:
+    """Per seed, the mean over tasks of init a's minus init b's `quantity`; mean and interval."""
+    by_seed: dict[int, list[float]] = {}
+    for r in reports:
+        if a in r["summary"] and b in r["summary"]:
+            by_seed.setdefault(r["seed"], []).append(
+                r["summary"][a][quantity] - r["summary"][b][quantity])
+    per_seed = [float(np.mean(v)) for v in by_seed.values()]
+    return {"mean": float(np.mean(per_seed)), "ci95": t_interval(per_seed)}
+
+
+def verdicts(reports: list[dict], summary: dict, chance: float, epochs: int) -> dict:
+    """The issue's acceptance lines, each decided on 95 % intervals over seeds."""
+    s = summary["sampled"]
+    out = {"sampled_epoch0_at_least_2x_chance": s["val_epoch0"]["ci95"][0] >= 2 * chance}
+    for other in ("wrong_task", "zoo_mean", "nearest_task"):
+        if other in summary:
+            diff = _paired(reports, "sampled", other, "val_epoch0")
+            out[f"sampled_minus_{other}_epoch0"] = diff
+            out[f"sampled_above_{other}_epoch0"] = diff["ci95"][0] > 0
+    reach = s["epochs_to_random_final"]["mean"]
+    out["sampled_epochs_to_random_final"] = reach
+    out["sampled_reaches_random_final_within_5_epochs"] = reach <= 5
+    for split in ("val_final", "test_final"):
+        diff = _paired(reports, "sampled", "random", split)
+        out[f"sampled_minus_random_{split}"] = diff
+        out[f"sampled_not_below_random_{split}"] = diff["ci95"][1] >= 0
+    return out
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['experiment']}: {result['recipe']} zoo ({result['models']} models) -> "
+          f"{len(result['tasks'])} held-out tasks{' of ' + result['target_source'] if result['target_source'] else ''}"
+          f", {result['seeds']} seed(s); chance {result['chance']:.2f}")
+    cols = ["val_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
+            "epochs_to_random_final"]
+    head = ["init"] + cols
+    rows = []
+    for name, row in result["summary"].items():
+        cells = [name]
+        for c in cols:
+            if c not in row:
+                cells.append("-")
+                continue
+            lo, hi = row[c]["ci95"]
+            cells.append(f"{row[c]['mean']:.3f} [{lo:.3f}, {hi:.3f}]")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for k, v in result["verdicts"].items():
+        if isinstance(v, bool):
+            print(f"  {k}: {'yes' if v else 'NO'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="one experiment, 5 tasks, 1 seed")
+    speed.add_argument("--smoke", action="store_true", help="seconds: a tiny digits zoo")
+    parser.add_argument("--out", default=None,
+                        help="zoos, generators and finished reports (default: a temporary folder "
+                             "in smoke mode, /tmp/wsl-bench-transfer otherwise)")
+    parser.add_argument("--experiments", default=None,
+                        help="comma-separated subset of the mode's experiments")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/transfer-<mode>.json (not in smoke mode)")
+    args = parser.parse_args(argv)
+    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = MODES[mode_name]
+    chosen = None if args.experiments is None else set(args.experiments.split(","))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))
+        root.mkdir(parents=True, exist_ok=True)
+        results = []
+        for experiment, count in zip(mode.experiments, mode.tasks):
+            if chosen is None or experiment.name in chosen:
+                results.append(run_experiment(root, experiment, count, mode_name, mode))
+    for result in results:
+        print_table(result)
+    payload = {"benchmark": "transfer", "mode": mode_name, "cpu_count": os.cpu_count(),
+               "settings": dataclasses.asdict(mode), "experiments": results}
+    if args.save and mode_name != "smoke":
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"transfer-{mode_name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

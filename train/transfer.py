@@ -1,0 +1,247 @@
+"""Transfer: sample networks for a task a generator never saw, fine-tune them, compare inits.
+
+`transfer(generator, task)` (what `wsl transfer` runs):
+
+1. builds the task's data (`wsl.zoos.tasks.task_dataset`) and a support set of a few labelled
+   training examples per class, described to the task-conditioned generator as per-class
+   features (`wsl.zoos.tasks.support_features`);
+2. makes `samples` starting networks for each of the inits compared:
+
+   * ``sampled``: the generator conditioned on the support set (optionally the best `keep` of
+     them by *validation* accuracy of the task);
+   * ``random``: the training zoo's init scheme;
+   * ``zoo_mean``: the average of the aligned training zoo;
+   * ``nearest_task``: trained zoo models of the training task whose support features are
+     nearest the target's;
+   * ``wrong_task``: the generator conditioned on another task (the other classes of the source,
+     same transform): a control that the condition, not the generator alone, carries the task;
+
+3. fine-tunes all of them at once with the population trainer (one vmapped program, the same
+   batches for every init) and records validation accuracy after every epoch; the test split
+   is scored once, after the last epoch.
+
+Nothing here reads the test split to choose anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsl.config import ConfigError, coerce_fields, to_dict
+from wsl.errors import WslError
+from wsl.zoos.init_schemes import initial_population
+from wsl.zoos.population import OPTIMIZERS, TrainSettings, train_population
+from wsl.zoos.scoring import population_metrics
+from wsl.zoos.store import Zoo
+from wsl.zoos.tasks import (
+    SOURCES,
+    Task,
+    draw_support,
+    source_dataset,
+    support_features,
+    task_dataset,
+    task_support_features,
+)
+
+INITS = ("sampled", "random", "zoo_mean", "nearest_task", "wrong_task")
+
+
+class TransferError(WslError, ValueError):
+    """A generator, task or option that transfer cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    """How networks are sampled for a task and fine-tuned on it."""
+
+    samples: int = 10  # networks per init
+    keep: int = 0  # sampled: keep the best `keep` of `samples` by validation accuracy; 0 = all
+    epochs: int = 25
+    support: int = 10  # support examples per class (from the task's training split)
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    batch_size: int = 32
+    seed: int = 0
+    guidance: float | None = None  # None: the generator's own
+    inits: tuple[str, ...] = INITS
+
+    def __post_init__(self):
+        coerce_fields(self)
+        for field, low in (("samples", 1), ("epochs", 0), ("support", 1), ("batch_size", 1),
+                           ("keep", 0)):
+            if getattr(self, field) < low:
+                raise ConfigError(f"{field}: must be ≥ {low}, got {getattr(self, field)}")
+        if self.keep > self.samples:
+            raise ConfigError(f"keep: the best {self.keep} of {self.samples} samples cannot be "
+                              f"kept; keep ≤ samples")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ConfigError(f"lr must be > 0 and weight_decay ≥ 0, got {self.lr}, "
+                              f"{self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: unknown {self.optimizer!r}; choose from "
+                              f"{sorted(OPTIMIZERS)}")
+        unknown = [i for i in self.inits if i not in INITS]
+        if unknown or not self.inits or len(set(self.inits)) != len(self.inits):
+            raise ConfigError(f"inits: choose distinct ones from {list(INITS)}, got "
+                              f"{list(self.inits)}")
+
+    @property
+    def count(self) -> int:
+        """Networks fine-tuned per init."""
+        return self.keep or self.samples
+
+
+def control_task(task: Task) -> Task:
+    """The wrong-task control: the first k source classes not in the task (same transform), or,
+    where the source has too few others, the task's classes in shifted label order."""
+    total = source_dataset(task.source).num_classes
+    others = [c for c in range(total) if c not in task.classes]
+    classes = others[:task.num_classes] if len(others) >= task.num_classes \
+        else task.classes[1:] + task.classes[:1]
+    return Task(task.source, tuple(classes), task.transform)
+
+
+def _check_fit(gen, task: Task, data) -> tuple[int, int]:
+    info = gen.meta.get("task")
+    if not info:
+        raise TransferError(f"generator {gen.directory} is not task-conditioned; train one on a "
+                            f"multi-task zoo with condition_task=true")
+    arch = gen.architecture
+    if tuple(arch.input_shape) != tuple(data.input_shape):
+        raise TransferError(f"generator {gen.directory} makes networks for inputs "
+                            f"{tuple(arch.input_shape)}; task {task.spec} has inputs "
+                            f"{tuple(data.input_shape)}")
+    if arch.num_classes != data.num_classes:
+        raise TransferError(f"generator {gen.directory} makes {arch.num_classes}-way networks; "
+                            f"task {task.spec} has {data.num_classes} classes")
+    return tuple(info["shape"])
+
+
+def _training_rows(gen) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The metrics of the generator's training rows and their aligned weights."""
+    zoo = Zoo.open(gen.meta["zoo"])
+    rows = np.asarray(gen.meta["selection"]["rows"], np.int64)
+    metrics = {k: np.asarray(v)[rows] for k, v in zoo.metrics.items()}
+    return metrics, np.load(Path(gen.directory) / "aligned_train.npy")
+
+
+def _random_init(gen, metrics: dict[str, np.ndarray], count: int, seed: int) -> np.ndarray:
+    """The training zoo's init scheme (its most common; the median init scale)."""
+    schemes = [str(s) for s in metrics.get("init", ["default"])]
+    scheme = max(set(schemes), key=schemes.count)
+    scale = float(np.median(np.asarray(metrics.get("init_scale", [1.0]), np.float64)))
+    bias = float(np.median(np.asarray(metrics.get("bias_init", [0.0]), np.float64)))
+    arch = gen.architecture
+    params = initial_population(arch, np.arange(count) + 1_000_003 * (seed + 1), [scheme] * count,
+                                [scale] * count, [bias] * count, seed)
+    return np.asarray(arch.weight_space.flatten(params), np.float32)
+
+
+def _nearest_task(target: np.ndarray, tasks: list[str], per_class: int, seed: int) -> str:
+    dist = [float(np.linalg.norm(task_support_features(t, per_class=per_class, seed=seed)
+                                 - target)) for t in tasks]
+    return tasks[int(np.argmin(dist))]
+
+
+def make_inits(gen, task: Task, config: TransferConfig, progress: bool = True) -> dict[str, Any]:
+    """The starting networks of every init (flat weights (count, params)) and what each is."""
+    data = task_dataset(task)
+    shape = _check_fit(gen, task, data)
+    support_x, support_y = draw_support(data, config.support, config.seed)
+    features = support_features(support_x, support_y, data.num_classes)
+    if features.shape != shape:
+        raise TransferError(f"task {task.spec}: support features {features.shape} do not match "
+                            f"the generator's {shape} (classes, features)")
+    arch = gen.architecture
+    n = config.count
+    inits: dict[str, np.ndarray] = {}
+    notes: dict[str, Any] = {}
+    need_zoo = {"random", "zoo_mean", "nearest_task"} & set(config.inits)
+    metrics, aligned = _training_rows(gen) if need_zoo else (None, None)
+    for name in config.inits:
+        if name in ("sampled", "wrong_task"):
+            which = task if name == "sampled" else control_task(task)
+            cond = features if name == "sampled" else support_features(
+                *draw_support(task_dataset(which), config.support, config.seed),
+                which.num_classes)
+            flat = gen.sample(config.samples, seed=config.seed + (name == "wrong_task"),
+                              cond_task=cond, guidance=config.guidance)
+            notes[name] = {"task": which.spec}
+            if name == "sampled" and config.keep:
+                # Chosen on the task's validation split only.
+                val = population_metrics(arch, flat, data, splits=("val",))["val_acc"]
+                best = np.argsort(-np.nan_to_num(val, nan=-1.0), kind="stable")[:config.keep]
+                notes[name].update(kept=best.tolist(), val_acc_of_all=val.tolist())
+                flat = flat[best]
+            inits[name] = flat
+        elif name == "random":
+            inits[name] = _random_init(gen, metrics, n, config.seed)
+        elif name == "zoo_mean":
+            inits[name] = np.repeat(aligned.mean(0, keepdims=True), n, axis=0).astype(np.float32)
+        elif name == "nearest_task":
+            specs = [str(t) for t in metrics["task"]]
+            trained = sorted(set(specs))
+            if task.spec in trained:
+                raise TransferError(f"task {task.spec} is one the generator's zoo was trained on; "
+                                    f"transfer is measured on held-out tasks")
+            same_source = [t for t in trained if t.split(":")[0] == task.source] or trained
+            nearest = _nearest_task(features, same_source, config.support, config.seed)
+            members = np.flatnonzero(np.asarray(specs) == nearest)
+            inits[name] = aligned[members[np.arange(n) % len(members)]].astype(np.float32)
+            notes[name] = {"task": nearest, "models": len(members)}
+    return {"inits": inits, "notes": notes, "support": {"per_class": config.support,
+                                                        "examples": int(len(support_y))}}
+
+
+def transfer(generator, task: str | Task, config: TransferConfig = TransferConfig(), *,
+             progress: bool = True) -> dict[str, Any]:
+    """Sample for `task`, fine-tune every init for `config.epochs` epochs and return the
+    learning curves (`wsl.eval.transfer` summarises, plots and writes them)."""
+    from wsl.train.generator import TrainedGenerator
+
+    gen = generator if isinstance(generator, TrainedGenerator) else \
+        TrainedGenerator.load(generator)
+    task = task if isinstance(task, Task) else Task.parse(task)
+    if task.source not in SOURCES:  # parse checked it; kept for tasks built by hand
+        raise TransferError(f"unknown task source {task.source!r}")
+    made = make_inits(gen, task, config, progress)
+    names = list(made["inits"])
+    flat = np.concatenate([made["inits"][k] for k in names])
+    n = config.count
+    arch = gen.architecture
+    data = task_dataset(task)
+    total = len(flat)
+    hparams = {"lr": [config.lr] * total, "weight_decay": [config.weight_decay] * total,
+               "init_scale": [1.0] * total, "bias_init": [0.0] * total, "dropout": [0.0] * total,
+               "train_fraction": [1.0] * total, "seed": list(np.tile(np.arange(n), len(names))),
+               "init": ["default"] * total}
+    settings = TrainSettings(epochs=config.epochs, checkpoints=tuple(range(config.epochs + 1)),
+                             batch_size=config.batch_size, optimizer=config.optimizer,
+                             seed=config.seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, unit="epoch", desc=f"fine-tuning {total} networks")
+    try:
+        result = train_population(arch, data, hparams, settings,
+                                  initial_params=arch.weight_space.unflatten(flat),
+                                  on_epoch=(lambda _: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    curves = {}
+    for i, name in enumerate(names):
+        rows = slice(i * n, (i + 1) * n)
+        curves[name] = {"val_acc": result.metrics["val_acc"][rows].tolist(),
+                        # Scored once: the test accuracy after the last epoch only.
+                        "test_acc_final": result.metrics["test_acc"][rows, -1].tolist(),
+                        **made["notes"].get(name, {})}
+    return {"task": task.spec, "generator": str(gen.directory), "config": to_dict(config),
+            "support": made["support"], "num_classes": data.num_classes,
+            "chance": 1.0 / data.num_classes, "curves": curves}

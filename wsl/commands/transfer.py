@@ -1,0 +1,91 @@
+"""`wsl transfer`: sample networks for a new task from a task-conditioned generator and fine-tune.
+
+    wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
+                 [--support 10] [--keep 0] [--out DIR]
+    wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
+
+A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
+through a support set of ``--support`` labelled training examples per class. Every init
+(sampled, random, zoo mean, nearest-task zoo model, wrong-task control) gets the same number of
+networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best of
+``--samples`` sampled networks by the task's *validation* accuracy. The test split is scored once,
+after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
+curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wsl.commands import _help
+from wsl.errors import UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from wsl.train.transfer import INITS, TransferConfig
+
+    d = TransferConfig()
+    p = _help.parser("wsl transfer", __doc__)
+    p.add_argument("--generator", required=True, metavar="DIR",
+                   help="a task-conditioned generator (wsl gen train on a multi-task zoo with "
+                        "condition_task=true)")
+    p.add_argument("--task", metavar="SPEC", help="SOURCE:CLASSES:TRANSFORM, e.g. "
+                                                  "mnist8:0-3-5-7-9:rot90")
+    p.add_argument("--list-tasks", action="store_true",
+                   help="print the training zoo's held-out tasks and exit")
+    p.add_argument("--samples", type=int, default=d.samples, metavar="K",
+                   help="networks sampled (and, without --keep, networks per init)")
+    p.add_argument("--keep", type=int, default=d.keep, metavar="K",
+                   help="keep the K best samples by validation accuracy (0: all)")
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="E",
+                   help="fine-tuning epochs")
+    p.add_argument("--support", type=int, default=d.support, metavar="N",
+                   help="support examples per class that describe the task to the generator")
+    p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate (all inits)")
+    p.add_argument("--optimizer", default=d.optimizer, help="fine-tuning optimizer")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight (default: the generator's)")
+    p.add_argument("--inits", default=",".join(INITS), metavar="LIST",
+                   help="inits to compare, comma-separated")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the support set, the samples and the fine-tuning")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where transfer.json and transfer.png go")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from wsl.config import ConfigError
+    from wsl.eval.transfer import finish, table
+    from wsl.mesh import describe_default_device
+    from wsl.train.generator import TrainedGenerator
+    from wsl.train.transfer import TransferConfig, transfer
+    from wsl.zoos.tasks import Task, tasks_of
+
+    if args.task is None and not args.list_tasks:
+        raise UsageError("give --task SPEC (e.g. mnist8:0-3-5-7-9:rot90) or --list-tasks")
+    try:
+        config = TransferConfig(samples=args.samples, keep=args.keep, epochs=args.epochs,
+                                support=args.support, lr=args.lr, optimizer=args.optimizer,
+                                seed=args.seed, guidance=args.guidance,
+                                inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    task = Task.parse(args.task) if args.task else None  # a bad spec fails before any work
+    generator = TrainedGenerator.load(args.generator)
+    if args.list_tasks:
+        from wsl.zoos.store import Zoo
+
+        for held in tasks_of(Zoo.open(generator.meta["zoo"]).manifest, "heldout"):
+            print(held.spec)
+        return 0
+    out = Path(args.out) if args.out else Path(args.generator) / "transfer" / task.spec.replace(
+        ":", "_")
+    print(describe_default_device("transfer"), flush=True)
+    report = finish(transfer(generator, task, config, progress=not args.no_progress), out)
+    print(table(report))
+    print(f"wrote {out / 'transfer.json'} and {out / 'transfer.png'}")
+    return 0
