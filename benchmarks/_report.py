@@ -133,9 +133,35 @@ def phase_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def transfer_markdown(paths: list[str]) -> str:
+    """README's transfer table, printed from `benchmarks/transfer.py --save` files: per experiment
+    and init, validation accuracy at epochs 0, 1, 5 and the last, test accuracy after the last
+    epoch and epochs to reach random init's final accuracy — means over seeds [95 % CI]."""
+    cols = ("val_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
+            "epochs_to_random_final")
+    lines = ["| experiment | init | val acc epoch 0 | epoch 1 | epoch 5 | last epoch | "
+             "test acc (last) | epochs to random's last |", "|---|---|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        for result in report["experiments"]:
+            label = (f"{result['experiment']} ({len(result['tasks'])} held-out tasks, "
+                     f"{result['seeds']} seeds, chance {result['chance']:.2f})")
+            for name, row in result["summary"].items():
+                cells = []
+                for c in cols:
+                    if c not in row:
+                        cells.append("–")
+                        continue
+                    lo, hi = row[c]["ci95"]
+                    digits = 1 if c == "epochs_to_random_final" else 3
+                    cells.append(f"{row[c]['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
+                lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+                label = ""
+    return "\n".join(lines)
+
+
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
-         "phase": phase_markdown}
+         "phase": phase_markdown, "transfer": transfer_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 

@@ -183,9 +183,10 @@ def verdicts(reports: list[dict], summary: dict, chance: float, epochs: int) -> 
 
 
 def print_table(result: dict) -> None:
+    target = f" of {result['target_source']}" if result["target_source"] else ""
     print(f"\n{result['experiment']}: {result['recipe']} zoo ({result['models']} models) -> "
-          f"{len(result['tasks'])} held-out tasks{' of ' + result['target_source'] if result['target_source'] else ''}"
-          f", {result['seeds']} seed(s); chance {result['chance']:.2f}")
+          f"{len(result['tasks'])} held-out tasks{target}, {result['seeds']} seed(s); "
+          f"chance {result['chance']:.2f}")
     cols = ["val_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
             "epochs_to_random_final"]
     head = ["init"] + cols

@@ -524,6 +524,31 @@ def condition_for(condition_map: dict, target: float) -> float:
     return float(np.interp(target, levels, middle))
 
 
+def _task_sampling(gen: TrainedGenerator, task: str | None, support: int, seed: int,
+                   sample_options: dict) -> dict:
+    """Condition a task-conditioned generator on `task`'s support set (`support` examples per
+    class, drawn by `seed`; set into `sample_options`); the dataset spec the samples are
+    scored on: the task's own splits."""
+    from wsl.zoos.tasks import Task, task_dataset, task_support_features
+
+    if gen.task_shape is None:
+        raise GenerateError(f"{gen.directory} is not task-conditioned; --task needs a generator "
+                            f"trained with condition_task=true on a multi-task zoo")
+    if task is None:
+        raise GenerateError(f"{gen.directory} generates networks for a task described by its "
+                            f"data: give --task SPEC (e.g. mnist8:0-3-5-7-9:none)")
+    task = Task.parse(task)
+    data = task_dataset(task)
+    arch = gen.architecture
+    if tuple(data.input_shape) != tuple(arch.input_shape) or data.num_classes != arch.num_classes:
+        raise GenerateError(f"task {task.spec} has inputs {tuple(data.input_shape)} and "
+                            f"{data.num_classes} classes; the generator makes "
+                            f"{arch.num_classes}-way networks for inputs "
+                            f"{tuple(arch.input_shape)}")
+    sample_options["cond_task"] = task_support_features(task, per_class=support, seed=seed)
+    return {"name": "task", "options": {"spec": task.spec, "support_per_class": support}}
+
+
 def check_sample_out(out: str | Path, option: str = "--out") -> Path:
     """Refuse, before any work, a sample folder that is a file, unwritable, inside a zoo, or not
     empty (an earlier sample is never overwritten)."""
@@ -535,7 +560,8 @@ def check_sample_out(out: str | Path, option: str = "--out") -> Path:
 
 
 def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num: int, *,
-                  seed: int = 0, **sample_options) -> tuple[Zoo, dict]:
+                  seed: int = 0, task: str | None = None, support: int = 10,
+                  **sample_options) -> tuple[Zoo, dict]:
     """Sample `num` networks into a zoo at `out`, evaluated on the training zoo's dataset.
 
     `generator` is a generator folder or one already loaded. `out` must be a new or empty folder.
@@ -551,11 +577,14 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
     gen = (generator if isinstance(generator, TrainedGenerator)
            else TrainedGenerator.load(generator))
     arch = gen.architecture
+    dataset_spec = gen.meta.get("dataset")
+    if task is not None or gen.task_shape is not None:
+        dataset_spec = _task_sampling(gen, task, support, seed, sample_options)
     gen.compile(num, **sample_options)
     start = time.perf_counter()
     flat = gen.sample(num, seed=seed, **sample_options)
     sample_seconds = time.perf_counter() - start
-    dataset = dataset_from_spec(gen.meta.get("dataset"))
+    dataset = dataset_from_spec(dataset_spec)
     metrics = population_metrics(arch, flat, dataset)
     rows = []
     for i in range(num):
@@ -584,7 +613,7 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
                                                         settings["condition_map"])
     manifest = {
         "architecture": {"name": arch.name, "config": gen.meta["architecture"]["config"]},
-        "weight_space": gen.meta["weight_space"], "dataset": gen.meta["dataset"],
+        "weight_space": gen.meta["weight_space"], "dataset": dataset_spec,
         "generated": True,
         # A generated zoo has no recipe: `recipe` only names it and its size; where it came from
         # (generator, its config, sampler, training zoo and rows) is provenance, beside the

@@ -169,7 +169,8 @@ def make_inits(gen, task: Task, config: TransferConfig, progress: bool = True) -
             cond = features if name == "sampled" else support_features(
                 *draw_support(task_dataset(which), config.support, config.seed),
                 which.num_classes)
-            flat = gen.sample(config.samples, seed=config.seed + (name == "wrong_task"),
+            flat = gen.sample(config.samples if name == "sampled" else n,
+                              seed=config.seed + (name == "wrong_task"),
                               cond_task=cond, guidance=config.guidance)
             notes[name] = {"task": which.spec}
             if name == "sampled" and config.keep:

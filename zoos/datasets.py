@@ -538,6 +538,10 @@ def dataset_from_spec(spec: Any, where: str = "the manifest") -> Dataset:
     if not isinstance(spec, dict) or "name" not in spec:
         raise DatasetError(f"{where} names no dataset (field 'dataset.name'), so its networks "
                            f"cannot be evaluated")
+    if spec["name"] == "task":  # one task of a multi-task zoo (networks sampled for it)
+        from wsl.zoos.tasks import task_dataset
+
+        return task_dataset(str((spec.get("options") or {}).get("spec")))
     if spec["name"] == "tasks":
         raise DatasetError(f"{where}: a multi-task zoo; every model has its own task (its 'task' "
                            f"column), whose data `wsl.zoos.tasks.task_dataset` builds")

@@ -4,7 +4,7 @@
                   [key=value ...]
     wsl gen train --list-keys
     wsl gen sample G -n 100 --out S [--seed 0] [--sampler heun] [--steps 20]
-                   [--cond-scalar 0.9|q90] [--guidance 2]
+                   [--cond-scalar 0.9|q90] [--guidance 2] [--task mnist8:0-3-5-7-9:none]
     wsl gen eval S --generator G [--no-calibration]
     wsl gen calibrate G [-n 100] [--seed 0]
 
@@ -151,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cond-scalar", type=_scalar, default=None, metavar="VALUE|qNN",
                    help="target of the scalar condition: a value (0.93) or a quantile of the "
                         "training population's values (q50, q90, q100) (default: unconditional)")
+    p.add_argument("--task", default=None, metavar="SPEC",
+                   help="a task-conditioned generator: the task to sample for "
+                        "(SOURCE:CLASSES:TRANSFORM); samples are scored on its splits")
+    p.add_argument("--support", type=int, default=10, metavar="N",
+                   help="with --task: support examples per class that describe the task")
     p.add_argument("--no-eval", action="store_true", help="skip the comparison with training")
     p = _help.subparser(sub, "eval", "compare a generated zoo with its generator's training zoo",
                         epilog=SAMPLE_EPILOG)
@@ -246,10 +251,17 @@ def main(argv: list[str]) -> int:
         zoo, info = sample_to_zoo(generator, args.out, args.num, seed=args.seed,
                                   sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   temperature=args.temperature, cond_class=args.cond_class,
-                                  cond_scalar=args.cond_scalar)
+                                  cond_scalar=args.cond_scalar, task=args.task,
+                                  support=args.support)
         print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
               f"{info['compile_seconds']:.1f} s compiling) into {args.out}")
-        if not args.no_eval:
+        if args.task is not None:
+            # Its training population holds other tasks: compare inits with `wsl transfer`.
+            acc = zoo.metrics["val_acc"]
+            print(f"validation accuracy on {args.task}: mean {acc.mean():.4f}, best "
+                  f"{acc.max():.4f} (compare with other inits: wsl transfer --generator "
+                  f"{args.generator} --task {args.task})")
+        elif not args.no_eval:
             report(zoo, generator, args.out, args.seed)
     elif args.command == "eval":
         zoo = Zoo.open(args.zoo)

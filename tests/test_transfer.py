@@ -1,0 +1,128 @@
+"""`wsl transfer` end to end on a tiny multi-task zoo, its bad inputs, and the summaries."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from wsl.commands import main as wsl
+from wsl.eval.transfer import aggregate, epochs_to_reach, summarize
+from wsl.train.transfer import TransferConfig, TransferError, control_task, transfer
+from wsl.zoos.tasks import Task
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transfer")
+    assert wsl(["zoo", "build", "digits-tasks", "--out", str(root / "zoo"), "--no-progress",
+                "num_models=12", "epochs=2", "checkpoints=[0,2]", "models_per_shard=12"]) == 0
+    assert wsl(["gen", "train", "--zoo", str(root / "zoo"), "--out", str(root / "gen"),
+                "--no-progress", "condition_task=true", "hidden=32", "depth=1",
+                "train.steps=30"]) == 0
+    return root
+
+
+def _heldout(root):
+    manifest = json.loads((root / "zoo" / "manifest.json").read_text())
+    return [t["spec"] for t in manifest["tasks"]["table"] if t["split"] == "heldout"]
+
+
+def test_transfer_end_to_end(generator, capsys):
+    task = _heldout(generator)[0]
+    out = generator / "out"
+    assert wsl(["transfer", "--generator", str(generator / "gen"), "--task", task,
+                "--samples", "3", "--keep", "2", "--epochs", "2", "--out", str(out),
+                "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"task {task}" in printed and "nearest_task" in printed
+    report = json.loads((out / "transfer.json").read_text())
+    assert (out / "transfer.png").stat().st_size > 0
+    assert set(report["curves"]) == {"sampled", "random", "zoo_mean", "nearest_task",
+                                     "wrong_task"}
+    for name, curve in report["curves"].items():
+        assert np.asarray(curve["val_acc"]).shape == (2, 3), name  # kept networks × epochs 0..2
+        assert len(curve["test_acc_final"]) == 2
+    sampled = report["curves"]["sampled"]
+    # The two kept samples are the best two of three by validation accuracy of the task.
+    val = np.asarray(sampled["val_acc_of_all"])
+    assert sorted(sampled["kept"]) == sorted(np.argsort(-val, kind="stable")[:2].tolist())
+    np.testing.assert_allclose(np.asarray(sampled["val_acc"])[:, 0], val[sampled["kept"]],
+                               atol=1e-6)
+    assert report["curves"]["wrong_task"]["task"] == control_task(Task.parse(task)).spec
+    assert report["curves"]["nearest_task"]["task"] not in _heldout(generator)
+    # The random init learns the task within two epochs of fine-tuning: real training.
+    assert report["summary"]["random"]["val_final"] > 0.5
+    assert wsl(["transfer", "--generator", str(generator / "gen"), "--list-tasks"]) == 0
+    assert capsys.readouterr().out.split() == _heldout(generator)
+
+
+def _fails(args, capsys, words, code=1):
+    assert wsl(["transfer"] + args) == code
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_transfer_bad_inputs(generator, capsys):
+    gen = str(generator / "gen")
+    _fails(["--generator", gen, "--task", "digitz:0-1-2-3-4"], capsys, "unknown task source")
+    _fails(["--generator", gen, "--task", "digits:0-1-2-3-14", "--epochs", "1"], capsys,
+           "has classes 0..9")
+    _fails(["--generator", gen, "--task", "digits:0-1-2"], capsys, "makes 5-way networks")
+    _fails(["--generator", gen, "--task", "mnist1d:0-1-2-3-4"], capsys,
+           "makes networks for inputs (8, 8, 1)")
+    with open(generator / "zoo" / "metrics.csv") as table:
+        train_task = next(csv.DictReader(table))["task"]
+    _fails(["--generator", gen, "--task", train_task, "--inits", "nearest_task"], capsys,
+           "trained on")
+    _fails(["--generator", gen, "--task", _heldout(generator)[0], "--inits", "sampled,best"],
+           capsys, "inits", code=2)
+    _fails(["--generator", gen, "--task", _heldout(generator)[0], "--keep", "5",
+            "--samples", "2"], capsys, "keep", code=2)
+    _fails(["--generator", gen], capsys, "--task", code=2)
+
+
+def test_plain_generator_is_refused(generator):
+    from wsl.train.generator import TrainedGenerator
+
+    gen = TrainedGenerator.load(generator / "gen")
+    gen.meta = {**gen.meta, "task": None}
+    with pytest.raises(TransferError, match="not task-conditioned"):
+        transfer(gen, _heldout(generator)[0], TransferConfig(samples=1, epochs=0),
+                 progress=False)
+
+
+def test_summaries_and_aggregation():
+    assert epochs_to_reach([0.1, 0.5, 0.9], 0.5) == 1 and epochs_to_reach([0.1], 0.5) is None
+    curves = {"random": {"val_acc": [[0.2, 0.6, 0.8]], "test_acc_final": [0.79]},
+              "sampled": {"val_acc": [[0.5, 0.8, 0.85], [0.7, 0.82, 0.9]],
+                          "test_acc_final": [0.84, 0.86]}}
+    s = summarize(curves, 2)
+    assert s["sampled"]["epochs_to_random_final"] == 1 and s["random"]["epochs_to_random_final"] == 2
+    assert s["sampled"]["val_epoch0"] == pytest.approx(0.6)
+    slow = {"random": curves["random"], "sampled": {"val_acc": [[0.1, 0.2, 0.3]],
+                                                     "test_acc_final": [0.3]}}
+    reports = [{"seed": 0, "config": {"epochs": 2}, "summary": s},
+               {"seed": 1, "config": {"epochs": 2}, "summary": summarize(slow, 2)}]
+    agg = aggregate(reports)
+    # A task never reaching random's final accuracy counts as epochs + 1 = 3.
+    assert agg["sampled"]["epochs_to_random_final"]["per_seed"] == [1.0, 3.0]
+    assert agg["sampled"]["reached_random_final"] == 0.5
+    lo, hi = agg["sampled"]["val_epoch0"]["ci95"]
+    assert lo < agg["sampled"]["val_epoch0"]["mean"] < hi
+
+
+def test_gen_sample_for_a_task(generator, capsys):
+    task = _heldout(generator)[1]
+    out = generator / "samples"
+    assert wsl(["gen", "sample", str(generator / "gen"), "-n", "4", "--out", str(out),
+                "--task", task]) == 0
+    assert f"validation accuracy on {task}" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["options"]["spec"] == task
+    from wsl.zoos.store import Zoo
+
+    assert Zoo.open(out).dataset().name == task  # scored on, and reopened with, the task's data
+    assert wsl(["gen", "sample", str(generator / "gen"), "-n", "4", "--out",
+                str(generator / "samples2")]) == 1
+    assert "give --task SPEC" in capsys.readouterr().err
