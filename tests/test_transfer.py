@@ -98,7 +98,8 @@ def test_summaries_and_aggregation():
               "sampled": {"val_acc": [[0.5, 0.8, 0.85], [0.7, 0.82, 0.9]],
                           "test_acc_final": [0.84, 0.86]}}
     s = summarize(curves, 2)
-    assert s["sampled"]["epochs_to_random_final"] == 1 and s["random"]["epochs_to_random_final"] == 2
+    assert s["sampled"]["epochs_to_random_final"] == 1
+    assert s["random"]["epochs_to_random_final"] == 2
     assert s["sampled"]["val_epoch0"] == pytest.approx(0.6)
     slow = {"random": curves["random"], "sampled": {"val_acc": [[0.1, 0.2, 0.3]],
                                                      "test_acc_final": [0.3]}}
