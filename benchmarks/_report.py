@@ -143,8 +143,10 @@ def transfer_markdown(paths: list[str]) -> str:
              "test acc (last) | epochs to random's last |", "|---|---|---|---|---|---|---|---|"]
     for report in _load(paths):
         for result in report["experiments"]:
-            label = (f"{result['experiment']} ({len(result['tasks'])} held-out tasks, "
-                     f"{result['seeds']} seeds, chance {result['chance']:.2f})")
+            seeds = result["seeds"]
+            label = (f"{report['mode']}: {result['experiment']} ({result['recipe']}, "
+                     f"{len(result['tasks'])} held-out tasks, {seeds} seed{'s' * (seeds > 1)}, "
+                     f"chance {result['chance']:.2f})")
             for name, row in result["summary"].items():
                 cells = []
                 for c in cols:
@@ -153,7 +155,8 @@ def transfer_markdown(paths: list[str]) -> str:
                         continue
                     lo, hi = row[c]["ci95"]
                     digits = 1 if c == "epochs_to_random_final" else 3
-                    cells.append(f"{row[c]['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
+                    interval = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if seeds > 1 else ""
+                    cells.append(f"{row[c]['mean']:.{digits}f}{interval}")
                 lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
                 label = ""
     return "\n".join(lines)

@@ -5,12 +5,15 @@ and each of ``--seeds`` generator seeds:
 
 1. train a task-conditioned flow-matching generator on the zoo's aligned last-epoch models
    (`wsl.train.generator.train_generator` with ``condition_task=true``);
-2. for each of the first ``tasks`` held-out tasks of the zoo (never trained on; for the
+2. for each of ``tasks`` held-out tasks of the zoo (never trained on, drawn by a fixed seed; for the
    cross-dataset experiments the same class subsets of the *other* dataset), run
    `wsl.train.transfer.transfer`: sampled, random, zoo-mean, nearest-task and wrong-task inits,
    ``samples`` networks each, fine-tuned together for ``epochs`` epochs.
 
-Nothing is chosen: guidance is the generator's default (1) and every sample is kept. Each init is
+What is chosen is chosen on the held-out task's validation split only: the sampled init draws
+``samples`` networks at each guidance weight of ``guidance``, keeps the ``keep`` best and uses the
+weight whose kept networks score best; the nearest-task init keeps the ``keep`` best of as many
+models of the nearest training tasks. Each init is
 summarised by validation accuracy at epochs 0, 1, 5 and the last, the epochs it needs to reach
 random init's final validation accuracy, and the test accuracy after the last epoch (the test
 split of every held-out task is scored once, there). Per quantity: mean over seeds of each seed's
@@ -21,7 +24,7 @@ Experiments: ``main`` (mnist-tasks: MNIST 8x8 class subsets x transforms), ``dig
 
     python benchmarks/transfer.py --smoke   # seconds: a tiny digits zoo, 2 tasks, 1 seed
     python benchmarks/transfer.py --quick   # mnist8-tasks (500 models), 5 tasks, 1 seed
-    python benchmarks/transfer.py           # full: 3 experiments, 12 / 10 / 10 tasks, 3 seeds
+    python benchmarks/transfer.py           # full: 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~1.5 h)
 
 Prints a table per experiment and one JSON object as the last line; ``--save`` writes it to
 ``benchmarks/results/transfer-<mode>.json``. Zoos, generators and every finished (task, seed)
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -43,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from wsl.config import to_dict  # noqa: E402
 from wsl.eval.transfer import aggregate, finish, t_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator  # noqa: E402
@@ -71,22 +76,30 @@ class Mode:
     seeds: int
     gen_steps: int
     hidden: int
-    samples: int
+    samples: int  # sampled per guidance weight
+    keep: int  # networks per init (the best by validation accuracy)
+    guidance: tuple[float, ...]
     epochs: int
+
+    def transfer_config(self, seed: int) -> TransferConfig:
+        return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
+                              epochs=self.epochs, seed=seed)
 
 
 MODES = {
     "smoke": Mode((Experiment("main", "digits-tasks",
                               ("num_models=40", "epochs=3", "checkpoints=[0,3]",
                                "models_per_shard=40")),),
-                  tasks=(2,), seeds=1, gen_steps=60, hidden=64, samples=3, epochs=2),
+                  tasks=(2,), seeds=1, gen_steps=60, hidden=64, samples=4, keep=2,
+                  guidance=(1.0, 2.0), epochs=2),
     "quick": Mode((Experiment("main", "mnist8-tasks", ("num_models=500",)),),
-                  tasks=(5,), seeds=1, gen_steps=1500, hidden=512, samples=10, epochs=10),
+                  tasks=(5,), seeds=1, gen_steps=1500, hidden=512, samples=30, keep=10,
+                  guidance=(1.0, 2.0, 3.0, 5.0), epochs=10),
     "full": Mode((Experiment("main", "mnist-tasks"),
                   Experiment("digits->mnist8", "digits-tasks", target_source="mnist8"),
                   Experiment("mnist8->digits", "mnist8-tasks", target_source="digits")),
-                 tasks=(12, 10, 10), seeds=3, gen_steps=4000, hidden=512, samples=10,
-                 epochs=25),
+                 tasks=(12, 10, 10), seeds=3, gen_steps=3000, hidden=512, samples=50, keep=10,
+                 guidance=(1.0, 2.0, 3.0, 5.0), epochs=25),
 }
 
 
@@ -101,9 +114,13 @@ def open_or_build(root: Path, experiment: Experiment, mode: str) -> Zoo:
 
 
 def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
-    """The zoo's first `count` held-out tasks (table order, fixed by the recipe's seed), moved to
-    the target source for a cross-dataset experiment."""
-    held = tasks_of(zoo.manifest, "heldout")[:count]
+    """`count` of the zoo's held-out tasks, drawn by a fixed seed (the table lists tasks in
+    lexicographic order, whose first ones all share classes 0, 1, 2), moved to the target source
+    for a cross-dataset experiment."""
+    held = tasks_of(zoo.manifest, "heldout")
+    pick = np.sort(np.random.default_rng(0).choice(len(held), min(count, len(held)),
+                                                   replace=False))
+    held = [held[i] for i in pick]
     if experiment.target_source:
         held = [Task(experiment.target_source, t.classes, t.transform) for t in held]
     return held
@@ -127,13 +144,14 @@ def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: st
     for seed in range(mode.seeds):
         gen = generator_for(zoo, root, mode, seed)
         for task in tasks:
+            config = mode.transfer_config(seed)
+            tag = hashlib.sha256(json.dumps(to_dict(config)).encode()).hexdigest()[:10]
             cache = root / "runs" / experiment.name.replace(">", "") / f"seed{seed}" / \
-                f"{task.spec.replace(':', '_')}-{mode.samples}x{mode.epochs}.json"
+                f"{task.spec.replace(':', '_')}-{tag}.json"
             if cache.exists():
                 report = json.loads(cache.read_text())
             else:
                 start = time.perf_counter()
-                config = TransferConfig(samples=mode.samples, epochs=mode.epochs, seed=seed)
                 report = finish(transfer(gen, task, config, progress=False))
                 report["seconds"] = time.perf_counter() - start
                 cache.parent.mkdir(parents=True, exist_ok=True)

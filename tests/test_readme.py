@@ -32,6 +32,11 @@ SMOKE = [
      "gen eval samples --generator gen --calibration-samples 4 "),
     ("build small-cnn --out runs/small-cnn", "build quick --out runs/small-cnn num_models=16 "
      "epochs=1 models_per_shard=8 --no-progress"),
+    ("build mnist-tasks --out tasks-zoo ", "build mnist-tasks --out tasks-zoo num_models=8 "
+     "epochs=1 checkpoints=[0,1] models_per_shard=8 --no-progress "),
+    ("condition_task=true\n", "condition_task=true hidden=32 depth=1 train.steps=20 "
+     "train.log.progress=false\n"),
+    ("--samples 10 --epochs 25", "--samples 2 --epochs 1 --no-progress"),
     ("--zoo runs/small-cnn --encoder nfn_hnp\n", "--zoo runs/small-cnn --encoder statnn "
      "train.steps=10 train.batch_size=8 --no-progress\n"),
 ]

@@ -33,7 +33,7 @@ def test_transfer_end_to_end(generator, capsys):
     out = generator / "out"
     assert wsl(["transfer", "--generator", str(generator / "gen"), "--task", task,
                 "--samples", "3", "--keep", "2", "--epochs", "2", "--out", str(out),
-                "--no-progress"]) == 0
+                "--guidance", "0.5,2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"task {task}" in printed and "nearest_task" in printed
     report = json.loads((out / "transfer.json").read_text())
@@ -49,6 +49,11 @@ def test_transfer_end_to_end(generator, capsys):
     assert sorted(sampled["kept"]) == sorted(np.argsort(-val, kind="stable")[:2].tolist())
     np.testing.assert_allclose(np.asarray(sampled["val_acc"])[:, 0], val[sampled["kept"]],
                                atol=1e-6)
+    # The guidance weight is the candidate whose kept samples score best on validation.
+    by_guidance = sampled["val_acc_by_guidance"]
+    assert set(by_guidance) == {"0.5", "2.0"}
+    assert by_guidance[str(sampled["guidance"])] == max(by_guidance.values())
+    assert report["curves"]["wrong_task"]["guidance"] == sampled["guidance"]
     assert report["curves"]["wrong_task"]["task"] == control_task(Task.parse(task)).spec
     assert report["curves"]["nearest_task"]["task"] not in _heldout(generator)
     # The random init learns the task within two epochs of fine-tuning: real training.

@@ -8,11 +8,13 @@
 2. makes `samples` starting networks for each of the inits compared:
 
    * ``sampled``: the generator conditioned on the support set (optionally the best `keep` of
-     them by *validation* accuracy of the task);
+     `samples` by *validation* accuracy of the task, and the guidance weight, among candidates,
+     whose samples score best there);
    * ``random``: the training zoo's init scheme;
    * ``zoo_mean``: the average of the aligned training zoo;
    * ``nearest_task``: trained zoo models of the training task whose support features are
-     nearest the target's;
+     nearest the target's (with `keep`: the best by validation accuracy among as many models of
+     the nearest tasks as there are samples — the same selection budget);
    * ``wrong_task``: the generator conditioned on another task (the other classes of the source,
      same transform): a control that the condition, not the generator alone, carries the task;
 
@@ -67,7 +69,9 @@ class TransferConfig:
     optimizer: str = "adam"
     batch_size: int = 32
     seed: int = 0
-    guidance: float | None = None  # None: the generator's own
+    # Guidance weights tried for the sampled init; the one whose (kept) samples score best on
+    # the task's validation split is used. () = the generator's own.
+    guidance: tuple[float, ...] = ()
     inits: tuple[str, ...] = INITS
 
     def __post_init__(self):
@@ -85,6 +89,8 @@ class TransferConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: unknown {self.optimizer!r}; choose from "
                               f"{sorted(OPTIMIZERS)}")
+        if any(not g >= 0 for g in self.guidance):
+            raise ConfigError(f"guidance: weights must be ≥ 0, got {list(self.guidance)}")
         unknown = [i for i in self.inits if i not in INITS]
         if unknown or not self.inits or len(set(self.inits)) != len(self.inits):
             raise ConfigError(f"inits: choose distinct ones from {list(INITS)}, got "
@@ -142,14 +148,49 @@ def _random_init(gen, metrics: dict[str, np.ndarray], count: int, seed: int) -> 
     return np.asarray(arch.weight_space.flatten(params), np.float32)
 
 
-def _nearest_task(target: np.ndarray, tasks: list[str], per_class: int, seed: int) -> str:
+def _tasks_by_distance(target: np.ndarray, tasks: list[str], per_class: int,
+                       seed: int) -> list[str]:
+    """Training tasks ordered by the distance of their support features to the target's."""
     dist = [float(np.linalg.norm(task_support_features(t, per_class=per_class, seed=seed)
                                  - target)) for t in tasks]
-    return tasks[int(np.argmin(dist))]
+    return [tasks[i] for i in np.argsort(dist, kind="stable")]
+
+
+def _best(flat: np.ndarray, data, keep: int, arch) -> tuple[np.ndarray, np.ndarray]:
+    """The `keep` networks of `flat` with the highest validation accuracy of the task (0: all),
+    and every network's validation accuracy."""
+    val = population_metrics(arch, flat, data, splits=("val",))["val_acc"]
+    if not keep:
+        return np.arange(len(flat)), val
+    return np.argsort(-np.nan_to_num(val, nan=-1.0), kind="stable")[:keep], val
+
+
+def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[np.ndarray, dict]:
+    """Sampled networks for the task: at each guidance candidate `samples` networks; the
+    candidate whose kept networks score best on the task's validation split wins."""
+    arch = gen.architecture
+    candidates = config.guidance or (None,)
+    tried = []
+    for guidance in candidates:
+        flat = gen.sample(config.samples, seed=config.seed, cond_task=features,
+                          guidance=guidance)
+        kept, val = _best(flat, data, config.keep, arch)
+        tried.append((float(np.nanmean(val[kept])), guidance, flat[kept], kept, val))
+    best = max(range(len(tried)), key=lambda i: tried[i][0])  # first best on ties
+    score, guidance, flat, kept, val = tried[best]
+    note = {"task": task.spec, "guidance": guidance,
+            "val_acc_by_guidance": {str(g): t[0] for t, g in zip(tried, candidates)}}
+    if config.keep:
+        note.update(kept=kept.tolist(), val_acc_of_all=val.tolist())
+    return flat, note
 
 
 def make_inits(gen, task: Task, config: TransferConfig, progress: bool = True) -> dict[str, Any]:
-    """The starting networks of every init (flat weights (count, params)) and what each is."""
+    """The starting networks of every init (flat weights (count, params)) and what each is.
+
+    Choices use the task's validation split only: the guidance weight and, with `keep`, which
+    samples are kept; the nearest-task init gets the same budget (its `keep` best of the
+    nearest tasks' models by validation accuracy)."""
     data = task_dataset(task)
     shape = _check_fit(gen, task, data)
     support_x, support_y = draw_support(data, config.support, config.seed)
@@ -163,38 +204,42 @@ def make_inits(gen, task: Task, config: TransferConfig, progress: bool = True) -
     notes: dict[str, Any] = {}
     need_zoo = {"random", "zoo_mean", "nearest_task"} & set(config.inits)
     metrics, aligned = _training_rows(gen) if need_zoo else (None, None)
+    if "sampled" in config.inits:
+        inits["sampled"], notes["sampled"] = _sampled(gen, task, data, features, config)
     for name in config.inits:
-        if name in ("sampled", "wrong_task"):
-            which = task if name == "sampled" else control_task(task)
-            cond = features if name == "sampled" else support_features(
-                *draw_support(task_dataset(which), config.support, config.seed),
-                which.num_classes)
-            flat = gen.sample(config.samples if name == "sampled" else n,
-                              seed=config.seed + (name == "wrong_task"),
-                              cond_task=cond, guidance=config.guidance)
-            notes[name] = {"task": which.spec}
-            if name == "sampled" and config.keep:
-                # Chosen on the task's validation split only.
-                val = population_metrics(arch, flat, data, splits=("val",))["val_acc"]
-                best = np.argsort(-np.nan_to_num(val, nan=-1.0), kind="stable")[:config.keep]
-                notes[name].update(kept=best.tolist(), val_acc_of_all=val.tolist())
-                flat = flat[best]
-            inits[name] = flat
+        if name == "wrong_task":
+            which = control_task(task)
+            cond = support_features(*draw_support(task_dataset(which), config.support,
+                                                  config.seed), which.num_classes)
+            guidance = notes.get("sampled", {}).get("guidance") if config.guidance else None
+            inits[name] = gen.sample(n, seed=config.seed + 1, cond_task=cond, guidance=guidance)
+            notes[name] = {"task": which.spec, "guidance": guidance}
         elif name == "random":
             inits[name] = _random_init(gen, metrics, n, config.seed)
         elif name == "zoo_mean":
             inits[name] = np.repeat(aligned.mean(0, keepdims=True), n, axis=0).astype(np.float32)
         elif name == "nearest_task":
-            specs = [str(t) for t in metrics["task"]]
-            trained = sorted(set(specs))
+            specs = np.asarray([str(t) for t in metrics["task"]])
+            trained = sorted(set(specs.tolist()))
             if task.spec in trained:
                 raise TransferError(f"task {task.spec} is one the generator's zoo was trained on; "
                                     f"transfer is measured on held-out tasks")
             same_source = [t for t in trained if t.split(":")[0] == task.source] or trained
-            nearest = _nearest_task(features, same_source, config.support, config.seed)
-            members = np.flatnonzero(np.asarray(specs) == nearest)
-            inits[name] = aligned[members[np.arange(n) % len(members)]].astype(np.float32)
-            notes[name] = {"task": nearest, "models": len(members)}
+            order = _tasks_by_distance(features, same_source, config.support, config.seed)
+            # The nearest task's models, then the next task's, until there are `samples`.
+            members, used = [], []
+            for spec in order:
+                members.extend(np.flatnonzero(specs == spec).tolist())
+                used.append(spec)
+                if len(members) >= (config.samples if config.keep else n):
+                    break
+            pool = aligned[np.asarray(members)]
+            if config.keep:
+                kept, _ = _best(pool, data, n, arch)
+                pool = pool[kept]
+            inits[name] = pool[np.arange(n) % len(pool)].astype(np.float32)
+            notes[name] = {"task": used[0], "tasks": used, "models": len(members)}
+    inits = {name: inits[name] for name in config.inits}  # the requested order
     return {"inits": inits, "notes": notes, "support": {"per_class": config.support,
                                                         "examples": int(len(support_y))}}
 

@@ -1,14 +1,16 @@
 """`wsl transfer`: sample networks for a new task from a task-conditioned generator and fine-tune.
 
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
-                 [--support 10] [--keep 0] [--out DIR]
+                 [--support 10] [--keep 0] [--guidance 1,2,3] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
 through a support set of ``--support`` labelled training examples per class. Every init
 (sampled, random, zoo mean, nearest-task zoo model, wrong-task control) gets the same number of
 networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best of
-``--samples`` sampled networks by the task's *validation* accuracy. The test split is scored once,
+``--samples`` sampled networks by the task's *validation* accuracy (the nearest-task init then
+keeps the K best of as many models of the nearest tasks), and several ``--guidance`` weights are
+chosen between on validation too. The test split is scored once,
 after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
 curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``) and prints the table.
 """
@@ -44,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="support examples per class that describe the task to the generator")
     p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate (all inits)")
     p.add_argument("--optimizer", default=d.optimizer, help="fine-tuning optimizer")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance weight (default: the generator's)")
+    p.add_argument("--guidance", default=None, metavar="W[,W...]",
+                   help="classifier-free guidance weight(s) for the sampled init; with several, "
+                        "the one whose samples score best on the task's validation split is "
+                        "used (default: the generator's)")
     p.add_argument("--inits", default=",".join(INITS), metavar="LIST",
                    help="inits to compare, comma-separated")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -54,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="where transfer.json and transfer.png go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _weights(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise UsageError(f"--guidance takes numbers separated by commas, got {text!r}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -70,7 +83,7 @@ def main(argv: list[str]) -> int:
     try:
         config = TransferConfig(samples=args.samples, keep=args.keep, epochs=args.epochs,
                                 support=args.support, lr=args.lr, optimizer=args.optimizer,
-                                seed=args.seed, guidance=args.guidance,
+                                seed=args.seed, guidance=_weights(args.guidance),
                                 inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
     except ConfigError as err:
         raise UsageError(str(err)) from None
