@@ -24,7 +24,7 @@ Experiments: ``main`` (mnist-tasks: MNIST 8x8 class subsets x transforms), ``dig
 
     python benchmarks/transfer.py --smoke   # seconds: a tiny digits zoo, 2 tasks, 1 seed
     python benchmarks/transfer.py --quick   # mnist8-tasks (500 models), 5 tasks, 1 seed
-    python benchmarks/transfer.py           # full: 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~1.5 h)
+    python benchmarks/transfer.py           # 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~1.5 h)
 
 Prints a table per experiment and one JSON object as the last line; ``--save`` writes it to
 ``benchmarks/results/transfer-<mode>.json``. Zoos, generators and every finished (task, seed)
