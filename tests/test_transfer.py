@@ -132,3 +132,16 @@ def test_gen_sample_for_a_task(generator, capsys):
     assert wsl(["gen", "sample", str(generator / "gen"), "-n", "4", "--out",
                 str(generator / "samples2")]) == 1
     assert "give --task SPEC" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ddpm", "latent-ddpm"])
+def test_diffusion_generators_take_tasks_too(generator, method, capsys):
+    out = generator / f"gen-{method}"
+    assert wsl(["gen", "train", "--zoo", str(generator / "zoo"), "--out", str(out),
+                "--method", method, "--no-progress", "condition_task=true", "hidden=32",
+                "depth=1", "train.steps=10", "ae_steps=10", "ae_hidden=[32]", "latent_dim=8",
+                "diffusion_steps=20", "sample_steps=5"]) == 0
+    task = _heldout(generator)[2]
+    assert wsl(["gen", "sample", str(out), "-n", "3", "--out", str(out / "samples"),
+                "--task", task]) == 0
+    assert f"validation accuracy on {task}" in capsys.readouterr().out
