@@ -56,7 +56,7 @@ SOURCES: dict[str, dict[str, Any]] = {
                                                      "iid_noise_scale": 0.0}},
     "mnist1d-noisy": {"name": "mnist1d", "options": {"corr_noise_scale": 0.5,
                                                      "iid_noise_scale": 0.05}},
-    "mnist1d-still": {"name": "mnist1d", "options": {"max_translation": 0, "shear_scale": 0.0}},
+    "mnist1d-still": {"name": "mnist1d", "options": {"max_translation": 1, "shear_scale": 0.0}},
     "mnist1d-scaled": {"name": "mnist1d", "options": {"scale_coeff": 0.8}},
 }
 _TRANSFORM = re.compile(r"^(none|rot90|rot180|rot270|flip|invert|perm\d+)$")
