@@ -194,27 +194,96 @@ def with_io_groups(weight_space: WeightSpace, input_group: str = "input",
     return WeightSpace.from_dict(data)
 
 
+class NeuralGraphError(WeightSpaceError):
+    """A weight space has a tensor that the neural graph cannot express as nodes and edges."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSet:
+    """One set of neurons of a `NeuralGraph`.
+
+    Attributes:
+        name: the permutation group (``"stream_0"``); the groups of a head product joined by
+            ``×`` (``"block0_heads×block0_qk"``); for a non-permuted set, ``"<tensor>:in"`` (a
+            kernel's own inputs), ``"<layer>:out"`` (a layer's outputs, shared by its tensors) or
+            the path of a scalar tensor.
+        groups: the groups whose joint index (row-major, as in the tensors) numbers the nodes;
+            ``()`` for a non-permuted set.
+        shape: the size of each of those groups' axes, or ``(size,)`` for a non-permuted set.
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def permuted(self) -> bool:
+        return bool(self.groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeType:
+    """The edges of one kernel (every input node → every output node), or the membership edges
+    of a head group (head h → every node of the product set that belongs to head h).
+
+    Attributes:
+        name: the kernel's path, or ``"<head group>→<product set>"``.
+        tensor: the kernel's path; None for membership edges (which carry no weights).
+        sender, receiver: node-set ids of the edges' two ends.
+        taps: sizes of the kernel's leading non-permuted axes (conv taps, token positions …):
+            they travel together as the features of one (input, output) pair.
+        head_axis: for membership edges, the position of the head group in the receiver's
+            groups.
+    """
+
+    name: str
+    tensor: str | None
+    sender: int
+    receiver: int
+    taps: tuple[int, ...] = ()
+    head_axis: int | None = None
+
+    @property
+    def fan(self) -> int:
+        """Kernel entries per edge (0 for membership edges)."""
+        return 0 if self.tensor is None else int(np.prod(self.taps, dtype=np.int64))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class NeuralGraph:
     """Neurons as nodes, weights as edges (Kofinas et al. 2024), as static numpy index arrays.
 
-    Nodes are numbered set by set: the inputs, each hidden layer, the outputs. Edges run from an
-    input neuron of a layer to one of its output neurons and are sorted by receiving node. The
-    memory of everything built on it grows with the number of edges, never with nodes².
+    Nodes are numbered node set by node set (`node_sets`, in order of first appearance in the
+    weight space; for a chain: the inputs, each hidden layer, the outputs). Edges are numbered
+    edge type by edge type (`edge_types`: every kernel in weight-space order, then the head
+    membership edges), each kernel's edges in receiver-major order, so that a chain's edges are
+    sorted by receiving node. The memory of everything built on it grows with the number of
+    edges and nodes, never with nodes².
 
     Attributes:
-        chain: the layer chain the graph was built from.
-        node_set: (N,) neuron set (0 … L) of every node.
+        weight_space: the weight space the graph was built from.
+        node_sets, edge_types: see `NodeSet` and `EdgeType`.
+        feature_tensors: (tensor path, node set id) of every tensor read as node features — biases,
+            normalisation scales and shifts, head-product biases, scalars — one feature channel
+            each, in this order.
+        node_set: (N,) node set of every node.
         senders, receivers: (E,) node ids of every edge.
-        edge_layer: (E,) chain layer of every edge.
+        edge_type: (E,) edge type of every edge.
         edge_dim: features per edge: the largest kernel fan; smaller ones are zero-padded.
     """
 
-    chain: LayerChain
+    weight_space: WeightSpace
+    node_sets: tuple[NodeSet, ...]
+    edge_types: tuple[EdgeType, ...]
+    feature_tensors: tuple[tuple[str, int], ...]
     node_set: np.ndarray
     senders: np.ndarray
     receivers: np.ndarray
-    edge_layer: np.ndarray
+    edge_type: np.ndarray
     edge_dim: int
 
     @property
@@ -226,27 +295,48 @@ class NeuralGraph:
         return int(self.senders.shape[0])
 
     @property
+    def num_node_sets(self) -> int:
+        return len(self.node_sets)
+
+    @property
+    def num_edge_types(self) -> int:
+        return len(self.edge_types)
+
+    @property
+    def num_node_features(self) -> int:
+        """Feature channels per node: one per feature tensor (at least one, zero if none)."""
+        return max(len(self.feature_tensors), 1)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Nodes in every node set."""
+        return tuple(s.size for s in self.node_sets)
+
+    @property
     def node_offsets(self) -> np.ndarray:
-        """First node id of every neuron set, and the node count at the end (length L + 2)."""
-        return np.concatenate([[0], np.cumsum(self.chain.sizes)])
+        """First node id of every node set, and the node count at the end (length S + 1)."""
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
     def position_ids(self) -> np.ndarray:
         """(N,) positional-embedding row of every node.
 
-        Input and output neurons each get their own row, which breaks their (non-)symmetry; all
-        hidden neurons of one layer share a row, so they stay interchangeable.
+        Every node of a non-permuted set (inputs, classes, token positions) gets its own row,
+        which breaks their (non-)symmetry; all nodes of a permuted set share one row — a learned
+        node-set embedding — so that they stay interchangeable.
         """
-        sizes = self.chain.sizes
-        n_in, n_out, n_hidden_sets = sizes[0], sizes[-1], len(sizes) - 2
-        ids = [np.arange(n_in)]
-        ids += [np.full(n, n_in + l, np.int32) for l, n in enumerate(sizes[1:-1])]
-        ids.append(n_in + n_hidden_sets + np.arange(n_out))
+        ids, nxt = [], 0
+        for s in self.node_sets:
+            if s.permuted:
+                ids.append(np.full(s.size, nxt))
+                nxt += 1
+            else:
+                ids.append(nxt + np.arange(s.size))
+                nxt += s.size
         return np.concatenate(ids).astype(np.int32)
 
     @property
     def num_positions(self) -> int:
-        sizes = self.chain.sizes
-        return sizes[0] + (len(sizes) - 2) + sizes[-1]
+        return sum(1 if s.permuted else s.size for s in self.node_sets)
 
     def degrees(self) -> tuple[np.ndarray, np.ndarray]:
         """(in-degree, out-degree) of every node."""
@@ -254,37 +344,168 @@ class NeuralGraph:
                 np.bincount(self.senders, minlength=self.num_nodes))
 
     def features(self, params) -> tuple:
-        """Node features (*lead, N) — the bias, 0 for inputs — and edge features (*lead, E, F)."""
-        kernels = self.chain.kernels(params)
-        lead = kernels[0].shape[:-3]
+        """Node features (*lead, N, C) — channel c holds feature tensor c on its node set, zero
+        elsewhere — and edge features (*lead, E, F): the kernel entries of every edge, zero for
+        membership edges and for padding."""
+        space = self.weight_space
+        first = space.tensors[0]
+        probe = tensor_at(params, first.path)
+        lead = probe.shape[:probe.ndim - len(first.shape)]
+        dtype = jnp.result_type(probe.dtype, jnp.float32)
+        sizes = self.sizes
         edges = []
-        for layer, kernel in zip(self.chain.layers, kernels):
-            # Receiver-major order (out, in) matches the edge list, sorted by receiver.
-            kernel = jnp.swapaxes(kernel, -3, -2).reshape(
-                lead + (layer.out_size * layer.in_size, layer.fan))
-            pad = [(0, 0)] * (kernel.ndim - 1) + [(0, self.edge_dim - layer.fan)]
+        for et in self.edge_types:
+            n_in, n_out = sizes[et.sender], sizes[et.receiver]
+            if et.tensor is None:
+                edges.append(jnp.zeros(lead + (n_out * n_in, self.edge_dim), dtype))
+                continue
+            kernel = tensor_at(params, et.tensor).astype(dtype)
+            kernel = kernel.reshape(lead + (et.fan, n_in, n_out))
+            # Receiver-major order (out, in) matches the edge list.
+            kernel = jnp.moveaxis(kernel, -3, -1)
+            kernel = jnp.swapaxes(kernel, -3, -2).reshape(lead + (n_out * n_in, et.fan))
+            pad = [(0, 0)] * (kernel.ndim - 1) + [(0, self.edge_dim - et.fan)]
             edges.append(jnp.pad(kernel, pad))
-        biases = self.chain.biases(params, lead)
-        inputs = jnp.zeros(lead + (self.chain.sizes[0],), biases[0].dtype)
-        nodes = jnp.concatenate([inputs] + [b.astype(inputs.dtype) for b in biases], axis=-1)
+        offsets = self.node_offsets
+        nodes = jnp.zeros(lead + (self.num_nodes, self.num_node_features), dtype)
+        for channel, (path, s) in enumerate(self.feature_tensors):
+            values = tensor_at(params, path).astype(dtype).reshape(lead + (sizes[s],))
+            nodes = nodes.at[..., offsets[s]:offsets[s + 1], channel].set(values)
         return nodes, jnp.concatenate(edges, axis=-2)
 
 
-def neural_graph(weight_space_or_chain: WeightSpace | LayerChain) -> NeuralGraph:
-    """Build the neural graph of a chain-shaped weight space."""
-    chain = (weight_space_or_chain if isinstance(weight_space_or_chain, LayerChain)
-             else layer_chain(weight_space_or_chain))
-    sizes = chain.sizes
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    node_set = np.concatenate([np.full(n, s, np.int32) for s, n in enumerate(sizes)])
-    senders, receivers, edge_layer = [], [], []
-    for layer in chain.layers:
-        out_ids, in_ids = np.meshgrid(np.arange(layer.out_size), np.arange(layer.in_size),
-                                      indexing="ij")
-        senders.append(offsets[layer.index] + in_ids.ravel())
-        receivers.append(offsets[layer.index + 1] + out_ids.ravel())
-        edge_layer.append(np.full(layer.out_size * layer.in_size, layer.index, np.int32))
-    return NeuralGraph(chain, node_set, np.concatenate(senders).astype(np.int32),
-                       np.concatenate(receivers).astype(np.int32),
-                       np.concatenate(edge_layer), max(layer.fan for layer in chain.layers))
+def head_groups(weight_space: WeightSpace) -> frozenset[str]:
+    """Groups that index a product node set together with the group that follows them.
 
+    A tensor with three or more permuted axes (attention's ``(stream, heads, qk)`` query kernel,
+    ``(heads, vo, stream)`` out projection) is no input → output map between two neuron sets
+    unless some of its axes index one node set jointly. A *head group* is a group that appears
+    in such a tensor and, in every tensor it appears in, is immediately followed by another
+    permuted axis (so it is never a layer's output): it forms a product node set with what
+    follows it — ``heads × qk``, ``heads × vo`` — and a node set of its own that is linked to its
+    products by membership edges.
+    """
+    heads = set()
+    for group in weight_space.groups:
+        always_followed, wide = True, False
+        for t in weight_space.tensors:
+            if group not in t.axes:
+                continue
+            wide |= sum(g is not None for g in t.axes) >= 3
+            for axis, g in enumerate(t.axes):
+                if g == group and (axis == len(t.axes) - 1 or t.axes[axis + 1] is None):
+                    always_followed = False
+        if always_followed and wide:
+            heads.add(group)
+    return frozenset(heads)
+
+
+def _units(t, heads: frozenset[str]) -> list[tuple[tuple[str | None, ...], tuple[int, ...]]]:
+    """A tensor's axes grouped into node-set units: each head group joins the axis after it."""
+    units, groups, shape = [], [], []
+    for group, size in zip(t.axes, t.shape):
+        groups.append(group)
+        shape.append(size)
+        if group not in heads:
+            units.append((tuple(groups), tuple(shape)))
+            groups, shape = [], []
+    return units
+
+
+@functools.lru_cache(maxsize=64)
+def neural_graph(weight_space: WeightSpace) -> NeuralGraph:
+    """Build the neural graph of any weight space, from its tensors' axis groups alone.
+
+    * Node sets: every permutation group (a residual stream is one set, read and written by
+      every block, which makes the skip connections implicit); every product of head groups with
+      the group after them (see `head_groups`) and every head group itself; for each kernel
+      whose input axis is not permuted, its own input set (pixels, token positions, a stem's
+      input channels); for each layer whose outputs are not permuted, one output set shared by
+      its tensors (the classes of ``head/kernel`` and ``head/bias``); one node per scalar.
+    * Edges: a tensor with two or more units (axes after head products are joined) is a kernel
+      from its second-to-last unit to its last one; its leading axes must not be permuted and
+      are the edge features (conv taps, zero-padded to the largest fan). A head group's nodes
+      have membership edges to the product nodes of their head.
+    * Node features: every other tensor — 1-D over one set (bias, norm scale and shift),
+      a head-product bias, a scalar — is one feature channel of its set's nodes.
+
+    Raises `NeuralGraphError` for a tensor with permuted axes the graph cannot express (more
+    than an input and an output set, after head products are joined).
+    """
+    heads = head_groups(weight_space)
+    sets: list[NodeSet] = []
+    index: dict[tuple, int] = {}
+    memberships: list[EdgeType] = []
+
+    def node_set(key: tuple, name: str, groups: tuple[str, ...], shape: tuple[int, ...]) -> int:
+        if key not in index:
+            for axis, group in enumerate(groups[:-1]):  # the head groups of a product
+                head = node_set(("group", group), group, (group,), (shape[axis],))
+                memberships.append(EdgeType(f"{group}→{name}", None, head, len(sets),
+                                            head_axis=axis))
+            index[key] = len(sets)
+            sets.append(NodeSet(name, groups, shape))
+        return index[key]
+
+    def permuted_set(groups, shape) -> int:
+        return node_set(("group",) + groups, "×".join(groups), groups, shape)
+
+    def layer_output(path: str, size: int) -> int:
+        layer = path.rsplit("/", 1)[0]
+        return node_set(("out", layer, size), f"{layer}:out", (), (size,))
+
+    kernels: list[EdgeType] = []
+    features: list[tuple[str, int]] = []
+    for t in weight_space.tensors:
+        units = _units(t, heads)
+        if not units:  # a scalar: one node of its own
+            features.append((t.path, node_set(("scalar", t.path), t.path, (), (1,))))
+            continue
+        out_groups, out_shape = units[-1]
+        if out_groups[-1] is None:
+            out_set = layer_output(t.path, out_shape[0])
+        else:
+            out_set = permuted_set(out_groups, out_shape)
+        if len(units) == 1:
+            features.append((t.path, out_set))
+            continue
+        taps = units[:-2]
+        permuted_taps = [g for groups, _ in taps for g in groups if g is not None]
+        if permuted_taps:
+            raise NeuralGraphError(
+                f"tensor {t.path!r} with axes {t.axes} has permuted axes {permuted_taps} before "
+                f"its input and output axes: a neural graph's edges join two neurons, not three")
+        (in_groups, in_shape) = units[-2]
+        if in_groups[-1] is None:
+            in_set = node_set(("in", t.path), f"{t.path}:in", (), in_shape)
+        else:
+            in_set = permuted_set(in_groups, in_shape)
+        kernels.append(EdgeType(t.path, t.path, in_set, out_set,
+                                tuple(size for _, (size,) in taps)))
+
+    edge_types = tuple(kernels + memberships)
+    sizes = [s.size for s in sets]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    senders, receivers, edge_type = [], [], []
+    for k, et in enumerate(edge_types):
+        n_out = sizes[et.receiver]
+        if et.tensor is None:  # head h → every product node (…, h, …)
+            product = sets[et.receiver].shape
+            heads_of = np.unravel_index(np.arange(n_out), product)[et.head_axis]
+            senders.append(offsets[et.sender] + heads_of)
+            receivers.append(offsets[et.receiver] + np.arange(n_out))
+            edge_type.append(np.full(n_out, k, np.int32))
+            continue
+        n_in = sizes[et.sender]
+        out_ids, in_ids = np.meshgrid(np.arange(n_out), np.arange(n_in), indexing="ij")
+        senders.append(offsets[et.sender] + in_ids.ravel())
+        receivers.append(offsets[et.receiver] + out_ids.ravel())
+        edge_type.append(np.full(n_out * n_in, k, np.int32))
+    node_set_ids = np.concatenate([np.full(n, s, np.int32) for s, n in enumerate(sizes)])
+
+    def cat(parts):
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+    return NeuralGraph(weight_space, tuple(sets), edge_types, tuple(features), node_set_ids,
+                       cat(senders), cat(receivers), cat(edge_type),
+                       max([et.fan for et in kernels], default=1))
