@@ -58,6 +58,12 @@ def test_transfer_end_to_end(generator, capsys):
     assert report["curves"]["nearest_task"]["task"] not in _heldout(generator)
     # The random init learns the task within two epochs of fine-tuning: real training.
     assert report["summary"]["random"]["val_final"] > 0.5
+    # A second run into the same folder keeps the first result unless asked.
+    before = (out / "transfer.json").read_bytes()
+    assert wsl(["transfer", "--generator", str(generator / "gen"), "--task", task,
+                "--out", str(out), "--epochs", "1"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "transfer.json").read_bytes() == before
     assert wsl(["transfer", "--generator", str(generator / "gen"), "--list-tasks"]) == 0
     assert capsys.readouterr().out.split() == _heldout(generator)
 

@@ -12,7 +12,8 @@ networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best
 keeps the K best of as many models of the nearest tasks), and several ``--guidance`` weights are
 chosen between on validation too. The test split is scored once,
 after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
-curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``) and prints the table.
+curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``; an earlier result there is kept unless
+``--force``) and prints the table.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seed of the support set, the samples and the fine-tuning")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="where transfer.json and transfer.png go")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an earlier transfer.json / transfer.png in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -74,6 +77,7 @@ def main(argv: list[str]) -> int:
     from wsl.config import ConfigError
     from wsl.eval.transfer import finish, table
     from wsl.mesh import describe_default_device
+    from wsl.outputs import check_output_dir
     from wsl.train.generator import TrainedGenerator
     from wsl.train.transfer import TransferConfig, transfer
     from wsl.zoos.tasks import Task, tasks_of
@@ -97,6 +101,12 @@ def main(argv: list[str]) -> int:
         return 0
     out = Path(args.out) if args.out else Path(args.generator) / "transfer" / task.spec.replace(
         ":", "_")
+    # Before any work: an earlier result is never overwritten unasked, nor written into a zoo.
+    check_output_dir(out)
+    for name in ("transfer.json", "transfer.png"):
+        if (out / name).exists() and not args.force:
+            raise UsageError(f"--out {out} already holds {name} from an earlier transfer; pass "
+                             f"--force to overwrite it or choose another --out")
     print(describe_default_device("transfer"), flush=True)
     report = finish(transfer(generator, task, config, progress=not args.no_progress), out)
     print(table(report))
