@@ -12,7 +12,8 @@ Encoder modules are imported only when built, so that importing this registry is
 encoder modules can import the shared pieces below. Every encoder's config is checked when it is
 built (`check_encoder_config`, then the encoder's own structural `check`): a bad value raises a
 `ModelError` naming the encoder, the option and the value; a weight space the encoder cannot read
-raises a one-line `ChainError` saying which structure it does not support.
+raises a one-line error saying which structure it does not support (a `ChainError` from the
+chain-only NFNs, a `NeuralGraphError` from the neural-graph encoders).
 """
 
 from __future__ import annotations

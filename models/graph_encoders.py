@@ -1,10 +1,13 @@
 """Neural-graph encoders: PNA message passing and a relational transformer (Kofinas et al. 2024).
 
-Both read the `NeuralGraph` of a chain-shaped weight space: nodes are neurons (feature: the bias,
-0 for inputs), edges are weights (feature: the kernel entries of one input→output pair, conv taps
-flattened). Learned positional embeddings are per input neuron and per output neuron, but one per
-hidden layer, so that hidden neurons of a layer stay interchangeable: permuting them permutes
-nodes and edges alike and leaves the pooled output unchanged.
+Both read the `NeuralGraph` of any weight space (chains, residual streams, multi-head attention;
+see `wsl.models.neural_graph`): nodes are neurons — feature channels: the biases, normalisation
+scales and shifts over them, one channel per tensor — and edges are weights — features: the
+kernel entries of one input→output pair, conv taps flattened. Learned embeddings tell the
+encoder where it is: one per edge type (the kernel an edge comes from, or a head's membership
+edges), and positional ones per node of a non-permuted set (inputs, classes, token positions)
+but one per permuted node set, so that the neurons of a permutation group stay interchangeable:
+permuting them permutes nodes and edges alike and leaves the pooled output unchanged.
 
 Everything runs on edge lists with segment operations over receiving nodes, in graph-major
 layout — nodes (N, B, D), edges (E, B, D) — so memory grows with edges × batch, never with
@@ -79,12 +82,12 @@ class GraphEmbedding(nn.Module):
     def __call__(self, nodes: jax.Array, edges: jax.Array):
         g = self.graph
         pos = self.param("positions", nn.initializers.normal(1.0), (g.num_positions, self.dim))
-        layer = self.param("edge_layers", nn.initializers.normal(1.0),
-                           (g.chain.num_layers, self.dim))
-        h = (nn.Dense(self.dim, name="node_in")(nodes.T[..., None])
+        types = self.param("edge_types", nn.initializers.normal(1.0),
+                           (g.num_edge_types, self.dim))
+        h = (nn.Dense(self.dim, name="node_in")(jnp.moveaxis(nodes, -2, 0))
              + _gather(pos, g.position_ids())[:, None])
         e = (nn.Dense(self.dim, name="edge_in")(jnp.swapaxes(edges, 0, 1))
-             + _gather(layer, g.edge_layer)[:, None])
+             + _gather(types, g.edge_type)[:, None])
         return h, e
 
 
@@ -171,14 +174,14 @@ class RelationalAttentionLayer(nn.Module):
 
 
 def _readout(graph: NeuralGraph, h: jax.Array, e: jax.Array) -> jax.Array:
-    """Invariant summary (B, (2L + 1) · D): mean node state of every neuron set, mean edge state of
-    every layer."""
-    node_means = jax.ops.segment_sum(h, jnp.asarray(graph.node_set), len(graph.chain.sizes))
-    node_means = node_means / jnp.asarray(graph.chain.sizes, jnp.float32)[:, None, None]
-    counts = np.bincount(graph.edge_layer, minlength=graph.chain.num_layers).astype(np.float32)
-    edge_means = jax.ops.segment_sum(e, jnp.asarray(graph.edge_layer), graph.chain.num_layers)
-    edge_means = edge_means / jnp.asarray(counts)[:, None, None]
-    pooled = jnp.concatenate([node_means, edge_means], axis=0)  # (2L + 1, B, D)
+    """Invariant summary (B, (S + K) · D): mean node state of every node set, mean edge state of
+    every edge type."""
+    node_means = jax.ops.segment_sum(h, jnp.asarray(graph.node_set), graph.num_node_sets)
+    node_means = node_means / jnp.asarray(graph.sizes, jnp.float32)[:, None, None]
+    counts = np.bincount(graph.edge_type, minlength=graph.num_edge_types).astype(np.float32)
+    edge_means = jax.ops.segment_sum(e, jnp.asarray(graph.edge_type), graph.num_edge_types)
+    edge_means = edge_means / jnp.asarray(np.maximum(counts, 1.0))[:, None, None]
+    pooled = jnp.concatenate([node_means, edge_means], axis=0)  # (S + K, B, D)
     return jnp.swapaxes(pooled, 0, 1).reshape(pooled.shape[1], -1)
 
 
@@ -215,8 +218,8 @@ class _NeuralGraphEncoder(nn.Module):
 
 
 class NeuralGraphGNN(_NeuralGraphEncoder):
-    """PNA GNN on the neural graph, with edge updates: (B, out_dim), invariant to hidden units'
-    permutations."""
+    """PNA GNN on the neural graph, with edge updates: (B, out_dim), invariant to the weight
+    space's permutations (any weight space)."""
 
     def make_layer(self, graph: NeuralGraph) -> nn.Module:
         return PNALayer(graph, self.dim, self.activation)
@@ -224,7 +227,7 @@ class NeuralGraphGNN(_NeuralGraphEncoder):
 
 class NeuralGraphTransformer(_NeuralGraphEncoder):
     """Relational transformer on the neural graph, attention along edges: (B, out_dim), invariant
-    to hidden units' permutations."""
+    to the weight space's permutations (any weight space)."""
 
     heads: int = 4
 

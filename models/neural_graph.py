@@ -1,20 +1,25 @@
-"""The neuron-level view of a chain-shaped WeightSpace: its layer chain and its neural graph.
+"""The neuron-level views of a WeightSpace: its layer chain (if it is one) and its neural graph.
 
 A *chain* is a network whose tensors are linear maps applied one after another: every kernel has
 its input-neuron axis second to last and its output-neuron axis last (flax layout), any axes
 before those are non-permuted "taps" (conv kernel positions, or the spatial positions of a
 flatten between a conv and a dense layer), and every kernel may have one bias over its output
 neurons. MLP, SmallCNN and CNN-s weight spaces are chains; residual or attention weight spaces
-are not, and `layer_chain` says why.
+are not, and `layer_chain` says why. Neuron sets of a chain are numbered 0 (the network's inputs)
+to L (its outputs); hidden set l is the permutation group of layer l's output axis. The NFN
+layers derive their structure from the chain.
 
-Neuron sets are numbered 0 (the network's inputs) to L (its outputs); hidden set l is the
-permutation group of layer l's output axis. The NFN layers and the neural-graph encoders both
-derive their structure from here, so that nothing is written per architecture.
+The *neural graph* (`neural_graph`) reads any weight space — chains, residual streams, multi-head
+attention — from its tensors' axis groups alone: permutation groups are node sets, kernels are
+edges, 1-D tensors are node features (see `neural_graph` for the rules). On a chain it has the
+chain's nodes, in the chain's order, and the chain's edges. The neural-graph encoders are built
+on it, so that nothing is written per architecture.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -357,7 +362,7 @@ class NeuralGraph:
         for et in self.edge_types:
             n_in, n_out = sizes[et.sender], sizes[et.receiver]
             if et.tensor is None:
-                edges.append(jnp.zeros(lead + (n_out * n_in, self.edge_dim), dtype))
+                edges.append(jnp.zeros(lead + (n_out, self.edge_dim), dtype))  # one per node
                 continue
             kernel = tensor_at(params, et.tensor).astype(dtype)
             kernel = kernel.reshape(lead + (et.fan, n_in, n_out))
@@ -371,6 +376,8 @@ class NeuralGraph:
         for channel, (path, s) in enumerate(self.feature_tensors):
             values = tensor_at(params, path).astype(dtype).reshape(lead + (sizes[s],))
             nodes = nodes.at[..., offsets[s]:offsets[s + 1], channel].set(values)
+        if not edges:  # a weight space without kernels: nodes only
+            edges.append(jnp.zeros(lead + (0, self.edge_dim), dtype))
         return nodes, jnp.concatenate(edges, axis=-2)
 
 
@@ -439,12 +446,12 @@ def neural_graph(weight_space: WeightSpace) -> NeuralGraph:
 
     def node_set(key: tuple, name: str, groups: tuple[str, ...], shape: tuple[int, ...]) -> int:
         if key not in index:
-            for axis, group in enumerate(groups[:-1]):  # the head groups of a product
-                head = node_set(("group", group), group, (group,), (shape[axis],))
-                memberships.append(EdgeType(f"{group}→{name}", None, head, len(sets),
-                                            head_axis=axis))
+            head_sets = [node_set(("group", group), group, (group,), (shape[axis],))
+                         for axis, group in enumerate(groups[:-1])]  # a product's head groups
             index[key] = len(sets)
             sets.append(NodeSet(name, groups, shape))
+            memberships.extend(EdgeType(f"{group}→{name}", None, head, index[key], head_axis=axis)
+                               for axis, (group, head) in enumerate(zip(groups, head_sets)))
         return index[key]
 
     def permuted_set(groups, shape) -> int:
@@ -461,6 +468,19 @@ def neural_graph(weight_space: WeightSpace) -> NeuralGraph:
         if not units:  # a scalar: one node of its own
             features.append((t.path, node_set(("scalar", t.path), t.path, (), (1,))))
             continue
+        if len(units) > 1:
+            taps = units[:-2]
+            permuted_taps = [g for groups, _ in taps for g in groups if g is not None]
+            if permuted_taps:
+                raise NeuralGraphError(
+                    f"tensor {t.path!r} with axes {t.axes} has permuted axes {permuted_taps} "
+                    f"before its input and output axes: a neural graph's edges join two neurons, "
+                    f"not three")
+            in_groups, in_shape = units[-2]
+            if in_groups[-1] is None:
+                in_set = node_set(("in", t.path), f"{t.path}:in", (), in_shape)
+            else:
+                in_set = permuted_set(in_groups, in_shape)
         out_groups, out_shape = units[-1]
         if out_groups[-1] is None:
             out_set = layer_output(t.path, out_shape[0])
@@ -469,17 +489,6 @@ def neural_graph(weight_space: WeightSpace) -> NeuralGraph:
         if len(units) == 1:
             features.append((t.path, out_set))
             continue
-        taps = units[:-2]
-        permuted_taps = [g for groups, _ in taps for g in groups if g is not None]
-        if permuted_taps:
-            raise NeuralGraphError(
-                f"tensor {t.path!r} with axes {t.axes} has permuted axes {permuted_taps} before "
-                f"its input and output axes: a neural graph's edges join two neurons, not three")
-        (in_groups, in_shape) = units[-2]
-        if in_groups[-1] is None:
-            in_set = node_set(("in", t.path), f"{t.path}:in", (), in_shape)
-        else:
-            in_set = permuted_set(in_groups, in_shape)
         kernels.append(EdgeType(t.path, t.path, in_set, out_set,
                                 tuple(size for _, (size,) in taps)))
 

@@ -55,7 +55,7 @@ SMALL = {
     "unf": {"channels": (4, 4), "head_widths": (16,)},
 }
 INVARIANT = ["nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer", "unf"]
-CHAIN_ONLY = ["nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer"]
+CHAIN_ONLY = ["nfn_np", "nfn_hnp"]
 TOLERANCE = 1e-4
 # These tests are dominated by XLA compile time, not run time: compiling without backend
 # optimisation halves it and computes the same numbers. XLA:CPU's (MLIR) fusion emitters and its
@@ -185,21 +185,23 @@ def test_non_chain_spaces_are_refused_by_name(name, match):
     for encoder in CHAIN_ONLY:  # at build time, not as a traceback from inside init
         with pytest.raises(ChainError):
             build_encoder(encoder, space)
-    build_encoder("unf", space)  # the encoder for any weight space
+    for encoder in ("unf", "ng_gnn", "ng_transformer"):  # the encoders for any weight space
+        build_encoder(encoder, space)
 
 
 def test_neural_graph_carries_every_weight_once():
     arch = arch_of("cnn_s")
     space, params = arch.weight_space, population(arch, 2)
-    graph = neural_graph(space)
-    assert graph.num_nodes == sum(graph.chain.sizes) == 49
-    assert graph.num_edges == sum(l.in_size * l.out_size for l in graph.chain.layers) == 360
+    graph, chain = neural_graph(space), layer_chain(space)
+    assert graph.sizes == chain.sizes and graph.num_nodes == 49
+    assert graph.num_edges == sum(l.in_size * l.out_size for l in chain.layers) == 360
     assert np.all(np.diff(graph.receivers) >= 0), "edges are sorted by receiver"
     nodes, edges = map(np.asarray, run_compiled(graph.features, params))
-    assert nodes.shape == (2, 49) and edges.shape == (2, 360, 25)
+    # One node-feature channel per 1-D tensor (here: every bias).
+    assert nodes.shape[:2] == (2, 49) and edges.shape == (2, 360, 25)
     # Every weight appears exactly once among the edge features, padding is zero.
     kernels = np.concatenate([np.ravel(space.as_flat_dict(params)[l.kernel][1])
-                              for l in graph.chain.layers])
+                              for l in chain.layers])
     nonzero = edges[1][edges[1] != 0]
     np.testing.assert_array_equal(np.sort(nonzero), np.sort(kernels[kernels != 0]))
     # One edge checked by hand: conv_1 taps (5×5) from conv_0 channel 3 to conv_1 channel 2.
@@ -207,9 +209,12 @@ def test_neural_graph_carries_every_weight_once():
     edge = np.flatnonzero((graph.senders == offsets[1] + 3) & (graph.receivers == offsets[2] + 2))
     kernel = space.as_flat_dict(params)["conv_1/kernel"]
     np.testing.assert_array_equal(edges[0, edge[0]], kernel[0, :, :, 3, 2].ravel())
-    # Node features: zeros for inputs, then the biases in order.
-    np.testing.assert_array_equal(nodes[0, offsets[2]:offsets[3]],
+    # Node features: zeros for inputs; each bias in its own channel on its layer's nodes.
+    channel = [path for path, _ in graph.feature_tensors].index("conv_1/bias")
+    np.testing.assert_array_equal(nodes[0, offsets[2]:offsets[3], channel],
                                   space.as_flat_dict(params)["conv_1/bias"][0])
+    others = np.delete(nodes[0, offsets[2]:offsets[3]], channel, axis=-1)
+    assert np.abs(others).max() == 0.0
     assert np.abs(nodes[:, :offsets[1]]).max() == 0.0
     assert np.array_equal(graph.position_ids()[offsets[1]:offsets[2]], np.full(8, 1))
 
