@@ -12,14 +12,18 @@
    against the batch size, from XLA's memory analysis (arguments + outputs + temporaries). It
    should grow linearly in the batch with a constant number of bytes per edge: everything is held
    per edge (E), where an encoder on a dense N × N adjacency holds the same state for N² pairs;
-   the table gives N²/E, the factor such a layout multiplies it by.
+   the table gives N²/E, the factor such a layout multiplies it by. Compiling is all it takes
+   (nothing runs), so it is cheap at any batch size.
 
     python benchmarks/encoder_speed.py            # small-cnn and a 40-32-32-10 MLP
     python benchmarks/encoder_speed.py --quick    # fewer rounds and batch sizes
     python benchmarks/encoder_speed.py --smoke    # seconds: the MLP space, tiny batches
 
 Prints two tables, then one JSON object as the last line with ``nfn_speedup_vs_torch`` (our
-networks/s over torch's at the largest batch, per weight space; null without torch).
+networks/s over torch's at the largest batch, per weight space; null without torch) and
+``bytes_per_edge_per_network`` (the NG-GNN's compiled peak bytes / (batch · edges) at the largest
+memory batch, per weight space; ``marginal_bytes_per_edge_per_network`` is the slope over batch
+sizes, per edge).
 """
 
 from __future__ import annotations
@@ -146,19 +150,26 @@ def interleaved(fns: dict, repeats: int, inner: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def graph_memory(space, batch_size: int, dim: int = 64, num_layers: int = 4) -> dict:
-    """Compiled fwd + bwd of the NG-GNN at `batch_size`: peak bytes from XLA's memory analysis."""
-    encoder = build_encoder("ng_gnn", space, dim=dim, num_layers=num_layers)
+# Buffer assignment, all that the memory analysis reads, comes before code generation: compiling
+# without the backend's optimisations gives the same numbers several times faster.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def graph_memory(space, batch_size: int, dim: int = 64, num_layers: int = 4,
+                 encoder: str = "ng_gnn") -> dict:
+    """Compiled fwd + bwd of the NG-GNN (or another neural-graph `encoder`) at `batch_size`: peak
+    bytes from XLA's memory analysis (arguments + outputs + temporaries − aliased)."""
+    model = build_encoder(encoder, space, dim=dim, num_layers=num_layers)
     # Shapes are all that compiling needs: no arrays, no initialisation to run.
     batch = jax.eval_shape(lambda: random_population(space, batch_size))
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), batch)
-    params = jax.eval_shape(encoder.init, jax.random.key(0), one)["params"]
+    params = jax.eval_shape(model.init, jax.random.key(0), one)["params"]
 
     def loss(p, b):
-        return encoder.apply({"params": p}, b).mean()
+        return model.apply({"params": p}, b).mean()
 
     lowered = jax.jit(jax.grad(loss)).lower(params, batch)
-    analysis = lowered.compile().memory_analysis()
+    analysis = lowered.compile(FAST_COMPILE).memory_analysis()
     if analysis is None:  # some backends do not report; say so rather than guess
         return {"peak_bytes": None}
     peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
@@ -233,24 +244,32 @@ def main(argv=None) -> int:
         batches = {"full": MEMORY_BATCHES, "quick": MEMORY_BATCHES[:2], "smoke": (4,)}[mode]
         for b in batches:
             peak = graph_memory(space, b, **gnn)["peak_bytes"]
+            per_edge = peak / b / e if peak else None
             memory_rows.append((name, n, e, f"{n * n / e:.1f}", b,
                                 f"{peak / 2**20:,.1f}" if peak else "n/a",
-                                f"{peak / b / e:,.0f}" if peak else "n/a"))
-            memory.append({"space": name, "nodes": n, "edges": e, "batch": b, "peak_bytes": peak})
+                                f"{per_edge:,.0f}" if peak else "n/a"))
+            memory.append({"space": name, "nodes": n, "edges": e, "batch": b, "peak_bytes": peak,
+                           "bytes_per_edge_per_network": per_edge})
     print(f"\nNG-GNN ({gnn['num_layers']} layers, width {gnn['dim']}) compiled forward + "
           f"backward: peak memory vs batch size")
     print(table(("weight space", "nodes N", "edges E", "N²/E", "batch", "peak MiB",
                  "bytes / edge / network"), memory_rows))
+    per_edge, marginal = {}, {}
     for name in names:
         rows = [m for m in memory if m["space"] == name and m["peak_bytes"]]
+        per_edge[name] = rows[-1]["bytes_per_edge_per_network"] if rows else None
+        marginal[name] = None
         if len(rows) >= 2:
             slope = (rows[-1]["peak_bytes"] - rows[0]["peak_bytes"]) / (rows[-1]["batch"]
                                                                         - rows[0]["batch"])
+            marginal[name] = slope / rows[0]["edges"]
             print(f"{name}: {slope / 2**20:,.2f} MiB per extra network in the batch "
                   f"({slope / rows[0]['edges']:,.0f} bytes per edge)")
     print(json.dumps({"benchmark": "encoder_speed", "mode": mode,
                       "nfn_speedup_vs_torch": speedups if not missing else None,
                       "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory,
+                      "bytes_per_edge_per_network": per_edge,
+                      "marginal_bytes_per_edge_per_network": marginal,
                       "graph_encoder": gnn}))
     return 0
 

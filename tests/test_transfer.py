@@ -140,7 +140,7 @@ def test_gen_sample_for_a_task(generator, capsys):
     assert "give --task SPEC" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["ddpm", "latent-ddpm"])
+@pytest.mark.parametrize("method", [pytest.param("ddpm", marks=pytest.mark.slow), "latent-ddpm"])
 def test_diffusion_generators_take_tasks_too(generator, method, capsys):
     out = generator / f"gen-{method}"
     assert wsl(["gen", "train", "--zoo", str(generator / "zoo"), "--out", str(out),
