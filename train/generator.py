@@ -394,6 +394,18 @@ class TrainedGenerator:
         """(classes, features) of the task condition; None for a generator without one."""
         return _task_shape(self.meta)
 
+    def check_task_data(self, spec: str, data) -> None:
+        """Refuse a task whose data this generator's networks cannot read: other input shape or
+        number of classes."""
+        arch = self.architecture
+        if tuple(arch.input_shape) != tuple(data.input_shape):
+            raise GenerateError(f"generator {self.directory} makes networks for inputs "
+                                f"{tuple(arch.input_shape)}; task {spec} has inputs "
+                                f"{tuple(data.input_shape)}")
+        if arch.num_classes != data.num_classes:
+            raise GenerateError(f"generator {self.directory} makes {arch.num_classes}-way "
+                                f"networks; task {spec} has {data.num_classes} classes")
+
     def task_condition(self, cond_task, num: int) -> np.ndarray | None:
         """`cond_task` — support features (k, F) for every sample, or (num, k, F) — checked and
         as (num, k, F) float32; None stays None (sampled unconditionally: the null task)."""
@@ -539,12 +551,7 @@ def _task_sampling(gen: TrainedGenerator, task: str | None, support: int, seed: 
                             f"data: give --task SPEC (e.g. mnist8:0-3-5-7-9:none)")
     task = Task.parse(task)
     data = task_dataset(task)
-    arch = gen.architecture
-    if tuple(data.input_shape) != tuple(arch.input_shape) or data.num_classes != arch.num_classes:
-        raise GenerateError(f"task {task.spec} has inputs {tuple(data.input_shape)} and "
-                            f"{data.num_classes} classes; the generator makes "
-                            f"{arch.num_classes}-way networks for inputs "
-                            f"{tuple(arch.input_shape)}")
+    gen.check_task_data(task.spec, data)
     sample_options["cond_task"] = task_support_features(task, per_class=support, seed=seed)
     return {"name": "task", "options": {"spec": task.spec, "support_per_class": support}}
 

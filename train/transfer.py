@@ -40,7 +40,6 @@ from wsl.zoos.population import OPTIMIZERS, TrainSettings, train_population
 from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import Zoo
 from wsl.zoos.tasks import (
-    SOURCES,
     Task,
     draw_support,
     source_dataset,
@@ -117,14 +116,7 @@ def _check_fit(gen, task: Task, data) -> tuple[int, int]:
     if not info:
         raise TransferError(f"generator {gen.directory} is not task-conditioned; train one on a "
                             f"multi-task zoo with condition_task=true")
-    arch = gen.architecture
-    if tuple(arch.input_shape) != tuple(data.input_shape):
-        raise TransferError(f"generator {gen.directory} makes networks for inputs "
-                            f"{tuple(arch.input_shape)}; task {task.spec} has inputs "
-                            f"{tuple(data.input_shape)}")
-    if arch.num_classes != data.num_classes:
-        raise TransferError(f"generator {gen.directory} makes {arch.num_classes}-way networks; "
-                            f"task {task.spec} has {data.num_classes} classes")
+    gen.check_task_data(task.spec, data)
     return tuple(info["shape"])
 
 
@@ -185,7 +177,7 @@ def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[n
     return flat, note
 
 
-def make_inits(gen, task: Task, config: TransferConfig, progress: bool = True) -> dict[str, Any]:
+def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
     """The starting networks of every init (flat weights (count, params)) and what each is.
 
     Choices use the task's validation split only: the guidance weight and, with `keep`, which
@@ -253,9 +245,7 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     gen = generator if isinstance(generator, TrainedGenerator) else \
         TrainedGenerator.load(generator)
     task = task if isinstance(task, Task) else Task.parse(task)
-    if task.source not in SOURCES:  # parse checked it; kept for tasks built by hand
-        raise TransferError(f"unknown task source {task.source!r}")
-    made = make_inits(gen, task, config, progress)
+    made = make_inits(gen, task, config)
     names = list(made["inits"])
     flat = np.concatenate([made["inits"][k] for k in names])
     n = config.count
