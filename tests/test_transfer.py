@@ -93,6 +93,32 @@ def test_transfer_bad_inputs(generator, capsys):
     _fails(["--generator", gen], capsys, "--task", code=2)
 
 
+def test_few_shot_fine_tuning(generator, capsys):
+    """--train-per-class fine-tunes on that many examples per class, the support among them."""
+    from wsl.train.transfer import fine_tuning_data
+    from wsl.zoos.tasks import draw_support, task_dataset
+
+    task = Task.parse(_heldout(generator)[0])
+    data = task_dataset(task)
+    config = TransferConfig(train_per_class=4, support=3, seed=1)
+    few = fine_tuning_data(data, config)
+    assert np.bincount(few.y_train, minlength=data.num_classes).tolist() == [4] * 5
+    assert few.x_val is data.x_val and few.x_test is data.x_test
+    support_x, _ = draw_support(data, config.support, config.seed)
+    rows = {r.tobytes() for r in few.x_train}
+    assert all(r.tobytes() in rows for r in support_x)
+    assert fine_tuning_data(data, TransferConfig()) is data
+    out = generator / "few"
+    assert wsl(["transfer", "--generator", str(generator / "gen"), "--task", task.spec,
+                "--samples", "2", "--epochs", "1", "--train-per-class", "4", "--batch-size",
+                "8", "--inits", "sampled,random", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "transfer.json").read_text())
+    assert report["config"]["train_per_class"] == 4 and report["config"]["batch_size"] == 8
+    capsys.readouterr()
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--train-per-class",
+            "-1"], capsys, "train_per_class", code=2)
+
+
 def test_plain_generator_is_refused(generator):
     from wsl.train.generator import TrainedGenerator
 

@@ -63,6 +63,10 @@ class TransferConfig:
     keep: int = 0  # sampled: keep the best `keep` of `samples` by validation accuracy; 0 = all
     epochs: int = 25
     support: int = 10  # support examples per class (from the task's training split)
+    # Labelled examples per class the networks are fine-tuned on, drawn like the support set
+    # (which they contain when support ≤ train_per_class): the few-shot regime a new task
+    # usually comes in. 0 = the task's whole training split.
+    train_per_class: int = 0
     lr: float = 3e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
@@ -76,7 +80,7 @@ class TransferConfig:
     def __post_init__(self):
         coerce_fields(self)
         for field, low in (("samples", 1), ("epochs", 0), ("support", 1), ("batch_size", 1),
-                           ("keep", 0)):
+                           ("keep", 0), ("train_per_class", 0)):
             if getattr(self, field) < low:
                 raise ConfigError(f"{field}: must be ≥ {low}, got {getattr(self, field)}")
         if self.keep > self.samples:
@@ -99,6 +103,15 @@ class TransferConfig:
     def count(self) -> int:
         """Networks fine-tuned per init."""
         return self.keep or self.samples
+
+
+def fine_tuning_data(data, config: TransferConfig):
+    """The task's data with its training split cut to `config.train_per_class` examples per
+    class (the same draw as the support set, so the support is among them); val and test whole."""
+    if not config.train_per_class:
+        return data
+    x, y = draw_support(data, config.train_per_class, config.seed)
+    return dataclasses.replace(data, x_train=x, y_train=y)
 
 
 def control_task(task: Task) -> Task:
@@ -250,7 +263,7 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     flat = np.concatenate([made["inits"][k] for k in names])
     n = config.count
     arch = gen.architecture
-    data = task_dataset(task)
+    data = fine_tuning_data(task_dataset(task), config)
     total = len(flat)
     hparams = {"lr": [config.lr] * total, "weight_decay": [config.weight_decay] * total,
                "init_scale": [1.0] * total, "bias_init": [0.0] * total, "dropout": [0.0] * total,

@@ -1,11 +1,13 @@
 """`wsl transfer`: sample networks for a new task from a task-conditioned generator and fine-tune.
 
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
-                 [--support 10] [--keep 0] [--guidance 1,2,3] [--out DIR]
+                 [--support 10] [--keep 0] [--guidance 1,2,3] [--train-per-class N] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
-through a support set of ``--support`` labelled training examples per class. Every init
+through a support set of ``--support`` labelled training examples per class; ``--train-per-class
+N`` fine-tunes on N labelled examples per class (the support among them) instead of the whole
+training split — the few-shot regime. Every init
 (sampled, random, zoo mean, nearest-task zoo model, wrong-task control) gets the same number of
 networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best of
 ``--samples`` sampled networks by the task's *validation* accuracy (the nearest-task init then
@@ -45,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fine-tuning epochs")
     p.add_argument("--support", type=int, default=d.support, metavar="N",
                    help="support examples per class that describe the task to the generator")
+    p.add_argument("--train-per-class", type=int, default=d.train_per_class, metavar="N",
+                   help="fine-tune on N labelled training examples per class (the support "
+                        "among them); 0: the whole training split")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="fine-tuning batch size")
     p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate (all inits)")
     p.add_argument("--optimizer", default=d.optimizer, help="fine-tuning optimizer")
     p.add_argument("--guidance", default=None, metavar="W[,W...]",
@@ -87,6 +93,8 @@ def main(argv: list[str]) -> int:
     try:
         config = TransferConfig(samples=args.samples, keep=args.keep, epochs=args.epochs,
                                 support=args.support, lr=args.lr, optimizer=args.optimizer,
+                                train_per_class=args.train_per_class,
+                                batch_size=args.batch_size,
                                 seed=args.seed, guidance=_weights(args.guidance),
                                 inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
     except ConfigError as err:
