@@ -162,28 +162,52 @@ def transfer_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def encoder_speed_markdown(paths: list[str]) -> str:
+    """README's encoder speed table, printed from `benchmarks/encoder_speed.py --save`: NFN-HNP
+    fwd + bwd networks/s against the `nfn` package, and NG-GNN peak bytes per edge per network."""
+    lines = ["| weight space | batch | NFN-HNP ours (jax) nets/s | nfn (torch) nets/s | speedup | "
+             "MFLOP / network | ours GFLOP/s | NG-GNN bytes / edge / network (batch) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        memory = {m["space"]: m for m in report["graph_memory"]}  # the largest batch is last
+        for row in report["nfn"]:
+            torch_rate = row["torch_networks_per_s"]
+            speed = f"{row['jax_networks_per_s'] / torch_rate:.2f}×" if torch_rate else "–"
+            mem = memory[row["space"]]
+            lines.append(f"| {row['space']} | {row['batch']} | {row['jax_networks_per_s']:,.0f} | "
+                         f"{f'{torch_rate:,.0f}' if torch_rate else 'skipped'} | {speed} | "
+                         f"{row['mflop_per_network']:,.0f} | {row['jax_gflop_per_s']:.1f} | "
+                         f"{mem['bytes_per_edge_per_network']:,.0f} ({mem['batch']}) |")
+    return "\n".join(lines)
+
+
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
-         "phase": phase_markdown, "transfer": transfer_markdown}
+         "phase": phase_markdown, "transfer": transfer_markdown,
+         "encoder_speed": encoder_speed_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 
 
-def update_readme(readme: str = "README.md") -> int:
-    """Reprint every marked table of `readme` from its result files; returns how many."""
+def reprint_tables(text: str, root) -> tuple[str, int]:
+    """`text` with every marked table printed again from the result files under `root`."""
     import re
     from pathlib import Path
 
-    path = Path(readme)
-    root = path.resolve().parent
-
     def reprint(match) -> str:
         kind, pattern = match.group(1), match.group(2)
-        files = sorted(str(p) for p in root.glob(pattern))
+        files = sorted(str(p) for p in Path(root).glob(pattern))
         return f"<!-- table: {kind} {pattern} -->\n{KINDS[kind](files)}\n<!-- end table -->"
 
-    text, count = re.subn(README_TABLE, reprint, path.read_text(encoding="utf-8"),
-                          flags=re.S | re.M)
+    return re.subn(README_TABLE, reprint, text, flags=re.S | re.M)
+
+
+def update_readme(readme: str = "README.md") -> int:
+    """Reprint every marked table of `readme` from its result files; returns how many."""
+    from pathlib import Path
+
+    path = Path(readme)
+    text, count = reprint_tables(path.read_text(encoding="utf-8"), path.resolve().parent)
     path.write_text(text, encoding="utf-8")
     return count
 

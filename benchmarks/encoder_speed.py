@@ -18,6 +18,7 @@
     python benchmarks/encoder_speed.py            # small-cnn and a 40-32-32-10 MLP
     python benchmarks/encoder_speed.py --quick    # fewer rounds and batch sizes
     python benchmarks/encoder_speed.py --smoke    # seconds: the MLP space, tiny batches
+    python benchmarks/encoder_speed.py --save     # also benchmarks/results/encoder_speed-full.json
 
 Prints two tables, then one JSON object as the last line with ``nfn_speedup_vs_torch`` (our
 networks/s over torch's at the largest batch, per weight space; null without torch) and
@@ -34,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,6 +47,7 @@ from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.models.neural_graph import layer_chain, neural_graph  # noqa: E402
 from wsl.zoos.architectures import build as build_architecture  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
 CHANNELS = (16, 16, 5)
 HEAD = (1000, 1000)
 SMOKE_NFN = {"channels": (4,), "head": (16,)}  # one narrow layer: same code, less to compile
@@ -66,7 +69,8 @@ def random_population(space, batch: int, seed: int = 0) -> dict:
 
 # ------------------------------------------------------------------------------------ ours (JAX)
 def jax_step(space, batch, channels=CHANNELS, head=HEAD):
-    """A compiled fwd + bwd of NFN-HNP on `batch`, and the call that runs it once to completion."""
+    """A compiled fwd + bwd of NFN-HNP on `batch`: the call that runs it once to completion, the
+    compile seconds and XLA's count of its floating-point operations (None if not reported)."""
     encoder = build_encoder("nfn_hnp", space, channels=channels, head_widths=head, out_dim=1)
     params = jax.jit(encoder.init)(jax.random.key(0), batch)["params"]  # one compile, not per op
 
@@ -76,9 +80,12 @@ def jax_step(space, batch, channels=CHANNELS, head=HEAD):
 
     batch = jax.device_put(batch)
     start = time.perf_counter()
-    jax.block_until_ready(grad(params, batch))
+    compiled = grad.lower(params, batch).compile()
+    jax.block_until_ready(compiled(params, batch))
     compile_s = time.perf_counter() - start
-    return (lambda: jax.block_until_ready(grad(params, batch))), compile_s
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list) else cost) or {}
+    return (lambda: jax.block_until_ready(compiled(params, batch))), compile_s, cost.get("flops")
 
 
 # ---------------------------------------------------------------------------- reference (torch)
@@ -187,6 +194,8 @@ def main(argv=None) -> int:
                         help=f"from {list(SPACES)} (default all; smoke: mlp-mnist1d)")
     parser.add_argument("--batches", default=None, help="NFN batch sizes (default 32,128)")
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5)")
+    parser.add_argument("--save", action="store_true",
+                        help="also write the JSON to benchmarks/results/encoder_speed-<mode>.json")
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     names = (args.spaces or ("mlp-mnist1d" if args.smoke else ",".join(SPACES))).split(",")
@@ -213,7 +222,7 @@ def main(argv=None) -> int:
     for name, space in spaces.items():
         for b in batches:
             batch = random_population(space, b)
-            ours, compile_s = jax_step(space, batch, **nfn)
+            ours, compile_s, flops = jax_step(space, batch, **nfn)
             fns = {"jax": ours}
             if not missing:
                 fns["torch"] = torch_step(torch_layout(space, batch), **nfn)
@@ -222,18 +231,26 @@ def main(argv=None) -> int:
             jax_rate = b / seconds["jax"]
             torch_rate = b / seconds["torch"] if "torch" in seconds else None
             ratio = jax_rate / torch_rate if torch_rate else None
+            # Both implementations do the same products (the first and last layers' full mixing
+            # of the fixed input / output units dominates), so the arithmetic rate says how much
+            # room is left: near the cores' peak, only fewer operations can go faster.
+            mflop = flops / b / 1e6 if flops else None
+            gflops = flops / seconds["jax"] / 1e9 if flops else None
             speed_rows.append((name, space.num_params, b, f"{jax_rate:,.0f}",
                                f"{torch_rate:,.0f}" if torch_rate else "skipped",
-                               f"{ratio:.2f}x" if ratio else "-", f"{compile_s:.1f}"))
+                               f"{ratio:.2f}x" if ratio else "-",
+                               f"{mflop:,.0f}" if mflop else "n/a",
+                               f"{gflops:,.1f}" if gflops else "n/a", f"{compile_s:.1f}"))
             result_rows.append({"space": name, "batch": b, "jax_networks_per_s": jax_rate,
-                                "torch_networks_per_s": torch_rate, "compile_s": compile_s})
+                                "torch_networks_per_s": torch_rate, "compile_s": compile_s,
+                                "mflop_per_network": mflop, "jax_gflop_per_s": gflops})
             speedups[name] = ratio  # the largest batch is the last one written
             print(f"  {name} batch {b}: jax {jax_rate:,.0f}/s"
                   + (f", torch {torch_rate:,.0f}/s" if torch_rate else ""), flush=True)
     print("\nNFN-HNP forward + backward, networks per second (median of "
           f"{repeats} rounds; compile excluded)")
     print(table(("weight space", "params", "batch", "ours (jax)", "nfn (torch)", "speedup",
-                 "compile s"), speed_rows))
+                 "MFLOP / network", "ours GFLOP/s", "compile s"), speed_rows))
 
     memory_rows, memory = [], []
     # Smoke: one narrow layer, the same code path at a fraction of the compile time.
@@ -265,12 +282,15 @@ def main(argv=None) -> int:
             marginal[name] = slope / rows[0]["edges"]
             print(f"{name}: {slope / 2**20:,.2f} MiB per extra network in the batch "
                   f"({slope / rows[0]['edges']:,.0f} bytes per edge)")
-    print(json.dumps({"benchmark": "encoder_speed", "mode": mode,
-                      "nfn_speedup_vs_torch": speedups if not missing else None,
-                      "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory,
-                      "bytes_per_edge_per_network": per_edge,
-                      "marginal_bytes_per_edge_per_network": marginal,
-                      "graph_encoder": gnn}))
+    payload = {"benchmark": "encoder_speed", "mode": mode, "cpu_count": os.cpu_count(),
+               "nfn_speedup_vs_torch": speedups if not missing else None,
+               "torch_skipped": missing, "nfn": result_rows, "graph_memory": memory,
+               "bytes_per_edge_per_network": per_edge,
+               "marginal_bytes_per_edge_per_network": marginal, "graph_encoder": gnn}
+    if args.save and mode != "smoke":
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"encoder_speed-{mode}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload))
     return 0
 
 

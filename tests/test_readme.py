@@ -103,3 +103,15 @@ def test_readme_tables_are_printed_from_committed_result_files():
         assert body.strip() == expected, (
             f"README's {kind} table differs from `python benchmarks/_report.py {kind} "
             f"{pattern}`; `python benchmarks/_report.py readme` reprints it:\n{expected}")
+
+
+def test_readme_tables_are_printed_from_the_committed_results():
+    """Every table README marks (``<!-- table: KIND GLOB -->``) is what `benchmarks/_report.py`
+    prints from the result files: no number in them is typed by hand or left stale."""
+    from benchmarks._report import reprint_tables
+
+    text = README.read_text(encoding="utf-8")
+    reprinted, count = reprint_tables(text, README.parent)
+    assert count >= 7
+    assert reprinted == text, "README tables differ from benchmarks/results: run " \
+                              "python benchmarks/_report.py readme"
