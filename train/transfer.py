@@ -250,9 +250,12 @@ def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
 
 
 def transfer(generator, task: str | Task, config: TransferConfig = TransferConfig(), *,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, mesh=None) -> dict[str, Any]:
     """Sample for `task`, fine-tune every init for `config.epochs` epochs and return the
-    learning curves (`wsl.eval.transfer` summarises, plots and writes them)."""
+    learning curves (`wsl.eval.transfer` summarises, plots and writes them).
+
+    The fine-tuned networks are sharded over `mesh` (one axis; default: every local device, as
+    `wsl.zoos.population.train_population`); sampling runs on the default device."""
     from wsl.train.generator import TrainedGenerator
 
     gen = generator if isinstance(generator, TrainedGenerator) else \
@@ -278,7 +281,7 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
 
         bar = tqdm(total=config.epochs, unit="epoch", desc=f"fine-tuning {total} networks")
     try:
-        result = train_population(arch, data, hparams, settings,
+        result = train_population(arch, data, hparams, settings, mesh=mesh,
                                   initial_params=arch.weight_space.unflatten(flat),
                                   on_epoch=(lambda _: bar.update(1)) if bar else None)
     finally:

@@ -80,9 +80,11 @@ def _weights(text: str | None) -> tuple[float, ...]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    import jax
+
     from wsl.config import ConfigError
     from wsl.eval.transfer import finish, table
-    from wsl.mesh import describe_default_device
+    from wsl.mesh import describe_mesh, make_mesh
     from wsl.outputs import check_output_dir
     from wsl.train.generator import TrainedGenerator
     from wsl.train.transfer import TransferConfig, transfer
@@ -115,8 +117,11 @@ def main(argv: list[str]) -> int:
         if (out / name).exists() and not args.force:
             raise UsageError(f"--out {out} already holds {name} from an earlier transfer; pass "
                              f"--force to overwrite it or choose another --out")
-    print(describe_default_device("transfer"), flush=True)
-    report = finish(transfer(generator, task, config, progress=not args.no_progress), out)
+    # Fine-tuning shards the networks over every local device; sampling uses the default one.
+    mesh = make_mesh(("models",), devices=jax.local_devices())
+    print(f"{describe_mesh(mesh)} (fine-tuning; sampling on the default device)", flush=True)
+    report = finish(transfer(generator, task, config, progress=not args.no_progress, mesh=mesh),
+                    out)
     print(table(report))
     print(f"wrote {out / 'transfer.json'} and {out / 'transfer.png'}")
     return 0
