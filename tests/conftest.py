@@ -53,6 +53,24 @@ def eight_device_env():
                 f"--xla_cpu_collective_call_terminate_timeout_seconds=120")
 
 
+# ------------------------------------------------------------------------------ random networks
+def _random_networks(space, n, seed=0):
+    """`n` random networks of `space` as a flat dict: kernels N(0, 1/fan-in), 1-D tensors
+    (biases, norm scales and shifts) N(0, 0.1²)."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for t in space.tensors:
+        scale = 1 / np.sqrt(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 0.1
+        flat[t.path] = (rng.standard_normal((n,) + t.shape) * scale).astype(np.float32)
+    return flat
+
+
+@pytest.fixture
+def random_networks():
+    """`random_networks(space, n, seed=0)` -> flat dict of `n` random networks of `space`."""
+    return _random_networks
+
+
 # ------------------------------------------------------------------------------ Small CNN Zoo
 TF_NAMES = {"conv_0": "conv2d", "conv_1": "conv2d_1", "conv_2": "conv2d_2", "dense_0": "dense"}
 

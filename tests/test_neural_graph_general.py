@@ -37,16 +37,6 @@ def space_of(name):
     return build(arch, **config).weight_space
 
 
-def population(space, n, seed=0):
-    """Random networks: kernels N(0, 1/fan-in), biases and norms N(0, 0.1²)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for t in space.tensors:
-        scale = 1 / np.sqrt(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 0.1
-        flat[t.path] = (rng.standard_normal((n,) + t.shape) * scale).astype(np.float32)
-    return flat
-
-
 def one_entry_changed(space, flat, seed=1):
     """One copy of network 0 per tensor, with one random entry of that tensor moved by 5."""
     rng = np.random.default_rng(seed)
@@ -62,11 +52,11 @@ def rel_diff(a, b):
 
 
 @functools.lru_cache(maxsize=None)
-def encoder_outputs(encoder, name):
+def encoder_outputs(encoder, name, random_networks):
     """Outputs on [networks, the same networks randomly permuted (one symmetry each), network 0
     with one entry of tensor i changed for every i], in one compiled program."""
     space = space_of(name)
-    flat = population(space, MODELS)
+    flat = random_networks(space, MODELS)
     params = nest_paths(flat)
     changed = nest_paths(one_entry_changed(space, flat))
     model = build_encoder(encoder, space, out_dim=3, **SMALL[encoder])
@@ -91,8 +81,8 @@ def test_every_architecture_is_covered():
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("encoder", ["ng_gnn", "ng_transformer"])
-def test_random_permutations_leave_the_output_unchanged(encoder, name):
-    original, permuted, _ = encoder_outputs(encoder, name)
+def test_random_permutations_leave_the_output_unchanged(encoder, name, random_networks):
+    original, permuted, _ = encoder_outputs(encoder, name, random_networks)
     assert rel_diff(permuted, original) < TOLERANCE
     # different networks, different outputs (an invariant constant would pass the line above)
     assert np.abs(original[1:] - original[0]).sum(-1).min() > 1e-3 * np.abs(original).max()
@@ -100,8 +90,8 @@ def test_random_permutations_leave_the_output_unchanged(encoder, name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("encoder", ["ng_gnn", "ng_transformer"])
-def test_every_tensor_is_read(encoder, name):
-    original, _, changed = encoder_outputs(encoder, name)
+def test_every_tensor_is_read(encoder, name, random_networks):
+    original, _, changed = encoder_outputs(encoder, name, random_networks)
     change = np.abs(changed - original[:1]).max(-1) / np.abs(original[0]).max()
     # One weight among hundreds moves the output by ~1e-4 relative (measured ≥ 2.5e-4); float32
     # rounding moves it by ≤ 1e-6 (the permutation residual), so 1e-5 separates the two.
@@ -164,10 +154,10 @@ def test_resnet_graph_shares_the_stream():
 
 
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
-def test_features_carry_every_weight_once(name):
+def test_features_carry_every_weight_once(name, random_networks):
     space = space_of(name)
     graph = neural_graph(space)
-    flat = population(space, 2)
+    flat = random_networks(space, 2)
     nodes, edges = map(np.asarray, jax.jit(graph.features)(nest_paths(flat)))
     assert nodes.shape == (2, graph.num_nodes, len(graph.feature_tensors))
     assert edges.shape == (2, graph.num_edges, graph.edge_dim)
@@ -179,10 +169,10 @@ def test_features_carry_every_weight_once(name):
         np.testing.assert_array_equal(np.sort(values[1][values[1] != 0]), np.sort(expect))
 
 
-def test_a_norm_scale_is_one_node_feature():
+def test_a_norm_scale_is_one_node_feature(random_networks):
     space = space_of("transformer")
     graph = neural_graph(space)
-    flat = population(space, 1)
+    flat = random_networks(space, 1)
     moved = {p: x.copy() for p, x in flat.items()}
     moved["block0_norm_1/scale"][0, 3] += 1.0
     features = jax.jit(graph.features)

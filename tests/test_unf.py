@@ -35,14 +35,10 @@ def space_of(name):
     return build(arch, **config).weight_space
 
 
-def population(space, n, seed=0):
-    """Random networks: kernels N(0, 1/fan-in), biases and norms N(0, 0.1)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for t in space.tensors:
-        scale = 1 / np.sqrt(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 0.1
-        flat[t.path] = (rng.standard_normal((n,) + t.shape) * scale).astype(np.float32)
-    return nest_paths(flat)
+@pytest.fixture
+def population(random_networks):
+    """`population(space, n, seed=0)`: random networks as a params tree (tests/conftest.py)."""
+    return lambda space, n, seed=0: nest_paths(random_networks(space, n, seed))
 
 
 def rel_diff(a, b):
@@ -59,7 +55,7 @@ def test_every_architecture_is_covered():
     assert {a["name"] for a in list_architectures()} == {a for a, _ in CONFIGS.values()}
 
 
-def test_unf_builds_for_all_five_architectures():
+def test_unf_builds_for_all_five_architectures(population):
     for name in ("mlp", "small_cnn", "cnn_s", "resnet", "transformer"):
         space = space_of(name)
         encoder = build_encoder("unf", space, out_dim=2)
@@ -68,7 +64,7 @@ def test_unf_builds_for_all_five_architectures():
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_invariant_to_random_permutations_and_not_constant(name):
+def test_invariant_to_random_permutations_and_not_constant(name, population):
     space = space_of(name)
     params = population(space, 4, seed=1)
     encoder = build_encoder("unf", space, out_dim=3, **ONE_LAYER)
@@ -137,7 +133,7 @@ def test_a_hidden_layer_is_equivariant(name):
     assert moved >= len(space.tensors) - 2  # equivariant, not invariant
 
 
-def test_equivariant_output_permutes_with_its_input():
+def test_equivariant_output_permutes_with_its_input(population):
     space = space_of("resnet")
     params = population(space, 2)
     encoder = build_encoder("unf", space, output="equivariant", channels=(3,), out_dim=1)
@@ -157,7 +153,7 @@ def test_equivariant_output_permutes_with_its_input():
         assert rel_diff(value, expected[path]) < TOLERANCE, path
 
 
-def test_learns_the_mean_of_a_tensor():
+def test_learns_the_mean_of_a_tensor(population):
     """Fit the mean of an attention kernel (heads × head dim × stream) on 8 networks: far better
     than the best constant predictor, whose error is the targets' variance."""
     space, target = space_of("transformer"), "block0_attention/query/kernel"
@@ -190,7 +186,7 @@ def test_learns_the_mean_of_a_tensor():
     assert float(final) < 0.01 * float(jnp.var(y)), (float(final), float(jnp.var(y)))
 
 
-def test_equals_nfn_hnp_on_an_mlp():
+def test_equals_nfn_hnp_on_an_mlp(population):
     """On a chain whose folded axes NFN lays out in the same order (an MLP), UNF's layers are
     exactly NFN-HNP's, packed alike: the same variables give the same outputs."""
     space = space_of("mlp")
