@@ -779,7 +779,18 @@ def compare_with_training(generated, generator: str | Path | TrainedGenerator, *
     """
     gen = TrainedGenerator.load(generator) if isinstance(generator, (str, Path)) else generator
     train_flat = np.load(gen.directory / "aligned_train.npy")
-    dataset = dataset_from_spec(gen.meta.get("dataset"))
+    spec = gen.meta.get("dataset")
+    if gen.meta.get("task"):
+        # A task-conditioned generator samples for one task at a time (its training zoo has no
+        # single dataset): everything is scored on the samples' task, the training models too —
+        # they were trained on other tasks, so their accuracy there is no target, but the
+        # memorisation audit compares predictions on the same inputs all the same.
+        spec = generated.manifest.get("dataset")
+        if not isinstance(spec, dict) or spec.get("name") != "task":
+            raise EvaluationError(f"{gen.directory} is task-conditioned, but the generated zoo "
+                                  f"names no task (its dataset is {spec!r}); sample it with "
+                                  f"wsl gen sample --task SPEC")
+    dataset = dataset_from_spec(spec)
     report = evaluate_generated(gen.architecture, generated.flat(), train_flat,
                                 dataset.x_test, dataset.y_test, seed=seed)
     report.zoo_metrics = zoo_accuracy(gen.meta, np.arange(len(train_flat)))

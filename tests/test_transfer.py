@@ -164,6 +164,12 @@ def test_gen_sample_for_a_task(generator, capsys):
     assert wsl(["gen", "sample", str(generator / "gen"), "-n", "4", "--out",
                 str(generator / "samples2")]) == 1
     assert "give --task SPEC" in capsys.readouterr().err
+    # wsl gen eval audits the samples on their task, against every training model.
+    assert wsl(["gen", "eval", str(out), "--generator", str(generator / "gen")]) == 0
+    assert f"scored on its task {task}" in capsys.readouterr().out
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["num_generated"] == 4
+    assert evaluation["num_train"] == 12
 
 
 @pytest.mark.parametrize("method", [pytest.param("ddpm", marks=pytest.mark.slow), "latent-ddpm"])

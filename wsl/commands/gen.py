@@ -278,6 +278,11 @@ def main(argv: list[str]) -> int:
             out.mkdir(parents=True, exist_ok=True)
         print(describe_default_device("evaluation"), flush=True)
         generator = TrainedGenerator.load(args.generator)
+        if generator.meta.get("task"):
+            spec = (zoo.manifest.get("dataset") or {}).get("options", {}).get("spec")
+            print(f"task-conditioned generator: the samples are scored on its task {spec}; its "
+                  f"training models were trained on other tasks (their accuracy here is no "
+                  f"target; the memorisation audit compares predictions on the same inputs)")
         report(zoo, generator, out, args.seed)
         if generator.meta.get("scalar") and not args.no_calibration:
             if args.calibration_samples < 2:
