@@ -16,8 +16,6 @@ output sets folded into channels it reproduces HNP's full mixing of the first an
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -29,6 +27,7 @@ from wsl.models.encoders import MLP, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain, tensor_at
 from wsl.models.normalize import TensorNormalizer
+from wsl.models.unf import UNFLayer
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")
@@ -55,6 +54,15 @@ class Entity:
     perm_sets: tuple[int, ...]
     perm_sizes: tuple[int, ...]
     fold: int
+
+    # What a `wsl.models.unf.UNFLayer` reads: the feature map's axes and their sizes.
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return self.perm_sets
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self.perm_sizes
 
     def _layout(self) -> tuple[list[int], tuple[int, ...]]:
         """Transpose order (without the batch and channel axes) and the transposed shape."""
@@ -103,91 +111,16 @@ def nfn_structure(chain: LayerChain, mode: str) -> tuple[Entity, ...]:
     return tuple(entities)
 
 
-def _subsets(sets: tuple[int, ...]):
-    return [c for r in range(len(sets) + 1) for c in itertools.combinations(sets, r)]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Term:
-    """All contributions through one subset K of neuron sets: every entity containing K is both a
-    source (mean-pooled down to K) and a target (broadcast back up from K), so the term is one
-    matrix (rows: sources' channels, columns: targets' channels) and one matmul."""
-
-    keep: tuple[int, ...]
-    members: tuple[int, ...]
-    rows: int
-    cols: tuple[int, ...]
-    offset: int
-
-    @property
-    def size(self) -> int:
-        return self.rows * sum(self.cols)
-
-
-def _plan(structure: tuple[Entity, ...], in_channels: int, out_channels: int):
-    """The terms of a layer, and the packed-parameter bounds: uniform ±1/√fan-in per target, one
-    fan-in over all of a target's terms so that their sum has unit scale (as the reference NFN)."""
-    keeps = sorted({k for e in structure for k in _subsets(e.perm_sets)}, key=lambda k: (len(k), k))
-    terms, offset = [], 0
-    for keep in keeps:
-        members = tuple(j for j, e in enumerate(structure) if set(keep) <= set(e.perm_sets))
-        term = _Term(keep, members, in_channels * sum(structure[j].fold for j in members),
-                     tuple(structure[j].fold * out_channels for j in members), offset)
-        terms.append(term)
-        offset += term.size
-    fan = [sum(t.rows for t in terms if j in t.members) for j in range(len(structure))]
-    bound = [1.0 / math.sqrt(f) for f in fan]
-    parts = [np.tile(np.repeat([bound[j] for j in t.members], t.cols), t.rows) for t in terms]
-    parts += [np.full(e.fold * out_channels, bound[j]) for j, e in enumerate(structure)]
-    return terms, np.concatenate(parts).astype(np.float32)
-
-
-class NFNLayer(nn.Module):
-    """One permutation-equivariant linear layer over all entities (see the module docstring).
+class NFNLayer(UNFLayer):
+    """One permutation-equivariant linear layer over all entities (see the module docstring):
+    UNF's layer (`wsl.models.unf.UNFLayer`) on a chain's entities, whose neuron sets play the
+    part of groups — one matmul per subset of neuron sets (2L + 2 for an NP chain of L layers).
+    Its own name keeps the parameter names (``NFNLayer_0``, ...) of NFN checkpoints.
 
     Input and output are lists with one array per entity, ``(B, *perm_sizes, fold · channels)``.
-    There is one matmul per subset of neuron sets (2L + 2 for an NP chain of L layers). All the
-    layer's weights live in one packed vector so that initialisation is one random draw: XLA
-    compiles every separate draw, and on CPU those compiles dominated start-up time.
     """
 
     structure: tuple[Entity, ...]
-    in_channels: int
-    out_channels: int
-
-    @nn.compact
-    def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
-        structure = self.structure
-        if len(features) != len(structure):
-            raise ModelError(f"NFNLayer got {len(features)} feature arrays for "
-                             f"{len(structure)} entities")
-        terms, bounds = _plan(structure, self.in_channels, self.out_channels)
-
-        def init(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * jnp.asarray(bounds, dtype)
-
-        packed = self.param("weights", init, bounds.shape)
-        bias_start = terms[-1].offset + terms[-1].size
-        outputs = []
-        for e in structure:  # start from the biases
-            width = e.fold * self.out_channels
-            outputs.append(packed[bias_start:bias_start + width])
-            bias_start += width
-        for term in terms:
-            pooled = []
-            for j in term.members:
-                axes = tuple(1 + a for a, s in enumerate(structure[j].perm_sets)
-                             if s not in term.keep)
-                pooled.append(features[j].mean(axis=axes) if axes else features[j])
-            kernel = packed[term.offset:term.offset + term.size].reshape(term.rows, sum(term.cols))
-            z = jnp.concatenate(pooled, axis=-1) @ kernel
-            pieces = jnp.split(z, np.cumsum(term.cols)[:-1], axis=-1)
-            for j, piece in zip(term.members, pieces):
-                for a, s in enumerate(structure[j].perm_sets):
-                    if s not in term.keep:
-                        piece = jnp.expand_dims(piece, 1 + a)
-                outputs[j] = outputs[j] + piece
-        return outputs
 
 
 class NFN(nn.Module):

@@ -87,7 +87,8 @@ import numpy as np
 import pytest
 
 from wsl.models.neural_graph import layer_chain
-from wsl.models.nfn import NFNLayer, _plan, nfn_structure
+from wsl.models.nfn import NFNLayer, nfn_structure
+from wsl.models.unf import _plan
 from wsl.zoos.architectures import build
 
 torch = pytest.importorskip("torch", reason="torch extra not installed")
