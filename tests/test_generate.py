@@ -2,6 +2,7 @@
 zoo."""
 
 import json
+import warnings
 from pathlib import Path
 
 import jax
@@ -144,6 +145,13 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
     provenance = zoo.manifest["provenance"]
     assert provenance["condition_map"] is True
     assert provenance["condition_value"] == pytest.approx(reloaded.scalar_target("q90"))
+    # The map holds for the settings it was fitted at; sampling at another guidance says so.
+    with pytest.warns(UserWarning, match=r"guidance 2.0 \(map: 1.0\)"):
+        reloaded.sample(2, cond_scalar="q90", guidance=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reloaded.sample(2, cond_scalar="q90", guidance=2.0, use_map=False)  # raw: no map
+        reloaded.sample(2, cond_scalar="q90")
 
 
 def test_min_acc_selects_on_validation_not_test_accuracy(trained):

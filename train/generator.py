@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -466,11 +467,33 @@ class TrainedGenerator:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
         if temperature is not None and not temperature > 0:
             raise GenerateError(f"sampling temperature must be positive, got {temperature}")
+        resolved = self._resolved(sampler, steps, guidance, temperature)
+        if cond_scalar is not None and use_map and self.condition_map is not None:
+            self._check_map_settings(resolved)
+        return (*resolved, None if cond_class is None else self.class_id(cond_class),
+                None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
+
+    def _resolved(self, sampler, steps, guidance, temperature) -> tuple:
+        """Sampler, steps, guidance and temperature with the generator's defaults filled in."""
+        cfg = self.config
         return (sampler or cfg.default_sampler, steps or cfg.default_steps,
                 float(cfg.guidance if guidance is None else guidance),
-                float(cfg.temperature if temperature is None else temperature),
-                None if cond_class is None else self.class_id(cond_class),
-                None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
+                float(cfg.temperature if temperature is None else temperature))
+
+    def _check_map_settings(self, resolved: tuple) -> None:
+        """Warn when a target goes through a condition map fitted under other sampling settings:
+        the achieved accuracy of a condition value depends on them (guidance above all)."""
+        fitted = self.condition_map.get("sample_options") or {}
+        at_fit = self._resolved(fitted.get("sampler"), fitted.get("steps"),
+                                fitted.get("guidance"), fitted.get("temperature"))
+        names = ("sampler", "steps", "guidance", "temperature")
+        differ = [f"{name} {now} (map: {then})" for name, now, then in zip(names, resolved, at_fit)
+                  if now != then]
+        if differ:
+            warnings.warn(f"{self.directory}: the condition map was fitted with other sampling "
+                          f"settings than these samples use — {', '.join(differ)}; a target may "
+                          f"not be met (refit it: wsl gen calibrate with the same settings)",
+                          stacklevel=4)
 
     def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
                 guidance: float | None = None, temperature: float | None = None,
