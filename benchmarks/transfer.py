@@ -25,6 +25,7 @@ Experiments: ``main`` (mnist-tasks: MNIST 8x8 class subsets x transforms), ``dig
     python benchmarks/transfer.py --smoke   # seconds: a tiny digits zoo, 2 tasks, 1 seed
     python benchmarks/transfer.py --quick   # mnist8-tasks (500 models), 5 tasks, 1 seed
     python benchmarks/transfer.py           # 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~1.5 h)
+    python benchmarks/transfer.py --fewshot # the same, fine-tuned on 10 examples per class
 
 Prints a table per experiment and one JSON object as the last line; ``--save`` writes it to
 ``benchmarks/results/transfer-<mode>.json``. Zoos, generators and every finished (task, seed)
@@ -80,10 +81,14 @@ class Mode:
     keep: int  # networks per init (the best by validation accuracy)
     guidance: tuple[float, ...]
     epochs: int
+    train_per_class: int = 0  # 0: fine-tune on the task's whole training split
+    batch_size: int = 32
+    zoos_of: str | None = None  # another mode whose zoos and generators this one reuses
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
-                              epochs=self.epochs, seed=seed)
+                              epochs=self.epochs, seed=seed, train_per_class=self.train_per_class,
+                              batch_size=self.batch_size)
 
 
 MODES = {
@@ -101,6 +106,10 @@ MODES = {
                  tasks=(12, 10, 10), seeds=3, gen_steps=3000, hidden=512, samples=50, keep=10,
                  guidance=(1.0, 2.0, 3.0, 5.0), epochs=25),
 }
+# Few-shot: the full mode's zoos, generators and tasks, but every init is fine-tuned on 10
+# labelled examples per class (the support set itself) in batches of 10 — 5 steps an epoch.
+MODES["fewshot"] = dataclasses.replace(MODES["full"], train_per_class=10, batch_size=10,
+                                       zoos_of="full")
 
 
 def open_or_build(root: Path, experiment: Experiment, mode: str) -> Zoo:
@@ -138,7 +147,7 @@ def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int) -> TrainedGenerat
 
 def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: str,
                    mode: Mode) -> dict:
-    zoo = open_or_build(root, experiment, mode_name)
+    zoo = open_or_build(root, experiment, mode.zoos_of or mode_name)
     tasks = target_tasks(zoo, experiment, count)
     reports = []
     for seed in range(mode.seeds):
@@ -231,6 +240,9 @@ def main(argv=None) -> int:
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true", help="one experiment, 5 tasks, 1 seed")
     speed.add_argument("--smoke", action="store_true", help="seconds: a tiny digits zoo")
+    speed.add_argument("--fewshot", action="store_true",
+                       help="the full run's zoos, generators and tasks; fine-tuning on 10 "
+                            "examples per class")
     parser.add_argument("--out", default=None,
                         help="zoos, generators and finished reports (default: a temporary folder "
                              "in smoke mode, /tmp/wsl-bench-transfer otherwise)")
@@ -239,7 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--save", action="store_true",
                         help="write benchmarks/results/transfer-<mode>.json (not in smoke mode)")
     args = parser.parse_args(argv)
-    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode_name = ("smoke" if args.smoke else "quick" if args.quick else
+                 "fewshot" if args.fewshot else "full")
     mode = MODES[mode_name]
     chosen = None if args.experiments is None else set(args.experiments.split(","))
     with tempfile.TemporaryDirectory() as scratch:
