@@ -54,11 +54,11 @@ from wsl.eval import hessian as hessian_lib
 from wsl.eval import spectral as spectral_lib
 from wsl.eval.errors import EvaluationError
 from wsl.eval.lmc import loss_barrier
-from wsl.mesh import axis_size, make_mesh, round_up
+from wsl.mesh import axis_size, round_up
 from wsl.weight_space import nest_paths
 from wsl.zoos.architectures import Architecture, narrowed
 from wsl.zoos.fast_conv import population_apply
-from wsl.zoos.population import width_masks
+from wsl.zoos.population import population_mesh, width_masks
 from wsl.zoos.store import Zoo, write_analysis
 
 PARTS = ".analysis-parts"
@@ -299,8 +299,8 @@ class _Context:
         self._cells = None
         self._spectra_cache: tuple[bytes | None, dict] = (None, {})
         self._narrowed: dict[tuple[Architecture, int], Architecture] = {}
-        # The model axis is sharded over the local devices, as the population trainer does.
-        self.mesh = make_mesh(("models",), devices=jax.local_devices())
+        # The model axis is sharded as the population trainer shards it.
+        self.mesh = population_mesh()
 
     # ---------------------------------------------------------------- checks
     def check(self, name: str) -> None:

@@ -327,6 +327,12 @@ def _pad(values: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([values, np.repeat(values[:1], size - len(values), axis=0)])
 
 
+def population_mesh() -> Mesh:
+    """The mesh a population trains on by default: its model axis over this process's devices
+    (a population is one process's work; a multi-process zoo build splits it by shard)."""
+    return make_mesh(("models",), devices=jax.local_devices())
+
+
 def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, Any],
                      settings: TrainSettings, mesh: Mesh | None = None,
                      on_epoch: Callable[[int], None] | None = None, *,
@@ -359,8 +365,7 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     elif int(data.y_train.max(initial=0)) >= arch.num_classes:
         raise PopulationError(f"dataset {data.name!r} has labels up to {int(data.y_train.max())}, "
                               f"architecture {arch.name!r} has {arch.num_classes} classes")
-    # A population is one process's work (a multi-process zoo build splits it by shard).
-    mesh = mesh or make_mesh(("models",), devices=jax.local_devices())
+    mesh = mesh or population_mesh()
     padded = round_up(n_models, axis_size(mesh))
     models_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
     replicated = NamedSharding(mesh, P())

@@ -80,14 +80,13 @@ def _weights(text: str | None) -> tuple[float, ...]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    import jax
-
     from wsl.config import ConfigError
     from wsl.eval.transfer import finish, table
-    from wsl.mesh import describe_mesh, make_mesh
+    from wsl.mesh import describe_mesh
     from wsl.outputs import check_output_dir
     from wsl.train.generator import TrainedGenerator
     from wsl.train.transfer import TransferConfig, transfer
+    from wsl.zoos.population import population_mesh
     from wsl.zoos.tasks import Task, tasks_of
 
     if args.task is None and not args.list_tasks:
@@ -117,8 +116,9 @@ def main(argv: list[str]) -> int:
         if (out / name).exists() and not args.force:
             raise UsageError(f"--out {out} already holds {name} from an earlier transfer; pass "
                              f"--force to overwrite it or choose another --out")
-    # Fine-tuning shards the networks over every local device; sampling uses the default one.
-    mesh = make_mesh(("models",), devices=jax.local_devices())
+    # Fine-tuning shards the networks as the population trainer does; sampling uses the default
+    # device.
+    mesh = population_mesh()
     print(f"{describe_mesh(mesh)} (fine-tuning; sampling on the default device)", flush=True)
     report = finish(transfer(generator, task, config, progress=not args.no_progress, mesh=mesh),
                     out)

@@ -284,9 +284,10 @@ def _population_mesh() -> str:
     """The mesh line of a build: each process trains its shards on its own devices."""
     import jax
 
-    from wsl.mesh import describe_mesh, make_mesh
+    from wsl.mesh import describe_mesh
+    from wsl.zoos.population import population_mesh
 
-    line = describe_mesh(make_mesh(("models",), devices=jax.local_devices()))
+    line = describe_mesh(population_mesh())
     count = jax.process_count()
     return line + (f" in each of {count} processes (shards split between them)"
                    if count > 1 else "")
