@@ -69,18 +69,21 @@ def segment_moments(pre: jax.Array, receivers: np.ndarray, num_nodes: int,
     return _moments(pre, jnp.asarray(receivers), num_nodes, activation)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _moments(pre, ids, num_nodes, activation):
-    messages = activation(pre)
+def _segment_stats(messages, ids, num_nodes):
     return (jax.ops.segment_sum(messages, ids, num_nodes),
             jax.ops.segment_sum(messages * messages, ids, num_nodes),
             jax.ops.segment_max(messages, ids, num_nodes),
             jax.ops.segment_min(messages, ids, num_nodes))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _moments(pre, ids, num_nodes, activation):
+    return _segment_stats(activation(pre), ids, num_nodes)
+
+
 def _moments_forward(pre, ids, num_nodes, activation):
-    out = _moments(pre, ids, num_nodes, activation)
     messages = activation(pre)
+    out = _segment_stats(messages, ids, num_nodes)
     ties = [jnp.maximum(jax.ops.segment_sum((messages == extreme[ids]).astype(messages.dtype),
                                             ids, num_nodes), 1.0) for extreme in out[2:]]
     return out, (pre, ids, *out[2:], *ties)
