@@ -787,8 +787,9 @@ def compare_with_training(generated, generator: str | Path | TrainedGenerator, *
         # memorisation audit compares predictions on the same inputs all the same.
         spec = generated.manifest.get("dataset")
         if not isinstance(spec, dict) or spec.get("name") != "task":
-            raise EvaluationError(f"{gen.directory} is task-conditioned, but the generated zoo "
-                                  f"names no task (its dataset is {spec!r}); sample it with "
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            raise EvaluationError(f"{gen.directory} is task-conditioned, but the zoo evaluated "
+                                  f"names no task (its dataset is {name!r}); sample one with "
                                   f"wsl gen sample --task SPEC")
     dataset = dataset_from_spec(spec)
     report = evaluate_generated(gen.architecture, generated.flat(), train_flat,
