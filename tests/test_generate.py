@@ -214,6 +214,11 @@ def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, 
     assert [r["target"] for r in calibration["raw condition"]["rows"]] == [
         "q10", "q25", "q50", "q75", "q90"]
     assert (tmp_path / "s" / "calibration.png").stat().st_size > 1000
+    refused = tmp_path / "refused"  # a refused evaluation leaves no output folder behind
+    assert main(["gen", "eval", str(tmp_path / "s"), "--generator", str(gen_dir),
+                 "--out", str(refused), "--calibration-samples", "1"]) == 2
+    assert "--calibration-samples must be ≥ 2" in capsys.readouterr().err
+    assert not refused.exists()
     assert main(["gen", "calibrate", str(gen_dir), "-n", "1"]) == 2
     assert "-n/--num must be ≥ 2" in capsys.readouterr().err
 

@@ -47,6 +47,7 @@ def calibration_report(generator, out: Path, num: int, seed: int, sample_options
     for result in results:
         print(result.table())
     summary = {label: result.to_dict() for label, result in zip(labels, results)}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_calibration(results, labels, out / "calibration.png")
     print(f"wrote {out / 'calibration.json'} and {out / 'calibration.png'}")
@@ -63,6 +64,7 @@ def report(generated, generator, out: Path, seed: int) -> dict:
     result = compare_with_training(generated, generator, seed=seed)
     print(result.table())
     summary = result.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_report(result, out / "evaluation.png")
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
@@ -274,8 +276,10 @@ def main(argv: list[str]) -> int:
         else:
             from wsl.outputs import check_output_dir
 
+            # Created only when there is something to write: a refused evaluation leaves no folder.
             out = check_output_dir(args.out)
-            out.mkdir(parents=True, exist_ok=True)
+        if args.calibration_samples < 2:
+            raise UsageError(f"--calibration-samples must be ≥ 2; got {args.calibration_samples}")
         print(describe_default_device("evaluation"), flush=True)
         generator = TrainedGenerator.load(args.generator)
         if generator.meta.get("task"):
@@ -285,9 +289,6 @@ def main(argv: list[str]) -> int:
                   f"target; the memorisation audit compares predictions on the same inputs)")
         report(zoo, generator, out, args.seed)
         if generator.meta.get("scalar") and not args.no_calibration:
-            if args.calibration_samples < 2:
-                raise UsageError(f"--calibration-samples must be ≥ 2; got "
-                                 f"{args.calibration_samples}")
             provenance = zoo.manifest.get("provenance") or {}
             options = {k: provenance.get(k) for k in ("sampler", "steps", "guidance",
                                                       "temperature")}
