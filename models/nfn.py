@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import MLP, check_encoder_config, prepare
+from wsl.models.encoders import MLP, check_encoder_config
 from wsl.models.errors import ModelError
-from wsl.models.neural_graph import LayerChain, layer_chain, tensor_at
+from wsl.models.neural_graph import LayerChain, layer_chain
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.unf import UNFLayer
+from wsl.models.unf import UNFLayer, encode
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")
@@ -157,21 +157,5 @@ class NFN(nn.Module):
     @nn.compact
     def __call__(self, params, train: bool = False):
         self.check()
-        structure = self.structure()
-        params = prepare(self.weight_space, params, self.normalizer)
-        features = [e.fold_in(tensor_at(params, e.path)[..., None]) for e in structure]
-        previous = 1
-        for c in self.channels:
-            features = NFNLayer(structure, previous, int(c))(features)
-            features = [nn.relu(f) for f in features]
-            previous = int(c)
-        if self.output == "equivariant":
-            features = NFNLayer(structure, previous, int(self.out_dim))(features)
-            out = {e.path: e.fold_out(f) for e, f in zip(structure, features)}
-            squeeze = self.out_dim == 1
-            return self.weight_space.map_tensors(
-                lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
-        pooled = [f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
-                  for f in features]
-        x = jnp.concatenate(pooled, axis=-1)
-        return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
+        head = lambda x: MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
+        return encode(self, NFNLayer, nn.relu, head, params)

@@ -275,21 +275,29 @@ class UNF(nn.Module):
     @nn.compact
     def __call__(self, params, train: bool = False):
         self.check()
-        structure = self.structure()
-        act = ACTIVATIONS[self.activation]
-        params = prepare(self.weight_space, params, self.normalizer)
-        features = features_of(structure, params)
-        previous = 1
-        for c in self.channels:
-            features = [act(f) for f in UNFLayer(structure, previous, int(c))(features)]
-            previous = int(c)
-        if self.output == "equivariant":
-            features = UNFLayer(structure, previous, int(self.out_dim))(features)
-            out = {e.path: e.fold_out(f) for e, f in zip(structure, features)}
-            squeeze = self.out_dim == 1
-            return self.weight_space.map_tensors(
-                lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
-        pooled = [f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f
-                  for f in features]
-        x = jnp.concatenate(pooled, axis=-1)
-        return MLP(self.head_widths, self.out_dim, self.activation, self.dropout)(x, train)
+        head = lambda x: MLP(self.head_widths, self.out_dim, self.activation, self.dropout)(
+            x, train)
+        return encode(self, UNFLayer, ACTIVATIONS[self.activation], head, params)
+
+
+def encode(encoder, layer: type[UNFLayer], act, head, params):
+    """The body NFN and UNF share, called inside the encoder's compact `__call__` (the layers it
+    creates are the encoder's submodules): equivariant `layer`s of `encoder.channels` with
+    activation `act`, then per-tensor mean pooling and `head`, or, for
+    ``encoder.output == "equivariant"``, a last layer to `encoder.out_dim` channels returned in the
+    weight space's shapes."""
+    structure = encoder.structure()
+    params = prepare(encoder.weight_space, params, encoder.normalizer)
+    features = features_of(structure, params)
+    previous = 1
+    for c in encoder.channels:
+        features = [act(f) for f in layer(structure, previous, int(c))(features)]
+        previous = int(c)
+    if encoder.output == "equivariant":
+        features = layer(structure, previous, int(encoder.out_dim))(features)
+        out = {e.path: e.fold_out(f) for e, f in zip(structure, features)}
+        squeeze = encoder.out_dim == 1
+        return encoder.weight_space.map_tensors(
+            lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
+    pooled = [f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f for f in features]
+    return head(jnp.concatenate(pooled, axis=-1))
