@@ -57,6 +57,9 @@ VARIANTS = {
     "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),
     "velocity": (["prediction=velocity"], [], "mean", []),
     "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean", []),
+    # DeepWeightFlow's recipe: velocity prediction from a tiny source N(0, 0.01²), RK4 100 steps.
+    "velocity+source0.01+rk4x100": (["prediction=velocity", "source_scale=0.01"], [], "mean",
+                                    ["steps=100"]),
     "rk4x50": (["loss_on=velocity"], [], "mean", ["steps=50"]),
 }
 STEPS = {"full": 4000, "quick": 800, "smoke": 20}
