@@ -32,9 +32,11 @@ from wsl.zoos.scoring import population_metrics
 
 QUANTILES = ("q10", "q25", "q50", "q75", "q90")
 TOLERANCE = 0.02  # |achieved mean val acc − target| for a calibrated target
-# Standardised condition values the map is measured at: beyond the population's range on both
-# sides, so that targets near its ends can still be reached by extrapolating the condition.
-MAP_GRID = tuple(np.round(np.linspace(-3.0, 3.0, 13), 3))
+# Condition values the map is measured at: this many, evenly over the training population's range
+# of the condition (its q0..q100). Beyond that range the generator never saw a condition, and
+# measured there (a grid of ±3 std) its samples got *less* accurate as the condition rose, which
+# the monotone fit then averaged into the top of the map.
+MAP_POINTS = 13
 
 
 def scored_column(gen: TrainedGenerator) -> tuple[str, str]:
@@ -142,14 +144,23 @@ def measure_calibration(gen: TrainedGenerator, *, targets: Sequence[str | float]
     return Calibration(column, rows, mapped=mapped)
 
 
+def map_grid(gen: TrainedGenerator, points: int = MAP_POINTS) -> np.ndarray:
+    """`points` standardised condition values evenly over the training population's range."""
+    stats = gen.meta["scalar"]
+    ends = [(stats[q] - stats["mean"]) / stats["std"] for q in ("q0", "q100")]
+    return np.round(np.linspace(*ends, points), 3)
+
+
 def fit_condition_map(gen: TrainedGenerator, *, num: int = 100, seed: int = 0,
-                      grid: Sequence[float] = MAP_GRID, **sample_options) -> dict:
+                      grid: Sequence[float] | None = None, **sample_options) -> dict:
     """Which standardised condition value achieves which mean of the condition column, measured
-    over `grid` on validation (never test) and made non-decreasing by isotonic regression.
+    over `grid` (default `map_grid`: the training range) on validation (never test) and made
+    non-decreasing by isotonic regression.
 
     Returns the map as `TrainedGenerator` reads it from ``condition_map.json``.
     """
     column, _ = scored_column(gen)
+    grid = map_grid(gen) if grid is None else grid
     grid = np.asarray(sorted(set(float(g) for g in grid)), np.float64)
     if len(grid) < 2:
         raise EvaluationError("the condition map needs at least two grid values")

@@ -202,6 +202,10 @@ def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, 
     assert "calibration (through the condition map fitted on validation)" in out
     saved = json.loads((gen_dir / "condition_map.json").read_text())
     assert len(saved["condition"]) == 13 and saved["column"] == "val_acc"
+    # Measured over the training population's range of the condition only (q0..q100).
+    stats = json.loads((gen_dir / "generator.json").read_text())["scalar"]
+    ends = [(stats[q] - stats["mean"]) / stats["std"] for q in ("q0", "q100")]
+    assert [saved["condition"][0], saved["condition"][-1]] == pytest.approx(ends, abs=1e-3)
     assert main(["gen", "sample", str(gen_dir), "-n", "4", "--out", str(tmp_path / "s"),
                  "--cond-scalar", "q50", "--no-eval"]) == 0
     capsys.readouterr()

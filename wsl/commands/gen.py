@@ -90,9 +90,10 @@ examples (its recipe's eval_examples), which the report names beside the table.
 
 CALIBRATE_EPILOG = """\
 A conditioned generator asked for the 90th percentile of validation accuracy need not deliver it.
-calibrate samples N networks at each of 13 condition values (from 3 std below the population's
-mean to 3 above), scores them on the validation split (never test), and keeps the monotone curve
-from condition to achieved mean accuracy in GENERATOR/condition_map.json. From then on
+calibrate samples N networks at each of 13 condition values (evenly from the lowest to the
+highest value in the training population), scores them on the validation split (never test),
+and keeps the monotone curve from condition to achieved mean accuracy in
+GENERATOR/condition_map.json. From then on
 `wsl gen sample G --cond-scalar q90` asks for samples whose mean reaches q90 and the map picks the
 condition value. It then checks the map on fresh samples (seed + 1) at q10..q90 and prints both.
 """
