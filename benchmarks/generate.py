@@ -98,6 +98,7 @@ METHODS = {
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90"}),
+    "flow-data+acc": (["loss_on=data", "condition_scalar=val_acc"], {"cond_scalar": "q90"}),
     "ddpm+acc": (["method=ddpm", "condition_scalar=val_acc"], {"cond_scalar": "q90"}),
     "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
                         {"cond_scalar": "q90"}),
