@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from wsl.eval.errors import EvaluationError
-from wsl.eval.generated import bootstrap_interval
+from wsl.eval.generated import bootstrap_interval, nearest_neighbours
 from wsl.train.generator import CONDITION_MAP_FILE, TrainedGenerator
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics
@@ -61,13 +61,35 @@ def _dataset(spec: str):
     return dataset_from_spec(json.loads(spec))
 
 
-def _score(gen: TrainedGenerator, num: int, seed: int, condition: dict, sample_options) -> dict:
-    """The samples' metrics on the split of the condition column and on test (reported beside)."""
+def _score(gen: TrainedGenerator, num: int, seed: int, condition: dict, sample_options,
+           nearness: Nearness | None = None) -> dict:
+    """The samples' metrics on the split of the condition column and on test (reported beside),
+    and with `nearness` their ``nn_relative``."""
     arch = gen.architecture
     flat = gen.sample(num, seed=seed, **condition, **sample_options)
     dataset = _dataset(json.dumps(gen.meta.get("dataset"), sort_keys=True))
     _, split = scored_column(gen)
-    return population_metrics(arch, flat, dataset, splits=tuple(dict.fromkeys((split, "test"))))
+    metrics = population_metrics(arch, flat, dataset,
+                                 splits=tuple(dict.fromkeys((split, "test"))))
+    if nearness is not None:
+        metrics["nn_relative"] = nearness(flat)
+    return metrics
+
+
+class Nearness:
+    """How near samples lie to the generator's aligned training models: the median distance to
+    the nearest one over the training models' own median distance to their nearest other one
+    (as in `wsl.eval.generated`; near 0: copies, about 1: as far as training models are apart).
+    A target reached only by copying the most accurate training models shows here."""
+
+    def __init__(self, gen: TrainedGenerator):
+        self.train = np.load(gen.directory / "aligned_train.npy")
+        own = nearest_neighbours(self.train, self.train, exclude=np.arange(len(self.train)))[1]
+        self.scale = float(np.median(own[:, 0]))
+
+    def __call__(self, flat) -> float:
+        distance = float(np.median(nearest_neighbours(flat, self.train)[1][:, 0]))
+        return distance / self.scale if self.scale > 0 else float("nan")
 
 
 @dataclasses.dataclass
@@ -92,13 +114,15 @@ class Calibration:
 
     def table(self) -> str:
         head = ("target", "requested", f"achieved {self.column}", "95% CI", "error (pt)",
-                "test_acc", "within")
+                "test_acc", "within", "NN dist (rel.)")
         lines = [head]
         for r in self.rows:
+            near = r.get("nn_relative")  # absent from results saved before it was measured
             lines.append((str(r["target"]), f"{r['requested']:.4f}", f"{r['achieved']:.4f}",
                           f"[{r['achieved_ci95'][0]:.4f}, {r['achieved_ci95'][1]:.4f}]",
                           f"{r['error'] * 100:+.2f}", f"{r['test_acc']:.4f}",
-                          "yes" if abs(r["error"]) <= self.tolerance else "NO"))
+                          "yes" if abs(r["error"]) <= self.tolerance else "NO",
+                          "-" if near is None else f"{near:.2f}"))
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                           enumerate(zip(line, widths))) for line in lines]
@@ -108,7 +132,8 @@ class Calibration:
         return (f"calibration ({how}): requested vs achieved {self.column} of the samples\n"
                 + "\n".join(text)
                 + f"\n-> {verdict}: every target q10..q90 within ±{self.tolerance * 100:g} pt "
-                  f"required")
+                  f"required\n   NN dist (rel.): the samples' median distance to their nearest "
+                  f"aligned training model over the training models' own (near 0: copies)")
 
 
 def measure_calibration(gen: TrainedGenerator, *, targets: Sequence[str | float] = QUANTILES,
@@ -122,6 +147,7 @@ def measure_calibration(gen: TrainedGenerator, *, targets: Sequence[str | float]
     column, _ = scored_column(gen)
     stats = gen.meta["scalar"]
     mapped = bool(use_map and gen.condition_map is not None)
+    nearness = Nearness(gen)
     rows = []
     for i, target in enumerate(targets):
         requested = float(stats[target]) if isinstance(target, str) and target in stats else None
@@ -133,14 +159,15 @@ def measure_calibration(gen: TrainedGenerator, *, targets: Sequence[str | float]
                 raise EvaluationError(f"calibration target {target!r}: give a number or one "
                                       f"of {keys}") from None
         metrics = _score(gen, num, seed * 1000 + i,
-                         {"cond_scalar": target, "use_map": mapped}, sample_options)
+                         {"cond_scalar": target, "use_map": mapped}, sample_options, nearness)
         achieved = np.asarray(metrics[column], np.float64)
         low, high = bootstrap_interval(achieved, np.mean, seed=i)
         rows.append({"target": target, "requested": requested,
                      "achieved": float(achieved.mean()), "achieved_ci95": [low, high],
                      "error": float(achieved.mean() - requested),
                      "test_acc": float(np.mean(metrics["test_acc"])),
-                     "achieved_std": float(achieved.std())})
+                     "achieved_std": float(achieved.std()),
+                     "nn_relative": metrics["nn_relative"]})
     return Calibration(column, rows, mapped=mapped)
 
 

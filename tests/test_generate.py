@@ -122,7 +122,16 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
         assert row["error"] == pytest.approx(row["achieved"] - row["requested"])
         assert row["achieved_ci95"][0] <= row["achieved"] <= row["achieved_ci95"][1]
     assert raw.calibrated == all(abs(r["error"]) <= raw.tolerance for r in raw.rows)
-    assert "calibration (raw condition)" in raw.table()
+    assert "calibration (raw condition)" in raw.table() and "NN dist (rel.)" in raw.table()
+    # How near the samples are to training models: copies are at 0, noised copies further out.
+    from wsl.eval.calibration import Nearness
+
+    assert all(np.isfinite(r["nn_relative"]) and r["nn_relative"] > 0 for r in raw.rows)
+    nearness = Nearness(gen)
+    copies = nearness.train[:5]
+    assert nearness(copies) == 0
+    noisy = copies + np.random.default_rng(0).normal(0, copies.std(), copies.shape)
+    assert nearness(noisy) > 1
 
     copy = tmp_path / "generator"
     import shutil
