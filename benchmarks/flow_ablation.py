@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import table  # noqa: E402
 from benchmarks.generate import ZOOS, build_or_open  # noqa: E402
 from wsl.config import override  # noqa: E402
-from wsl.eval.generated import bootstrap_interval, nearest_neighbours  # noqa: E402
+from wsl.eval.generated import Nearness, bootstrap_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402
@@ -133,9 +133,7 @@ def nearness(workdir: Path, name: str, seed: int, training: dict) -> float:
     else:
         raise FileNotFoundError(f"no aligned training set for align={training['align']} "
                                 f"seed={seed} under {workdir}")
-    samples = Zoo.open(workdir / f"{name}-seed{seed}-samples").flat()
-    own = nearest_neighbours(train, train, exclude=np.arange(len(train)))[1][:, 0]
-    return float(np.median(nearest_neighbours(samples, train)[1][:, 0]) / np.median(own))
+    return Nearness(train)(Zoo.open(workdir / f"{name}-seed{seed}-samples").flat())
 
 
 def population(zoo) -> dict:

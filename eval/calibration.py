@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from wsl.eval.errors import EvaluationError
-from wsl.eval.generated import bootstrap_interval, nearest_neighbours
+from wsl.eval.generated import Nearness, bootstrap_interval
 from wsl.train.generator import CONDITION_MAP_FILE, TrainedGenerator
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics
@@ -74,22 +74,6 @@ def _score(gen: TrainedGenerator, num: int, seed: int, condition: dict, sample_o
     if nearness is not None:
         metrics["nn_relative"] = nearness(flat)
     return metrics
-
-
-class Nearness:
-    """How near samples lie to the generator's aligned training models: the median distance to
-    the nearest one over the training models' own median distance to their nearest other one
-    (as in `wsl.eval.generated`; near 0: copies, about 1: as far as training models are apart).
-    A target reached only by copying the most accurate training models shows here."""
-
-    def __init__(self, gen: TrainedGenerator):
-        self.train = np.load(gen.directory / "aligned_train.npy")
-        own = nearest_neighbours(self.train, self.train, exclude=np.arange(len(self.train)))[1]
-        self.scale = float(np.median(own[:, 0]))
-
-    def __call__(self, flat) -> float:
-        distance = float(np.median(nearest_neighbours(flat, self.train)[1][:, 0]))
-        return distance / self.scale if self.scale > 0 else float("nan")
 
 
 @dataclasses.dataclass
@@ -147,7 +131,8 @@ def measure_calibration(gen: TrainedGenerator, *, targets: Sequence[str | float]
     column, _ = scored_column(gen)
     stats = gen.meta["scalar"]
     mapped = bool(use_map and gen.condition_map is not None)
-    nearness = Nearness(gen)
+    # A target reached only by copying the most accurate training models shows in this.
+    nearness = Nearness(np.load(gen.directory / "aligned_train.npy"))
     rows = []
     for i, target in enumerate(targets):
         requested = float(stats[target]) if isinstance(target, str) and target in stats else None

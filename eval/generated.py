@@ -140,6 +140,23 @@ def nearest_neighbours(flat: np.ndarray, reference: np.ndarray, k: int = 1,
     return index, distance
 
 
+
+class Nearness:
+    """How near networks lie to a training set (aligned, flat): the median distance to their
+    nearest training vector over the training vectors' own median distance to their nearest
+    other one — near 0: copies; about 1: as far from the training set as its members are from
+    each other (the report's ``nn_distance_relative``)."""
+
+    def __init__(self, train: np.ndarray):
+        self.train = np.asarray(train, np.float32)
+        own = nearest_neighbours(self.train, self.train, exclude=np.arange(len(self.train)))[1]
+        self.scale = float(np.median(own[:, 0]))
+
+    def __call__(self, flat) -> float:
+        distance = float(np.median(nearest_neighbours(flat, self.train)[1][:, 0]))
+        return distance / self.scale if self.scale > 0 else float("nan")
+
+
 def midpoint_population(train_flat: np.ndarray, num: int, rng: np.random.Generator):
     """`num` midpoints (w_i + w_j) / 2 of random aligned training pairs, i ≠ j: (vectors, pairs).
 

@@ -124,10 +124,10 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
     assert raw.calibrated == all(abs(r["error"]) <= raw.tolerance for r in raw.rows)
     assert "calibration (raw condition)" in raw.table() and "NN dist (rel.)" in raw.table()
     # How near the samples are to training models: copies are at 0, noised copies further out.
-    from wsl.eval.calibration import Nearness
+    from wsl.eval.generated import Nearness
 
     assert all(np.isfinite(r["nn_relative"]) and r["nn_relative"] > 0 for r in raw.rows)
-    nearness = Nearness(gen)
+    nearness = Nearness(np.load(trained / "generator" / "aligned_train.npy"))
     copies = nearness.train[:5]
     assert nearness(copies) == 0
     noisy = copies + np.random.default_rng(0).normal(0, copies.std(), copies.shape)
