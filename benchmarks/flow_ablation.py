@@ -53,6 +53,7 @@ VARIANTS = {
     "data+ot-pairing": (["loss_on=data", "ot_pairing=true"], [], "mean", []),
     "data+wide": (["loss_on=data", "hidden=1024"], [], "mean", []),
     "data+3x-steps": (["loss_on=data"], ["steps*3"], "mean", []),
+    "data+6x-steps": (["loss_on=data"], ["steps*6"], "mean", []),
     "data+rk4x50": (["loss_on=data"], [], "mean", ["steps=50"]),
     "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),
     "velocity": (["prediction=velocity"], [], "mean", []),
