@@ -14,10 +14,6 @@ import pytest
 from wsl.commands import main
 from wsl.zoos.store import open_zoo
 
-# Slow (~90 s of two-process runs on 2 cores): `.ci/run` runs them after the default suite, which
-# keeps two-process coverage through the README's `wsl launch -n 2` commands (tests/test_readme.py).
-pytestmark = pytest.mark.slow
-
 TESTS = Path(__file__).resolve().parent
 BUILD = ["quick", "--no-progress", "num_models=32", "models_per_shard=8", "epochs=1"]
 
