@@ -54,6 +54,11 @@ VARIANTS = {
     "data+wide": (["loss_on=data", "hidden=1024"], [], "mean", []),
     "data+3x-steps": (["loss_on=data"], ["steps*3"], "mean", []),
     "data+6x-steps": (["loss_on=data"], ["steps*6"], "mean", []),
+    # Is the limit the optimisation rather than capacity? A narrower network (a third of the
+    # cost per step) and a larger learning rate.
+    "data+narrow": (["loss_on=data", "hidden=256"], [], "mean", []),
+    "data+narrow+6x-steps": (["loss_on=data", "hidden=256"], ["steps*6"], "mean", []),
+    "data+lr3e-3": (["loss_on=data"], ["optimizer.lr=3e-3"], "mean", []),
     "data+rk4x50": (["loss_on=data"], [], "mean", ["steps=50"]),
     "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),
     "velocity": (["prediction=velocity"], [], "mean", []),

@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
-from wsl.config import override  # noqa: E402
+from wsl.config import override, to_dict  # noqa: E402
 from wsl.eval.calibration import (  # noqa: E402
     fit_condition_map,
     measure_calibration,
@@ -148,7 +148,9 @@ def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: 
     saved = workdir / f"{name}-seed{seed}.row.json"
     settings = {"words": words, "sample_options": sample_options, "steps": steps,
                 "samples": samples, "zoo": str(zoo.path), "timed": TIMED[mode] if seed == 0
-                else 0, "map_samples": MAP_SAMPLES[mode]}
+                else 0, "map_samples": MAP_SAMPLES[mode],
+                # the whole config: a row of a generator whose defaults changed is redone
+                "generator": to_dict(override(GeneratorConfig(), words))}
     if saved.exists():
         row = json.loads(saved.read_text())
         if row.get("settings") == settings:

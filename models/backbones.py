@@ -31,12 +31,33 @@ def time_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+SCALAR_EMBEDDINGS = ("smooth", "sinusoidal")
+
+
+def smooth_scalar_features(s: jax.Array, dim: int) -> jax.Array:
+    """Low-frequency Fourier features of a standardised scalar condition: (batch,) → (batch, dim).
+
+    Angular frequencies run geometrically from 1/16 to 2 per standard deviation, so nearby
+    values get nearby features. The time embedding's frequencies (up to 1,000 per unit) on an
+    accuracy condition gave every training model's value its own, unrelated code: the network
+    keyed on them, its samples' accuracy jumped by several points between neighbouring condition
+    values, high requests drew copies of single training models, and no monotone map could
+    calibrate it (`wsl.eval.calibration`).
+    """
+    half = dim // 2
+    freqs = jnp.geomspace(1 / 16, 2.0, max(half, 1))[:half]
+    angles = s[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
 class Conditioning(nn.Module):
     """Embeds time plus optional class, scalar and task conditions into one vector per example.
 
     `cond_class` is an int array with -1 meaning "no class"; `cond_scalar` is a float array with
-    NaN meaning "no scalar"; `cond_task` is a float array (batch, *task_shape) of per-class support
-    features with NaN (tested at entry [:, 0, 0]) meaning "no task". Every "no" value maps to a
+    NaN meaning "no scalar" (embedded by `scalar_embedding`: "smooth", or "sinusoidal" — the time
+    embedding, which generators trained before the choice existed used); `cond_task` is a float
+    array (batch, *task_shape) of per-class support features with NaN (tested at entry
+    [:, 0, 0]) meaning "no task". Every "no" value maps to a
     learned null embedding (used for guidance). An empty `task_shape` adds no task parameters at
     all, so generators trained before the task condition existed load unchanged.
     """
@@ -46,6 +67,7 @@ class Conditioning(nn.Module):
     use_scalar: bool = False
     task_shape: tuple[int, ...] = ()
     task_embed: int = 64
+    scalar_embedding: str = "smooth"
 
     @nn.compact
     def __call__(self, t, cond_class=None, cond_scalar=None, cond_task=None):
@@ -57,8 +79,12 @@ class Conditioning(nn.Module):
         if self.use_scalar:
             s = jnp.full(t.shape, jnp.nan) if cond_scalar is None else cond_scalar
             null = self.param("scalar_null", nn.initializers.normal(0.02), (self.dim,))
-            emb = nn.Dense(self.dim, name="scalar_embed")(
-                time_embedding(jnp.nan_to_num(s), self.dim))
+            if self.scalar_embedding not in SCALAR_EMBEDDINGS:
+                raise ModelError(f"scalar_embedding={self.scalar_embedding!r}: choose from "
+                                 f"{list(SCALAR_EMBEDDINGS)}")
+            embed = (smooth_scalar_features if self.scalar_embedding == "smooth"
+                     else time_embedding)
+            emb = nn.Dense(self.dim, name="scalar_embed")(embed(jnp.nan_to_num(s), self.dim))
             h = h + jnp.where(jnp.isnan(s)[:, None], null[None, :], emb)
         if not self.task_shape:
             if cond_task is not None:
@@ -89,11 +115,13 @@ class MLPBackbone(nn.Module):
     use_scalar: bool = False
     task_shape: tuple[int, ...] = ()  # (classes, features) of a task condition; () for none
     task_embed: int = 64
+    scalar_embedding: str = "smooth"  # see Conditioning
 
     @nn.compact
     def __call__(self, x, t, cond_class=None, cond_scalar=None, cond_task=None):
         c = Conditioning(self.hidden, self.num_classes, self.use_scalar, self.task_shape,
-                         self.task_embed)(t, cond_class, cond_scalar, cond_task)
+                         self.task_embed, self.scalar_embedding)(t, cond_class, cond_scalar,
+                                                                 cond_task)
         h = nn.Dense(self.hidden)(x)
         for i in range(self.depth):
             y = nn.LayerNorm()(h) + nn.Dense(self.hidden, name=f"cond_{i}")(nn.silu(c))
@@ -130,6 +158,7 @@ class TokenTransformer(nn.Module):
     use_scalar: bool = False
     task_shape: tuple[int, ...] = ()  # (classes, features) of a task condition; () for none
     task_embed: int = 64
+    scalar_embedding: str = "smooth"  # see Conditioning
 
     @nn.compact
     def __call__(self, x, t, cond_class=None, cond_scalar=None, cond_task=None):
@@ -138,7 +167,8 @@ class TokenTransformer(nn.Module):
         padded = jnp.concatenate([x, jnp.zeros((batch, 1), x.dtype)], axis=-1)
         tokens = padded[:, index]                                    # (batch, n, token_dim)
         c = Conditioning(self.dim, self.num_classes, self.use_scalar, self.task_shape,
-                         self.task_embed)(t, cond_class, cond_scalar, cond_task)
+                         self.task_embed, self.scalar_embedding)(t, cond_class, cond_scalar,
+                                                                 cond_task)
         h = nn.Dense(self.dim)(tokens)
         h = h + self.param("pos", nn.initializers.normal(0.02), (n, self.dim))
         h = h + nn.Embed(len(self.space.tensors), self.dim, name="tensor_embed")(tensor_ids)

@@ -56,6 +56,9 @@ class GeneratorConfig:
     cond_dropout: float = 0.1  # conditions dropped in training, for classifier-free guidance
     condition_class: str | None = None  # a zoo column to condition on (e.g. "activation")
     condition_scalar: str | None = None  # a numeric zoo column (e.g. "val_acc"; never test_*)
+    # How the scalar is embedded: "smooth" (low frequencies: nearby values alike) or
+    # "sinusoidal" (the time embedding; generators saved before this field existed).
+    scalar_embedding: Literal["smooth", "sinusoidal"] = "smooth"
     # The zoo's task, given by data: per-class support features (k, F) from `wsl.zoos.tasks`,
     # encoded by `wsl.models.task_encoder.TaskEncoder` (per-class width `task_embed`).
     condition_task: bool = False
@@ -136,10 +139,10 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
                              "space (latent-ddpm uses the mlp backbone on latents)")
         backbone = TokenTransformer(space, config.token_dim, config.hidden, config.depth,
                                     config.heads, num_classes, use_scalar, task,
-                                    config.task_embed)
+                                    config.task_embed, config.scalar_embedding)
     else:
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar, task,
-                               config.task_embed)
+                               config.task_embed, config.scalar_embedding)
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
                             config.prediction, time_sampling=config.time_sampling,

@@ -163,6 +163,23 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
         reloaded.sample(2, cond_scalar="q90")
 
 
+def test_a_generator_saved_before_the_smooth_scalar_embedding_loads_as_it_was_trained(
+        trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "generator"
+    shutil.copytree(trained / "generator", copy)
+    assert TrainedGenerator.load(copy).config.scalar_embedding == "smooth"
+    meta = json.loads((copy / "generator.json").read_text())
+    del meta["generator"]["scalar_embedding"]
+    (copy / "generator.json").write_text(json.dumps(meta))
+    legacy = TrainedGenerator.load(copy)
+    assert legacy.config.scalar_embedding == "sinusoidal"
+    assert not np.allclose(legacy.sample(3, seed=0, cond_scalar="q90"),
+                           TrainedGenerator.load(trained / "generator").sample(
+                               3, seed=0, cond_scalar="q90"))
+
+
 def test_min_acc_selects_on_validation_not_test_accuracy(trained):
     zoo = Zoo.open(trained / "zoo")
     last = zoo.filter(epoch="last")

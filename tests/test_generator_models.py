@@ -416,6 +416,23 @@ def test_conditioning_on_a_test_column_is_refused(field):
     assert getattr(GeneratorConfig(**{field: "val_acc"}), field) == "val_acc"
 
 
+def test_scalar_condition_embedding_is_smooth():
+    """Neighbouring accuracy conditions get neighbouring features (the time embedding's
+    frequencies give two training models 0.01 std apart unrelated codes), and the embedding is
+    a choice of the config, checked by name."""
+    from wsl.models.backbones import smooth_scalar_features, time_embedding
+
+    s = jnp.linspace(-3.0, 3.0, 61)
+    step = lambda f: float(jnp.linalg.norm(f(s + 0.01, 64) - f(s, 64), axis=1).max())
+    assert step(smooth_scalar_features) < 0.1 < 1 < step(time_embedding)
+    # Still tells the population's range apart: features of -2 and +2 std are far apart.
+    ends = smooth_scalar_features(jnp.array([-2.0, 2.0]), 64)
+    assert float(jnp.linalg.norm(ends[0] - ends[1])) > 2.0
+    assert GeneratorConfig().scalar_embedding == "smooth"
+    with pytest.raises(ConfigError, match="scalar_embedding"):
+        GeneratorConfig(scalar_embedding="fourier")
+
+
 def test_unknown_sampler_is_named():
     backbone = MLPBackbone(DIM, hidden=64, depth=2, num_classes=2)  # initialised above already
     gen = FlowMatching(backbone, DIM)

@@ -59,6 +59,9 @@ from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
+# Fields whose default changed: a generator.json written before the field existed was trained
+# with this value (not today's default).
+LEGACY_GENERATOR = {"scalar_embedding": "sinusoidal"}
 # Which condition value achieves which score, measured on validation (`wsl gen calibrate`).
 CONDITION_MAP_FILE = "condition_map.json"
 # How the generator's training run is named on its progress bar and when it resumes.
@@ -246,7 +249,8 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     record = generator_record(zoo, config, train_config, min_acc=min_acc, align=align,
                               max_models=max_models)
     # A generator trained before a config field existed ran with its default: it still resumes.
-    defaults = {"generator": to_dict(GeneratorConfig()), "train": to_dict(TrainConfig())}
+    defaults = {"generator": {**to_dict(GeneratorConfig()), **LEGACY_GENERATOR},
+                "train": to_dict(TrainConfig())}
     claim_run_dir(out, record, file=GENERATOR_FILE, what="a generator", mutable=GENERATOR_MUTABLE,
                   defaults=defaults)
     barrier("wsl-generator-claimed")  # every process has checked `out` before one writes there
@@ -334,7 +338,7 @@ class TrainedGenerator:
             raise GenerateError(f"{directory}: not a generator directory (no {GENERATOR_FILE}); "
                                 f"train one with `wsl gen train`")
         meta = json.loads(path.read_text())
-        config = from_dict(GeneratorConfig, meta["generator"])
+        config = from_dict(GeneratorConfig, {**LEGACY_GENERATOR, **meta["generator"]})
         train_cfg = from_dict(TrainConfig, meta["train"])
         from wsl.weight_space import WeightSpace
 
