@@ -50,7 +50,8 @@ def generate_markdown(paths: list[str]) -> str:
              "median max IoU: generated / noise / midpoints / knn-2 / knn-4 | novel than | "
              "calibration error q10–q90 (map / raw) | 1,000 samples |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for report in _load(paths):
+    # The first batch (untagged) first, later batches after it by tag.
+    for report in sorted(_load(paths), key=lambda r: r.get("tag") or ""):
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             first = True
@@ -84,12 +85,15 @@ def flow_ablation_markdown(paths: list[str]) -> str:
     lines = ["| zoo | variant | seeds | val acc [95 % CI] | vs population (val) | test acc | "
              "vs population (test) | nearest training model (rel.) |",
              "|---|---|---|---|---|---|---|---|"]
-    for report in _load(paths):
+    # The first batch (untagged) first, later batches after it by tag.
+    for report in sorted(_load(paths), key=lambda r: r.get("tag") or ""):
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             for i, (name, v) in enumerate(result["variants"].items()):
                 chosen = " (best on val)" if name == result["best_on_val"] else ""
-                label = f"{zoo} (val {pop['val']:.3f}, test {pop['test']:.3f})" if i == 0 else ""
+                tag = f" [{report['tag']}]" if report.get("tag") else ""
+                label = (f"{zoo}{tag} (val {pop['val']:.3f}, test {pop['test']:.3f})" if i == 0
+                         else "")
                 lines.append(f"| {label} | {name}{chosen} | {len(v['val']['per_seed'])} | "
                              f"{v['val']['mean']:.3f} [{v['val']['ci95'][0]:.3f}, "
                              f"{v['val']['ci95'][1]:.3f}] | {v['val']['gap'] * 100:+.1f} pt | "

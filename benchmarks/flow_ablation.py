@@ -178,8 +178,13 @@ def main(argv=None) -> int:
                         help="cached zoos (default as benchmarks/generate.py)")
     parser.add_argument("--out", type=Path, default=None, help="runs (default under --zoo-dir)")
     parser.add_argument("--save", action="store_true",
-                        help="write benchmarks/results/flow_ablation-<mode>.json")
+                        help="write benchmarks/results/flow_ablation-<mode>[-<tag>].json")
+    parser.add_argument("--tag", default=None,
+                        help="with --save: a separate result file for these variants (e.g. "
+                             "a later batch on a rebuilt zoo; README prints every file)")
     args = parser.parse_args(argv)
+    if args.tag is not None and not args.tag.replace("-", "").isalnum():
+        parser.error(f"--tag {args.tag!r}: use letters, digits and '-'")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     default = "data+ot-pairing" if args.smoke else ",".join(VARIANTS)
     variants = (args.variants or default).split(",")
@@ -225,9 +230,10 @@ def run(args, mode, variants, zoos, seeds, samples, zoo_dir: Path) -> int:
         results[recipe] = {"population": reference, "best_on_val": best, "variants": summaries}
     report = {"benchmark": "flow_ablation", "mode": mode, "seeds": seeds, "samples": samples,
               "steps": STEPS[mode], "variants": {v: VARIANTS[v] for v in variants},
-              "zoos": results}
+              "zoos": results, "tag": args.tag}
     if args.save:
-        path = Path(__file__).parent / "results" / f"flow_ablation-{mode}.json"
+        suffix = f"-{args.tag}" if args.tag else ""
+        path = Path(__file__).parent / "results" / f"flow_ablation-{mode}{suffix}.json"
         path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
     return 0
