@@ -140,11 +140,11 @@ def population(zoo: Zoo) -> dict:
 
 
 def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: int,
-             steps: int) -> dict:
+             steps: int, extra: list[str] = ()) -> dict:
     """One method at one generator seed, read back from ``workdir`` when an earlier run
     finished it."""
     words, sample_options = METHODS[name]
-    words = words + MODE_WORDS[mode]
+    words = words + MODE_WORDS[mode] + list(extra)
     saved = workdir / f"{name}-seed{seed}.row.json"
     settings = {"words": words, "sample_options": sample_options, "steps": steps,
                 "samples": samples, "zoo": str(zoo.path), "timed": TIMED[mode] if seed == 0
@@ -353,7 +353,13 @@ def main(argv=None) -> int:
                         help="generators, samples and finished rows (default: under --zoo-dir)")
     parser.add_argument("--no-save", action="store_true",
                         help="do not write benchmarks/results/generate-<mode>.json")
+    parser.add_argument("--words", default="",
+                        help="extra generator config words for every method, space-separated "
+                             "(an ablation of a library default, e.g. "
+                             "'scalar_embedding=sinusoidal'); needs --no-save")
     args = parser.parse_args(argv)
+    if args.words and not args.no_save:
+        parser.error("--words runs an ablation, not the benchmark: add --no-save")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     steps = args.steps or {"full": 4000, "quick": 800, "smoke": 20}[mode]
     samples = args.samples or (16 if args.smoke else 100)
@@ -378,13 +384,15 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
         zoos: list[str], zoo_dir: Path) -> int:
     zoo_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    root = args.out or zoo_dir / f"runs-{mode}-{steps}"
+    extra = args.words.split()
+    # Runs of other words in their own folder: a row's generator is redone when its config differs.
+    root = args.out or zoo_dir / "-".join([f"runs-{mode}-{steps}", *extra])
     for recipe in zoos:
         zoo, build = build_or_open(recipe, mode, zoo_dir)
         reference = population(zoo)
         summaries = []
         for method in methods:
-            rows = [run_seed(zoo, method, seed, root / recipe, mode, samples, steps)
+            rows = [run_seed(zoo, method, seed, root / recipe, mode, samples, steps, extra)
                     for seed in range(seeds)]
             summaries.append(aggregate(rows, reference))
         best = max(summaries, key=lambda s: s["val"]["mean"])
@@ -398,6 +406,7 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
         }
     report = {"benchmark": "generate", "mode": mode, "steps": steps, "samples": samples,
               "seeds": seeds, "zoo_overrides": {z: ZOOS[z][0] + ZOOS[z][1][mode] for z in zoos},
+              "extra_words": extra,
               "protocol": "every choice on validation accuracy of the samples; test scored once; "
                           "guidance 1; +acc methods sampled at q90 through a condition map "
                           "fitted on validation",

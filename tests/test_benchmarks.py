@@ -63,3 +63,10 @@ def test_benchmark_smoke_run(name, smoke_runs):
 def test_every_benchmark_has_a_smoke_test():
     scripts = {p.stem for p in BENCHMARKS_DIR.glob("*.py") if not p.name.startswith("_")}
     assert scripts == set(BENCHMARKS), "add new benchmarks (with a --smoke mode) to BENCHMARKS"
+
+
+def test_generate_ablation_words_are_never_saved_as_the_benchmark():
+    result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "generate.py"), "--quick",
+                             "--words", "scalar_embedding=sinusoidal"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "add --no-save" in result.stderr, result.stderr[-2000:]
