@@ -60,6 +60,7 @@ VARIANTS = {
     "data+narrow+6x-steps": (["loss_on=data", "hidden=256"], ["steps*6"], "mean", []),
     "data+lr3e-3": (["loss_on=data"], ["optimizer.lr=3e-3"], "mean", []),
     "data+rk4x50": (["loss_on=data"], [], "mean", ["steps=50"]),
+    "data+3x-steps+rk4x50": (["loss_on=data"], ["steps*3"], "mean", ["steps=50"]),
     "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),
     "velocity": (["prediction=velocity"], [], "mean", []),
     "velocity+source0.1": (["prediction=velocity", "source_scale=0.1"], [], "mean", []),
