@@ -103,6 +103,7 @@ METHODS = {
     "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
                         {"cond_scalar": "q90"}),
 }
+DEFAULT_STEPS = {"full": 4000, "quick": 800, "smoke": 20}  # generator training steps
 TARGET_DROP = 0.01  # acceptance: generated mean ≥ training mean − 1 point
 TIMED = {"full": 1000, "quick": 1000, "smoke": 32}  # networks in the sampling-speed measurement
 SEEDS = {"full": 3, "quick": 1, "smoke": 1}
@@ -345,7 +346,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=None,
                         help="networks per evaluation (default 100; smoke: 16)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="generator training steps (default 800 quick, 4000 full, 20 smoke)")
+                        help="generator training steps (default 800 quick, 4000 full, 20 smoke; "
+                             "another count saves to generate-<mode>-<steps>steps.json)")
     parser.add_argument("--zoo-dir", type=Path, default=None,
                         help="cached zoos (default: wsl-bench-generate in the temporary "
                              "directory; smoke: a new temporary directory, removed at the end)")
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
     if args.words and not args.no_save:
         parser.error("--words runs an ablation, not the benchmark: add --no-save")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    steps = args.steps or {"full": 4000, "quick": 800, "smoke": 20}[mode]
+    steps = args.steps or DEFAULT_STEPS[mode]
     samples = args.samples or (16 if args.smoke else 100)
     seeds = args.seeds or SEEDS[mode]
     methods = (args.methods or ("flow+acc" if args.smoke else ",".join(METHODS))).split(",")
@@ -412,7 +414,9 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
                           "fitted on validation",
               "zoos": results}
     if mode != "smoke" and not args.no_save:
-        path = Path(__file__).resolve().parent / "results" / f"generate-{mode}.json"
+        # Another step count is another experiment: its own file beside the mode's.
+        suffix = "" if steps == DEFAULT_STEPS[mode] else f"-{steps}steps"
+        path = Path(__file__).resolve().parent / "results" / f"generate-{mode}{suffix}.json"
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {path}", flush=True)
     print(json.dumps(report))
