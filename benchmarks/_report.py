@@ -50,8 +50,8 @@ def generate_markdown(paths: list[str]) -> str:
              "median max IoU: generated / noise / midpoints / knn-2 / knn-4 | novel than | "
              "calibration error q10–q90 (map / raw) | 1,000 samples |",
              "|---|---|---|---|---|---|---|---|---|"]
-    # The first batch (untagged) first, later batches after it by tag.
-    for report in sorted(_load(paths), key=lambda r: r.get("tag") or ""):
+    # Runs of one zoo at several generator step counts (`--steps`): fewest steps first.
+    for report in sorted(_load(paths), key=lambda r: r["steps"]):
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             first = True
@@ -68,7 +68,8 @@ def generate_markdown(paths: list[str]) -> str:
                               f"{calib['calibration_raw']['max_abs_error'] * 100:.1f} pt"
                               if calib else "")
                 label = (f"{zoo} ({result['num_train']} models, val {pop['val']:.3f}, test "
-                         f"{pop['test']:.3f})" if first else "")
+                         f"{pop['test']:.3f}; {report['steps']:,} steps, {report['seeds']} "
+                         f"seed{'s' if report['seeds'] > 1 else ''})" if first else "")
                 first = False
                 lines.append(
                     f"| {label} | {name}{chosen} | {m['val']['mean']:.3f} "
