@@ -56,7 +56,8 @@ def generate_markdown(paths: list[str]) -> str:
             pop = result["population"]
             first = True
             for name, m in result["methods"].items():
-                chosen = " (chosen on val)" if name == result["best_on_val"] else ""
+                chosen = (" (chosen on val)" if name == result["best_on_val"]
+                          and len(result["methods"]) > 1 else "")
                 nov = m["novelty"]
                 ious = " / ".join(f"{nov[k]['median_max_iou']:.2f}" if k in nov else "–"
                                   for k in ("generated", "noise_equal_acc", "midpoints", "knn-2",
