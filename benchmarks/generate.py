@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def population(zoo: Zoo) -> dict:
 
 
 def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: int,
-             steps: int, extra: list[str] = ()) -> dict:
+             steps: int, extra: Sequence[str] = ()) -> dict:
     """One method at one generator seed, read back from ``workdir`` when an earlier run
     finished it."""
     words, sample_options = METHODS[name]
@@ -362,6 +363,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.words and not args.no_save:
         parser.error("--words runs an ablation, not the benchmark: add --no-save")
+    try:
+        override(GeneratorConfig(), args.words.split())
+    except ValueError as error:  # ConfigError: an unknown key or a bad value, named
+        parser.error(f"--words: {error}")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     steps = args.steps or DEFAULT_STEPS[mode]
     samples = args.samples or (16 if args.smoke else 100)

@@ -70,3 +70,8 @@ def test_generate_ablation_words_are_never_saved_as_the_benchmark():
                              "--words", "scalar_embedding=sinusoidal"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "add --no-save" in result.stderr, result.stderr[-2000:]
+    result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "generate.py"), "--quick",
+                             "--no-save", "--words", "scalar_embeding=smooth"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--words: unknown config key 'scalar_embeding'" in result.stderr, result.stderr[-2000:]
