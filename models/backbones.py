@@ -31,9 +31,6 @@ def time_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-SCALAR_EMBEDDINGS = ("smooth", "sinusoidal")
-
-
 def smooth_scalar_features(s: jax.Array, dim: int) -> jax.Array:
     """Low-frequency Fourier features of a standardised scalar condition: (batch,) → (batch, dim).
 
@@ -44,10 +41,13 @@ def smooth_scalar_features(s: jax.Array, dim: int) -> jax.Array:
     values, high requests drew copies of single training models, and no monotone map could
     calibrate it (`wsl.eval.calibration`).
     """
-    half = dim // 2
-    freqs = jnp.geomspace(1 / 16, 2.0, max(half, 1))[:half]
+    freqs = jnp.geomspace(1 / 16, 2.0, dim // 2)
     angles = s[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+# GeneratorConfig.scalar_embedding -> features of the standardised scalar.
+SCALAR_EMBEDDINGS = {"smooth": smooth_scalar_features, "sinusoidal": time_embedding}
 
 
 class Conditioning(nn.Module):
@@ -57,9 +57,9 @@ class Conditioning(nn.Module):
     NaN meaning "no scalar" (embedded by `scalar_embedding`: "smooth", or "sinusoidal" — the time
     embedding, which generators trained before the choice existed used); `cond_task` is a float
     array (batch, *task_shape) of per-class support features with NaN (tested at entry
-    [:, 0, 0]) meaning "no task". Every "no" value maps to a
-    learned null embedding (used for guidance). An empty `task_shape` adds no task parameters at
-    all, so generators trained before the task condition existed load unchanged.
+    [:, 0, 0]) meaning "no task". Every "no" value maps to a learned null embedding (used for
+    guidance). An empty `task_shape` adds no task parameters at all, so generators trained before
+    the task condition existed load unchanged.
     """
 
     dim: int
@@ -82,8 +82,7 @@ class Conditioning(nn.Module):
             if self.scalar_embedding not in SCALAR_EMBEDDINGS:
                 raise ModelError(f"scalar_embedding={self.scalar_embedding!r}: choose from "
                                  f"{list(SCALAR_EMBEDDINGS)}")
-            embed = (smooth_scalar_features if self.scalar_embedding == "smooth"
-                     else time_embedding)
+            embed = SCALAR_EMBEDDINGS[self.scalar_embedding]
             emb = nn.Dense(self.dim, name="scalar_embed")(embed(jnp.nan_to_num(s), self.dim))
             h = h + jnp.where(jnp.isnan(s)[:, None], null[None, :], emb)
         if not self.task_shape:
