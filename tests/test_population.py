@@ -13,7 +13,7 @@ import pytest
 from wsl.mesh import make_mesh
 from wsl.zoos import fast_conv
 from wsl.zoos.architectures import build
-from wsl.zoos.build import build_zoo
+from wsl.zoos.build import build_manifest, build_zoo, load_recipe_dataset
 from wsl.zoos.datasets import load_dataset
 from wsl.zoos.fast_conv import _matmul_conv_interceptor
 from wsl.zoos.init_schemes import initial_population
@@ -60,6 +60,42 @@ def test_interrupted_build_resumes_to_identical_zoo(quick_zoo, tmp_path):
         np.testing.assert_array_equal(resumed.metrics[column], quick_zoo.metrics[column])
     with pytest.raises(Exception, match="different zoo"):
         build_zoo(get_recipe("quick", ["seed=1"]), out, progress=False)
+
+
+PARENT_WORDS = ["num_models=8", "models_per_shard=4", "init_seeds=2", "init_scale=1.0",
+                "epochs=2", "checkpoints=[0,2]", "lr=[0.003,0.01]", "data_order=per_model"]
+
+
+def test_children_branch_from_trained_parents(tmp_path):
+    """parent_epochs: the models of one shared initialisation start from one trained parent
+    (their epoch 0), and a build killed after its first shard resumes to the same zoo (the
+    parents are recomputed, not stored)."""
+    recipe = get_recipe("quick", PARENT_WORDS + ["parent_epochs=2"])
+    zoo = build_zoo(recipe, tmp_path / "zoo", progress=False, mesh=ONE_DEVICE)
+    start = zoo.filter(epoch=0)
+    parent_of = np.asarray(start.metrics["seed"]) % 2
+    flat = start.flat()
+    assert set(parent_of) == {0, 1}
+    for j in (0, 1):
+        np.testing.assert_array_equal(flat[parent_of == j], flat[parent_of == j][:1].repeat(
+            (parent_of == j).sum(), 0))
+    assert not np.array_equal(flat[parent_of == 0][0], flat[parent_of == 1][0])
+    # The parents are trained (untrained MLPs are near chance, 0.1), the children train on.
+    assert np.mean(start.metrics["val_acc"]) > 0.5
+    last = zoo.filter(epoch="last")
+    assert not np.array_equal(last.flat()[0], flat[0]) and np.ptp(last.flat()[:, 0]) > 0
+    assert zoo.manifest["recipe"]["config"]["parent_epochs"] == 2
+    plain = get_recipe("quick", PARENT_WORDS)
+    assert "parent_epochs" not in build_manifest(plain, load_recipe_dataset(plain))["recipe"][
+        "config"]  # zoos built before the field existed still resume
+
+    def crash(index):
+        raise KeyboardInterrupt(f"killed after shard {index}")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(recipe, tmp_path / "resumed", progress=False, mesh=ONE_DEVICE, on_shard=crash)
+    resumed = build_zoo(recipe, tmp_path / "resumed", progress=False, mesh=ONE_DEVICE)
+    np.testing.assert_array_equal(resumed.flat(), zoo.flat())
 
 
 def _tiny_hparams(n, lr=0.01):
@@ -239,6 +275,12 @@ def test_recipe_errors_are_clear():
         get_recipe("quick", ["weight_decay=[0,1e-3]"])
     with pytest.raises(RecipeError, match="checkpoints"):
         get_recipe("quick", ["checkpoints=[0,9]"])
+    with pytest.raises(RecipeError, match="parent_epochs: .*init_seeds >= 1"):
+        get_recipe("quick", ["parent_epochs=1", "init_scale=1.0"])
+    with pytest.raises(RecipeError, match=r"\['init_scale'\] describe the parents"):
+        get_recipe("quick", ["parent_epochs=1", "init_seeds=1"])
+    with pytest.raises(RecipeError, match="parent_lr > 0"):
+        get_recipe("quick", ["parent_epochs=1", "init_seeds=1", "init_scale=1.0", "parent_lr=0"])
     recipe = get_recipe("quick", ["activation=relu,tanh", "lr=0.01", "arch={'widths': [8]}"])
     assert recipe.activation == ("relu", "tanh") and recipe.lr == (0.01,)
     assert recipe.arch == {"widths": (8,)} and hash(recipe) == hash(get_recipe(

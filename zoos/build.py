@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -25,7 +27,14 @@ from wsl.zoos.population import (
     TrainSettings,
     train_population,
 )
-from wsl.zoos.recipes import OPTIONAL_HPARAMS, TASK_FIELDS, Recipe, plan, recipe_tasks
+from wsl.zoos.recipes import (
+    OPTIONAL_HPARAMS,
+    PARENT_FIELDS,
+    TASK_FIELDS,
+    Recipe,
+    plan,
+    recipe_tasks,
+)
 from wsl.zoos.store import Zoo, ZooWriter
 from wsl.zoos.tasks import SOURCES, Task, TaskArrays, source_dataset
 
@@ -46,6 +55,9 @@ def _recipe_entry(recipe: Recipe) -> dict:
             config.pop(field, None)
     if not recipe.is_multitask:
         for field in TASK_FIELDS:
+            config.pop(field, None)
+    if not recipe.parent_epochs:
+        for field in PARENT_FIELDS:
             config.pop(field, None)
     return {"name": recipe.name, "config": config}
 
@@ -186,6 +198,7 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
             if stop.requested:
                 raise interrupted(f"during shard {shard.index}, which was abandoned")
 
+        parents = {}  # (activation, optimizer) group: its trained parents, once per build
         try:
             for shard in mine:
                 if stop.requested:
@@ -198,11 +211,19 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                     data = load_recipe_dataset(recipe, shard.group["source"])
                     tasks = TaskArrays.build([Task.parse(r["task"]) for r in rows], data)
                 arch = _group_architecture(recipe, data, shard.group["activation"])
+                initial = None
+                if recipe.parent_epochs:
+                    group = tuple(sorted(shard.group.items()))
+                    if group not in parents:
+                        parents[group] = train_parents(recipe, data, arch,
+                                                       shard.group["optimizer"], mesh)
+                    ids = np.asarray(hparams["seed"]) % recipe.init_seeds
+                    initial = jax.tree.map(lambda p, ids=ids: p[ids], parents[group])
                 per_epoch = len(rows) / max(recipe.epochs, 1)
                 result = train_population(
                     arch, data, hparams,
                     TrainSettings.from_recipe(recipe, shard.group["optimizer"]), mesh=mesh,
-                    on_epoch=on_epoch, tasks=tasks)
+                    on_epoch=on_epoch, tasks=tasks, initial_params=initial)
                 writer.write_shard(shard.index, *_shard_rows(result, rows))
                 bar.n = trained = trained + len(rows)  # exact count, not the sum of fractions
                 bar.refresh()
@@ -218,6 +239,25 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
             writer.finalize(len(shards))
         barrier("wsl-zoo-build-committed")
     return Zoo.open(out)
+
+
+def train_parents(recipe: Recipe, data: Dataset, arch: Architecture, optimizer: str,
+                  mesh: Mesh | None = None) -> dict:
+    """The parents of a recipe with ``parent_epochs`` > 0 (`wsl.zoos.recipes`): its
+    ``init_seeds`` shared initialisations, trained together for ``parent_epochs`` epochs; a
+    population pytree whose model j is the parent of the models with init id j (seed mod
+    init_seeds). A function of the recipe alone, so a resumed or multi-process build recomputes
+    the same parents instead of storing them."""
+    k = recipe.init_seeds
+    hparams = {"lr": [recipe.parent_lr] * k, "weight_decay": [0.0] * k,
+               "init_scale": [recipe.init_scale[0]] * k, "bias_init": [recipe.bias_init[0]] * k,
+               "dropout": [0.0] * k, "train_fraction": [1.0] * k, "seed": list(range(k)),
+               "init": [recipe.init[0]] * k}
+    settings = dataclasses.replace(TrainSettings.from_recipe(recipe, optimizer),
+                                   epochs=recipe.parent_epochs,
+                                   checkpoints=(recipe.parent_epochs,))
+    result = train_population(arch, data, hparams, settings, mesh=mesh)
+    return jax.tree.map(lambda a: np.asarray(a)[:, -1], result.params)
 
 
 def _shard_rows(result: PopulationResult, models: Sequence[Mapping[str, Any]]):
