@@ -335,6 +335,31 @@ def method_table(recipe: str, summaries: list[dict], build: dict, best: str,
             + table(head, lines))
 
 
+def merge_earlier(report: dict, path: Path) -> dict:
+    """`report` plus what the file at `path` holds of the same experiment (mode, steps, samples,
+    seeds, words): zoos this run did not touch, and methods it did not run on a zoo it did — if
+    the zoo is the same build (same overrides and training population). Otherwise the file's
+    rows are dropped, so a table never mixes zoos. The best method is chosen again over all."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return report
+    same = ("mode", "steps", "samples", "seeds", "extra_words")
+    if any(earlier.get(k) != report[k] for k in same):
+        return report
+    zoos, overrides = dict(earlier.get("zoos", {})), dict(earlier.get("zoo_overrides", {}))
+    for recipe, new in report["zoos"].items():
+        old = zoos.get(recipe)
+        methods = dict(new["methods"])
+        if (old is not None and overrides.get(recipe) == report["zoo_overrides"][recipe]
+                and old["population"] == new["population"]):
+            methods = {**old["methods"], **methods}
+        best = max(methods.values(), key=lambda m: m["val"]["mean"])["method"]
+        zoos[recipe] = {**new, "best_on_val": best, "methods": methods}
+    overrides.update(report["zoo_overrides"])
+    return {**report, "zoo_overrides": overrides, "zoos": zoos}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     speed = parser.add_mutually_exclusive_group()
@@ -360,7 +385,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", "--keep", type=Path, default=None,
                         help="generators, samples and finished rows (default: under --zoo-dir)")
     parser.add_argument("--no-save", action="store_true",
-                        help="do not write benchmarks/results/generate-<mode>.json")
+                        help="do not write benchmarks/results/generate-<mode>.json (which "
+                             "otherwise keeps the file's rows of the same zoo builds that this "
+                             "run did not redo)")
     parser.add_argument("--words", default="",
                         help="extra generator config words for every method, space-separated "
                              "(an ablation of a library default, e.g. "
@@ -427,6 +454,7 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
         # Another step count is another experiment: its own file beside the mode's.
         suffix = "" if steps == DEFAULT_STEPS[mode] else f"-{steps}steps"
         path = Path(__file__).resolve().parent / "results" / f"generate-{mode}{suffix}.json"
+        report = merge_earlier(report, path)
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {path}", flush=True)
     print(json.dumps(report))

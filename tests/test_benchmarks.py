@@ -75,3 +75,33 @@ def test_generate_ablation_words_are_never_saved_as_the_benchmark():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--words: unknown config key 'scalar_embeding'" in result.stderr, result.stderr[-2000:]
+
+
+def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
+    """A later run of some methods adds to the saved file's rows of the same zoo build, replaces
+    its own, and drops the rows of a different build (never one table over two zoos)."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.generate import merge_earlier
+
+    def method(name, val):
+        return {"method": name, "val": {"mean": val}}
+
+    def report(zoos, population=0.5, words=()):
+        return {"mode": "full", "steps": 4000, "samples": 100, "seeds": 3,
+                "extra_words": list(words), "zoo_overrides": {z: ["num_models=9"] for z in zoos},
+                "zoos": {z: {"best_on_val": None, "population": {"val": population},
+                             "methods": {m: method(m, v) for m, v in ms.items()}}
+                         for z, ms in zoos.items()}}
+
+    path = tmp_path / "generate-full.json"
+    assert merge_earlier(report({"a": {"flow": 0.4}}), path)["zoos"]["a"]["methods"].keys() == {
+        "flow"}  # no file yet
+    path.write_text(json.dumps(report({"a": {"flow": 0.4, "ddpm": 0.45}, "b": {"flow": 0.3}})))
+    merged = merge_earlier(report({"a": {"flow": 0.5}}), path)
+    assert merged["zoos"]["a"]["methods"]["flow"]["val"]["mean"] == 0.5
+    assert set(merged["zoos"]["a"]["methods"]) == {"flow", "ddpm"}
+    assert merged["zoos"]["a"]["best_on_val"] == "flow" and set(merged["zoos"]) == {"a", "b"}
+    rebuilt = merge_earlier(report({"a": {"flow": 0.4}}, population=0.51), path)
+    assert set(rebuilt["zoos"]["a"]["methods"]) == {"flow"}
+    other = merge_earlier(report({"a": {"flow": 0.4}}, words=["hidden=64"]), path)
+    assert set(other["zoos"]) == {"a"}
