@@ -42,13 +42,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wsl.config import to_dict  # noqa: E402
+from wsl.config import override, to_dict  # noqa: E402
 from wsl.eval.transfer import aggregate, finish, t_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator  # noqa: E402
@@ -135,10 +136,12 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
     return held
 
 
-def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int) -> TrainedGenerator:
-    config = GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden)
+def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
+                  words: Sequence[str] = ()) -> TrainedGenerator:
+    config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
+                      words)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
-    out = root / f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}"
+    out = root / "-".join([f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}", *words])
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)
         (out / "trained").write_text("trained\n")
@@ -146,17 +149,17 @@ def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int) -> TrainedGenerat
 
 
 def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: str,
-                   mode: Mode) -> dict:
+                   mode: Mode, words: Sequence[str] = ()) -> dict:
     zoo = open_or_build(root, experiment, mode.zoos_of or mode_name)
     tasks = target_tasks(zoo, experiment, count)
     reports = []
     for seed in range(mode.seeds):
-        gen = generator_for(zoo, root, mode, seed)
+        gen = generator_for(zoo, root, mode, seed, words)
         for task in tasks:
             config = mode.transfer_config(seed)
             tag = hashlib.sha256(json.dumps(to_dict(config)).encode()).hexdigest()[:10]
-            cache = root / "runs" / experiment.name.replace(">", "") / f"seed{seed}" / \
-                f"{task.spec.replace(':', '_')}-{tag}.json"
+            cache = (root / "-".join(["runs", *words]) / experiment.name.replace(">", "")
+                     / f"seed{seed}" / f"{task.spec.replace(':', '_')}-{tag}.json")
             if cache.exists():
                 report = json.loads(cache.read_text())
             else:
@@ -250,7 +253,16 @@ def main(argv=None) -> int:
                         help="comma-separated subset of the mode's experiments")
     parser.add_argument("--save", action="store_true",
                         help="write benchmarks/results/transfer-<mode>.json (not in smoke mode)")
+    parser.add_argument("--words", default="",
+                        help="extra generator config words, space-separated (an ablation of the "
+                             "benchmark's generator, e.g. 'loss_on=data'; not with --save)")
     args = parser.parse_args(argv)
+    if args.words and args.save:
+        parser.error("--words runs an ablation, not the benchmark: drop --save")
+    try:
+        override(GeneratorConfig(), args.words.split())
+    except ValueError as error:  # ConfigError: an unknown key or a bad value, named
+        parser.error(f"--words: {error}")
     mode_name = ("smoke" if args.smoke else "quick" if args.quick else
                  "fewshot" if args.fewshot else "full")
     mode = MODES[mode_name]
@@ -261,7 +273,8 @@ def main(argv=None) -> int:
         results = []
         for experiment, count in zip(mode.experiments, mode.tasks):
             if chosen is None or experiment.name in chosen:
-                results.append(run_experiment(root, experiment, count, mode_name, mode))
+                results.append(run_experiment(root, experiment, count, mode_name, mode,
+                                              args.words.split()))
     for result in results:
         print_table(result)
     payload = {"benchmark": "transfer", "mode": mode_name, "cpu_count": os.cpu_count(),
