@@ -344,6 +344,7 @@ def merge_earlier(report: dict, path: Path) -> dict:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return report
+    earlier.setdefault("extra_words", [])  # files from before --words ran without any
     same = ("mode", "steps", "samples", "seeds", "extra_words")
     if any(earlier.get(k) != report[k] for k in same):
         return report
