@@ -215,6 +215,9 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                 if recipe.parent_epochs:
                     group = tuple(sorted(shard.group.items()))
                     if group not in parents:
+                        if progress and primary:
+                            bar.write(f"training {recipe.init_seeds} parent(s) for "
+                                      f"{recipe.parent_epochs} epochs (parent_epochs)")
                         parents[group] = train_parents(recipe, data, arch,
                                                        shard.group["optimizer"], mesh)
                     ids = np.asarray(hparams["seed"]) % recipe.init_seeds
