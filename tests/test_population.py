@@ -41,15 +41,16 @@ def test_quick_learns_well_above_chance(quick_zoo):
     assert not last["diverged"].any()
 
 
+def _killed(index):
+    raise KeyboardInterrupt(f"killed after shard {index}")
+
+
 def test_interrupted_build_resumes_to_identical_zoo(quick_zoo, tmp_path):
     recipe = get_recipe("quick")
     out = tmp_path / "resumed"
 
-    def crash(index):
-        raise KeyboardInterrupt(f"killed after shard {index}")
-
     with pytest.raises(KeyboardInterrupt):
-        build_zoo(recipe, out, progress=False, mesh=ONE_DEVICE, on_shard=crash)
+        build_zoo(recipe, out, progress=False, mesh=ONE_DEVICE, on_shard=_killed)
     assert sorted(os.listdir(out / "shards")) == ["00000"]
     assert not (out / "metrics.csv").exists()
     kept = (out / "shards" / "00000" / "dense_0.kernel.npy").stat().st_mtime_ns
@@ -89,11 +90,8 @@ def test_children_branch_from_trained_parents(tmp_path):
     assert "parent_epochs" not in build_manifest(plain, load_recipe_dataset(plain))["recipe"][
         "config"]  # zoos built before the field existed still resume
 
-    def crash(index):
-        raise KeyboardInterrupt(f"killed after shard {index}")
-
     with pytest.raises(KeyboardInterrupt):
-        build_zoo(recipe, tmp_path / "resumed", progress=False, mesh=ONE_DEVICE, on_shard=crash)
+        build_zoo(recipe, tmp_path / "resumed", progress=False, mesh=ONE_DEVICE, on_shard=_killed)
     resumed = build_zoo(recipe, tmp_path / "resumed", progress=False, mesh=ONE_DEVICE)
     np.testing.assert_array_equal(resumed.flat(), zoo.flat())
 

@@ -36,7 +36,7 @@ import numpy as np
 from wsl.config import ConfigError, coerce_fields, to_dict
 from wsl.errors import WslError
 from wsl.zoos.init_schemes import initial_population
-from wsl.zoos.population import OPTIMIZERS, TrainSettings, train_population
+from wsl.zoos.population import OPTIMIZERS, TrainSettings, shared_hparams, train_population
 from wsl.zoos.scoring import population_metrics
 from wsl.zoos.store import Zoo
 from wsl.zoos.tasks import (
@@ -268,10 +268,8 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     arch = gen.architecture
     data = fine_tuning_data(task_dataset(task), config)
     total = len(flat)
-    hparams = {"lr": [config.lr] * total, "weight_decay": [config.weight_decay] * total,
-               "init_scale": [1.0] * total, "bias_init": [0.0] * total, "dropout": [0.0] * total,
-               "train_fraction": [1.0] * total, "seed": list(np.tile(np.arange(n), len(names))),
-               "init": ["default"] * total}
+    hparams = shared_hparams(list(np.tile(np.arange(n), len(names))), lr=config.lr,
+                             weight_decay=config.weight_decay)
     settings = TrainSettings(epochs=config.epochs, checkpoints=tuple(range(config.epochs + 1)),
                              batch_size=config.batch_size, optimizer=config.optimizer,
                              seed=config.seed)

@@ -25,6 +25,7 @@ from wsl.zoos.population import (
     METRIC_COLUMNS,
     PopulationResult,
     TrainSettings,
+    shared_hparams,
     train_population,
 )
 from wsl.zoos.recipes import (
@@ -251,11 +252,9 @@ def train_parents(recipe: Recipe, data: Dataset, arch: Architecture, optimizer: 
     population pytree whose model j is the parent of the models with init id j (seed mod
     init_seeds). A function of the recipe alone, so a resumed or multi-process build recomputes
     the same parents instead of storing them."""
-    k = recipe.init_seeds
-    hparams = {"lr": [recipe.parent_lr] * k, "weight_decay": [0.0] * k,
-               "init_scale": [recipe.init_scale[0]] * k, "bias_init": [recipe.bias_init[0]] * k,
-               "dropout": [0.0] * k, "train_fraction": [1.0] * k, "seed": list(range(k)),
-               "init": [recipe.init[0]] * k}
+    hparams = shared_hparams(range(recipe.init_seeds), lr=recipe.parent_lr,
+                             init_scale=recipe.init_scale[0], bias_init=recipe.bias_init[0],
+                             init=recipe.init[0])
     settings = dataclasses.replace(TrainSettings.from_recipe(recipe, optimizer),
                                    epochs=recipe.parent_epochs,
                                    checkpoints=(recipe.parent_epochs,))

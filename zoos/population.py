@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -261,6 +261,17 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
 
 
 # ------------------------------------------------------------------------------- training
+def shared_hparams(seeds: Sequence[int], *, lr: float, weight_decay: float = 0.0,
+                   init_scale: float = 1.0, bias_init: float = 0.0, dropout: float = 0.0,
+                   train_fraction: float = 1.0, init: str = "default") -> dict[str, list]:
+    """Hyperparameters for `train_population` of one model per seed, all other values shared
+    (fine-tuning runs, a recipe's parents)."""
+    n = len(seeds)
+    return {"lr": [lr] * n, "weight_decay": [weight_decay] * n, "init_scale": [init_scale] * n,
+            "bias_init": [bias_init] * n, "dropout": [dropout] * n,
+            "train_fraction": [train_fraction] * n, "seed": list(seeds), "init": [init] * n}
+
+
 def check_hparams(hparams: Mapping[str, Any]) -> int:
     """Validate per-model hyperparameter arrays; returns the number of models. ``width``
     (active units per hidden group, 0 = all) is optional."""
