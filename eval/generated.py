@@ -37,6 +37,9 @@ labelled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -613,20 +616,128 @@ def _zoo_metrics_line(zoo: dict | None, test_examples: int | None) -> str:
             f"`wsl zoo info` shows those); the table below does not use them")
 
 
+def reference_fingerprint(train_flat: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          seed: int, noise_levels: Sequence[float], bootstrap_samples: int) -> str:
+    """What a `TrainingReference` depends on, as a hash: the aligned training set, the test split,
+    the seed and the noise levels and bootstrap size."""
+    digest = hashlib.sha256()
+    for array in (train_flat, x_test, y_test):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    digest.update(repr((int(seed), [float(v) for v in noise_levels],
+                        int(bootstrap_samples))).encode())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class TrainingReference:
+    """The training side of the audit: the training models' test predictions, their max IoU with
+    each other and nearest other model, and the noised-copy baselines (one row per noise level in
+    `noise`; accuracy, max IoU and nearest distance of every copy as training models × levels).
+
+    It depends on the training set, the test split and the seed only — not on the generated
+    networks — and scoring every training model and every noised copy is most of an audit
+    (1,000 tiny ResNets × 10 populations × 10,000 test images: half an hour on 2 cores), so a
+    benchmark that audits many generators of one zoo computes it once (`save` / `load`,
+    `compare_with_training(reference_cache=...)`).
+    """
+
+    fingerprint: str
+    train_pred: np.ndarray
+    train_iou: np.ndarray
+    train_nearest: np.ndarray
+    train_nn: np.ndarray
+    noise: list[dict]
+    noise_acc: np.ndarray
+    noise_iou: np.ndarray
+    noise_nn: np.ndarray
+
+    ARRAYS = ("train_pred", "train_iou", "train_nearest", "train_nn", "noise_acc", "noise_iou",
+              "noise_nn")
+
+    def save(self, path: Path) -> None:
+        """One .npz, written whole or not at all (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, fingerprint=self.fingerprint, noise=json.dumps(self.noise),
+                     **{name: getattr(self, name) for name in self.ARRAYS})
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingReference:
+        try:
+            with np.load(path) as data:
+                return cls(fingerprint=str(data["fingerprint"]),
+                           noise=json.loads(str(data["noise"])),
+                           **{name: data[name] for name in cls.ARRAYS})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise EvaluationError(f"{path} is not a readable training reference ({err}); "
+                                  f"delete it to recompute it") from err
+
+
+def training_reference(arch: Architecture, train_flat: np.ndarray, x_test: np.ndarray,
+                       y_test: np.ndarray, *, seed: int = 0,
+                       noise_levels: Sequence[float] = NOISE_LEVELS,
+                       bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+                       chunk: int = IOU_CHUNK) -> TrainingReference:
+    """Score the training models and their noised copies (`seed` draws the noise and the
+    bootstrap of the noise rows' intervals) for `evaluate_generated`."""
+    train_flat = np.asarray(train_flat, np.float32)
+    levels = np.asarray(noise_levels, np.float64)
+    num_train = len(train_flat)
+    train_pred = population_predictions(arch, train_flat, x_test)
+    train_wrong = train_pred != y_test
+    train_iou, train_nearest = max_wrong_iou(train_wrong, train_wrong, exclude_self=True,
+                                             return_index=True, chunk=chunk)
+    train_nn = (nearest_neighbours(train_flat, train_flat, exclude=np.arange(num_train))[1][:, 0]
+                if num_train > 1 else np.full(num_train, np.nan))
+    rng = np.random.default_rng(seed)
+    tensor_std = np.empty(arch.num_params, np.float32)
+    for start, end in arch.weight_space.offsets.values():
+        tensor_std[start:end] = train_flat[:, start:end].std()
+    noise, noise_acc, noise_iou, noise_nn = [], [], [], []
+    for sigma in levels:
+        noised = (train_flat
+                  + sigma * tensor_std * rng.standard_normal(train_flat.shape).astype(np.float32))
+        wrong = population_predictions(arch, noised, x_test) != y_test
+        acc = (~wrong).mean(axis=1)
+        iou = max_wrong_iou(wrong, train_wrong, chunk=chunk)
+        noise_acc.append(acc)
+        noise_iou.append(iou)
+        noise_nn.append(nearest_neighbours(noised, train_flat)[1][:, 0])
+        noise.append({"sigma": float(sigma), "n": int(len(noised)), "mean_acc": float(acc.mean()),
+                      "median_acc": float(np.median(acc)), "min_acc": float(acc.min()),
+                      "max_acc": float(acc.max()), "median_max_iou": float(np.median(iou)),
+                      "median_max_iou_ci": list(bootstrap_interval(iou, np.median,
+                                                                   bootstrap_samples, seed))})
+    return TrainingReference(
+        fingerprint=reference_fingerprint(train_flat, x_test, y_test, seed, levels,
+                                          bootstrap_samples),
+        train_pred=train_pred, train_iou=train_iou, train_nearest=train_nearest,
+        train_nn=train_nn, noise=noise, noise_acc=np.stack(noise_acc, 1),
+        noise_iou=np.stack(noise_iou, 1), noise_nn=np.stack(noise_nn, 1))
+
+
 def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_flat: np.ndarray,
                        x_test: np.ndarray, y_test: np.ndarray, *, seed: int = 0,
                        noise_levels: Sequence[float] = NOISE_LEVELS,
                        tolerance: float = ACCURACY_TOLERANCE, baseline_size: int | None = None,
                        knn_sizes: Sequence[int] = KNN_SIZES,
                        bootstrap_samples: int = BOOTSTRAP_SAMPLES,
-                       chunk: int = IOU_CHUNK) -> GeneratedReport:
+                       chunk: int = IOU_CHUNK,
+                       reference: TrainingReference | None = None) -> GeneratedReport:
     """Compare generated networks with their training population on held-out test data.
 
     `generated_flat` must be in the basis of `train_flat` (the aligned training set). Besides
     noised copies of every training model, it scores `baseline_size` (default: as many as
     generated) midpoints of random training pairs and averages of each k in `knn_sizes` nearest
     training models, all against every training model (`chunk` rows at a time). `seed` fixes the
-    noise, the baseline draws and the bootstrap.
+    noise, the baseline draws and the bootstrap. `reference` is the training side, computed once
+    by `training_reference` for the same arguments (it is most of the work: every training model
+    and every noised copy scored); without it, it is computed here.
 
     Architectures with BatchNorm would need their statistics recomputed on training data first;
     none of ours has BatchNorm (the ResNet uses LayerNorm / GroupNorm), so weights are used as
@@ -647,12 +758,18 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
     if any(k < 1 for k in knn_sizes):
         raise EvaluationError(f"knn_sizes must be ≥ 1, got {list(knn_sizes)}")
     num_train = len(train_flat)
-    train_pred = population_predictions(arch, train_flat, x_test)
-    train_wrong = train_pred != y_test
-    train_iou, train_nearest = max_wrong_iou(train_wrong, train_wrong, exclude_self=True,
-                                             return_index=True, chunk=chunk)
-    train_nn = (nearest_neighbours(train_flat, train_flat, exclude=np.arange(num_train))[1][:, 0]
-                if num_train > 1 else np.full(num_train, np.nan))
+    if reference is None:
+        reference = training_reference(arch, train_flat, x_test, y_test, seed=seed,
+                                       noise_levels=levels, bootstrap_samples=bootstrap_samples,
+                                       chunk=chunk)
+    elif reference.fingerprint != reference_fingerprint(train_flat, x_test, y_test, seed, levels,
+                                                        bootstrap_samples):
+        raise EvaluationError("the training reference was computed for another training set, "
+                              "test split, seed, noise levels or bootstrap size")
+    train_pred, train_wrong = reference.train_pred, reference.train_pred != y_test
+    train_iou, train_nearest, train_nn = (reference.train_iou, reference.train_nearest,
+                                          reference.train_nn)
+    noise, noise_acc, noise_iou = reference.noise, reference.noise_acc, reference.noise_iou
 
     def score(flat):
         """Predictions, accuracy, max IoU, IoU-nearest training model, nearest weight distance."""
@@ -663,24 +780,6 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
                 nearest_neighbours(flat, train_flat)[1][:, 0])
 
     gen_pred, gen_acc, gen_iou, nearest, gen_nn = score(generated_flat)
-    rng = np.random.default_rng(seed)
-    tensor_std = np.empty(arch.num_params, np.float32)
-    for start, end in arch.weight_space.offsets.values():
-        tensor_std[start:end] = train_flat[:, start:end].std()
-    noise, noise_acc, noise_iou, noise_nn = [], [], [], []
-    for sigma in levels:
-        noised = (train_flat
-                  + sigma * tensor_std * rng.standard_normal(train_flat.shape).astype(np.float32))
-        _, acc, iou, _, nn = score(noised)
-        noise_acc.append(acc)
-        noise_iou.append(iou)
-        noise_nn.append(nn)
-        noise.append({"sigma": float(sigma), "n": int(len(noised)), "mean_acc": float(acc.mean()),
-                      "median_acc": float(np.median(acc)), "min_acc": float(acc.min()),
-                      "max_acc": float(acc.max()), "median_max_iou": float(np.median(iou)),
-                      "median_max_iou_ci": list(bootstrap_interval(iou, np.median,
-                                                                   bootstrap_samples, seed))})
-    noise_acc, noise_iou = np.stack(noise_acc, 1), np.stack(noise_iou, 1)
 
     def matched(nearest_models, accuracy):
         return matched_noise_baseline(levels, noise_acc, noise_iou, nearest_models, accuracy,
@@ -722,7 +821,7 @@ def evaluate_generated(arch: Architecture, generated_flat: np.ndarray, train_fla
         train_matched_max_iou=matched(train_nearest, train_acc) if num_train > 1 else None,
         noise_acc=noise_acc,
         noise_iou=noise_iou,
-        noise_nn_distance=np.stack(noise_nn, 1),
+        noise_nn_distance=reference.noise_nn,
         baselines=baselines,
         bootstrap_samples=bootstrap_samples,
         seed=seed,
@@ -785,14 +884,17 @@ def plot_report(report: GeneratedReport, path) -> None:
     plt.close(fig)
 
 
-def compare_with_training(generated, generator: str | Path | TrainedGenerator, *, seed: int = 0):
+def compare_with_training(generated, generator: str | Path | TrainedGenerator, *, seed: int = 0,
+                          reference_cache: str | Path | None = None):
     """The report of a generated zoo against its generator's whole aligned training population.
 
     `generator` is a generator folder or one already loaded (`TrainedGenerator`, or anything with
     its `directory`, `meta` and `architecture`). Every training model is compared — a subset would
     make a generated copy of a left-out model look novel. The report also carries the training
     zoo's own recorded test accuracy of those models (`zoo_accuracy`), labelled with how many test
-    examples it was scored on.
+    examples it was scored on. With `reference_cache` (a folder), the training side of the audit
+    (`TrainingReference`) is read from there when an earlier call computed it for the same aligned
+    training set, test split and seed, and saved there otherwise.
     """
     gen = TrainedGenerator.load(generator) if isinstance(generator, (str, Path)) else generator
     train_flat = np.load(gen.directory / "aligned_train.npy")
@@ -809,8 +911,19 @@ def compare_with_training(generated, generator: str | Path | TrainedGenerator, *
                                   f"names no task (its dataset is {name!r}); sample one with "
                                   f"wsl gen sample --task SPEC")
     dataset = dataset_from_spec(spec)
+    reference = None
+    if reference_cache is not None:
+        key = reference_fingerprint(train_flat, dataset.x_test, dataset.y_test, seed,
+                                    NOISE_LEVELS, BOOTSTRAP_SAMPLES)
+        path = Path(reference_cache) / f"reference-{key[:20]}.npz"
+        if path.is_file():
+            reference = TrainingReference.load(path)
+        else:
+            reference = training_reference(gen.architecture, train_flat, dataset.x_test,
+                                           dataset.y_test, seed=seed)
+            reference.save(path)
     report = evaluate_generated(gen.architecture, generated.flat(), train_flat,
-                                dataset.x_test, dataset.y_test, seed=seed)
+                                dataset.x_test, dataset.y_test, seed=seed, reference=reference)
     report.zoo_metrics = zoo_accuracy(gen.meta, np.arange(len(train_flat)))
     return report
 

@@ -248,3 +248,42 @@ def test_compare_with_training_uses_every_training_model(tmp_path, monkeypatch):
     np.testing.assert_array_equal(report.generated_max_iou, 1.0)
     np.testing.assert_array_equal(report.generated_nn_distance, 0.0)
     assert d["accuracy_source"]["training_zoo_metrics"]["unavailable"]
+
+
+def test_training_reference_is_computed_once_and_gives_the_same_report(tmp_path, monkeypatch):
+    """The cached training side of the audit reproduces the uncached report exactly, is read back
+    instead of rescoring every training model and noised copy, and is never used for another
+    training set; a damaged cache file is a clear error."""
+    import wsl.eval.generated as generated_module
+
+    arch, x, y, train = _teacher_setup(num_train=30, hidden=4, noise=0.3)
+    np.save(tmp_path / "aligned_train.npy", train)
+    generator = SimpleNamespace(directory=tmp_path, meta={"dataset": {"name": "stand-in"}},
+                                architecture=arch)
+    monkeypatch.setattr(generated_module, "dataset_from_spec",
+                        lambda spec: SimpleNamespace(x_test=x, y_test=y))
+    generated = SimpleNamespace(flat=lambda: train[:5] + 0.2)
+    plain = compare_with_training(generated, generator, seed=3).to_dict()
+    cache = tmp_path / "cache"
+    first = compare_with_training(generated, generator, seed=3, reference_cache=cache).to_dict()
+    assert first == plain and len(list(cache.glob("reference-*.npz"))) == 1
+
+    scored = []
+    real = generated_module.population_predictions
+    monkeypatch.setattr(generated_module, "population_predictions",
+                        lambda arch, flat, x: scored.append(len(flat)) or real(arch, flat, x))
+    again = compare_with_training(generated, generator, seed=3, reference_cache=cache).to_dict()
+    assert again == plain
+    # Only the generated networks and the midpoint / k-NN baselines were scored, no training
+    # model or noised copy (30 each).
+    assert scored == [5, 5, 5, 5]
+
+    reference = generated_module.TrainingReference.load(next(cache.glob("reference-*.npz")))
+    with pytest.raises(EvaluationError, match="another training set"):
+        evaluate_generated(arch, train[:5], train[1:], x, y, seed=3, reference=reference)
+    with pytest.raises(EvaluationError, match="another training set"):
+        evaluate_generated(arch, train[:5], train, x, y, seed=4, reference=reference)
+    path = next(cache.glob("reference-*.npz"))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(EvaluationError, match="not a readable training reference"):
+        compare_with_training(generated, generator, seed=3, reference_cache=cache)
