@@ -59,6 +59,9 @@ VARIANTS = {
     "data+narrow": (["loss_on=data", "hidden=256"], [], "mean", []),
     "data+narrow+6x-steps": (["loss_on=data", "hidden=256"], ["steps*6"], "mean", []),
     "data+lr3e-3": (["loss_on=data"], ["optimizer.lr=3e-3"], "mean", []),
+    # Each aligned weight standardised on its own rather than one mean and std per tensor.
+    "data+entry-norm": (["loss_on=data", "normalize=entry"], [], "mean", []),
+    "velocity+entry-norm": (["normalize=entry"], [], "mean", []),
     "data+rk4x50": (["loss_on=data"], [], "mean", ["steps=50"]),
     "data+3x-steps+rk4x50": (["loss_on=data"], ["steps*3"], "mean", ["steps=50"]),
     "data+temperature0.8": (["loss_on=data"], [], "mean", ["temperature=0.8"]),

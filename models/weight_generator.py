@@ -47,6 +47,9 @@ class GeneratorConfig:
     # every t alike — more accurate samples on weight zoos, but nearer the training models, and
     # within-mode variance collapses (benchmarks/flow_ablation.py, tests/test_generator_models).
     loss_on: Literal["velocity", "data"] = "velocity"
+    # How weights are standardised before the generator sees them: one mean and std per tensor,
+    # or per weight (`wsl.models.normalize.EntryNormalizer`; the basis is fixed by alignment).
+    normalize: Literal["tensor", "entry"] = "tensor"
     diffusion_steps: int = 1000
     schedule: Literal["linear", "cosine"] = "linear"
     clip_x0: float | None = None

@@ -261,3 +261,34 @@ def test_temperature_is_a_sampling_option(trained, tmp_path):
         gen.sample(2, temperature=0.0)
     zoo, _ = sample_to_zoo(gen, tmp_path / "s", 3, temperature=0.5)
     assert zoo.manifest["provenance"]["temperature"] == 0.5
+
+
+def test_per_weight_normalisation_is_fitted_saved_and_read_back(tmp_path):
+    """`normalize=entry` standardises every aligned weight over the training models (a weight
+    that never moves is not blown up), the generator saves its vectors and loads them back as
+    per-weight statistics (not as one value per tensor), and its samples come back in weight
+    units."""
+    from wsl.models.normalize import EntryNormalizer, TensorNormalizer
+
+    build_zoo(get_recipe("quick", ["num_models=8"]), tmp_path / "zoo", progress=False)
+    config = GeneratorConfig(method="flow", hidden=32, depth=1, normalize="entry",
+                             sampler="euler", sample_steps=4)
+    train_generator(tmp_path / "zoo", tmp_path / "gen", config,
+                    override(TrainConfig(), ["steps=5", *FAST_TRAIN[1:]]))
+    gen = TrainedGenerator.load(tmp_path / "gen")
+    assert isinstance(gen.normalizer, EntryNormalizer)
+    train = np.load(tmp_path / "gen" / "aligned_train.npy")
+    z = gen.normalizer.normalize(train)
+    floor = TensorNormalizer.fit(gen.architecture.weight_space, train).std * 1e-3
+    moving = train.std(0) > 2 * floor  # (weights of always-blank pixels hardly move)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0)[moving], 1, rtol=1e-3)
+    frozen = np.zeros_like(train)
+    frozen[:, 1:] = train[:, 1:]
+    frozen[:, 0] = 0.5  # a weight equal in every model
+    fitted = EntryNormalizer.fit(gen.architecture.weight_space, frozen)
+    assert 0 < fitted.std[0] < 1e-2 and np.isfinite(fitted.normalize(frozen)).all()
+    samples = gen.sample(16, seed=0)
+    assert np.shape(samples) == (16, train.shape[1])
+    # In weight units: within the training models' range scale, not standardised.
+    assert np.abs(samples.mean(0) - train.mean(0)).mean() < 3 * train.std(0).mean() + 1e-3

@@ -40,7 +40,7 @@ from wsl.distributed import barrier, is_primary
 from wsl.errors import WslError
 from wsl.models.diffusion import SAMPLERS as DIFFUSION_SAMPLERS
 from wsl.models.flow import SAMPLERS as FLOW_SAMPLERS
-from wsl.models.normalize import TensorNormalizer
+from wsl.models.normalize import NORMALIZERS, EntryNormalizer, TensorNormalizer
 from wsl.models.weight_generator import (
     AutoencoderTask,
     GeneratorConfig,
@@ -86,7 +86,7 @@ class Selection:
     zoo: Zoo
     flat: np.ndarray  # aligned, raw weights (models, num_params)
     x: np.ndarray  # normalised
-    normalizer: TensorNormalizer
+    normalizer: TensorNormalizer | EntryNormalizer
     activation: str | None
     class_names: list[str]
     cond_class: np.ndarray | None
@@ -139,7 +139,7 @@ def select_and_align(zoo: Zoo, config: GeneratorConfig, *, min_acc: float | None
                             key=jax.random.key(seed))
         flat = np.asarray(space.flatten(aligned.params))
     align_seconds = time.perf_counter() - start
-    normalizer = TensorNormalizer.fit(space, flat)
+    normalizer = NORMALIZERS[config.normalize].fit(space, flat)
     x = np.asarray(normalizer.normalize(flat), np.float32)
     class_names, cond_class, cond_scalar = [], None, None
     metrics = view.metrics
@@ -321,7 +321,7 @@ class TrainedGenerator:
     directory: Path
     meta: dict
     config: GeneratorConfig
-    normalizer: TensorNormalizer
+    normalizer: TensorNormalizer | EntryNormalizer
     generator: Any
     params: Any
     autoencoder: Any = None
@@ -344,7 +344,8 @@ class TrainedGenerator:
 
         space = WeightSpace.from_dict(meta["weight_space"])
         with np.load(directory / "normalizer.npz") as stats:
-            normalizer = TensorNormalizer.from_vectors(space, stats["mean"], stats["std"])
+            normalizer = NORMALIZERS[config.normalize].from_vectors(space, stats["mean"],
+                                                                    stats["std"])
         latent = meta.get("latent")
         dim = config.latent_dim if latent else space.num_params
         generator = make_generator(config, dim, None if latent else space,
