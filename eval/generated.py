@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -921,7 +922,11 @@ def compare_with_training(generated, generator: str | Path | TrainedGenerator, *
         else:
             reference = training_reference(gen.architecture, train_flat, dataset.x_test,
                                            dataset.y_test, seed=seed)
-            reference.save(path)
+            try:
+                reference.save(path)
+            except OSError as err:  # a read-only generator folder: the audit goes on uncached
+                warnings.warn(f"could not keep the audit's training reference in {path}: {err}",
+                              stacklevel=2)
     report = evaluate_generated(gen.architecture, generated.flat(), train_flat,
                                 dataset.x_test, dataset.y_test, seed=seed, reference=reference)
     report.zoo_metrics = zoo_accuracy(gen.meta, np.arange(len(train_flat)))

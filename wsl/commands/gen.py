@@ -61,7 +61,11 @@ def report(generated, generator, out: Path, seed: int) -> dict:
     """
     from wsl.eval.generated import compare_with_training, plot_report
 
-    result = compare_with_training(generated, generator, seed=seed)
+    # The training side of the audit is kept beside the generator: evaluating another sample of
+    # the same generator (or the same zoo's other generators' samples, when saved there) reuses it.
+    directory = Path(getattr(generator, "directory", generator))
+    result = compare_with_training(generated, generator, seed=seed,
+                                   reference_cache=directory / "audit-reference")
     print(result.table())
     summary = result.to_dict()
     out.mkdir(parents=True, exist_ok=True)
