@@ -277,6 +277,9 @@ def test_per_weight_normalisation_is_fitted_saved_and_read_back(tmp_path):
                     override(TrainConfig(), ["steps=5", *FAST_TRAIN[1:]]))
     gen = TrainedGenerator.load(tmp_path / "gen")
     assert isinstance(gen.normalizer, EntryNormalizer)
+    # The connectivity check ran on the aligned models and is recorded with the selection.
+    check = gen.meta["selection"]["connectivity"]
+    assert check["pairs"] == 16 and 0.3 < check["member_val_acc"] <= 1
     train = np.load(tmp_path / "gen" / "aligned_train.npy")
     z = gen.normalizer.normalize(train)
     floor = TensorNormalizer.fit(gen.architecture.weight_space, train).std * 1e-3
@@ -292,3 +295,25 @@ def test_per_weight_normalisation_is_fitted_saved_and_read_back(tmp_path):
     assert np.shape(samples) == (16, train.shape[1])
     # In weight units: within the training models' range scale, not standardised.
     assert np.abs(samples.mean(0) - train.mean(0)).mean() < 3 * train.std(0).mean() + 1e-3
+
+
+def test_midpoint_check_tells_one_basin_from_permuted_copies():
+    """Copies of one network are one basin; copies with their hidden units permuted (what alignment
+    undoes, here left in place) compute the same function, but their midpoints do not."""
+    from wsl.train.generator import midpoint_check
+    from wsl.zoos.architectures import build as build_arch
+
+    arch = build_arch("mlp", input_shape=(6,), widths=(16,), num_classes=3)
+    space = arch.weight_space
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    teacher = arch.init(jax.random.key(0))
+    y = np.asarray(arch.apply(teacher, x)).argmax(1)
+    flat = np.asarray(space.flatten(teacher))
+    same = np.stack([flat + 1e-4 * rng.normal(size=flat.size) for _ in range(8)])
+    one = midpoint_check(arch, same, x, y)
+    assert one["connected"] and one["member_val_acc"] > 0.99 and one["midpoint_val_acc"] > 0.99
+    batch = jax.tree.map(lambda a: np.repeat(a[None], 8, 0), teacher)
+    permuted = space.permute(batch, space.random_permutation(jax.random.key(1), 8))
+    two = midpoint_check(arch, np.asarray(space.flatten(permuted)), x, y)
+    assert two["member_val_acc"] > 0.99 and not two["connected"], two

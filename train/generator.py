@@ -55,7 +55,7 @@ from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import dataset_from_spec
-from wsl.zoos.scoring import population_metrics
+from wsl.zoos.scoring import population_metrics, population_predictions
 from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
@@ -235,6 +235,38 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+# The connectivity check of `train_generator`: random aligned training pairs, validation examples
+# they are scored on, and the gap below their endpoints at which their midpoints draw a warning.
+MIDPOINT_PAIRS = 16
+MIDPOINT_EXAMPLES = 2000
+MIDPOINT_GAP = 0.10
+
+
+def midpoint_check(arch, flat: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+                   seed: int = 0) -> dict:
+    """Do the aligned training models form one basin? The validation accuracy of random pairs of
+    them and of their midpoints (w_i + w_j) / 2.
+
+    A generator's samples land between its training models; when midpoints score far below the
+    models themselves, so will the samples. Tiny ResNets trained from one bare shared
+    initialisation end in different basins that alignment cannot join (children of a briefly
+    trained parent, the recipes' `parent_epochs`, do not); this finds out before hours of
+    training rather than in the audit afterwards.
+    """
+    rng = np.random.default_rng([seed, 2])
+    pairs = np.stack([rng.choice(len(flat), 2, replace=False) for _ in range(MIDPOINT_PAIRS)])
+    x, y = x_val[:MIDPOINT_EXAMPLES], y_val[:MIDPOINT_EXAMPLES]
+    ends = np.unique(pairs)
+
+    def accuracy(vectors):
+        return float((population_predictions(arch, vectors, x) == y).mean())
+
+    members = accuracy(flat[ends])
+    midpoints = accuracy((flat[pairs[:, 0]] + flat[pairs[:, 1]]) / 2)
+    return {"pairs": MIDPOINT_PAIRS, "examples": int(len(y)), "member_val_acc": members,
+            "midpoint_val_acc": midpoints, "connected": midpoints >= members - MIDPOINT_GAP}
+
+
 def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConfig,
                     train_config: TrainConfig, *, min_acc: float | None = None,
                     align: str = "mean", max_models: int | None = None) -> Path:
@@ -260,6 +292,23 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
     arch_config = dict(arch.config)
     if selection.activation is not None:
         arch_config["activation"] = selection.activation
+    connectivity = None
+    # Models of one task only (a task-conditioned zoo's models solve different tasks), aligned.
+    try:
+        data = (dataset_from_spec(zoo.manifest["dataset"])
+                if selection.cond_task is None and align != "none" else None)
+    except (WslError, KeyError):  # no dataset on this machine (an imported zoo): nothing to check
+        data = None
+    if data is not None and len(data.y_val):
+        connectivity = midpoint_check(build(arch.name, **arch_config), selection.flat,
+                                      data.x_val, data.y_val, seed=train_config.seed)
+        if not connectivity["connected"]:
+            warnings.warn(
+                f"{zoo.path}: the aligned training models are not linearly connected: midpoints "
+                f"of {MIDPOINT_PAIRS} random pairs score {connectivity['midpoint_val_acc']:.3f} "
+                f"validation accuracy, the models {connectivity['member_val_acc']:.3f}; samples "
+                f"land between training models, expect them low (models that branch from a "
+                f"briefly trained parent, a recipe's parent_epochs, are connected)", stacklevel=2)
     meta = {
         **record,
         "architecture": {"name": arch.name,
@@ -268,7 +317,7 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         "dataset": zoo.manifest.get("dataset"),
         "selection": {**record["selection"], "rows": selection.zoo.global_rows.tolist(),
                       "activation": selection.activation, "num_models": len(selection.zoo),
-                      "align_seconds": selection.align_seconds},
+                      "align_seconds": selection.align_seconds, "connectivity": connectivity},
         "class_names": selection.class_names, "latent": None,
         "scalar": selection.scalar_stats,
         "task": None if selection.cond_task is None else json.loads(json.dumps(
