@@ -102,12 +102,20 @@ MODES = {
                                "models_per_shard=40")),),
                   tasks=(2,), seeds=1, gen_steps=60, hidden=64, samples=4, keep=2,
                   guidance=(1.0, 2.0), epochs=2),
-    "quick": Mode((Experiment("main", "mnist8-tasks", ("num_models=500",)),),
-                  tasks=(5,), seeds=1, gen_steps=1500, hidden=512, samples=30, keep=10,
+    "quick": Mode((Experiment("main", "mnist8-tasks", ("num_models=500",)),
+                   Experiment("digits->mnist8-crop", "digits-tasks", ("num_models=500",),
+                              target_source="mnist8-crop")),
+                  tasks=(5, 5), seeds=1, gen_steps=1500, hidden=512, samples=30, keep=10,
                   guidance=(1.0, 2.0, 3.0, 5.0), epochs=10),
+    # The cross-dataset pair is digits <-> MNIST framed like digits (`mnist8-crop`): MNIST's
+    # plain 8x8 downsampling leaves each digit in a 20x20 box of 28 pixels, at another scale
+    # than sklearn's, and even a network trained on the very task on one dataset scores only
+    # about a third on the other (an ad-hoc check, 6 tasks, one seed: 0.32 / 0.30 validation
+    # accuracy digits -> MNIST / back, against 0.57 / 0.75 framed alike).
     "full": Mode((Experiment("main", "mnist-tasks"),
-                  Experiment("digits->mnist8", "digits-tasks", target_source="mnist8"),
-                  Experiment("mnist8->digits", "mnist8-tasks", target_source="digits")),
+                  Experiment("digits->mnist8-crop", "digits-tasks", target_source="mnist8-crop"),
+                  Experiment("mnist8-crop->digits", "mnist8-crop-tasks",
+                             target_source="digits")),
                  tasks=(12, 10, 10), seeds=3, gen_steps=3000, hidden=512, samples=50, keep=10,
                  guidance=(1.0, 2.0, 3.0, 5.0), epochs=25),
 }

@@ -275,6 +275,19 @@ def test_resize_is_area_average(tmp_path):
     np.testing.assert_array_equal(same.x_train, full.x_train)
 
 
+def test_crop_comes_before_resize_and_names_a_bad_box(tmp_path):
+    _fake_mnist_dir(tmp_path)
+    full = load_dataset("idx", path=str(tmp_path))
+    box = load_dataset("idx", path=str(tmp_path), crop=(4, 4, 20, 20))
+    np.testing.assert_array_equal(box.x_test, full.x_test[:, 4:24, 4:24])
+    framed = load_dataset("idx", path=str(tmp_path), crop=(4, 4, 20, 20), resize=(10, 10))
+    blocks = full.x_test[:, 4:24, 4:24].reshape(-1, 10, 2, 10, 2, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(framed.x_test, blocks, atol=1e-6)
+    for bad in ((4, 4, 30, 20), (0, 0, 0, 5), (1, 2, 3)):
+        with pytest.raises(ValueError, match=r"crop must be \(top, left, height, width\) inside"):
+            load_dataset("idx", path=str(tmp_path), crop=bad)
+
+
 # ----------------------------------------------------------------------------- CIFAR pickles
 
 

@@ -421,10 +421,18 @@ def _area_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _transform_images(name: str, x: np.ndarray, resize: tuple[int, int] | None,
-                      grayscale: bool) -> np.ndarray:
+                      grayscale: bool, crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
     if x.ndim != 4:
         raise DatasetError(f"dataset {name!r} has per-example shape {x.shape[1:]}, "
-                           "not an image (H, W, C): resize / grayscale apply to images only")
+                           "not an image (H, W, C): crop / resize / grayscale apply to images "
+                           "only")
+    if crop is not None:
+        if len(crop) != 4 or min(crop) < 0 or min(crop[2:]) < 1 \
+                or crop[0] + crop[2] > x.shape[1] or crop[1] + crop[3] > x.shape[2]:
+            raise DatasetError(f"crop must be (top, left, height, width) inside the "
+                               f"{x.shape[1]}x{x.shape[2]} images of {name!r}, got {crop}")
+        top, left, height, width = crop
+        x = x[:, top:top + height, left:left + width]
     if grayscale and x.shape[-1] == 3:
         x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # ITU-R BT.601 luma
     elif grayscale and x.shape[-1] != 1:
@@ -444,6 +452,7 @@ def load_dataset(
     test_fraction: float | None = None,
     resize: tuple[int, int] | None = None,
     grayscale: bool = False,
+    crop: tuple[int, int, int, int] | None = None,
     classes: Sequence[int] | None = None,
     max_train: int | None = None,
     path: str | None = None,
@@ -454,8 +463,9 @@ def load_dataset(
 
     `test_fraction` (default 0.2) applies only to datasets without an official test split.
     `classes` keeps those classes, relabelled 0..k-1 in the given order; `max_train` caps the
-    training set after that. `resize=(h, w)` (area average) and `grayscale` (BT.601 luma, one
-    channel kept) apply to images. Extra `kwargs` go to generated datasets (mnist1d, synthetic).
+    training set after that. `crop=(top, left, height, width)`, then `resize=(h, w)` (area
+    average) and `grayscale` (BT.601 luma, one channel kept) apply to images. Extra `kwargs` go
+    to generated datasets (mnist1d, synthetic).
     """
     if name not in _REGISTRY:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {sorted(_REGISTRY)}")
@@ -503,8 +513,8 @@ def load_dataset(
         if max_train < 1:
             raise DatasetError(f"max_train must be positive, got {max_train}")
         split["train"] = tuple(a[:max_train] for a in split["train"])
-    if resize is not None or grayscale:
-        split = {s: (_transform_images(name, x, resize, grayscale), y)
+    if resize is not None or grayscale or crop is not None:
+        split = {s: (_transform_images(name, x, resize, grayscale, crop), y)
                  for s, (x, y) in split.items()}
 
     arrays = {f"{k}_{s}": np.ascontiguousarray(a, np.float32 if k == "x" else np.int32)

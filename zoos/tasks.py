@@ -47,6 +47,11 @@ class TaskError(WslError, ValueError):
 # Sources: a name per dataset + options, so that a task spec stays short and exact.
 SOURCES: dict[str, dict[str, Any]] = {
     "mnist8": {"name": "mnist", "options": {"resize": [8, 8], "max_train": 10000}},
+    # MNIST framed like sklearn's digits: MNIST centres each digit in a 20x20 box inside 28x28
+    # pixels, the digits dataset scales each digit to fill its frame. Cropping to that box before
+    # downsampling puts both at one scale — the cross-dataset pair digits <-> mnist8-crop.
+    "mnist8-crop": {"name": "mnist", "options": {"crop": [4, 4, 20, 20], "resize": [8, 8],
+                                                 "max_train": 10000}},
     "mnist14": {"name": "mnist", "options": {"resize": [14, 14], "max_train": 10000}},
     "digits": {"name": "digits", "options": {}},
     "mnist1d": {"name": "mnist1d", "options": {}},
