@@ -622,7 +622,8 @@ def reference_fingerprint(train_flat: np.ndarray, x_test: np.ndarray, y_test: np
     """What a `TrainingReference` depends on, as a hash: the aligned training set, the test split,
     the seed and the noise levels and bootstrap size."""
     digest = hashlib.sha256()
-    for array in (train_flat, x_test, y_test):
+    # The training set as the audit uses it (float32), whatever dtype it was stored in.
+    for array in (np.asarray(train_flat, np.float32), x_test, y_test):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.data)
