@@ -132,7 +132,8 @@ class EntryNormalizer:
     source then meets data confined to a thin shell, and every error of the generator is paid at
     the tensor's scale. Standardising each weight gives every coordinate the spread the source
     has. A weight that (nearly) never moves keeps a floor of `relative_floor` × its tensor's std,
-    so that it is not blown up.
+    so that it is not blown up. Measured on the mlp-mnist1d zoo it does not help (a point lower;
+    `benchmarks/flow_ablation.py`, `data+entry-norm`): an option to try, not the default.
     """
 
     mean: np.ndarray
