@@ -161,7 +161,7 @@ def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: 
                 "generator": to_dict(override(GeneratorConfig(), words))}
     if saved.exists():
         row = json.loads(saved.read_text())
-        if row.get("settings") == settings:
+        if _same_settings(row.get("settings"), settings):
             print(f"{name} seed {seed}: reusing {saved}", flush=True)
             return row
         shutil.rmtree(workdir / f"{name}-seed{seed}-generator", ignore_errors=True)
@@ -170,6 +170,15 @@ def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: 
                        settings), "settings": settings}
     saved.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def _same_settings(saved: dict | None, settings: dict) -> bool:
+    """Whether a saved row ran with `settings`. A config field added since then counts at its
+    default (the value the row ran with); a changed default does not match."""
+    if not saved:
+        return False
+    generator = {**to_dict(GeneratorConfig()), **saved.get("generator", {})}
+    return {**saved, "generator": generator} == settings
 
 
 def _run_seed(zoo: Zoo, name: str, seed: int, words: list[str], sample_options: dict,

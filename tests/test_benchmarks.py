@@ -105,3 +105,21 @@ def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
     assert set(rebuilt["zoos"]["a"]["methods"]) == {"flow"}
     other = merge_earlier(report({"a": {"flow": 0.4}}, words=["hidden=64"]), path)
     assert set(other["zoos"]) == {"a"}
+
+
+def test_generate_rows_survive_a_new_config_field_but_not_a_changed_value():
+    """A finished row is reused after GeneratorConfig gains a field (it ran at its default), and
+    redone when the settings it ran with differ."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.generate import _same_settings
+    from wsl.config import to_dict
+    from wsl.models.weight_generator import GeneratorConfig
+
+    settings = {"words": ["loss_on=data"], "steps": 4000,
+                "generator": to_dict(GeneratorConfig(loss_on="data"))}
+    older = {**settings, "generator": dict(settings["generator"])}
+    del older["generator"]["normalize"]  # saved before the field existed
+    assert _same_settings(older, settings) and _same_settings(settings, settings)
+    assert not _same_settings({**settings, "steps": 12000}, settings)
+    other = {**settings, "generator": {**settings["generator"], "normalize": "entry"}}
+    assert not _same_settings(other, settings) and not _same_settings(None, settings)
