@@ -72,7 +72,7 @@ DEFAULT_TRAIN = TrainConfig(steps=3000, batch_size=64, ema_decay=0.999,
 # (what the selection found, how long alignment took).
 GENERATOR_MUTABLE = ("train.log", "train.mesh", "train.checkpoint.async_save",
                      "train.data.prefetch", "selection.rows", "selection.activation",
-                     "selection.num_models", "selection.align_seconds")
+                     "selection.num_models", "selection.align_seconds", "selection.connectivity")
 
 
 class GenerateError(WslError, ValueError):
