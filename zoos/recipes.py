@@ -338,16 +338,6 @@ RECIPES: dict[str, Recipe] = {
         num_models=1000, epochs=5, checkpoints=(0, 1, 5), batch_size=32, models_per_shard=250,
         eval_examples=1000, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
         optimizer=("adam",)),
-    "mnist8-crop-tasks": Recipe(
-        name="mnist8-crop-tasks",
-        description="mnist8-tasks on MNIST framed like sklearn digits (each digit's 20x20 box, "
-                    "then 8x8): the cross-dataset partner of digits-tasks, same 26 held-out "
-                    "class subsets",
-        architecture="mlp", arch={"widths": (32,)}, dataset="tasks",
-        task_sources=("mnist8-crop",), task_classes=5, heldout_tasks=26,
-        num_models=1000, epochs=5, checkpoints=(0, 1, 5), batch_size=32, models_per_shard=250,
-        eval_examples=1000, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
-        optimizer=("adam",)),
     "mnist1d-tasks": Recipe(
         name="mnist1d-tasks",
         description="MLPs 40-32-32-5 on 5-way MNIST-1D tasks from five settings of its generator "
@@ -361,6 +351,11 @@ RECIPES: dict[str, Recipe] = {
         models_per_shard=200, lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), activation=("relu",),
         optimizer=("adam",)),
 }
+# The cross-dataset partner of digits-tasks: mnist8-tasks on MNIST framed like sklearn's digits.
+RECIPES["mnist8-crop-tasks"] = dataclasses.replace(
+    RECIPES["mnist8-tasks"], name="mnist8-crop-tasks", task_sources=("mnist8-crop",),
+    description="mnist8-tasks on MNIST framed like sklearn digits (each digit's 20x20 box, then "
+                "8x8): the cross-dataset partner of digits-tasks, same 26 held-out class subsets")
 
 
 def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = (),
