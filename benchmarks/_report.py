@@ -82,6 +82,35 @@ def generate_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def interpolation_markdown(paths: list[str]) -> str:
+    """Unconditional generators beside the weight averages of the novelty audit, from
+    `benchmarks/generate.py` result files: per zoo and unconditional method, the samples' mean
+    test accuracy and those of midpoints of random aligned training pairs and of averages of the
+    2 / 4 nearest aligned training models, each as a gap to the population (the audit scores all
+    on the same test split). Files of other shapes (ablations) are skipped."""
+    lines = ["| zoo | steps | method | seeds | generated (test) | midpoints | knn-2 averages | "
+             "knn-4 averages | generated − midpoints |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    gap = lambda acc, pop: f"{acc:.3f} ({(acc - pop) * 100:+.1f})"
+    reports = [r for r in _load(paths) if "zoos" in r and not r.get("extra_words")]
+    for report in sorted(reports, key=lambda r: (r["mode"] != "quick", r["steps"])):
+        size = "quick, " if report["mode"] == "quick" else ""
+        for zoo, result in report["zoos"].items():
+            pop = result["population"]["test"]
+            for name, m in result["methods"].items():
+                nov = m["novelty"]
+                if name.endswith("+acc") or "midpoints" not in nov:
+                    continue  # conditioned methods are asked for q90: not a draw of the zoo
+                lines.append(
+                    f"| {zoo} ({size}{result['num_train']} models, test {pop:.3f}) | "
+                    f"{report['steps']:,} | {name} | {len(m['seeds'])} | "
+                    f"{gap(m['test']['mean'], pop)} | "
+                    + " | ".join(gap(nov[k]["acc_mean"], pop)
+                                 for k in ("midpoints", "knn-2", "knn-4"))
+                    + f" | {(m['test']['mean'] - nov['midpoints']['acc_mean']) * 100:+.1f} pt |")
+    return "\n".join(lines)
+
+
 def flow_ablation_markdown(paths: list[str]) -> str:
     """README's flow ablation table, printed from `benchmarks/flow_ablation.py --save` files."""
     lines = ["| zoo | variant | seeds | val acc [95 % CI] | vs population (val) | test acc | "
@@ -188,7 +217,7 @@ def encoder_speed_markdown(paths: list[str]) -> str:
 
 
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
-         "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
+         "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
