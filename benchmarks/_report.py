@@ -149,6 +149,20 @@ def analyze_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def analyze_width_markdown(paths: list[str]) -> str:
+    """The loss-based metrics' cost width by width, from `benchmarks/analyze.py --save` files."""
+    lines = ["| zoo | metric | width | models | one at a time ms/model | vectorised ms/model | "
+             "speedup |", "|---|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        for metric in ("hessian", "mc"):
+            for i, r in enumerate(report.get(f"{metric}_by_width", [])):
+                label = f"{report['recipe']} ({report['mode']})" if i == 0 else ""
+                lines.append(f"| {label} | {metric if i == 0 else ''} | {r['width']} | "
+                             f"{r['models']} | {r['loop_ms']:.1f} | {r['vmapped_ms']:.1f} | "
+                             f"{r['speedup']:.2f}× |")
+    return "\n".join(lines)
+
+
 def phase_markdown(paths: list[str]) -> str:
     """README's phase grid: test accuracy, Hessian trace and alpha per (width, lr) cell, mean
     over seeds, printed from the `phase` entry of `benchmarks/analyze.py --save` files."""
@@ -218,6 +232,7 @@ def encoder_speed_markdown(paths: list[str]) -> str:
 
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
+         "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.

@@ -4,7 +4,9 @@ For every metric (hessian, spectral, farms, cka, mc) it times the analysis of th
 checkpoint twice: vectorised as `wsl zoo analyze` runs it (models of a shard `jax.vmap`ped in
 chunks of 64) and one model at a time through the same jitted per-model function (chunks of 1,
 the loop a user would write). Both are timed after an untimed warm-up call that compiles their
-programs; the loop on a sample of models (it is slow), the vectorised run on all of them.
+programs; the loop on a sample of models (it is slow), the vectorised run on all of them. For the
+loss-based metrics (hessian, mc) on a phase zoo it also times both width by width (milliseconds
+per model), which shows where vectorising gains and where one model already keeps the cores busy.
 
     python benchmarks/analyze.py --smoke   # seconds: a 4-model digits grid (checks it runs)
     python benchmarks/analyze.py --quick   # a few minutes: the MLP phase zoo, 2 seeds, 10 epochs
@@ -94,6 +96,25 @@ def measure(zoo, metric: str, settings: AnalyzeSettings, sample: int) -> dict:
             "values": values}
 
 
+def by_width(zoo, metric: str, settings: AnalyzeSettings) -> list[dict]:
+    """Per width of the phase grid, milliseconds per model one at a time (the best of the
+    width's first two models, after a warm-up) and vectorised (all the width's models, after a
+    warm-up): where the vectorised program gains, and where both are bound by arithmetic."""
+    rows = zoo.filter(epoch="last").global_rows
+    widths = zoo._table["width"][rows].astype(int)
+    one = dataclasses.replace(settings, batch_models=1)
+    out = []
+    for w in np.unique(widths):
+        mine = rows[widths == w]
+        _time(zoo, one, metric, mine[:1])
+        loop = min(_time(zoo, one, metric, mine[i:i + 1])[0] for i in range(min(2, len(mine))))
+        _time(zoo, settings, metric, mine)
+        vmapped = _time(zoo, settings, metric, mine)[0] / len(mine)
+        out.append({"width": int(w), "models": int(len(mine)), "loop_ms": 1000 * loop,
+                    "vmapped_ms": 1000 * vmapped, "speedup": loop / vmapped})
+    return out
+
+
 PHASE_COLORS = ("test_acc", "train_acc", "hessian_top_eigenvalue", "hessian_trace",
                 "spectral_alpha", "farms_alpha", "cka_cell", "mc_linear_barrier",
                 "mc_bezier_barrier")
@@ -147,6 +168,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         zoo = _zoo(mode, scratch if mode == "smoke" else None)
         rows = [measure(zoo, m, SETTINGS[mode], SETUPS[mode][2]) for m in metrics]
+        # The loss-based metrics, width by width (the phase zoo's cost grows with width).
+        per_width = {m: by_width(zoo, m, SETTINGS[mode]) for m in metrics
+                  if m in ("hessian", "mc") and "width" in zoo.columns}
         save = args.save and mode != "smoke"
         phase = phase_report(zoo, rows, RESULTS / f"analyze-{mode}-phase.png" if save else None)
 
@@ -164,6 +188,12 @@ def main(argv=None) -> int:
         print("  ".join(v.rjust(w) for v, w in zip(t, widths)))
     print(f"(loop: one model per jitted call, timed on {SETUPS[mode][2]} models spread over the "
           f"grid after a warm-up; vmapped: every model, steady state = second run)")
+    for m, lines in per_width.items():
+        print(f"\n{m}, width by width (ms per model):")
+        print("  ".join(f"{c:>10}" for c in ("width", "models", "loop", "vmapped", "speedup")))
+        for r in lines:
+            print(f"{r['width']:>10}  {r['models']:>10}  {r['loop_ms']:>10.1f}  "
+                  f"{r['vmapped_ms']:>10.1f}  {r['speedup']:>9.2f}x")
     result = {"benchmark": "analyze", "mode": mode, "cpu_count": os.cpu_count(),
               "recipe": zoo.manifest["recipe"]["name"], "settings":
                   dataclasses.asdict(SETTINGS[mode])}
@@ -174,6 +204,8 @@ def main(argv=None) -> int:
                            r["vmapped_models_per_s_with_compile"],
                        f"{m}_loop_models_per_s": r["loop_models_per_s"],
                        f"{m}_speedup": r["speedup"], f"{m}_models": r["models"]})
+    for m, lines in per_width.items():
+        result[f"{m}_by_width"] = lines
     if rows:
         result["min_speedup"] = min(r["speedup"] for r in rows)
     result["phase"] = phase
