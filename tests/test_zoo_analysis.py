@@ -135,6 +135,20 @@ def test_analysed_columns_sit_beside_an_untouched_table(phase_zoo, tmp_path):
         write_analysis(path, {"other": np.zeros(rows + 1)}, {}, {})
 
 
+def test_rebuilding_an_analysed_zoo_resumes_and_keeps_its_columns(phase_zoo, tmp_path):
+    # The analysis is not part of which zoo this is: the same build over it is a resume.
+    path = _copy(phase_zoo, tmp_path)
+    before = _digest(path)
+    values = np.arange(len(Zoo.open(path)), dtype=float)
+    write_analysis(path, {"probe_me": values}, {"probe_me": "a test column"}, {})
+    zoo = build_zoo(_phase_recipe(), path, progress=False, mesh=ONE_DEVICE)
+    assert _digest(path) == before
+    np.testing.assert_array_equal(zoo.metrics["probe_me"], values)
+    assert verify_zoo(path).ok
+    with pytest.raises(ZooError, match="different zoo"):  # another recipe is still refused
+        build_zoo(_phase_recipe(epochs=3), path, progress=False, mesh=ONE_DEVICE)
+
+
 def test_damaged_analysis_file_is_named(phase_zoo, tmp_path):
     path = _copy(phase_zoo, tmp_path)
     rows = len(Zoo.open(path))

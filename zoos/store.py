@@ -88,8 +88,10 @@ STANDARD_COLUMNS: dict[str, str] = {
               "tensors are zero"),
 }
 # Fields that differ between two runs of the same build and so do not count when resuming.
+# Manifest fields that do not say which zoo this is: written when a build finishes, or later
+# (`analysis`: columns `wsl zoo analyze` adds to a finished zoo, which rebuilding keeps).
 _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "metrics_sha256",
-             "num_rows")
+             "num_rows", ANALYSIS)
 
 
 # Architectures whose PyTorch layout `wsl.zoos.torch_layout` defines and the tests check against
