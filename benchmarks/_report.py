@@ -231,8 +231,8 @@ def encoder_speed_markdown(paths: list[str]) -> str:
 
 
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
-         "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown, "analyze": analyze_markdown,
-         "analyze_width": analyze_width_markdown,
+         "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown,
+         "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
