@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         rows = [measure(zoo, m, SETTINGS[mode], SETUPS[mode][2]) for m in metrics]
         # The loss-based metrics, width by width (the phase zoo's cost grows with width).
         per_width = {m: by_width(zoo, m, SETTINGS[mode]) for m in metrics
-                  if m in ("hessian", "mc") and "width" in zoo.columns}
+                     if m in ("hessian", "mc") and "width" in zoo.columns}
         save = args.save and mode != "smoke"
         phase = phase_report(zoo, rows, RESULTS / f"analyze-{mode}-phase.png" if save else None)
 

@@ -24,7 +24,7 @@ Experiments: ``main`` (mnist-tasks: MNIST 8x8 class subsets x transforms), ``dig
 
     python benchmarks/transfer.py --smoke   # seconds: a tiny digits zoo, 2 tasks, 1 seed
     python benchmarks/transfer.py --quick   # mnist8-tasks (500 models), 5 tasks, 1 seed
-    python benchmarks/transfer.py           # 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~1.5 h)
+    python benchmarks/transfer.py           # 3 experiments, 12 / 10 / 10 tasks, 3 seeds (~45 min)
     python benchmarks/transfer.py --fewshot # the same, fine-tuned on 10 examples per class
 
 Prints a table per experiment and one JSON object as the last line; ``--save`` writes it to
@@ -99,9 +99,9 @@ class Mode:
 def _trained_for(epochs: int) -> tuple[str, ...]:
     """Zoo words: the zoo's models train for as many epochs as the inits are fine-tuned. A
     generator can only start a task as far along as its zoo's models are: from zoo models trained
-    5 epochs (the recipes' default) sampled inits needed 15.6 of 25 fine-tuning epochs to reach
-    random init's last accuracy, from models trained 25 epochs 6.8 (an ad-hoc quick run:
-    mnist8-tasks, 500 models, 5 held-out tasks, one seed, validation accuracy)."""
+    5 epochs (the MNIST task recipes' default) sampled inits needed 15.6 of 25 fine-tuning epochs
+    to reach random init's last accuracy, from models trained 25 epochs 6.8 (an ad-hoc quick
+    run: mnist8-tasks, 500 models, 5 held-out tasks, one seed, validation accuracy)."""
     return f"epochs={epochs}", f"checkpoints=[0,1,5,{epochs}]"
 
 
@@ -161,16 +161,22 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 
 
 def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
-                  words: Sequence[str] = ()) -> TrainedGenerator:
+                  words: Sequence[str] = ()) -> tuple[TrainedGenerator, str]:
+    """The trained generator of (zoo, mode, seed, words) and the name of its folder, which
+    says everything it was trained with (a generator or run cached under other settings is
+    never reused)."""
     words = [*mode.generator_words, *words]
     config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
                       words)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
-    out = root / "-".join([f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}", *words])
+    digest = hashlib.sha256(json.dumps([to_dict(config), to_dict(train)], sort_keys=True)
+                            .encode()).hexdigest()[:8]
+    name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-{digest}"
+    out = root / name
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)
         (out / "trained").write_text("trained\n")
-    return TrainedGenerator.load(out)
+    return TrainedGenerator.load(out), name
 
 
 def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: str,
@@ -179,13 +185,12 @@ def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: st
     tasks = target_tasks(zoo, experiment, count)
     reports = []
     for seed in range(mode.seeds):
-        gen = generator_for(zoo, root, mode, seed, words)
+        gen, gen_name = generator_for(zoo, root, mode, seed, words)
         for task in tasks:
             config = mode.transfer_config(seed)
             tag = hashlib.sha256(json.dumps(to_dict(config)).encode()).hexdigest()[:10]
-            cache = (root / "-".join(["runs", *mode.generator_words, *words])
-                     / experiment.name.replace(">", "") / zoo.path.name
-                     / f"seed{seed}" / f"{task.spec.replace(':', '_')}-{tag}.json")
+            cache = (root / "runs" / experiment.name.replace(">", "") / gen_name
+                     / f"{task.spec.replace(':', '_')}-{tag}.json")
             if cache.exists():
                 report = json.loads(cache.read_text())
             else:

@@ -87,9 +87,9 @@ STANDARD_COLUMNS: dict[str, str] = {
     "width": ("active units in every hidden group (phase zoos); the other units of the stored "
               "tensors are zero"),
 }
-# Fields that differ between two runs of the same build and so do not count when resuming.
-# Manifest fields that do not say which zoo this is: written when a build finishes, or later
-# (`analysis`: columns `wsl zoo analyze` adds to a finished zoo, which rebuilding keeps).
+# Fields that differ between two runs of the same build and so do not count when resuming:
+# written when a build finishes, or later (`analysis`: the columns `wsl zoo analyze` adds to a
+# finished zoo, which a rebuild keeps).
 _VOLATILE = ("provenance", "shards", "complete", "columns", "column_types", "metrics_sha256",
              "num_rows", ANALYSIS)
 
