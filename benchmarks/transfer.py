@@ -135,10 +135,14 @@ MODES["fewshot"] = dataclasses.replace(MODES["full"], train_per_class=10, batch_
                                        zoos_of="full")
 
 
+def _digest(value, size: int = 8) -> str:
+    """A short hash of a JSON-able value: cached zoos, generators and runs are named by what
+    made them, so nothing cached under other settings is reused."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:size]
+
+
 def open_or_build(root: Path, experiment: Experiment, mode: str) -> Zoo:
-    # The zoo words are part of the name: a zoo cached under other words is not reused.
-    words = hashlib.sha256(json.dumps(experiment.zoo_words).encode()).hexdigest()[:8]
-    path = root / f"{experiment.recipe}-{mode}-{words}"
+    path = root / f"{experiment.recipe}-{mode}-{_digest(experiment.zoo_words)}"
     try:
         return Zoo.open(path)
     except ZooError:
@@ -169,9 +173,8 @@ def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
     config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
                       words)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
-    digest = hashlib.sha256(json.dumps([to_dict(config), to_dict(train)], sort_keys=True)
-                            .encode()).hexdigest()[:8]
-    name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-{digest}"
+    name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-" \
+           f"{_digest([to_dict(config), to_dict(train)])}"
     out = root / name
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)
@@ -188,7 +191,7 @@ def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: st
         gen, gen_name = generator_for(zoo, root, mode, seed, words)
         for task in tasks:
             config = mode.transfer_config(seed)
-            tag = hashlib.sha256(json.dumps(to_dict(config)).encode()).hexdigest()[:10]
+            tag = _digest(to_dict(config), 10)
             cache = (root / "runs" / experiment.name.replace(">", "") / gen_name
                      / f"{task.spec.replace(':', '_')}-{tag}.json")
             if cache.exists():
