@@ -230,11 +230,34 @@ def encoder_speed_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def probe_markdown(paths: list[str]) -> str:
+    """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
+    encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN."""
+    lines = ["| zoo | encoder | test τ ± std | τ − statnn | R² | train s / seed |",
+             "|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        seeds = report["seeds"]
+        label = (f"{report['zoo'].rstrip('/').rsplit('/', 1)[-1]} ({report['mode']}, "
+                 f"{report['num_rows']} networks, {report['steps']:,} steps, {seeds} "
+                 f"seed{'s' * (seeds > 1)})")
+        statnn = report["tau"].get("statnn")
+        for name, tau in report["tau"].items():
+            versus = "–" if statnn is None or name == "statnn" else f"{tau - statnn:+.4f}"
+            lines.append(f"| {label} | {name} | {tau:.4f} ± {report['tau_std'][name]:.4f} | "
+                         f"{versus} | {report['r2'][name]:.3f} | "
+                         f"{report['seconds_per_seed'][name]:,.0f} |")
+            label = ""
+        for name, why in report.get("skipped", {}).items():
+            lines.append(f"| {label} | {name} | skipped: {why} | | | |")
+            label = ""
+    return "\n".join(lines)
+
+
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown,
          "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
-         "encoder_speed": encoder_speed_markdown}
+         "encoder_speed": encoder_speed_markdown, "probe": probe_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 
