@@ -25,6 +25,11 @@ def _load(paths: list[str]) -> list[dict]:
     return out
 
 
+def _num(value, spec: str) -> str:
+    """`value` formatted, or an en dash where a result file does not have it."""
+    return "–" if value is None else format(value, spec)
+
+
 def augmentation_markdown(paths: list[str]) -> str:
     """The README's augmentation table, printed from `benchmarks/probe.py --augmentations --save`
     result files (README numbers come from committed JSON, never typed)."""
@@ -233,22 +238,24 @@ def encoder_speed_markdown(paths: list[str]) -> str:
 def probe_markdown(paths: list[str]) -> str:
     """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
     encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN."""
-    lines = ["| zoo | encoder | test τ ± std | τ − statnn | R² | train s / seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| zoo | encoder | val τ | test τ ± std | τ − statnn | R² | train s / seed |",
+             "|---|---|---|---|---|---|---|"]
     for report in _load(paths):
         seeds = report["seeds"]
+        loss = report.get("loss", "auto")
         label = (f"{report['zoo'].rstrip('/').rsplit('/', 1)[-1]} ({report['mode']}, "
                  f"{report['num_rows']} networks, {report['steps']:,} steps, {seeds} "
-                 f"seed{'s' * (seeds > 1)})")
+                 f"seed{'s' * (seeds > 1)}{'' if loss == 'auto' else f', {loss} loss'})")
         statnn = report["tau"].get("statnn")
+        val = report.get("val_tau", {})
         for name, tau in report["tau"].items():
             versus = "–" if statnn is None or name == "statnn" else f"{tau - statnn:+.4f}"
-            lines.append(f"| {label} | {name} | {tau:.4f} ± {report['tau_std'][name]:.4f} | "
-                         f"{versus} | {report['r2'][name]:.3f} | "
+            lines.append(f"| {label} | {name} | {_num(val.get(name), '.4f')} | {tau:.4f} ± "
+                         f"{report['tau_std'][name]:.4f} | {versus} | {report['r2'][name]:.3f} | "
                          f"{report['seconds_per_seed'][name]:,.0f} |")
             label = ""
         for name, why in report.get("skipped", {}).items():
-            lines.append(f"| {label} | {name} | skipped: {why} | | | |")
+            lines.append(f"| {label} | {name} | | skipped: {why} | | | |")
             label = ""
     return "\n".join(lines)
 

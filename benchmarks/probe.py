@@ -96,8 +96,13 @@ def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
         report = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    if (report.get("zoo") != str(zoo.path)
-            or report.get("config") != json.loads(json.dumps(to_dict(config)))):
+    wanted = json.loads(json.dumps(to_dict(config)))
+    # A field added to ProbeConfig after the run was written reads as its default there: the
+    # run did what the default does (a new field's default keeps the old behaviour).
+    defaults = json.loads(json.dumps(to_dict(ProbeConfig())))
+    stored = {**{k: v for k, v in defaults.items() if k not in ("train", "encoder_config")},
+              **report.get("config", {})}
+    if report.get("zoo") != str(zoo.path) or stored != wanted:
         return None
     print(f"{config.encoder}: reusing {folder / 'results.json'}", flush=True)
     return report
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
                         help="default 1 quick, 3 full or with --augmentations")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
     parser.add_argument("--target", default="test_acc")
+    parser.add_argument("--loss", default="auto", choices=("auto", "bce", "mse"),
+                        help="the probe's loss for a numeric target (ProbeConfig.loss)")
     parser.add_argument("--out", type=Path, default=None,
                         help="runs and results per encoder (default: under --zoo-dir); reused "
                              "on rerun")
@@ -157,7 +164,8 @@ def main(argv=None) -> int:
         zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe)
     train = override(DEFAULT_TRAIN, [f"steps={steps}",
                                      f"eval.every={max(steps // 20, 25)}"])
-    out = args.out or args.zoo_dir / f"runs-{zoo.path.name}-{args.target}-{steps}steps"
+    out = args.out or args.zoo_dir / (f"runs-{zoo.path.name}-{args.target}-{steps}steps"
+                                      + ("" if args.loss == "auto" else f"-{args.loss}"))
     if args.augmentations:
         settings = [s.strip() for s in args.settings.split(",") if s.strip()]
         try:
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
         return finish(result, args.save)
     rows, skipped = [], {}
     for name in encoders:
-        config = ProbeConfig(target=args.target, encoder=name, seeds=seeds,
+        config = ProbeConfig(target=args.target, encoder=name, seeds=seeds, loss=args.loss,
                              encoder_config=ENCODER_CONFIG.get(name, {}), train=train)
         if name != "statnn_gbt":
             try:  # an encoder that cannot read this weight space says why, in one line
@@ -184,6 +192,7 @@ def main(argv=None) -> int:
             report = run_probe(zoo, config, out / name)
         tau, r2 = report["summary"]["kendall_tau"], report["summary"]["r2"]
         rows.append({"encoder": name, "tau": tau["mean"], "tau_std": tau["std"],
+                     "val_tau": report["validation"]["kendall_tau"]["mean"],
                      "r2": r2["mean"], "seconds_per_seed": report["seconds"],
                      "num_rows": report["num_rows"]})
         print(f"{name:15s} τ {tau['mean']:.4f} ± {tau['std']:.4f}  R² {r2['mean']:.3f}  "
@@ -204,7 +213,8 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode,
                    "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
-                   "steps": steps, "tau": tau, **verdict,
+                   "steps": steps, "loss": args.loss, "tau": tau, **verdict,
+                   "val_tau": {r["encoder"]: r["val_tau"] for r in rows},
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
                    "r2": {r["encoder"]: r["r2"] for r in rows},
                    "seconds_per_seed": {r["encoder"]: r["seconds_per_seed"] for r in rows},

@@ -120,3 +120,24 @@ def test_a_probe_folder_from_before_a_new_field_still_resumes(scaled_zoo, tmp_pa
     run_probe(scaled_zoo, config, out)  # accepted: resumes (nothing left to train)
     with pytest.raises(Exception, match="log_scale"):
         run_probe(scaled_zoo, dataclasses.replace(config, log_scale=1.0), out)
+
+
+def test_probe_loss_option(scaled_zoo, tmp_path):
+    """`loss="mse"` fits an accuracy standardised (not through a sigmoid) and still ranks the
+    models; a loss that cannot apply to the target is refused in one line naming it."""
+    with pytest.raises(ConfigError, match="loss must be one of auto, bce, mse; got 'l1'"):
+        ProbeConfig(loss="l1")
+    with pytest.raises(ProbeError, match="'kind' is a text column.*loss mse"):
+        run_probe(scaled_zoo, ProbeConfig(encoder="statnn", target="kind", loss="mse"))
+    with pytest.raises(ProbeError, match=r"loss bce needs a target in \[0, 1\]; 'model' spans"):
+        run_probe(scaled_zoo, ProbeConfig(encoder="statnn", target="model", loss="bce"))
+    import wsl.train.probe as probe_module
+
+    assert probe_module._target(np.array([0.2, 0.9]), "acc")[0] == "bce"
+    assert probe_module._target(np.array([0.2, 0.9]), "acc", "mse")[0] == "mse"
+    config = ProbeConfig(encoder="statnn", loss="mse",
+                         train=override(DEFAULT_TRAIN, ["steps=400", "eval.every=100"]))
+    report = run_probe(scaled_zoo, config, tmp_path / "probe")
+    assert report["config"]["loss"] == "mse"
+    assert report["summary"]["kendall_tau"]["mean"] > 0.6
+    assert report["summary"]["r2"]["mean"] > 0.4  # predictions come back in the target's units

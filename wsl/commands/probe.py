@@ -51,6 +51,10 @@ def _parser():
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="training runs with different splits and initialisations; the "
                              "report gives mean ± std over them")
+    parser.add_argument("--loss", default="auto", choices=("auto", "bce", "mse"),
+                        help="numeric targets: auto (binary cross-entropy for values in [0, 1], "
+                             "as in the NFN recipe; else MSE), bce, or mse on standardised "
+                             "values (better when accuracies span a narrow range)")
     parser.add_argument("--epoch", default="last", choices=("last", "all"),
                         help="rows probed: each model's last checkpoint, or every checkpoint")
     augment = parser.add_mutually_exclusive_group()
@@ -139,7 +143,7 @@ def main(argv: list[str]) -> int:
             train_words.append(word)
     try:
         config = override(ProbeConfig(target=args.target, encoder=args.encoder, seeds=args.seeds,
-                                      epoch=args.epoch, augment=args.augment,
+                                      epoch=args.epoch, augment=args.augment, loss=args.loss,
                                       encoder_config=encoder_config,
                                       train=override(DEFAULT_TRAIN, train_words)), probe_words)
     except ConfigError as err:
