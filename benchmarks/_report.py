@@ -155,16 +155,28 @@ def analyze_markdown(paths: list[str]) -> str:
 
 
 def analyze_width_markdown(paths: list[str]) -> str:
-    """The loss-based metrics' cost width by width, from `benchmarks/analyze.py --save` files."""
+    """The loss-based metrics' cost width by width, from `benchmarks/analyze.py --save` files;
+    for the Hessian, where measured, its FLOPs per model and the speed-up ceiling (loop time
+    against those FLOPs at the machine's matmul peak)."""
     lines = ["| zoo | metric | width | models | one at a time ms/model | vectorised ms/model | "
-             "speedup |", "|---|---|---|---|---|---|---|"]
+             "speedup | GFLOP/model | ceiling at matmul peak |", "|---" * 9 + "|"]
     for report in _load(paths):
         for metric in ("hessian", "mc"):
             for i, r in enumerate(report.get(f"{metric}_by_width", [])):
                 label = f"{report['recipe']} ({report['mode']})" if i == 0 else ""
+                roof = (f"{r['gflop']:.3g} | {r['ceiling']:.1f}×" if "ceiling" in r
+                        else "– | –")
                 lines.append(f"| {label} | {metric if i == 0 else ''} | {r['width']} | "
                              f"{r['models']} | {r['loop_ms']:.1f} | {r['vmapped_ms']:.1f} | "
-                             f"{r['speedup']:.2f}× |")
+                             f"{r['speedup']:.2f}× | {roof} |")
+            total = report.get("hessian_ceiling") if metric == "hessian" else None
+            if total:
+                lines.append(f"|  |  | all | {sum(r['models'] for r in report['hessian_by_width'])}"
+                             f" | {total['loop_ms_total']:.0f} (sum) | "
+                             f"{total['vmapped_ms_total']:.0f} (sum) | "
+                             f"{total['loop_ms_total'] / total['vmapped_ms_total']:.2f}× | "
+                             f"peak {total['matmul_peak_gflop_per_s']:.0f} GFLOP/s | "
+                             f"{total['speedup_ceiling']:.1f}× |")
     return "\n".join(lines)
 
 

@@ -96,10 +96,47 @@ def measure(zoo, metric: str, settings: AnalyzeSettings, sample: int) -> dict:
             "values": values}
 
 
-def by_width(zoo, metric: str, settings: AnalyzeSettings) -> list[dict]:
+def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of one jitted size³ float32 matmul on this machine (best of `repeats`): the rate
+    no program made of smaller matmuls exceeds."""
+    a = jax.random.normal(jax.random.key(0), (size, size), np.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def hessian_flops(zoo, settings: AnalyzeSettings, row: int) -> float:
+    """Floating-point operations of the Hessian metric for one model: (Lanczos iterations +
+    trace samples) Hessian-vector products, each counted by XLA's cost analysis of one product
+    as the metric computes it (reverse over reverse, at the model's narrowed width). XLA counts
+    a loop's body once, so the product is compiled alone and multiplied."""
+    from wsl.eval.hessian import _flat_operator
+    from wsl.eval.zoo_analysis import _loss
+
+    context = _Context(zoo, settings)
+    x, y = context.data()[:2]
+    arch, rows = next(context.groups(np.array([row])))
+    params = jax.tree.map(lambda a: a[0], context.params(rows, arch))
+    flat, _, matvec = _flat_operator(lambda p: _loss(arch, p, x, y), params, None, reverse=True)
+    cost = jax.jit(matvec).lower(flat).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return (settings.lanczos_iterations + settings.trace_samples) * float(cost["flops"])
+
+
+def by_width(zoo, metric: str, settings: AnalyzeSettings, peak: float | None = None
+             ) -> list[dict]:
     """Per width of the phase grid, milliseconds per model one at a time (the best of the
     width's first two models, after a warm-up) and vectorised (all the width's models, after a
-    warm-up): where the vectorised program gains, and where both are bound by arithmetic."""
+    warm-up): where the vectorised program gains, and where both are bound by arithmetic.
+
+    For the Hessian, with `peak` (FLOP/s, `matmul_peak_flops`) it also gives the model's FLOPs,
+    the rate each run reaches, and ``ceiling``: loop time / (FLOPs at the peak rate), the
+    largest speed-up any vectorised program could have over the loop on this machine."""
     rows = zoo.filter(epoch="last").global_rows
     widths = zoo._table["width"][rows].astype(int)
     one = dataclasses.replace(settings, batch_models=1)
@@ -110,9 +147,26 @@ def by_width(zoo, metric: str, settings: AnalyzeSettings) -> list[dict]:
         loop = min(_time(zoo, one, metric, mine[i:i + 1])[0] for i in range(min(2, len(mine))))
         _time(zoo, settings, metric, mine)
         vmapped = _time(zoo, settings, metric, mine)[0] / len(mine)
-        out.append({"width": int(w), "models": int(len(mine)), "loop_ms": 1000 * loop,
-                    "vmapped_ms": 1000 * vmapped, "speedup": loop / vmapped})
+        line = {"width": int(w), "models": int(len(mine)), "loop_ms": 1000 * loop,
+                "vmapped_ms": 1000 * vmapped, "speedup": loop / vmapped}
+        if metric == "hessian" and peak:
+            flops = hessian_flops(zoo, settings, int(mine[0]))
+            line.update({"gflop": flops / 1e9, "loop_gflop_per_s": flops / loop / 1e9,
+                         "vmapped_gflop_per_s": flops / vmapped / 1e9,
+                         "ceiling": loop / (flops / peak)})
+        out.append(line)
     return out
+
+
+def ceiling_summary(lines: list[dict], peak: float) -> dict:
+    """Over the grid (each width weighted by its models): loop time against the time the
+    Hessian's FLOPs take at the peak rate — the bound on the whole-zoo speed-up."""
+    loop = sum(r["loop_ms"] * r["models"] for r in lines)
+    ideal = sum(r["gflop"] * 1e9 / peak * 1000 * r["models"] for r in lines)
+    vmapped = sum(r["vmapped_ms"] * r["models"] for r in lines)
+    return {"matmul_peak_gflop_per_s": peak / 1e9, "loop_ms_total": loop,
+            "vmapped_ms_total": vmapped, "at_peak_ms_total": ideal,
+            "speedup_ceiling": loop / ideal, "share_of_peak_vmapped": ideal / vmapped}
 
 
 PHASE_COLORS = ("test_acc", "train_acc", "hessian_top_eigenvalue", "hessian_trace",
@@ -169,7 +223,8 @@ def main(argv=None) -> int:
         zoo = _zoo(mode, scratch if mode == "smoke" else None)
         rows = [measure(zoo, m, SETTINGS[mode], SETUPS[mode][2]) for m in metrics]
         # The loss-based metrics, width by width (the phase zoo's cost grows with width).
-        per_width = {m: by_width(zoo, m, SETTINGS[mode]) for m in metrics
+        peak = matmul_peak_flops(256 if mode == "smoke" else 1024)
+        per_width = {m: by_width(zoo, m, SETTINGS[mode], peak) for m in metrics
                      if m in ("hessian", "mc") and "width" in zoo.columns}
         save = args.save and mode != "smoke"
         phase = phase_report(zoo, rows, RESULTS / f"analyze-{mode}-phase.png" if save else None)
@@ -190,10 +245,22 @@ def main(argv=None) -> int:
           f"grid after a warm-up; vmapped: every model, steady state = second run)")
     for m, lines in per_width.items():
         print(f"\n{m}, width by width (ms per model):")
-        print("  ".join(f"{c:>10}" for c in ("width", "models", "loop", "vmapped", "speedup")))
+        roof = m == "hessian" and "ceiling" in lines[0]
+        print("  ".join(f"{c:>10}" for c in ("width", "models", "loop", "vmapped", "speedup")
+                        + (("GFLOP", "loop GF/s", "vmap GF/s", "ceiling") if roof else ())))
         for r in lines:
             print(f"{r['width']:>10}  {r['models']:>10}  {r['loop_ms']:>10.1f}  "
-                  f"{r['vmapped_ms']:>10.1f}  {r['speedup']:>9.2f}x")
+                  f"{r['vmapped_ms']:>10.1f}  {r['speedup']:>9.2f}x" + (
+                      f"  {r['gflop']:>10.3f}  {r['loop_gflop_per_s']:>10.1f}  "
+                      f"{r['vmapped_gflop_per_s']:>10.1f}  {r['ceiling']:>9.2f}x" if roof else ""))
+        if roof:
+            c = ceiling_summary(lines, peak)
+            print(f"ceiling: at this machine's matmul peak ({c['matmul_peak_gflop_per_s']:.0f} "
+                  f"GFLOP/s, one 1024³ matmul) the grid's Hessian FLOPs take "
+                  f"{c['at_peak_ms_total']:.0f} ms against the loop's {c['loop_ms_total']:.0f} "
+                  f"ms: no program doing this arithmetic can beat the loop by more than "
+                  f"{c['speedup_ceiling']:.2f}x here (the vectorised run reaches "
+                  f"{100 * c['share_of_peak_vmapped']:.0f} % of that peak)")
     result = {"benchmark": "analyze", "mode": mode, "cpu_count": os.cpu_count(),
               "recipe": zoo.manifest["recipe"]["name"], "settings":
                   dataclasses.asdict(SETTINGS[mode])}
@@ -206,6 +273,8 @@ def main(argv=None) -> int:
                        f"{m}_speedup": r["speedup"], f"{m}_models": r["models"]})
     for m, lines in per_width.items():
         result[f"{m}_by_width"] = lines
+        if m == "hessian" and "ceiling" in lines[0]:
+            result["hessian_ceiling"] = ceiling_summary(lines, peak)
     if rows:
         result["min_speedup"] = min(r["speedup"] for r in rows)
     result["phase"] = phase
