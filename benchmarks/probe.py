@@ -10,6 +10,7 @@ same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vect
     python benchmarks/probe.py --quick            # 256-model zoo, 1 seed, short training: minutes
     python benchmarks/probe.py --zoo Z            # the acceptance run: ≥ 2,000 models, 3 seeds
     python benchmarks/probe.py --zoo-recipe transformer-mnist   # another architecture's zoo
+    python benchmarks/probe.py --encoders unf,unf:pool=moments  # an encoder option as its own row
     python benchmarks/probe.py --quick --augmentations --save benchmarks/results/X.json
 
 ``--augmentations`` measures the augmentations of Shamsian et al. 2023 instead
@@ -62,6 +63,27 @@ DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng
 # head 1000-1000); the neural-graph encoders run 2 layers of width 64 instead of 4, for 2 CPU cores.
 ENCODER_CONFIG = {"ng_gnn": {"num_layers": 2}, "ng_transformer": {"num_layers": 2}}
 EQUIVARIANT = ("nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer", "unf")
+
+
+def encoder_spec(spec: str) -> tuple[str, dict]:
+    """``name[:key=value[:key=value]]`` → (encoder name, its config): the benchmark's defaults for
+    the encoder, then the options written after it (``unf:pool=moments``); a value is read as
+    JSON where it parses (numbers, lists, true/false), else kept as a string."""
+    name, *words = spec.split(":")
+    config = dict(ENCODER_CONFIG.get(name, {}))
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"encoder option {word!r} in {spec!r} is not key=value")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return name, config
+
+
+def is_equivariant(spec: str) -> bool:
+    return spec.split(":")[0] in EQUIVARIANT
 # --augmentations: settings compared (names joined by "+"), each against no augmentation.
 AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "permute+prune",
                     "permute+mixup")
@@ -121,7 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-probe")
     parser.add_argument("--encoders", default=None,
-                        help="default: the seven; statnn with --augmentations")
+                        help="default: the seven; statnn with --augmentations. Options follow "
+                             "a name after colons: unf:pool=moments (compared as its own row)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="default 1 quick, 3 full or with --augmentations")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
@@ -148,7 +171,7 @@ def main(argv=None) -> int:
         atexit.register(shutil.rmtree, args.zoo_dir, True)
     encoders = (args.encoders.split(",") if args.encoders
                 else ["statnn"] if args.augmentations else list(DEFAULT_ENCODERS))
-    unknown = [e for e in encoders if e not in ENCODERS]
+    unknown = [e for e in encoders if e.split(":")[0] not in ENCODERS]
     if unknown:
         parser.error(f"unknown encoders {unknown}; choose from {list(ENCODERS)}")
     if args.augmentations and "statnn_gbt" in encoders:
@@ -177,19 +200,24 @@ def main(argv=None) -> int:
         result.update({"mode": f"augmentations-{mode}", "steps": steps})
         return finish(result, args.save)
     rows, skipped = [], {}
-    for name in encoders:
-        config = ProbeConfig(target=args.target, encoder=name, seeds=seeds, loss=args.loss,
-                             encoder_config=ENCODER_CONFIG.get(name, {}), train=train)
-        if name != "statnn_gbt":
+    for name in encoders:  # a name here is a spec: the encoder, then any options
+        try:
+            encoder, encoder_config = encoder_spec(name)
+        except ValueError as err:
+            parser.error(str(err))
+        config = ProbeConfig(target=args.target, encoder=encoder, seeds=seeds, loss=args.loss,
+                             encoder_config=encoder_config, train=train)
+        if encoder != "statnn_gbt":
             try:  # an encoder that cannot read this weight space says why, in one line
-                build_encoder(name, zoo.weight_space, **ENCODER_CONFIG.get(name, {}))
+                build_encoder(encoder, zoo.weight_space, **encoder_config)
             except WslError as err:
                 skipped[name] = str(err)
                 print(f"{name:15s} skipped: {err}", flush=True)
                 continue
-        report = finished_report(out / name, zoo, config)
+        folder = out / name.replace(":", "+")
+        report = finished_report(folder, zoo, config)
         if report is None:
-            report = run_probe(zoo, config, out / name)
+            report = run_probe(zoo, config, folder)
         tau, r2 = report["summary"]["kendall_tau"], report["summary"]["r2"]
         rows.append({"encoder": name, "tau": tau["mean"], "tau_std": tau["std"],
                      "val_tau": report["validation"]["kendall_tau"]["mean"],
@@ -203,13 +231,13 @@ def main(argv=None) -> int:
     print(f"\n{zoo.path}: {rows[0]['num_rows']} networks (last checkpoints), target "
           f"{args.target}, {seeds} seed(s), {steps} steps\n" + table(head, lines))
     tau = {r["encoder"]: r["tau"] for r in rows}
-    best_equivariant = max((tau[e] for e in EQUIVARIANT if e in tau), default=None)
+    best_equivariant = max((t for e, t in tau.items() if is_equivariant(e)), default=None)
     verdict = {}
     if best_equivariant is not None and "statnn" in tau:
         verdict["best_equivariant_minus_statnn"] = best_equivariant - tau["statnn"]
     if "flat_mlp" in tau:
-        verdict["equivariant_minus_flat_mlp"] = {e: tau[e] - tau["flat_mlp"]
-                                                 for e in EQUIVARIANT if e in tau}
+        verdict["equivariant_minus_flat_mlp"] = {e: t - tau["flat_mlp"] for e, t in tau.items()
+                                                 if is_equivariant(e)}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode,
                    "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,

@@ -97,6 +97,11 @@ def _numbers(value: Any) -> bool:
                              and all(_is_number(v) for v in value))
 
 
+# Invariant readouts of an equivariant feature map: "mean" over its permuted axes (NFN, UNF), or
+# "moments", the mean and the standard deviation (a spread is what StatNN's statistics see, and
+# a mean alone cannot: two layers whose units differ only in spread pool alike).
+POOLS = ("mean", "moments")
+
 # option name -> (test, what a valid value is); an encoder is checked on the options it has.
 _RULES: dict[str, tuple[Any, str]] = {
     "out_dim": (_positive_int, "an integer ≥ 1"),
@@ -115,6 +120,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "projection_dim": (_positive_int, "an integer ≥ 1"),
     "representation_dim": (_positive_int, "an integer ≥ 1"),
     "transpose": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "pool": (lambda v: v in POOLS, f"one of {list(POOLS)}"),
     "layer": (lambda v: v is None or isinstance(v, str), "a layer name or none"),
     "feature_mean": (_numbers, "finite numbers (one per feature) or none"),
     "feature_std": (lambda v: _numbers(v) and (v is None or all(s > 0 for s in v)),

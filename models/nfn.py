@@ -139,6 +139,7 @@ class NFN(nn.Module):
     head_widths: Sequence[int] = (1000, 1000)
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
+    pool: str = "mean"  # invariant readout: "mean" or "moments" (mean and std; `unf.pool`)
 
     def structure(self) -> tuple[Entity, ...]:
         return nfn_structure(layer_chain(self.weight_space), self.mode)

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import MLP, check_encoder_config, prepare
+from wsl.models.encoders import MLP, POOLS, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import tensor_at
 from wsl.models.normalize import TensorNormalizer
@@ -243,8 +243,8 @@ def features_of(structure: tuple[UNFTensor, ...], params) -> list[jax.Array]:
 
 
 class UNF(nn.Module):
-    """UNF encoder: equivariant layers with a pointwise activation, then per-tensor mean pooling
-    and an MLP (``output="invariant"``: (B, out_dim)), or a last equivariant layer to out_dim
+    """UNF encoder: equivariant layers with a pointwise activation, then per-tensor pooling
+    (``pool``: "mean", or "moments" = mean and standard deviation) and an MLP (``output="invariant"``: (B, out_dim)), or a last equivariant layer to out_dim
     channels (``output="equivariant"``: a params dict of the weight space's shapes, with a
     trailing axis of size out_dim when out_dim > 1).
 
@@ -259,6 +259,7 @@ class UNF(nn.Module):
     activation: str = "relu"
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
+    pool: str = "mean"
 
     def structure(self) -> tuple[UNFTensor, ...]:
         return unf_structure(self.weight_space)
@@ -299,5 +300,23 @@ def encode(encoder, layer: type[UNFLayer], act, head, params):
         squeeze = encoder.out_dim == 1
         return encoder.weight_space.map_tensors(
             lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
-    pooled = [f.mean(axis=tuple(range(1, f.ndim - 1))) if f.ndim > 2 else f for f in features]
-    return head(jnp.concatenate(pooled, axis=-1))
+    return head(jnp.concatenate([pool(f, encoder.pool) for f in features], axis=-1))
+
+
+def pool(feature: jax.Array, how: str = "mean") -> jax.Array:
+    """Invariant summary of one feature map (B, *permuted axes, channels) → (B, channels) for
+    ``"mean"``, (B, 2 · channels) for ``"moments"`` (mean, then standard deviation, over the
+    permuted axes). A map without permuted axes is already invariant: returned as it is (and
+    with zero spread for "moments", so that every readout has the same width per tensor)."""
+    axes = tuple(range(1, feature.ndim - 1))
+    if how == "mean":
+        return feature.mean(axis=axes) if axes else feature
+    if how == "moments":
+        if not axes:
+            return jnp.concatenate([feature, jnp.zeros_like(feature)], axis=-1)
+        mean = feature.mean(axis=axes)
+        # sqrt(var + eps): the gradient of std is infinite where every unit is equal.
+        spread = jnp.sqrt(jnp.square(feature - feature.mean(axis=axes, keepdims=True))
+                          .mean(axis=axes) + 1e-8)
+        return jnp.concatenate([mean, spread], axis=-1)
+    raise ModelError(f"pool must be one of {POOLS}; got {how!r}")

@@ -63,11 +63,13 @@ def test_unf_builds_for_all_five_architectures(population):
         assert out.shape == (3, 2), name
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_invariant_to_random_permutations_and_not_constant(name, population):
+@pytest.mark.parametrize("name,encoder,pool", [(n, "unf", "mean") for n in CONFIGS] + [
+    ("transformer", "unf", "moments"), ("resnet", "unf", "moments"),
+    ("small_cnn", "nfn_hnp", "moments"), ("mlp", "nfn_np", "moments")])
+def test_invariant_to_random_permutations_and_not_constant(name, encoder, pool, population):
     space = space_of(name)
     params = population(space, 4, seed=1)
-    encoder = build_encoder("unf", space, out_dim=3, **ONE_LAYER)
+    encoder = build_encoder(encoder, space, out_dim=3, pool=pool, **ONE_LAYER)
 
     @jax.jit  # one compile: eager flax init costs a compile per op
     def run(key):
@@ -87,6 +89,17 @@ def test_invariant_to_random_permutations_and_not_constant(name, population):
     # different networks, different outputs
     assert float(jnp.min(jnp.abs(out[:4, None] - out[None, :4]).sum(-1)
                          + jnp.eye(4) * 1e9)) > 1e-3 * float(jnp.abs(out).max())
+
+
+def test_moments_pooling_sees_the_spread_the_mean_misses():
+    from wsl.models.unf import pool
+
+    x = jnp.stack([jnp.array([[1.0], [-1.0]]), jnp.array([[3.0], [-3.0]])])  # (2 models, 2 units, 1)
+    assert jnp.allclose(pool(x, "mean"), 0.0)
+    assert jnp.allclose(pool(x, "moments"), jnp.array([[0.0, 1.0], [0.0, 3.0]]), atol=1e-4)
+    assert pool(jnp.ones((2, 3)), "moments").shape == (2, 6)  # nothing permuted: zero spread
+    with pytest.raises(ModelError, match="pool"):
+        build_encoder("unf", space_of("mlp"), pool="max")
 
 
 def permute_hidden(space, arrays, perm):
