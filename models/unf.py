@@ -244,9 +244,10 @@ def features_of(structure: tuple[UNFTensor, ...], params) -> list[jax.Array]:
 
 class UNF(nn.Module):
     """UNF encoder: equivariant layers with a pointwise activation, then per-tensor pooling
-    (``pool``: "mean", or "moments" = mean and standard deviation) and an MLP (``output="invariant"``: (B, out_dim)), or a last equivariant layer to out_dim
-    channels (``output="equivariant"``: a params dict of the weight space's shapes, with a
-    trailing axis of size out_dim when out_dim > 1).
+    (``pool``: "mean", or "moments" = mean and standard deviation) and an MLP
+    (``output="invariant"``: (B, out_dim)), or a last equivariant layer to out_dim channels
+    (``output="equivariant"``: a params dict of the weight space's shapes, with a trailing axis
+    of size out_dim when out_dim > 1).
 
     Works on any `WeightSpace` whose tensors carry each group at most once.
     """

@@ -94,7 +94,8 @@ def test_invariant_to_random_permutations_and_not_constant(name, encoder, pool, 
 def test_moments_pooling_sees_the_spread_the_mean_misses():
     from wsl.models.unf import pool
 
-    x = jnp.stack([jnp.array([[1.0], [-1.0]]), jnp.array([[3.0], [-3.0]])])  # (2 models, 2 units, 1)
+    # 2 models, 2 units, 1 channel: equal means, different spreads
+    x = jnp.stack([jnp.array([[1.0], [-1.0]]), jnp.array([[3.0], [-3.0]])])
     assert jnp.allclose(pool(x, "mean"), 0.0)
     assert jnp.allclose(pool(x, "moments"), jnp.array([[0.0, 1.0], [0.0, 3.0]]), atol=1e-4)
     assert pool(jnp.ones((2, 3)), "moments").shape == (2, 6)  # nothing permuted: zero spread
