@@ -267,7 +267,10 @@ def probe_markdown(paths: list[str]) -> str:
                          f"{report['seconds_per_seed'][name]:,.0f} |")
             label = ""
         for name, why in report.get("skipped", {}).items():
-            lines.append(f"| {label} | {name} | | skipped: {why} | | | |")
+            # "<encoder> supports …: <the tensor at fault>: <why>" → its first and last clauses
+            head, _, rest = why.partition(": ")
+            short = f"{head}: {rest.rsplit(': ', 1)[-1]}" if rest else head
+            lines.append(f"| {label} | {name} | | skipped: {short} | | | |")
             label = ""
     return "\n".join(lines)
 
