@@ -37,6 +37,7 @@ import atexit
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -63,6 +64,9 @@ DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng
 # head 1000-1000); the neural-graph encoders run 2 layers of width 64 instead of 4, for 2 CPU cores.
 ENCODER_CONFIG = {"ng_gnn": {"num_layers": 2}, "ng_transformer": {"num_layers": 2}}
 EQUIVARIANT = ("nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer", "unf")
+# --augmentations: settings compared (names joined by "+"), each against no augmentation.
+AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "permute+prune",
+                    "permute+mixup")
 
 
 def encoder_spec(spec: str) -> tuple[str, dict]:
@@ -84,9 +88,6 @@ def encoder_spec(spec: str) -> tuple[str, dict]:
 
 def is_equivariant(spec: str) -> bool:
     return spec.split(":")[0] in EQUIVARIANT
-# --augmentations: settings compared (names joined by "+"), each against no augmentation.
-AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "permute+prune",
-                    "permute+mixup")
 
 
 def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False,
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
         # Only a scratch directory: a smoke run leaves nothing behind.
         args.zoo_dir = Path(tempfile.mkdtemp(prefix="wsl-bench-probe-"))
         atexit.register(shutil.rmtree, args.zoo_dir, True)
-    encoders = (args.encoders.split(",") if args.encoders
+    # Commas inside brackets belong to an option's list (unf:head_widths=[64,64]).
+    encoders = (re.split(r",(?![^\[]*\])", args.encoders) if args.encoders
                 else ["statnn"] if args.augmentations else list(DEFAULT_ENCODERS))
     unknown = [e for e in encoders if e.split(":")[0] not in ENCODERS]
     if unknown:
@@ -214,7 +216,8 @@ def main(argv=None) -> int:
                 skipped[name] = str(err)
                 print(f"{name:15s} skipped: {err}", flush=True)
                 continue
-        folder = out / name.replace(":", "+")
+        # Only word characters in the folder's name: orbax's store rejects paths with brackets.
+        folder = out / re.sub(r"[^\w.=+-]", "_", name.replace(":", "+"))
         report = finished_report(folder, zoo, config)
         if report is None:
             report = run_probe(zoo, config, folder)
