@@ -123,3 +123,15 @@ def test_generate_rows_survive_a_new_config_field_but_not_a_changed_value():
     assert not _same_settings({**settings, "steps": 12000}, settings)
     other = {**settings, "generator": {**settings["generator"], "normalize": "entry"}}
     assert not _same_settings(other, settings) and not _same_settings(None, settings)
+
+
+def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
+    from benchmarks.probe import encoder_spec, is_equivariant
+
+    assert encoder_spec("unf") == ("unf", {})
+    assert encoder_spec("unf:pool=moments:head_widths=[64,64]") == (
+        "unf", {"pool": "moments", "head_widths": [64, 64]})
+    assert encoder_spec("ng_gnn:dim=32") == ("ng_gnn", {"num_layers": 2, "dim": 32})
+    assert is_equivariant("unf:pool=moments") and not is_equivariant("statnn")
+    with pytest.raises(ValueError, match="not key=value"):
+        encoder_spec("unf:moments")
