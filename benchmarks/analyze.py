@@ -226,6 +226,8 @@ def main(argv=None) -> int:
         peak = matmul_peak_flops(256 if mode == "smoke" else 1024)
         per_width = {m: by_width(zoo, m, SETTINGS[mode], peak) for m in metrics
                      if m in ("hessian", "mc") and "width" in zoo.columns}
+        ceiling = (ceiling_summary(per_width["hessian"], peak)
+                   if "ceiling" in per_width.get("hessian", [{}])[0] else None)
         save = args.save and mode != "smoke"
         phase = phase_report(zoo, rows, RESULTS / f"analyze-{mode}-phase.png" if save else None)
 
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
           f"grid after a warm-up; vmapped: every model, steady state = second run)")
     for m, lines in per_width.items():
         print(f"\n{m}, width by width (ms per model):")
-        roof = m == "hessian" and "ceiling" in lines[0]
+        roof = m == "hessian" and ceiling is not None
         print("  ".join(f"{c:>10}" for c in ("width", "models", "loop", "vmapped", "speedup")
                         + (("GFLOP", "loop GF/s", "vmap GF/s", "ceiling") if roof else ())))
         for r in lines:
@@ -254,9 +256,9 @@ def main(argv=None) -> int:
                       f"  {r['gflop']:>10.3f}  {r['loop_gflop_per_s']:>10.1f}  "
                       f"{r['vmapped_gflop_per_s']:>10.1f}  {r['ceiling']:>9.2f}x" if roof else ""))
         if roof:
-            c = ceiling_summary(lines, peak)
+            c = ceiling
             print(f"ceiling: at this machine's matmul peak ({c['matmul_peak_gflop_per_s']:.0f} "
-                  f"GFLOP/s, one 1024³ matmul) the grid's Hessian FLOPs take "
+                  f"GFLOP/s, one square matmul) the grid's Hessian FLOPs take "
                   f"{c['at_peak_ms_total']:.0f} ms against the loop's {c['loop_ms_total']:.0f} "
                   f"ms: no program doing this arithmetic can beat the loop by more than "
                   f"{c['speedup_ceiling']:.2f}x here (the vectorised run reaches "
@@ -273,8 +275,8 @@ def main(argv=None) -> int:
                        f"{m}_speedup": r["speedup"], f"{m}_models": r["models"]})
     for m, lines in per_width.items():
         result[f"{m}_by_width"] = lines
-        if m == "hessian" and "ceiling" in lines[0]:
-            result["hessian_ceiling"] = ceiling_summary(lines, peak)
+    if ceiling is not None:
+        result["hessian_ceiling"] = ceiling
     if rows:
         result["min_speedup"] = min(r["speedup"] for r in rows)
     result["phase"] = phase
