@@ -234,23 +234,31 @@ def main(argv=None) -> int:
     print(f"\n{zoo.path}: {rows[0]['num_rows']} networks (last checkpoints), target "
           f"{args.target}, {seeds} seed(s), {steps} steps\n" + table(head, lines))
     tau = {r["encoder"]: r["tau"] for r in rows}
-    best_equivariant = max((t for e, t in tau.items() if is_equivariant(e)), default=None)
-    verdict = {}
-    if best_equivariant is not None and "statnn" in tau:
-        verdict["best_equivariant_minus_statnn"] = best_equivariant - tau["statnn"]
-    if "flat_mlp" in tau:
-        verdict["equivariant_minus_flat_mlp"] = {e: t - tau["flat_mlp"] for e, t in tau.items()
-                                                 if is_equivariant(e)}
+    val_tau = {r["encoder"]: r["val_tau"] for r in rows}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode,
                    "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
-                   "steps": steps, "loss": args.loss, "tau": tau, **verdict,
-                   "val_tau": {r["encoder"]: r["val_tau"] for r in rows},
+                   "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
+                   "val_tau": val_tau,
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
                    "r2": {r["encoder"]: r["r2"] for r in rows},
                    "seconds_per_seed": {r["encoder"]: r["seconds_per_seed"] for r in rows},
                    "skipped": skipped},
                   args.save)
+
+
+def verdict(tau: dict[str, float], val_tau: dict[str, float]) -> dict:
+    """Test τ of the equivariant encoders against StatNN and the flat MLP. Which equivariant
+    encoder (or option setting) is "the best" is chosen on validation τ, never on test τ."""
+    out = {}
+    best = max((e for e in tau if is_equivariant(e)), key=val_tau.__getitem__, default=None)
+    if best is not None and "statnn" in tau:
+        out["best_equivariant"] = best
+        out["best_equivariant_minus_statnn"] = tau[best] - tau["statnn"]
+    if "flat_mlp" in tau:
+        out["equivariant_minus_flat_mlp"] = {e: t - tau["flat_mlp"] for e, t in tau.items()
+                                             if is_equivariant(e)}
+    return out
 
 
 def finish(result: dict, save: Path | None) -> int:

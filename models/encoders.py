@@ -120,6 +120,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "projection_dim": (_positive_int, "an integer ≥ 1"),
     "representation_dim": (_positive_int, "an integer ≥ 1"),
     "transpose": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "statistics": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
     "pool": (lambda v: v in POOLS, f"one of {list(POOLS)}"),
     "layer": (lambda v: v is None or isinstance(v, str), "a layer name or none"),
     "feature_mean": (_numbers, "finite numbers (one per feature) or none"),

@@ -27,7 +27,7 @@ from wsl.models.encoders import MLP, check_encoder_config
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.unf import UNFLayer, encode
+from wsl.models.unf import UNFLayer, check_statistics, encode
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")
@@ -140,6 +140,9 @@ class NFN(nn.Module):
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
     pool: str = "mean"  # invariant readout: "mean" or "moments" (mean and std; `unf.pool`)
+    statistics: bool = False  # StatNN's statistics beside the pooled features (`unf.UNF`)
+    feature_mean: Sequence[float] | None = None
+    feature_std: Sequence[float] | None = None
 
     def structure(self) -> tuple[Entity, ...]:
         return nfn_structure(layer_chain(self.weight_space), self.mode)
@@ -153,6 +156,7 @@ class NFN(nn.Module):
         if not self.channels and self.output == "invariant":
             raise ModelError("an invariant NFN needs at least one equivariant layer before "
                              "pooling (channels is empty)")
+        check_statistics(self)
         self.structure()
 
     @nn.compact

@@ -261,6 +261,9 @@ class UNF(nn.Module):
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
     pool: str = "mean"
+    statistics: bool = False
+    feature_mean: Sequence[float] | None = None
+    feature_std: Sequence[float] | None = None
 
     def structure(self) -> tuple[UNFTensor, ...]:
         return unf_structure(self.weight_space)
@@ -272,6 +275,7 @@ class UNF(nn.Module):
         if not self.channels and self.output == "invariant":
             raise ModelError("an invariant UNF needs at least one equivariant layer before "
                              "pooling (channels is empty)")
+        check_statistics(self)
         self.structure()
 
     @nn.compact
@@ -282,10 +286,41 @@ class UNF(nn.Module):
         return encode(self, UNFLayer, ACTIVATIONS[self.activation], head, params)
 
 
+def check_statistics(encoder) -> None:
+    """The `statistics` options of an NFN or UNF: scaling only with statistics, of their width."""
+    from wsl.models.statnn import STATISTICS
+
+    given = [n for n in ("feature_mean", "feature_std") if getattr(encoder, n) is not None]
+    if given and not encoder.statistics:
+        raise ModelError(f"{given[0]} scales the statistics features; set statistics=true to "
+                         f"read them")
+    if encoder.statistics and encoder.output != "invariant":
+        raise ModelError("statistics=true feeds the invariant head; output="
+                         f"{encoder.output!r} has none")
+    width = len(STATISTICS) * len(encoder.weight_space.tensors)
+    for name in given:
+        if len(getattr(encoder, name)) != width:
+            raise ModelError(f"{name} has {len(getattr(encoder, name))} entries; the weight "
+                             f"space has {width} statistics ({len(STATISTICS)} per tensor)")
+
+
+def statistics_of(encoder, params) -> jax.Array:
+    """StatNN's features of (already prepared) params, standardised as the encoder says."""
+    from wsl.models.statnn import stat_features
+
+    x = stat_features(encoder.weight_space, params)
+    if encoder.feature_mean is not None:
+        x = x - jnp.asarray(encoder.feature_mean, jnp.float32)
+    if encoder.feature_std is not None:
+        x = x / jnp.asarray(encoder.feature_std, jnp.float32)
+    return x
+
+
 def encode(encoder, layer: type[UNFLayer], act, head, params):
     """The body NFN and UNF share, called inside the encoder's compact `__call__` (the layers it
     creates are the encoder's submodules): equivariant `layer`s of `encoder.channels` with
-    activation `act`, then per-tensor mean pooling and `head`, or, for
+    activation `act`, then per-tensor pooling (beside the input's StatNN statistics when
+    ``encoder.statistics``) and `head`, or, for
     ``encoder.output == "equivariant"``, a last layer to `encoder.out_dim` channels returned in the
     weight space's shapes."""
     structure = encoder.structure()
@@ -301,7 +336,10 @@ def encode(encoder, layer: type[UNFLayer], act, head, params):
         squeeze = encoder.out_dim == 1
         return encoder.weight_space.map_tensors(
             lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
-    return head(jnp.concatenate([pool(f, encoder.pool) for f in features], axis=-1))
+    pooled = [pool(f, encoder.pool) for f in features]
+    if encoder.statistics:
+        pooled.append(statistics_of(encoder, params))
+    return head(jnp.concatenate(pooled, axis=-1))
 
 
 def pool(feature: jax.Array, how: str = "mean") -> jax.Array:

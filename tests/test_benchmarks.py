@@ -125,6 +125,19 @@ def test_generate_rows_survive_a_new_config_field_but_not_a_changed_value():
     assert not _same_settings(other, settings) and not _same_settings(None, settings)
 
 
+def test_probe_verdict_chooses_the_best_equivariant_encoder_on_validation():
+    from benchmarks.probe import verdict
+
+    tau = {"flat_mlp": 0.20, "statnn": 0.38, "unf": 0.41, "unf:pool=moments": 0.30}
+    val_tau = {"flat_mlp": 0.28, "statnn": 0.42, "unf": 0.36, "unf:pool=moments": 0.37}
+    out = verdict(tau, val_tau)
+    assert out["best_equivariant"] == "unf:pool=moments"  # best on validation, not on test
+    assert out["best_equivariant_minus_statnn"] == pytest.approx(0.30 - 0.38)
+    assert out["equivariant_minus_flat_mlp"] == pytest.approx({"unf": 0.21,
+                                                               "unf:pool=moments": 0.10})
+    assert verdict({"statnn": 0.4}, {"statnn": 0.4}) == {}
+
+
 def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
     from benchmarks.probe import encoder_spec, is_equivariant
 

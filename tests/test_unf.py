@@ -63,13 +63,17 @@ def test_unf_builds_for_all_five_architectures(population):
         assert out.shape == (3, 2), name
 
 
-@pytest.mark.parametrize("name,encoder,pool", [(n, "unf", "mean") for n in CONFIGS] + [
-    ("transformer", "unf", "moments"), ("resnet", "unf", "moments"),
-    ("small_cnn", "nfn_hnp", "moments"), ("mlp", "nfn_np", "moments")])
-def test_invariant_to_random_permutations_and_not_constant(name, encoder, pool, population):
+MOMENTS, STATISTICS = {"pool": "moments"}, {"statistics": True}
+
+
+@pytest.mark.parametrize("name,encoder,options", [(n, "unf", {}) for n in CONFIGS] + [
+    ("transformer", "unf", MOMENTS), ("resnet", "unf", MOMENTS),
+    ("small_cnn", "nfn_hnp", MOMENTS), ("mlp", "nfn_np", MOMENTS),
+    ("transformer", "unf", STATISTICS), ("small_cnn", "nfn_hnp", STATISTICS)])
+def test_invariant_to_random_permutations_and_not_constant(name, encoder, options, population):
     space = space_of(name)
     params = population(space, 4, seed=1)
-    encoder = build_encoder(encoder, space, out_dim=3, pool=pool, **ONE_LAYER)
+    encoder = build_encoder(encoder, space, out_dim=3, **options, **ONE_LAYER)
 
     @jax.jit  # one compile: eager flax init costs a compile per op
     def run(key):
@@ -101,6 +105,35 @@ def test_moments_pooling_sees_the_spread_the_mean_misses():
     assert pool(jnp.ones((2, 3)), "moments").shape == (2, 6)  # nothing permuted: zero spread
     with pytest.raises(ModelError, match="pool"):
         build_encoder("unf", space_of("mlp"), pool="max")
+
+
+def test_statistics_join_the_pooled_features(population):
+    from wsl.models.statnn import stat_features
+
+    space = space_of("mlp")
+    params = population(space, 3)
+    width = 7 * len(space.tensors)
+    plain = build_encoder("unf", space, **ONE_LAYER)
+    hybrid = build_encoder("unf", space, statistics=True, feature_mean=[1.0] * width,
+                           feature_std=[2.0] * width, **ONE_LAYER)
+    pooled = plain.init(jax.random.key(0), params)["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0]
+    variables = hybrid.init(jax.random.key(0), params)
+    head = variables["params"]["MLP_0"]
+    assert head["Dense_0"]["kernel"].shape[0] == pooled + width
+    # With the pooled rows of the head zeroed, the output is the head on the standardised
+    # statistics alone.
+    kernel = head["Dense_0"]["kernel"].at[:pooled].set(0.0)
+    variables = {"params": {**variables["params"],
+                            "MLP_0": {**head, "Dense_0": {**head["Dense_0"], "kernel": kernel}}}}
+    features = (stat_features(space, params) - 1.0) / 2.0
+    hidden = jax.nn.relu(features @ kernel[pooled:] + head["Dense_0"]["bias"])
+    expected = hidden @ head["Dense_1"]["kernel"] + head["Dense_1"]["bias"]
+    assert rel_diff(hybrid.apply(variables, params), expected) < 1e-5
+    for bad, match in [({"feature_mean": [0.0] * width}, "statistics=true"),
+                       ({"statistics": True, "feature_std": [1.0] * 3}, "has 3 entries"),
+                       ({"statistics": "yes"}, "statistics")]:
+        with pytest.raises(ModelError, match=match):
+            build_encoder("unf", space, **bad)
 
 
 def permute_hidden(space, arrays, perm):

@@ -342,8 +342,11 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
             normalizer = TensorNormalizer.fit(space, train_split.params)
             out_dim = len(names) if kind == "classes" else 1
             extra = {}
-            if config.encoder == "statnn" and "feature_mean" not in config.encoder_config:
-                # A fair baseline: its statistics standardised, fitted on the training split.
+            reads_statistics = (config.encoder == "statnn"
+                                or config.encoder_config.get("statistics", False))
+            if reads_statistics and "feature_mean" not in config.encoder_config:
+                # A fair baseline: its statistics standardised, fitted on the training split
+                # (also for an NFN / UNF that reads them beside its pooled features).
                 from wsl.models.encoders import prepare
                 from wsl.models.statnn import fit_feature_scaling, stat_features
 
