@@ -46,6 +46,27 @@ def stat_features(weight_space: WeightSpace, params) -> jax.Array:
     return jnp.concatenate(out, axis=-1)
 
 
+def check_feature_scaling(encoder) -> None:
+    """An encoder's ``feature_mean`` / ``feature_std`` have one entry per statistics feature."""
+    width = len(STATISTICS) * len(encoder.weight_space.tensors)
+    for name in ("feature_mean", "feature_std"):
+        value = getattr(encoder, name)
+        if value is not None and len(value) != width:
+            raise ModelError(f"{type(encoder).__name__} {name} has {len(value)} entries; the "
+                             f"weight space has {width} features ({len(STATISTICS)} per tensor)")
+
+
+def scaled_stat_features(encoder, params) -> jax.Array:
+    """`stat_features` of (prepared) params, minus the encoder's ``feature_mean`` and divided by
+    its ``feature_std`` where given."""
+    x = stat_features(encoder.weight_space, params)
+    if encoder.feature_mean is not None:
+        x = x - jnp.asarray(encoder.feature_mean, jnp.float32)
+    if encoder.feature_std is not None:
+        x = x / jnp.asarray(encoder.feature_std, jnp.float32)
+    return x
+
+
 def stat_feature_names(weight_space: WeightSpace) -> list[str]:
     """Names of the `stat_features` columns, ``"dense_0/kernel:q25"`` and so on."""
     return [f"{path}:{stat}" for path in weight_space.paths for stat in STATISTICS]
@@ -74,21 +95,12 @@ class StatNN(nn.Module):
 
     def check(self):
         check_encoder_config(self)
-        n = 7 * len(self.weight_space.tensors)
-        for name in ("feature_mean", "feature_std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != n:
-                raise ModelError(f"StatNN {name} has {len(value)} entries; the weight space has "
-                                 f"{n} features (7 per tensor)")
+        check_feature_scaling(self)
 
     @nn.compact
     def __call__(self, params, train: bool = False) -> jax.Array:
         self.check()
-        x = stat_features(self.weight_space, prepare(self.weight_space, params, self.normalizer))
-        if self.feature_mean is not None:
-            x = x - jnp.asarray(self.feature_mean, jnp.float32)
-        if self.feature_std is not None:
-            x = x / jnp.asarray(self.feature_std, jnp.float32)
+        x = scaled_stat_features(self, prepare(self.weight_space, params, self.normalizer))
         return MLP(self.head_widths, self.out_dim, dropout=self.dropout)(x, train)
 
 

@@ -63,6 +63,7 @@ from wsl.models.encoders import MLP, POOLS, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import tensor_at
 from wsl.models.normalize import TensorNormalizer
+from wsl.models.statnn import check_feature_scaling, scaled_stat_features
 from wsl.weight_space import WeightSpace
 from wsl.zoos.architectures import ACTIVATIONS
 
@@ -288,8 +289,6 @@ class UNF(nn.Module):
 
 def check_statistics(encoder) -> None:
     """The `statistics` options of an NFN or UNF: scaling only with statistics, of their width."""
-    from wsl.models.statnn import STATISTICS
-
     given = [n for n in ("feature_mean", "feature_std") if getattr(encoder, n) is not None]
     if given and not encoder.statistics:
         raise ModelError(f"{given[0]} scales the statistics features; set statistics=true to "
@@ -297,23 +296,7 @@ def check_statistics(encoder) -> None:
     if encoder.statistics and encoder.output != "invariant":
         raise ModelError("statistics=true feeds the invariant head; output="
                          f"{encoder.output!r} has none")
-    width = len(STATISTICS) * len(encoder.weight_space.tensors)
-    for name in given:
-        if len(getattr(encoder, name)) != width:
-            raise ModelError(f"{name} has {len(getattr(encoder, name))} entries; the weight "
-                             f"space has {width} statistics ({len(STATISTICS)} per tensor)")
-
-
-def statistics_of(encoder, params) -> jax.Array:
-    """StatNN's features of (already prepared) params, standardised as the encoder says."""
-    from wsl.models.statnn import stat_features
-
-    x = stat_features(encoder.weight_space, params)
-    if encoder.feature_mean is not None:
-        x = x - jnp.asarray(encoder.feature_mean, jnp.float32)
-    if encoder.feature_std is not None:
-        x = x / jnp.asarray(encoder.feature_std, jnp.float32)
-    return x
+    check_feature_scaling(encoder)
 
 
 def encode(encoder, layer: type[UNFLayer], act, head, params):
@@ -338,7 +321,7 @@ def encode(encoder, layer: type[UNFLayer], act, head, params):
             lambda t, _: out[t.path][..., 0] if squeeze else out[t.path], params)
     pooled = [pool(f, encoder.pool) for f in features]
     if encoder.statistics:
-        pooled.append(statistics_of(encoder, params))
+        pooled.append(scaled_stat_features(encoder, params))
     return head(jnp.concatenate(pooled, axis=-1))
 
 
