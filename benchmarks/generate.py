@@ -101,10 +101,16 @@ ZOOS = {
 METHODS = {
     "flow": ([], {}),
     "flow-data": (["loss_on=data"], {}),  # the loss on the weights: see benchmarks/flow_ablation
+    # The output projection reads a 2,048-wide layer instead of the 512-wide last block: outputs
+    # leave the 512-dimensional subspace that cannot hold 1,000 training models
+    # (benchmarks/flow_ablation.py, data+3x-steps+head2048).
+    "flow-data-head": (["loss_on=data", "head_width=2048"], {}),
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90"}),
     "flow-data+acc": (["loss_on=data", "condition_scalar=val_acc"], {"cond_scalar": "q90"}),
+    "flow-data-head+acc": (["loss_on=data", "head_width=2048", "condition_scalar=val_acc"],
+                           {"cond_scalar": "q90"}),
     "ddpm+acc": (["method=ddpm", "condition_scalar=val_acc"], {"cond_scalar": "q90"}),
     "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
                         {"cond_scalar": "q90"}),

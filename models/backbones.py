@@ -115,6 +115,11 @@ class MLPBackbone(nn.Module):
     task_shape: tuple[int, ...] = ()  # (classes, features) of a task condition; () for none
     task_embed: int = 64
     scalar_embedding: str = "smooth"  # see Conditioning
+    # Width of the layer the output projection reads; 0: `hidden`. Every output is a linear map
+    # of that layer, so outputs lie in an affine subspace of this dimension: to reproduce the
+    # training weights it must reach their rank (about the number of models, when that is below
+    # the number of weights), not only the width the blocks need.
+    head_width: int = 0
 
     @nn.compact
     def __call__(self, x, t, cond_class=None, cond_scalar=None, cond_task=None):
@@ -125,8 +130,11 @@ class MLPBackbone(nn.Module):
         for i in range(self.depth):
             y = nn.LayerNorm()(h) + nn.Dense(self.hidden, name=f"cond_{i}")(nn.silu(c))
             h = h + nn.Dense(self.hidden)(nn.silu(nn.Dense(2 * self.hidden)(y)))
+        h = nn.silu(nn.LayerNorm()(h))
+        if self.head_width:
+            h = nn.silu(nn.Dense(self.head_width, name="head")(h))
         # Zero-initialised output: the untrained field is 0, a stable start for flows and DDPM.
-        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(nn.silu(nn.LayerNorm()(h)))
+        return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros)(h)
 
 
 def token_layout(space: WeightSpace, token_dim: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -36,6 +36,9 @@ class GeneratorConfig:
     method: Literal["flow", "ddpm", "latent-ddpm"] = "flow"
     backbone: Literal["mlp", "transformer"] = "mlp"
     hidden: int = 512  # MLP width / transformer model dimension
+    # MLP backbone: width of the layer its output projection reads (0: hidden). Generated
+    # weights lie in an affine subspace of this dimension; see MLPBackbone.head_width.
+    head_width: int = 0
     depth: int = 3
     token_dim: int = 64  # transformer: weights per token (tokens never straddle tensors)
     heads: int = 4
@@ -82,6 +85,7 @@ class GeneratorConfig:
                       "ae_steps", "task_embed"):
             require(getattr(self, field) >= 1, field, "must be ≥ 1")
         require(all(w >= 1 for w in self.ae_hidden), "ae_hidden", "widths must be ≥ 1")
+        require(self.head_width >= 0, "head_width", "must be ≥ 0 (0: the hidden width)")
         require(self.source_scale > 0, "source_scale", "must be positive")
         require(0 <= self.cond_dropout < 1, "cond_dropout", "must lie in [0, 1)")
         require(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", "must be positive or none")
@@ -145,7 +149,7 @@ def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None 
                                     config.task_embed, config.scalar_embedding)
     else:
         backbone = MLPBackbone(dim, config.hidden, config.depth, num_classes, use_scalar, task,
-                               config.task_embed, config.scalar_embedding)
+                               config.task_embed, config.scalar_embedding, config.head_width)
     if config.method == "flow":
         return FlowMatching(backbone, dim, config.source_scale, config.cond_dropout,
                             config.prediction, time_sampling=config.time_sampling,

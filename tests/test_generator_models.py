@@ -496,8 +496,40 @@ def test_generator_config_is_checked_on_creation():
         GeneratorConfig(method="latent-ddpm", backbone="transformer")
     with pytest.raises(ConfigError, match="hidden: the transformer's width"):
         GeneratorConfig(backbone="transformer", hidden=30, heads=4)
-    for field, bad in (("hidden", 0), ("cond_dropout", 1.0), ("source_scale", 0.0),
+    for field, bad in (("hidden", 0), ("head_width", -1), ("cond_dropout", 1.0),
+                       ("source_scale", 0.0),
                        ("ae_hidden", (64, 0)), ("clip_x0", -1.0), ("sample_steps", 0)):
         with pytest.raises(ConfigError, match=f"^{field}: "):
             override(GeneratorConfig(), {field: bad})
     assert GeneratorConfig(ae_hidden=[64, 32]).ae_hidden == (64, 32)  # lists become tuples
+
+
+def _output_rank(backbone, dim, num=64):
+    """Rank of the centred outputs over `num` random inputs, with the (zero-initialised) output
+    projection replaced by a random one: the dimension of the subspace the backbone can reach."""
+    params = init_backbone(backbone, jax.random.key(0), dim)
+    last = max((k for k in params if k.startswith("Dense_")), key=lambda k: int(k[6:]))
+    params = {**params, last: {**params[last], "kernel": jax.random.normal(
+        jax.random.key(1), params[last]["kernel"].shape)}}
+    x = jax.random.normal(jax.random.key(2), (num, dim))
+    t = jax.random.uniform(jax.random.key(3), (num,))
+    out = np.asarray(backbone.apply({"params": params}, x, t), np.float64)
+    return np.linalg.matrix_rank(out - out.mean(0), tol=1e-6 * np.abs(out).max())
+
+
+def test_head_width_lets_outputs_leave_the_hidden_subspace():
+    """The MLP backbone's outputs are a linear map of its last layer: at hidden width 8 every
+    output lies in an affine subspace of dimension 8, whatever the input; a 32-wide head reaches
+    more. Without a head the parameter tree is the one generators were saved with."""
+    dim = 40
+    plain, headed = MLPBackbone(dim, hidden=8, depth=1), MLPBackbone(dim, hidden=8, depth=1,
+                                                                       head_width=32)
+    assert _output_rank(plain, dim) <= 8
+    assert _output_rank(headed, dim) > 8
+    paths = [{jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        jax.eval_shape(lambda b=b: init_backbone(b, jax.random.key(0), dim)))}
+        for b in (plain, headed)]
+    assert paths[1] - paths[0] == {"['head']['bias']", "['head']['kernel']"}
+    assert paths[0] < paths[1]
+    config = override(GeneratorConfig(), ["head_width=32"])
+    assert config.head_width == 32 and GeneratorConfig().head_width == 0
