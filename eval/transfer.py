@@ -72,8 +72,10 @@ def table(report: dict) -> str:
     rows = []
     for name, s in summary.items():
         reach = s["epochs_to_random_final"]
-        rows.append([name] + [f"{s[f'val_epoch{e}']:.3f}±{s[f'val_epoch{e}_std']:.3f}"
-                              for e in marks]
+        lr = report["curves"].get(name, {}).get("lr")  # chosen among several rates
+        label = name if lr is None else f"{name} (lr {lr:g})"
+        rows.append([label] + [f"{s[f'val_epoch{e}']:.3f}±{s[f'val_epoch{e}_std']:.3f}"
+                               for e in marks]
                     + [f"{s['val_final']:.3f}", f"{s['test_final']:.3f}±{s['test_final_std']:.3f}",
                        "never" if reach is None else str(reach)])
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]

@@ -119,6 +119,29 @@ def test_few_shot_fine_tuning(generator, capsys):
             "-1"], capsys, "train_per_class", code=2)
 
 
+def test_several_learning_rates_each_init_at_its_best_on_validation(generator, capsys):
+    """With several --lr rates every init is fine-tuned at each and reported at the one whose
+    networks end best on validation; its curves are those of a run at that rate alone."""
+    task = _heldout(generator)[0]
+    both = transfer(generator / "gen", task, TransferConfig(samples=2, epochs=2, lr=(3e-3, 0.3),
+                                                            inits=("sampled", "random")),
+                    progress=False)
+    for name, curve in both["curves"].items():
+        by_lr = curve["val_final_by_lr"]
+        assert set(by_lr) == {"0.003", "0.3"}
+        assert by_lr[str(curve["lr"])] == max(by_lr.values()), name
+        alone = transfer(generator / "gen", task,
+                         TransferConfig(samples=2, epochs=2, lr=curve["lr"],
+                                        inits=("sampled", "random")), progress=False)
+        assert "lr" not in alone["curves"][name]  # one rate: nothing chosen
+        np.testing.assert_allclose(curve["val_acc"], alone["curves"][name]["val_acc"],
+                                   atol=1e-6, err_msg=name)
+    _fails(["--generator", str(generator / "gen"), "--task", task, "--lr", "3e-3,0"], capsys,
+           "lr", code=2)
+    _fails(["--generator", str(generator / "gen"), "--task", task, "--lr", "fast"], capsys,
+           "--lr takes numbers", code=2)
+
+
 def test_plain_generator_is_refused(generator):
     from wsl.train.generator import TrainedGenerator
 

@@ -67,7 +67,11 @@ class TransferConfig:
     # (which they contain when support ≤ train_per_class): the few-shot regime a new task
     # usually comes in. 0 = the task's whole training split.
     train_per_class: int = 0
-    lr: float = 3e-3
+    # Fine-tuning learning rates. With several, every init is fine-tuned at each and reported
+    # at the one whose networks end best on the task's validation split: an init that starts
+    # near a solution may want a smaller step than one that starts from noise, and each gets
+    # its own (chosen like the guidance weight, on validation only).
+    lr: tuple[float, ...] = (3e-3,)
     weight_decay: float = 0.0
     optimizer: str = "adam"
     batch_size: int = 32
@@ -86,9 +90,10 @@ class TransferConfig:
         if self.keep > self.samples:
             raise ConfigError(f"keep: the best {self.keep} of {self.samples} samples cannot be "
                               f"kept; keep ≤ samples")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(f"lr must be > 0 and weight_decay ≥ 0, got {self.lr}, "
-                              f"{self.weight_decay}")
+        if not self.lr or any(not r > 0 for r in self.lr) or len(set(self.lr)) != len(self.lr):
+            raise ConfigError(f"lr: distinct rates > 0, at least one, got {list(self.lr)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: unknown {self.optimizer!r}; choose from "
                               f"{sorted(OPTIMIZERS)}")
@@ -264,12 +269,16 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     made = make_inits(gen, task, config)
     names = list(made["inits"])
     flat = np.concatenate([made["inits"][k] for k in names])
-    n = config.count
+    n, rates = config.count, config.lr
     arch = gen.architecture
     data = fine_tuning_data(task_dataset(task), config)
+    # One population: every init at every rate, rate-major. Network i of every init and rate
+    # has the same seed, so all see the same batches.
+    flat = np.tile(flat, (len(rates), 1))
     total = len(flat)
-    hparams = shared_hparams(list(np.tile(np.arange(n), len(names))), lr=config.lr,
-                             weight_decay=config.weight_decay)
+    hparams = shared_hparams(list(np.tile(np.arange(n), len(names) * len(rates))),
+                             lr=rates[0], weight_decay=config.weight_decay)
+    hparams["lr"] = np.repeat(rates, len(names) * n).tolist()
     settings = TrainSettings(epochs=config.epochs, checkpoints=tuple(range(config.epochs + 1)),
                              batch_size=config.batch_size, optimizer=config.optimizer,
                              seed=config.seed)
@@ -285,13 +294,22 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     finally:
         if bar is not None:
             bar.close()
+    val, test = result.metrics["val_acc"], result.metrics["test_acc"]
     curves = {}
     for i, name in enumerate(names):
-        rows = slice(i * n, (i + 1) * n)
-        curves[name] = {"val_acc": result.metrics["val_acc"][rows].tolist(),
+        blocks = [slice((r * len(names) + i) * n, (r * len(names) + i + 1) * n)
+                  for r in range(len(rates))]
+        # The rate whose networks end best on validation (the first of equals).
+        final = [float(np.nanmean(val[b, -1])) for b in blocks]
+        best = int(np.nanargmax(np.nan_to_num(final, nan=-1.0)))
+        rows = blocks[best]
+        curves[name] = {"val_acc": val[rows].tolist(),
                         # Scored once: the test accuracy after the last epoch only.
-                        "test_acc_final": result.metrics["test_acc"][rows, -1].tolist(),
+                        "test_acc_final": test[rows, -1].tolist(),
                         **made["notes"].get(name, {})}
+        if len(rates) > 1:
+            curves[name].update(lr=rates[best],
+                                val_final_by_lr={str(r): f for r, f in zip(rates, final)})
     return {"task": task.spec, "generator": str(gen.directory), "config": to_dict(config),
             "support": made["support"], "num_classes": data.num_classes,
             "chance": 1.0 / data.num_classes, "curves": curves}

@@ -1,7 +1,8 @@
 """`wsl transfer`: sample networks for a new task from a task-conditioned generator and fine-tune.
 
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
-                 [--support 10] [--keep 0] [--guidance 1,2,3] [--train-per-class N] [--out DIR]
+                 [--support 10] [--keep 0] [--guidance 1,2,3] [--lr 3e-3,1e-3]
+                 [--train-per-class N] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
@@ -12,7 +13,8 @@ training split — the few-shot regime. Every init
 networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best of
 ``--samples`` sampled networks by the task's *validation* accuracy (the nearest-task init then
 keeps the K best of as many models of the nearest tasks), and several ``--guidance`` weights are
-chosen between on validation too. The test split is scored once,
+chosen between on validation too, as are several ``--lr`` rates (each init fine-tuned at every
+rate and reported at its best). The test split is scored once,
 after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
 curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``; an earlier result there is kept unless
 ``--force``) and prints the table.
@@ -51,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fine-tune on N labelled training examples per class (the support "
                         "among them); 0: the whole training split")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="fine-tuning batch size")
-    p.add_argument("--lr", type=float, default=d.lr, help="fine-tuning learning rate (all inits)")
+    p.add_argument("--lr", default=",".join(map(str, d.lr)), metavar="R[,R...]",
+                   help="fine-tuning learning rate(s); with several, every init is fine-tuned at "
+                        "each and reported at the one it ends best at on the task's validation "
+                        "split")
     p.add_argument("--optimizer", default=d.optimizer, help="fine-tuning optimizer")
     p.add_argument("--guidance", default=None, metavar="W[,W...]",
                    help="classifier-free guidance weight(s) for the sampled init; with several, "
@@ -69,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _weights(text: str | None) -> tuple[float, ...]:
+def _numbers(text: str | None, option: str) -> tuple[float, ...]:
     if not text:
         return ()
     try:
         return tuple(float(w) for w in text.split(",") if w.strip())
     except ValueError:
-        raise UsageError(f"--guidance takes numbers separated by commas, got {text!r}") from None
+        raise UsageError(f"{option} takes numbers separated by commas, got {text!r}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -93,10 +98,11 @@ def main(argv: list[str]) -> int:
         raise UsageError("give --task SPEC (e.g. mnist8:0-3-5-7-9:rot90) or --list-tasks")
     try:
         config = TransferConfig(samples=args.samples, keep=args.keep, epochs=args.epochs,
-                                support=args.support, lr=args.lr, optimizer=args.optimizer,
+                                support=args.support, lr=_numbers(args.lr, "--lr"),
+                                optimizer=args.optimizer,
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size,
-                                seed=args.seed, guidance=_weights(args.guidance),
+                                seed=args.seed, guidance=_numbers(args.guidance, "--guidance"),
                                 inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
     except ConfigError as err:
         raise UsageError(str(err)) from None
