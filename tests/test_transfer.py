@@ -142,6 +142,30 @@ def test_several_learning_rates_each_init_at_its_best_on_validation(generator, c
            "--lr takes numbers", code=2)
 
 
+def test_accuracy_condition_is_asked_of_the_samples(generator, capsys):
+    """A generator trained on task and validation accuracy samples for --cond-scalar (a
+    quantile); one without the scalar condition, or an unknown quantile, is refused up front."""
+    from wsl.train.generator import TrainedGenerator
+    from wsl.train.transfer import make_inits
+
+    gen_dir = generator / "gen-acc"
+    assert wsl(["gen", "train", "--zoo", str(generator / "zoo"), "--out", str(gen_dir),
+                "--no-progress", "condition_task=true", "condition_scalar=val_acc", "hidden=32",
+                "depth=1", "train.steps=30"]) == 0
+    task = Task.parse(_heldout(generator)[0])
+    gen = TrainedGenerator.load(gen_dir)
+    draw = lambda value: make_inits(gen, task, TransferConfig(
+        samples=3, inits=("sampled",), cond_scalar=value))["inits"]["sampled"]
+    high, low, none = draw("q90"), draw("q10"), draw("")
+    assert not np.allclose(high, low) and not np.allclose(high, none)
+    np.testing.assert_allclose(draw("q90"), high)  # deterministic for the seed
+    capsys.readouterr()
+    _fails(["--generator", str(gen_dir), "--task", task.spec, "--cond-scalar", "q91"], capsys,
+           "q91")
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--cond-scalar", "q90"],
+           capsys, "no scalar condition")
+
+
 def test_plain_generator_is_refused(generator):
     from wsl.train.generator import TrainedGenerator
 

@@ -79,6 +79,10 @@ class TransferConfig:
     # Guidance weights tried for the sampled init; the one whose (kept) samples score best on
     # the task's validation split is used. () = the generator's own.
     guidance: tuple[float, ...] = ()
+    # With a generator trained also with condition_scalar (e.g. val_acc): the value asked of
+    # the sampled (and wrong-task) networks, a number or a training-population quantile such as
+    # "q90". "" = none (the scalar condition dropped, as in training's classifier-free dropout).
+    cond_scalar: str = ""
     inits: tuple[str, ...] = INITS
 
     def __post_init__(self):
@@ -129,12 +133,14 @@ def control_task(task: Task) -> Task:
     return Task(task.source, tuple(classes), task.transform)
 
 
-def _check_fit(gen, task: Task, data) -> tuple[int, int]:
+def _check_fit(gen, task: Task, data, config: TransferConfig) -> tuple[int, int]:
     info = gen.meta.get("task")
     if not info:
         raise TransferError(f"generator {gen.directory} is not task-conditioned; train one on a "
                             f"multi-task zoo with condition_task=true")
     gen.check_task_data(task.spec, data)
+    if config.cond_scalar:  # an unknown quantile or a generator without the condition: now
+        gen.scalar_target(_scalar(config.cond_scalar))
     return tuple(info["shape"])
 
 
@@ -175,6 +181,17 @@ def _best(flat: np.ndarray, data, keep: int, arch) -> tuple[np.ndarray, np.ndarr
     return np.argsort(-np.nan_to_num(val, nan=-1.0), kind="stable")[:keep], val
 
 
+def _scalar(text: str) -> float | str | None:
+    """A `cond_scalar` setting as `TrainedGenerator.sample` takes it: a number, a quantile name
+    ("q90") or None."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[np.ndarray, dict]:
     """Sampled networks for the task: at each guidance candidate `samples` networks; the
     candidate whose kept networks score best on the task's validation split wins."""
@@ -183,7 +200,7 @@ def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[n
     tried = []
     for guidance in candidates:
         flat = gen.sample(config.samples, seed=config.seed, cond_task=features,
-                          guidance=guidance)
+                          guidance=guidance, cond_scalar=_scalar(config.cond_scalar))
         kept, val = _best(flat, data, config.keep, arch)
         tried.append((float(np.nanmean(val[kept])), guidance, flat[kept], kept, val))
     best = max(range(len(tried)), key=lambda i: tried[i][0])  # first best on ties
@@ -202,7 +219,7 @@ def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
     samples are kept; the nearest-task init gets the same budget (its `keep` best of the
     nearest tasks' models by validation accuracy)."""
     data = task_dataset(task)
-    shape = _check_fit(gen, task, data)
+    shape = _check_fit(gen, task, data, config)
     support_x, support_y = draw_support(data, config.support, config.seed)
     features = support_features(support_x, support_y, data.num_classes)
     if features.shape != shape:
@@ -222,7 +239,8 @@ def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
             cond = support_features(*draw_support(task_dataset(which), config.support,
                                                   config.seed), which.num_classes)
             guidance = notes.get("sampled", {}).get("guidance") if config.guidance else None
-            inits[name] = gen.sample(n, seed=config.seed + 1, cond_task=cond, guidance=guidance)
+            inits[name] = gen.sample(n, seed=config.seed + 1, cond_task=cond, guidance=guidance,
+                                     cond_scalar=_scalar(config.cond_scalar))
             notes[name] = {"task": which.spec, "guidance": guidance}
         elif name == "random":
             inits[name] = _random_init(gen, metrics, n, config.seed)

@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance weight(s) for the sampled init; with several, "
                         "the one whose samples score best on the task's validation split is "
                         "used (default: the generator's)")
+    p.add_argument("--cond-scalar", default=d.cond_scalar, metavar="V",
+                   help="with a generator trained also with condition_scalar=COLUMN: the value "
+                        "asked of the sampled networks, a number or a quantile of its training "
+                        "population (q10 … q90)")
     p.add_argument("--inits", default=",".join(INITS), metavar="LIST",
                    help="inits to compare, comma-separated")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -103,6 +107,7 @@ def main(argv: list[str]) -> int:
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size,
                                 seed=args.seed, guidance=_numbers(args.guidance, "--guidance"),
+                                cond_scalar=args.cond_scalar,
                                 inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
     except ConfigError as err:
         raise UsageError(str(err)) from None
