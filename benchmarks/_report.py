@@ -275,11 +275,28 @@ def probe_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def gpu_markdown(paths: list[str]) -> str:
+    """README's at-scale table, printed from `benchmarks/gpu.py --json` files: seconds per job
+    against the goals for one H100/H200."""
+    jobs = (("zoo_build", "build a small-cnn zoo", "models_size", "models"),
+            ("probe", "NFN-HNP probe of test accuracy", "epochs_size", "epochs"),
+            ("sample", "sample networks from a flow generator", "samples_size", "networks"))
+    lines = ["| device | job | size | seconds | goal | meets goal |", "|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        label = f"{report['device']} ({report['mode']})"
+        for key, what, size_key, unit in jobs:
+            lines.append(f"| {label} | {what} | {report[size_key]:,} {unit} | "
+                         f"{report['seconds'][key]:,.1f} | ≤ {report['goals'][key]:,.0f} | "
+                         f"{'yes' if report['meets_goals'][key] else 'no'} |")
+            label = ""
+    return "\n".join(lines)
+
+
 KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown,
          "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
-         "encoder_speed": encoder_speed_markdown, "probe": probe_markdown}
+         "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 

@@ -51,15 +51,31 @@ def _device() -> str:
     return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
 
 
-def build(workdir: Path, models: int, per_shard: int, smoke: bool) -> tuple[object, float]:
+def _software() -> dict:
+    import flax
+    import optax
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "python": sys.version.split()[0]}
+
+
+def recipe(models: int, per_shard: int, smoke: bool, mnist_idx: Path | None = None):
+    """The small-cnn recipe at this size; `mnist_idx`: MNIST read from IDX files there (the same
+    images, so the same splits, as the package's copy)."""
+    options = {"resize": [8, 8], "max_train": 10000}
     overrides = [f"num_models={models}", f"models_per_shard={per_shard}"]
     if smoke:  # one epoch on 1,000 images, one compiled program: the same code path, in seconds
+        options["max_train"] = 1000
         overrides += ["epochs=1", "checkpoints=[0,1]", "eval_examples=200", "activation=relu",
-                      "optimizer=adam",
-                      "dataset_options={'resize':[8,8],'max_train':1000}"]
-    recipe = get_recipe("small-cnn", overrides, [])
+                      "optimizer=adam"]
+    if mnist_idx is not None:
+        options["path"] = str(mnist_idx.resolve())
+        overrides.append("dataset=idx")
+    return get_recipe("small-cnn", overrides + [f"dataset_options={options!r}"], [])
+
+
+def build(workdir: Path, zoo_recipe, smoke: bool) -> tuple[object, float]:
     start = time.perf_counter()
-    zoo = build_zoo(recipe, workdir / "zoo", progress=not smoke)
+    zoo = build_zoo(zoo_recipe, workdir / "zoo", progress=not smoke)
     return zoo, time.perf_counter() - start
 
 
@@ -102,6 +118,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the zoo, probe and generator here (a rerun resumes the zoo)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--mnist-idx", type=Path, default=None,
+                        help="read MNIST from the IDX files in this folder (train-/t10k-, plain "
+                             "or .gz) instead of the wsl[mnist] package: a GPU machine without it")
     args = parser.parse_args(argv)
     sizes = dict(SMOKE if args.smoke else FULL)
     for key in ("models", "epochs", "samples", "models_per_shard"):
@@ -111,9 +130,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="wsl-gpu-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        zoo, build_seconds = build(workdir, sizes["models"], sizes["models_per_shard"],
-                                   args.smoke)
+        zoo_recipe = recipe(sizes["models"], sizes["models_per_shard"], args.smoke,
+                            args.mnist_idx)
+        zoo, build_seconds = build(workdir, zoo_recipe, args.smoke)
+        print(f"(a) zoo built in {build_seconds:.1f} s", flush=True)
         report, probe_seconds = probe(zoo, workdir, sizes["epochs"], args.batch_size)
+        print(f"(b) probe trained in {probe_seconds:.1f} s", flush=True)
         sampled = sample(zoo, workdir, sizes["samples"], steps, args.smoke)
     seconds = {"zoo_build": build_seconds, "probe": probe_seconds, "sample": sampled["seconds"]}
     on_gpu = jax.devices()[0].platform == "gpu"
@@ -131,6 +153,7 @@ def main(argv=None) -> dict:
         print("not a GPU: the goals apply to one H100/H200 at full sizes, not to this run")
     mode = "smoke" if args.smoke else "custom" if sizes != FULL else "full"
     result = {"benchmark": "gpu", "mode": mode, "device": _device(), "on_gpu": on_gpu,
+              "software": _software(),
               **{f"{k}_size": v for k, v in sizes.items()}, "seconds": seconds, "goals": GOALS,
               "meets_goals": {k: on_gpu and not args.smoke and seconds[k] <= GOALS[k]
                               for k in GOALS},

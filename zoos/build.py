@@ -195,7 +195,9 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
                                      f"written in {out}")
 
         def on_epoch(_):
-            bar.update(per_epoch)
+            # Fractions of a shard per epoch; float sums can pass the total by an ulp, which
+            # tqdm answers with a warning and a negative time left.
+            bar.update(min(per_epoch, bar.total - bar.n))
             if stop.requested:
                 raise interrupted(f"during shard {shard.index}, which was abandoned")
 
