@@ -318,13 +318,18 @@ def main(argv=None) -> int:
     parser.add_argument("--cond-scalar", default="", metavar="V",
                         help="the scalar condition asked of sampled networks (with "
                              "--words condition_scalar=COLUMN; an ablation, not with --save)")
+    parser.add_argument("--gen-steps", type=int, default=None, metavar="N",
+                        help="generator training steps instead of the mode's (an ablation; not "
+                             "with --save)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="the first N generator seeds only (a look at one seed; not with "
                              "--save)")
     args = parser.parse_args(argv)
-    if (args.words or args.lr or args.seeds or args.cond_scalar) and args.save:
-        parser.error("--words, --lr, --cond-scalar and --seeds run an ablation, not the "
-                     "benchmark: drop --save")
+    if (args.words or args.lr or args.seeds or args.cond_scalar or args.gen_steps) and args.save:
+        parser.error("--words, --lr, --cond-scalar, --gen-steps and --seeds run an ablation, "
+                     "not the benchmark: drop --save")
+    if args.gen_steps is not None and args.gen_steps < 1:
+        parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
         override(GeneratorConfig(), args.words.split())
     except ValueError as error:  # ConfigError: an unknown key or a bad value, named
@@ -341,6 +346,8 @@ def main(argv=None) -> int:
         mode = dataclasses.replace(mode, cond_scalar=args.cond_scalar)
     if args.seeds:
         mode = dataclasses.replace(mode, seeds=min(args.seeds, mode.seeds))
+    if args.gen_steps:
+        mode = dataclasses.replace(mode, gen_steps=args.gen_steps)
     chosen = None if args.experiments is None else set(args.experiments.split(","))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))
