@@ -35,7 +35,9 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
+# which alone is not the whole package.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._reference_matching import published_weight_matching  # noqa: E402
 from wsl import assignment  # noqa: E402

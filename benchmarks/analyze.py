@@ -33,7 +33,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
+# which alone is not the whole package.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wsl.eval.zoo_analysis import METRICS, AnalyzeSettings, _Context  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
+# which alone is not the whole package.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
 from benchmarks.generate import ZOOS, build_or_open  # noqa: E402

@@ -49,7 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
+# which alone is not the whole package.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402

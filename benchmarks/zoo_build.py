@@ -27,7 +27,9 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
+# which alone is not the whole package.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from wsl.mesh import make_mesh  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
