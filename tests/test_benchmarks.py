@@ -153,23 +153,18 @@ def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
 def test_gpu_benchmark_reads_the_same_mnist_from_idx_files(tmp_path):
     """`benchmarks/gpu.py --mnist-idx DIR` (a GPU machine without the mnist extra) trains on the
     very images and splits of the packaged MNIST."""
-    import gzip
-
     import numpy as np
 
-    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.gpu import recipe
+    from tests.test_datasets import _write_idx
     from wsl.zoos.build import load_recipe_dataset
     from wsl.zoos.datasets import _load_mnist
 
     packaged = load_recipe_dataset(recipe(16, 16, smoke=False))
     raw = _load_mnist(None)  # all of MNIST, written out as the four IDX files
     for split, x, y in (("train", raw.x, raw.y), ("t10k", raw.x_test, raw.y_test)):
-        for kind, array in (("images-idx3", np.round(x[..., 0] * 255).astype(np.uint8)),
-                            ("labels-idx1", y.astype(np.uint8))):
-            header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-            with gzip.open(tmp_path / f"{split}-{kind}-ubyte.gz", "wb", compresslevel=1) as f:
-                f.write(header + array.tobytes())
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.round(x[..., 0] * 255), 0x08)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", y, 0x08)
     from_idx = load_recipe_dataset(recipe(16, 16, smoke=False, mnist_idx=tmp_path))
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert np.array_equal(getattr(packaged, name), getattr(from_idx, name)), name
