@@ -128,6 +128,22 @@ def write_small_cnn_zoo():
     return _write_small_cnn_zoo
 
 
+# ------------------------------------------------------------------------------ IDX files
+def _write_idx(path, array: np.ndarray, code: int, compress: bool = False) -> None:
+    dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
+    blob = (bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+            + array.astype(dtype).tobytes())
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(blob)
+
+
+@pytest.fixture
+def write_idx():
+    """``write_idx(path, array, code, compress=False)`` writes one IDX file (MNIST's format) of
+    dtype `code` (0x08 uint8 … 0x0E float64), gzipped if asked."""
+    return _write_idx
+
+
 # ------------------------------------------------------------------------------ Model Zoos
 MODULE_INDEX = [0, 3, 6, 9, 11]  # conv, pool, act, conv, pool, act, conv, act, flatten, fc, act, fc
 

@@ -150,21 +150,20 @@ def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
         encoder_spec("unf:moments")
 
 
-def test_gpu_benchmark_reads_the_same_mnist_from_idx_files(tmp_path):
+def test_gpu_benchmark_reads_the_same_mnist_from_idx_files(tmp_path, write_idx):
     """`benchmarks/gpu.py --mnist-idx DIR` (a GPU machine without the mnist extra) trains on the
     very images and splits of the packaged MNIST."""
     import numpy as np
 
     from benchmarks.gpu import recipe
-    from tests.test_datasets import _write_idx
     from wsl.zoos.build import load_recipe_dataset
     from wsl.zoos.datasets import _load_mnist
 
     packaged = load_recipe_dataset(recipe(16, 16, smoke=False))
     raw = _load_mnist(None)  # all of MNIST, written out as the four IDX files
     for split, x, y in (("train", raw.x, raw.y), ("t10k", raw.x_test, raw.y_test)):
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.round(x[..., 0] * 255), 0x08)
-        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", y, 0x08)
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", np.round(x[..., 0] * 255), 0x08)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", y, 0x08)
     from_idx = load_recipe_dataset(recipe(16, 16, smoke=False, mnist_idx=tmp_path))
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert np.array_equal(getattr(packaged, name), getattr(from_idx, name)), name

@@ -179,33 +179,25 @@ def test_transforms_reject_non_images():
 # ----------------------------------------------------------------------------- IDX files
 
 
-def _write_idx(path, array: np.ndarray, code: int, compress: bool = False) -> None:
-    dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
-    blob = (bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-            + array.astype(dtype).tobytes())
-    with (gzip.open if compress else open)(path, "wb") as f:
-        f.write(blob)
-
-
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16),
                                         (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)])
-def test_read_idx_roundtrip(tmp_path, code, dtype, compress):
+def test_read_idx_roundtrip(tmp_path, write_idx, code, dtype, compress):
     rng = np.random.default_rng(code)
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     a = (rng.integers(info.min, info.max, size=(3, 4, 5)) if info
          else rng.normal(size=(3, 4, 5))).astype(dtype)
     f = tmp_path / "a.idx"
-    _write_idx(f, a, code, compress)
+    write_idx(f, a, code, compress)
     b = read_idx(f)
     assert b.dtype == a.dtype and b.dtype.isnative
     np.testing.assert_array_equal(b, a)
 
 
-def test_read_idx_errors_name_the_file(tmp_path):
+def test_read_idx_errors_name_the_file(tmp_path, write_idx):
     good = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     trunc = tmp_path / "trunc-idx3-ubyte"
-    _write_idx(trunc, good, 0x08)
+    write_idx(trunc, good, 0x08)
     trunc.write_bytes(trunc.read_bytes()[:-5])
     with pytest.raises(ValueError, match="trunc-idx3-ubyte.*truncated"):
         read_idx(trunc)
@@ -220,22 +212,22 @@ def test_read_idx_errors_name_the_file(tmp_path):
         read_idx(code)
 
 
-def _fake_mnist_dir(root, n_train=40, n_test=12, side=28, compress=False):
+def _fake_mnist_dir(write_idx, root, n_train=40, n_test=12, side=28, compress=False):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, side, side), dtype=np.uint8)
         labels = (np.arange(n) % 10).astype(np.uint8)
         ext = ".gz" if compress else ""
-        _write_idx(root / f"{split}-images-idx3-ubyte{ext}", images, 0x08, compress)
-        _write_idx(root / f"{split}-labels-idx1-ubyte{ext}", labels, 0x08, compress)
+        write_idx(root / f"{split}-images-idx3-ubyte{ext}", images, 0x08, compress)
+        write_idx(root / f"{split}-labels-idx1-ubyte{ext}", labels, 0x08, compress)
         arrays[split] = images, labels
     return arrays
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_load_idx_directory(tmp_path, compress):
-    arrays = _fake_mnist_dir(tmp_path, compress=compress)
+def test_load_idx_directory(tmp_path, write_idx, compress):
+    arrays = _fake_mnist_dir(write_idx, tmp_path, compress=compress)
     d = load_dataset("idx", path=str(tmp_path), val_fraction=0.25)
     _assert_well_formed(d)
     assert d.input_shape == (28, 28, 1) and d.num_classes == 10
@@ -246,20 +238,20 @@ def test_load_idx_directory(tmp_path, compress):
         arrays["train"][0][..., None] / np.float32(255), arrays["train"][1])
 
 
-def test_load_idx_errors(tmp_path):
+def test_load_idx_errors(tmp_path, write_idx):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         load_dataset("idx", path=str(tmp_path))
     with pytest.raises(ValueError, match="path="):
         load_dataset("idx")
-    _fake_mnist_dir(tmp_path)
+    _fake_mnist_dir(write_idx, tmp_path)
     # 5 labels for 12 images
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8), 0x08)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8), 0x08)
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
         load_dataset("idx", path=str(tmp_path))
 
 
-def test_resize_is_area_average(tmp_path):
-    _fake_mnist_dir(tmp_path)
+def test_resize_is_area_average(tmp_path, write_idx):
+    _fake_mnist_dir(write_idx, tmp_path)
     full = load_dataset("idx", path=str(tmp_path))
     half = load_dataset("idx", path=str(tmp_path), resize=(14, 14))
     blocks = full.x_train.reshape(-1, 14, 2, 14, 2, 1).mean(axis=(2, 4))
@@ -275,8 +267,8 @@ def test_resize_is_area_average(tmp_path):
     np.testing.assert_array_equal(same.x_train, full.x_train)
 
 
-def test_crop_comes_before_resize_and_names_a_bad_box(tmp_path):
-    _fake_mnist_dir(tmp_path)
+def test_crop_comes_before_resize_and_names_a_bad_box(tmp_path, write_idx):
+    _fake_mnist_dir(write_idx, tmp_path)
     full = load_dataset("idx", path=str(tmp_path))
     box = load_dataset("idx", path=str(tmp_path), crop=(4, 4, 20, 20))
     np.testing.assert_array_equal(box.x_test, full.x_test[:, 4:24, 4:24])
