@@ -124,6 +124,15 @@ class GeneratorConfig:
         return self.sample_steps or (10 if self.method == "flow" else 50)
 
 
+def scalar_condition(text: str) -> float | str:
+    """A scalar condition as written on a command line: a number, or a training-population
+    quantile name such as "q90" (checked later against the generator's statistics)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def make_generator(config: GeneratorConfig, dim: int, space: WeightSpace | None = None,
                    num_classes: int = 0, task_shape: tuple[int, ...] | None = None):
     """The flow or diffusion model over vectors of size `dim` (weights, or latents).

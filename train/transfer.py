@@ -35,6 +35,7 @@ import numpy as np
 
 from wsl.config import ConfigError, coerce_fields, to_dict
 from wsl.errors import WslError
+from wsl.models.weight_generator import scalar_condition
 from wsl.zoos.init_schemes import initial_population
 from wsl.zoos.population import OPTIMIZERS, TrainSettings, shared_hparams, train_population
 from wsl.zoos.scoring import population_metrics
@@ -183,13 +184,8 @@ def _best(flat: np.ndarray, data, keep: int, arch) -> tuple[np.ndarray, np.ndarr
 
 def _scalar(text: str) -> float | str | None:
     """A `cond_scalar` setting as `TrainedGenerator.sample` takes it: a number, a quantile name
-    ("q90") or None."""
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    ("q90") or None ("")."""
+    return scalar_condition(text) if text else None
 
 
 def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[np.ndarray, dict]:

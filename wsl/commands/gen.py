@@ -21,14 +21,7 @@ from pathlib import Path
 
 from wsl.commands import _help
 from wsl.errors import UsageError
-from wsl.models.weight_generator import METHODS
-
-
-def _scalar(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text  # a quantile name, checked against the generator's statistics
+from wsl.models.weight_generator import METHODS, scalar_condition
 
 
 def calibration_report(generator, out: Path, num: int, seed: int, sample_options=None) -> dict:
@@ -155,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cond-class", default=None, metavar="CLASS",
                    help="class of the class condition, e.g. relu for condition_class=activation "
                         "(default: unconditional)")
-    p.add_argument("--cond-scalar", type=_scalar, default=None, metavar="VALUE|qNN",
+    p.add_argument("--cond-scalar", type=scalar_condition, default=None, metavar="VALUE|qNN",
                    help="target of the scalar condition: a value (0.93) or a quantile of the "
                         "training population's values (q50, q90, q100) (default: unconditional)")
     p.add_argument("--task", default=None, metavar="SPEC",
