@@ -124,6 +124,8 @@ def main(argv=None) -> dict:
                         help="read MNIST from the IDX files in this folder (train-/t10k-, plain "
                              "or .gz) instead of the wsl[mnist] package: a GPU machine without it")
     args = parser.parse_args(argv)
+    if args.mnist_idx is not None and not args.mnist_idx.is_dir():
+        parser.error(f"--mnist-idx: {args.mnist_idx} is not a folder")
     sizes = dict(SMOKE if args.smoke else FULL)
     for key in ("models", "epochs", "samples", "models_per_shard"):
         if getattr(args, key) is not None:
