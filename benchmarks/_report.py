@@ -247,6 +247,13 @@ def encoder_speed_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _on_gpu(report: dict) -> str:
+    """", on <the GPU>" for a result measured on one; files before the device was recorded ran on
+    this project's 2 CPU cores."""
+    device = report.get("device", "")
+    return f", on {device.split('(', 1)[-1].rstrip(')')}" if "gpu" in device else ""
+
+
 def probe_markdown(paths: list[str]) -> str:
     """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
     encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN."""
@@ -257,7 +264,8 @@ def probe_markdown(paths: list[str]) -> str:
         loss = report.get("loss", "auto")
         label = (f"{report['zoo'].rstrip('/').rsplit('/', 1)[-1]} ({report['mode']}, "
                  f"{report['num_rows']} networks, {report['steps']:,} steps, {seeds} "
-                 f"seed{'s' * (seeds > 1)}{'' if loss == 'auto' else f', {loss} loss'})")
+                 f"seed{'s' * (seeds > 1)}{'' if loss == 'auto' else f', {loss} loss'}"
+                 f"{_on_gpu(report)})")
         statnn = report["tau"].get("statnn")
         val = report.get("val_tau", {})
         for name, tau in report["tau"].items():

@@ -43,6 +43,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 from scipy import stats
 
@@ -86,6 +87,12 @@ def encoder_spec(spec: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             config[key] = value
     return name, config
+
+
+def device_name() -> str:
+    """What the encoders trained on, e.g. "1 × cpu (cpu)" or "1 × gpu (NVIDIA H200)"."""
+    device = jax.devices()[0]
+    return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
 
 
 def is_equivariant(spec: str) -> bool:
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
     tau = {r["encoder"]: r["tau"] for r in rows}
     val_tau = {r["encoder"]: r["val_tau"] for r in rows}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    return finish({"benchmark": "probe", "mode": mode,
+    return finish({"benchmark": "probe", "mode": mode, "device": device_name(),
                    "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
                    "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
                    "val_tau": val_tau,
