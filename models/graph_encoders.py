@@ -37,6 +37,7 @@ from wsl.models.encoders import ACTIVATIONS, MLP, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import NeuralGraph, neural_graph
 from wsl.models.normalize import TensorNormalizer
+from wsl.models.statnn import check_statistics, scaled_stat_features
 from wsl.weight_space import WeightSpace
 
 LAYER_NORM_EPSILON = 1e-6  # flax's nn.LayerNorm default, which these layers reproduce
@@ -317,12 +318,19 @@ class _NeuralGraphEncoder(nn.Module):
     activation: str = "silu"
     dropout: float = 0.0
     normalizer: TensorNormalizer | None = None
+    # StatNN's statistics of the (normalised) tensors beside the graph readout in the head,
+    # standardised by feature_mean / feature_std where given (the probe fits them on its
+    # training split), as UNF's and NFN's `statistics` option does.
+    statistics: bool = False
+    feature_mean: Sequence[float] | None = None
+    feature_std: Sequence[float] | None = None
 
     def graph(self) -> NeuralGraph:
         return neural_graph(self.weight_space)
 
     def check(self):
         check_encoder_config(self)
+        check_statistics(self)
         self.graph()
 
     def make_layer(self, graph: NeuralGraph, **module_args) -> nn.Module:
@@ -355,10 +363,13 @@ class _NeuralGraphEncoder(nn.Module):
     def __call__(self, params, train: bool = False) -> jax.Array:
         self.check()
         graph = self.graph()
-        nodes, edges = graph.features(prepare(self.weight_space, params, self.normalizer))
+        params = prepare(self.weight_space, params, self.normalizer)
+        nodes, edges = graph.features(params)
         h, e = GraphEmbedding(graph, self.dim)(nodes, edges)
         h, e = self.run_layers(graph, h, e)
         x = _readout(graph, nn.LayerNorm()(h), nn.LayerNorm()(e))
+        if self.statistics:
+            x = jnp.concatenate([x, scaled_stat_features(self, params)], axis=-1)
         return MLP(self.head_widths, self.out_dim, self.activation, self.dropout)(x, train)
 
 

@@ -27,7 +27,8 @@ from wsl.models.encoders import MLP, check_encoder_config
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.unf import UNFLayer, check_statistics, encode
+from wsl.models.statnn import check_statistics
+from wsl.models.unf import UNFLayer, encode
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")

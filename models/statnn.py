@@ -56,6 +56,20 @@ def check_feature_scaling(encoder) -> None:
                              f"weight space has {width} features ({len(STATISTICS)} per tensor)")
 
 
+def check_statistics(encoder) -> None:
+    """The `statistics` option of an equivariant encoder (NFN, UNF, neural graphs), which feeds
+    these statistics to its invariant head beside its own pooled features: scaling only with
+    statistics, of their width, and only for an invariant output."""
+    given = [n for n in ("feature_mean", "feature_std") if getattr(encoder, n) is not None]
+    if given and not encoder.statistics:
+        raise ModelError(f"{given[0]} scales the statistics features; set statistics=true to "
+                         f"read them")
+    output = getattr(encoder, "output", "invariant")
+    if encoder.statistics and output != "invariant":
+        raise ModelError(f"statistics=true feeds the invariant head; output={output!r} has none")
+    check_feature_scaling(encoder)
+
+
 def scaled_stat_features(encoder, params) -> jax.Array:
     """`stat_features` of (prepared) params, minus the encoder's ``feature_mean`` and divided by
     its ``feature_std`` where given."""

@@ -63,7 +63,7 @@ from wsl.models.encoders import MLP, POOLS, check_encoder_config, prepare
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import tensor_at
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.statnn import check_feature_scaling, scaled_stat_features
+from wsl.models.statnn import check_statistics, scaled_stat_features
 from wsl.weight_space import WeightSpace
 from wsl.zoos.architectures import ACTIVATIONS
 
@@ -289,18 +289,6 @@ class UNF(nn.Module):
         head = lambda x: MLP(self.head_widths, self.out_dim, self.activation, self.dropout)(
             x, train)
         return encode(self, UNFLayer, ACTIVATIONS[self.activation], head, params)
-
-
-def check_statistics(encoder) -> None:
-    """The `statistics` options of an NFN or UNF: scaling only with statistics, of their width."""
-    given = [n for n in ("feature_mean", "feature_std") if getattr(encoder, n) is not None]
-    if given and not encoder.statistics:
-        raise ModelError(f"{given[0]} scales the statistics features; set statistics=true to "
-                         f"read them")
-    if encoder.statistics and encoder.output != "invariant":
-        raise ModelError("statistics=true feeds the invariant head; output="
-                         f"{encoder.output!r} has none")
-    check_feature_scaling(encoder)
 
 
 def encode(encoder, layer: type[UNFLayer], act, head, params):

@@ -65,15 +65,24 @@ def test_unf_builds_for_all_five_architectures(population):
 
 MOMENTS, STATISTICS = {"pool": "moments"}, {"statistics": True}
 
+# Small settings per encoder that reads `statistics`, and its head's activation.
+HYBRIDS = {"unf": (ONE_LAYER, jax.nn.relu),
+           "nfn_hnp": (ONE_LAYER, jax.nn.relu),
+           "ng_gnn": ({"dim": 8, "num_layers": 1, "head_widths": (8,)}, jax.nn.silu),
+           "ng_transformer": ({"dim": 8, "heads": 2, "num_layers": 1, "head_widths": (8,)},
+                              jax.nn.silu)}
+
 
 @pytest.mark.parametrize("name,encoder,options", [(n, "unf", {}) for n in CONFIGS] + [
     ("transformer", "unf", MOMENTS), ("resnet", "unf", MOMENTS),
     ("small_cnn", "nfn_hnp", MOMENTS), ("mlp", "nfn_np", MOMENTS),
-    ("transformer", "unf", STATISTICS), ("small_cnn", "nfn_hnp", STATISTICS)])
+    ("transformer", "unf", STATISTICS), ("small_cnn", "nfn_hnp", STATISTICS),
+    ("transformer", "ng_gnn", STATISTICS), ("resnet", "ng_transformer", STATISTICS)])
 def test_invariant_to_random_permutations_and_not_constant(name, encoder, options, population):
     space = space_of(name)
     params = population(space, 4, seed=1)
-    encoder = build_encoder(encoder, space, out_dim=3, **options, **ONE_LAYER)
+    encoder = build_encoder(encoder, space, out_dim=3, **options, **HYBRIDS.get(encoder,
+                                                                             (ONE_LAYER,))[0])
 
     @jax.jit  # one compile: eager flax init costs a compile per op
     def run(key):
@@ -107,15 +116,17 @@ def test_moments_pooling_sees_the_spread_the_mean_misses():
         build_encoder("unf", space_of("mlp"), pool="max")
 
 
-def test_statistics_join_the_pooled_features(population):
+@pytest.mark.parametrize("encoder", list(HYBRIDS))
+def test_statistics_join_the_pooled_features(encoder, population):
     from wsl.models.statnn import stat_features
 
+    options, act = HYBRIDS[encoder]
     space = space_of("mlp")
     params = population(space, 3)
     width = 7 * len(space.tensors)
-    plain = build_encoder("unf", space, **ONE_LAYER)
-    hybrid = build_encoder("unf", space, statistics=True, feature_mean=[1.0] * width,
-                           feature_std=[2.0] * width, **ONE_LAYER)
+    plain = build_encoder(encoder, space, **options)
+    hybrid = build_encoder(encoder, space, statistics=True, feature_mean=[1.0] * width,
+                           feature_std=[2.0] * width, **options)
     pooled = plain.init(jax.random.key(0), params)["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0]
     variables = hybrid.init(jax.random.key(0), params)
     head = variables["params"]["MLP_0"]
@@ -126,14 +137,14 @@ def test_statistics_join_the_pooled_features(population):
     variables = {"params": {**variables["params"],
                             "MLP_0": {**head, "Dense_0": {**head["Dense_0"], "kernel": kernel}}}}
     features = (stat_features(space, params) - 1.0) / 2.0
-    hidden = jax.nn.relu(features @ kernel[pooled:] + head["Dense_0"]["bias"])
+    hidden = act(features @ kernel[pooled:] + head["Dense_0"]["bias"])
     expected = hidden @ head["Dense_1"]["kernel"] + head["Dense_1"]["bias"]
     assert rel_diff(hybrid.apply(variables, params), expected) < 1e-5
     for bad, match in [({"feature_mean": [0.0] * width}, "statistics=true"),
                        ({"statistics": True, "feature_std": [1.0] * 3}, "has 3 entries"),
                        ({"statistics": "yes"}, "statistics")]:
         with pytest.raises(ModelError, match=match):
-            build_encoder("unf", space, **bad)
+            build_encoder(encoder, space, **bad)
 
 
 def permute_hidden(space, arrays, perm):
