@@ -254,6 +254,13 @@ def _on_gpu(report: dict) -> str:
     return f", on {device.split('(', 1)[-1].rstrip(')')}" if "gpu" in device else ""
 
 
+def _zoo_draw(report: dict) -> str:
+    """", zoo <hash prefix>": tells apart two builds of one recipe (files before the hash was
+    recorded have none)."""
+    sha = report.get("zoo_sha256")
+    return f", zoo {sha[:8]}" if sha else ""
+
+
 def probe_markdown(paths: list[str]) -> str:
     """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
     encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN."""
@@ -265,7 +272,7 @@ def probe_markdown(paths: list[str]) -> str:
         label = (f"{report['zoo'].rstrip('/').rsplit('/', 1)[-1]} ({report['mode']}, "
                  f"{report['num_rows']} networks, {report['steps']:,} steps, {seeds} "
                  f"seed{'s' * (seeds > 1)}{'' if loss == 'auto' else f', {loss} loss'}"
-                 f"{_on_gpu(report)})")
+                 f"{_on_gpu(report)}{_zoo_draw(report)})")
         statnn = report["tau"].get("statnn")
         val = report.get("val_tau", {})
         for name, tau in report["tau"].items():

@@ -58,7 +58,7 @@ from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.train.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
-from wsl.zoos.store import Zoo, ZooError  # noqa: E402
+from wsl.zoos.store import MANIFEST, Zoo, ZooError, sha256_file  # noqa: E402
 
 # The seven, in the order of the published tables; ProbeX is an optional extra row.
 DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng_gnn",
@@ -246,7 +246,8 @@ def main(argv=None) -> int:
     val_tau = {r["encoder"]: r["val_tau"] for r in rows}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode, "device": device_name(),
-                   "zoo": str(zoo.path), "num_rows": rows[0]["num_rows"], "seeds": seeds,
+                   "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
+                   "num_rows": rows[0]["num_rows"], "seeds": seeds,
                    "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
                    "val_tau": val_tau,
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
