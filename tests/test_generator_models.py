@@ -328,15 +328,16 @@ def fit(gen, steps, init_key=0, data_key=1):
 
 
 @functools.cache
-def trained(kind):
-    """A generator of `kind` fitted to the mixture with TRAINED_STDS; samples of each of its
+def trained(kind, init_key=0):
+    """A generator of `kind` fitted to the mixture with TRAINED_STDS (from init `init_key`); samples
+    of each of its
     TRAINED_SAMPLERS (laid out as `rows(N_TRAINED)`), of the last one with guidance 3 (class 0,
     then class 1), and a sampling function (key, num) → unconditional samples."""
     backbone = MLPBackbone(DIM, hidden=64, depth=2, num_classes=2)
     # Conditions dropped at 0.2 (default 0.1): the unconditional field learns the mode weights.
     gen = (FlowMatching(backbone, DIM, cond_dropout=0.2) if kind == "flow"
            else Diffusion(backbone, DIM, num_steps=200, cond_dropout=0.2))
-    params = fit(gen, STEPS[kind])
+    params = fit(gen, STEPS[kind], init_key=init_key)
     classes = rows(N_TRAINED)
     last_method, last_steps = TRAINED_SAMPLERS[kind][-1]
 
@@ -369,20 +370,32 @@ def test_trained_generator_reproduces_each_mode(kind, method):
     assert abs(share - WEIGHTS[0]) < 0.12, (kind, method, share)
 
 
+# How far guidance 3 pushes a mode outward depends on the fitted generator: for DDPM's narrow mode
+# it was +0.05 from init 0 (below +0.05 by 0.0003 on one CPU host, above on another: float
+# differences in the 700 fitting steps), +0.19 from init 1 and +0.10 from init 2; the flow's pushes
+# were 0.15–0.29. So the push is checked as the mean over three fitted generators.
+GUIDED_INITS = (0, 1, 2)
+
+
 @pytest.mark.parametrize("kind", ["flow", "ddpm"])
 def test_trained_guidance_and_determinism(kind):
-    """Guidance 3 keeps each class on its mode, pushes it away from the other mode and narrows it
-    (more than on the exact field: it amplifies the conditional field's difference from the
-    rougher unconditional one). Sampling is deterministic given the key."""
-    plain, guided, sample = trained(kind)
-    plain = plain[TRAINED_SAMPLERS[kind][-1][0]]
-    for m in (0, 1):
-        mine = slice(m * N_TRAINED, (m + 1) * N_TRAINED)
-        before = mode_stats(plain[mine], TRAINED_STDS)[m]
-        after = mode_stats(guided[mine], TRAINED_STDS)[m]
-        assert after["share"] == 1.0, (kind, m, after)
-        assert after["outward"] > before["outward"] + 0.05, (kind, m, before, after)
-        assert after["spread"] < before["spread"], (kind, m, before, after)
+    """Guidance 3 keeps each class on its mode, pushes it away from the other mode (on average
+    over GUIDED_INITS) and narrows it (more than on the exact field: it amplifies the conditional
+    field's difference from the rougher unconditional one). Sampling is deterministic given the
+    key."""
+    pushes = {0: [], 1: []}
+    for init_key in GUIDED_INITS:
+        plain, guided, sample = trained(kind, init_key)
+        plain = plain[TRAINED_SAMPLERS[kind][-1][0]]
+        for m in (0, 1):
+            mine = slice(m * N_TRAINED, (m + 1) * N_TRAINED)
+            before = mode_stats(plain[mine], TRAINED_STDS)[m]
+            after = mode_stats(guided[mine], TRAINED_STDS)[m]
+            assert after["share"] == 1.0, (kind, init_key, m, after)
+            assert after["spread"] < before["spread"], (kind, init_key, m, before, after)
+            pushes[m].append(after["outward"] - before["outward"])
+    for m, push in pushes.items():
+        assert np.mean(push) > 0.05, (kind, m, push)
     a, b, c = (np.asarray(sample(jax.random.key(k), 4)) for k in (7, 7, 8))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
