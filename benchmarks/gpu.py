@@ -36,6 +36,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override  # noqa: E402
+from wsl.mesh import device_summary  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train.generator import DEFAULT_TRAIN as GENERATOR_TRAIN  # noqa: E402
 from wsl.train.generator import TrainedGenerator, train_generator  # noqa: E402
@@ -46,11 +47,6 @@ from wsl.zoos.recipes import get_recipe  # noqa: E402
 GOALS = {"zoo_build": 600.0, "probe": 300.0, "sample": 30.0}  # seconds on one H100/H200
 FULL = {"models": 30_000, "epochs": 50, "samples": 100_000, "models_per_shard": 5_000}
 SMOKE = {"models": 16, "epochs": 1, "samples": 256, "models_per_shard": 16}
-
-
-def _device() -> str:
-    device = jax.devices()[0]
-    return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
 
 
 def _software() -> dict:
@@ -151,12 +147,12 @@ def main(argv=None) -> dict:
             (f"(c) sample {sizes['samples']:,} networks (compile "
              f"{sampled['compile_seconds']:.1f} s apart)", f"{sampled['seconds']:.2f}",
              f"{GOALS['sample']:.0f}")]
-    print(f"device: {_device()}")
+    print(f"device: {device_summary()}")
     print(table(("job", "seconds", "goal (H100/H200)"), rows))
     if not on_gpu:
         print("not a GPU: the goals apply to one H100/H200 at full sizes, not to this run")
     mode = "smoke" if args.smoke else "custom" if sizes != FULL else "full"
-    result = {"benchmark": "gpu", "mode": mode, "device": _device(), "on_gpu": on_gpu,
+    result = {"benchmark": "gpu", "mode": mode, "device": device_summary(), "on_gpu": on_gpu,
               "software": _software(),
               **{f"{k}_size": v for k, v in sizes.items()}, "seconds": seconds, "goals": GOALS,
               "meets_goals": {k: on_gpu and not args.smoke and seconds[k] <= GOALS[k]

@@ -43,7 +43,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 from scipy import stats
 
@@ -54,6 +53,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
 from wsl.errors import WslError  # noqa: E402
+from wsl.mesh import device_summary  # noqa: E402
 from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.train.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
@@ -87,12 +87,6 @@ def encoder_spec(spec: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             config[key] = value
     return name, config
-
-
-def device_name() -> str:
-    """What the encoders trained on, e.g. "1 × cpu (cpu)" or "1 × gpu (NVIDIA H200)"."""
-    device = jax.devices()[0]
-    return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
 
 
 def is_equivariant(spec: str) -> bool:
@@ -245,7 +239,7 @@ def main(argv=None) -> int:
     tau = {r["encoder"]: r["tau"] for r in rows}
     val_tau = {r["encoder"]: r["val_tau"] for r in rows}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    return finish({"benchmark": "probe", "mode": mode, "device": device_name(),
+    return finish({"benchmark": "probe", "mode": mode, "device": device_summary(),
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
                    "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),

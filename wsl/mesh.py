@@ -44,6 +44,13 @@ def describe_mesh(mesh: Mesh) -> str:
     return f"mesh: {axes} over {len(devices)} {kind} devices{where}"
 
 
+def device_summary() -> str:
+    """The devices JAX sees, as result files record them: ``1 × cpu (cpu)``, ``1 × gpu (NVIDIA
+    H200)``."""
+    device = jax.devices()[0]
+    return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
+
+
 def describe_default_device(what: str) -> str:
     """The mesh line of work that is not sharded (`what`: "merging", "sampling"): it runs on
     JAX's default device whatever else is there."""
