@@ -329,10 +329,10 @@ def fit(gen, steps, init_key=0, data_key=1):
 
 @functools.cache
 def trained(kind, init_key=0):
-    """A generator of `kind` fitted to the mixture with TRAINED_STDS (from init `init_key`); samples
-    of each of its
-    TRAINED_SAMPLERS (laid out as `rows(N_TRAINED)`), of the last one with guidance 3 (class 0,
-    then class 1), and a sampling function (key, num) → unconditional samples."""
+    """A generator of `kind` fitted to the mixture with TRAINED_STDS (from init `init_key`);
+    samples of each of its TRAINED_SAMPLERS (laid out as `rows(N_TRAINED)`), of the last one with
+    guidance 3 (class 0, then class 1), and a sampling function (key, num) → unconditional
+    samples."""
     backbone = MLPBackbone(DIM, hidden=64, depth=2, num_classes=2)
     # Conditions dropped at 0.2 (default 0.1): the unconditional field learns the mode weights.
     gen = (FlowMatching(backbone, DIM, cond_dropout=0.2) if kind == "flow"

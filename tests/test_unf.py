@@ -81,8 +81,8 @@ HYBRIDS = {"unf": (ONE_LAYER, jax.nn.relu),
 def test_invariant_to_random_permutations_and_not_constant(name, encoder, options, population):
     space = space_of(name)
     params = population(space, 4, seed=1)
-    encoder = build_encoder(encoder, space, out_dim=3, **options, **HYBRIDS.get(encoder,
-                                                                             (ONE_LAYER,))[0])
+    small = HYBRIDS[encoder][0] if encoder in HYBRIDS else ONE_LAYER
+    encoder = build_encoder(encoder, space, out_dim=3, **options, **small)
 
     @jax.jit  # one compile: eager flax init costs a compile per op
     def run(key):
