@@ -161,6 +161,42 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
         warnings.simplefilter("error")
         reloaded.sample(2, cond_scalar="q90", guidance=2.0, use_map=False)  # raw: no map
         reloaded.sample(2, cond_scalar="q90")
+    # A map fitted at guidance 2 samples its targets at guidance 2 unless told otherwise.
+    write_condition_map(reloaded, fit_condition_map(reloaded, num=4, grid=(-1.0, 1.0),
+                                                    guidance=2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(reloaded.sample(3, seed=5, cond_scalar="q90"),
+                                      reloaded.sample(3, seed=5, cond_scalar="q90", guidance=2.0))
+    assert not np.allclose(reloaded.sample(3, seed=5, cond_scalar="q90", use_map=False),
+                           reloaded.sample(3, seed=5, cond_scalar="q90", guidance=2.0,
+                                           use_map=False))
+
+
+def test_the_guidance_of_a_condition_map_is_chosen_by_its_reach(monkeypatch):
+    import types
+
+    from wsl.eval import calibration
+    from wsl.eval.errors import EvaluationError
+
+    stats = {"q10": 0.40, "q25": 0.45, "q50": 0.50, "q75": 0.55, "q90": 0.60}
+    gen = types.SimpleNamespace(meta={"scalar": stats})
+    # What each guidance weight's samples reach on validation: 1 stops 5 points short of q90,
+    # 2 reaches it, 3 reaches it too (a tie: the smaller weight wins).
+    tops = {1.0: 0.55, 2.0: 0.61, 3.0: 0.63}
+    fake = lambda gen, *, num, seed, guidance: {"monotone": [0.35, 0.5, tops[guidance]],
+                                                "sample_options": {"guidance": guidance}}
+    monkeypatch.setattr(calibration, "fit_condition_map", fake)
+    chosen = calibration.choose_condition_map(gen, guidances=(3, 1, 2), num=4)
+    assert chosen["sample_options"]["guidance"] == 2.0
+    assert [(c["guidance"], c["shortfall"]) for c in chosen["guidance_candidates"]] == [
+        (1.0, 0.05), (2.0, 0.0), (3.0, 0.0)]
+    assert calibration.choose_condition_map(gen, guidances=(1,), num=4)[
+        "sample_options"]["guidance"] == 1.0
+    # Below q10 counts as well: a map whose curve starts above the lowest target falls short.
+    assert calibration.reach_shortfall(gen, {"monotone": [0.43, 0.7]}) == pytest.approx(0.03)
+    with pytest.raises(EvaluationError, match="at least one guidance"):
+        calibration.choose_condition_map(gen, guidances=(), num=4)
 
 
 def test_a_generator_saved_before_the_smooth_scalar_embedding_loads_as_it_was_trained(
@@ -251,6 +287,14 @@ def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, 
     assert not refused.exists()
     assert main(["gen", "calibrate", str(gen_dir), "-n", "1"]) == 2
     assert "-n/--num must be ≥ 2" in capsys.readouterr().err
+    assert main(["gen", "calibrate", str(gen_dir), "-n", "2", "--guidance", "1,two"]) == 2
+    assert "guidance weights are numbers separated by commas" in capsys.readouterr().err
+    assert main(["gen", "calibrate", str(gen_dir), "-n", "2", "--guidance", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "guidance 1: the map reaches" in out and "guidance 2: the map reaches" in out
+    saved = json.loads((gen_dir / "condition_map.json").read_text())
+    assert [c["guidance"] for c in saved["guidance_candidates"]] == [1.0, 2.0]
+    assert saved["sample_options"]["guidance"] in (1.0, 2.0)
 
 
 def test_temperature_is_a_sampling_option(trained, tmp_path):

@@ -521,8 +521,17 @@ class TrainedGenerator:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
         if temperature is not None and not temperature > 0:
             raise GenerateError(f"sampling temperature must be positive, got {temperature}")
+        mapped = cond_scalar is not None and use_map and self.condition_map is not None
+        if mapped:
+            # A target goes through the map under the settings it was fitted with (the guidance
+            # `wsl gen calibrate` chose, above all) unless the caller names others.
+            fitted = self.condition_map.get("sample_options") or {}
+            sampler, steps, guidance, temperature = (
+                fitted.get(name) if value is None else value
+                for name, value in (("sampler", sampler), ("steps", steps),
+                                    ("guidance", guidance), ("temperature", temperature)))
         resolved = self._resolved(sampler, steps, guidance, temperature)
-        if cond_scalar is not None and use_map and self.condition_map is not None:
+        if mapped:
             self._check_map_settings(resolved)
         return (*resolved, None if cond_class is None else self.class_id(cond_class),
                 None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))

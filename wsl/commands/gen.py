@@ -92,7 +92,9 @@ highest value in the training population), scores them on the validation split (
 and keeps the monotone curve from condition to achieved mean accuracy in
 GENERATOR/condition_map.json. From then on
 `wsl gen sample G --cond-scalar q90` asks for samples whose mean reaches q90 and the map picks the
-condition value. It then checks the map on fresh samples (seed + 1) at q10..q90 and prints both.
+condition value, under the guidance the map was fitted with. --guidance 1,2,3 fits a map for
+each weight and keeps the one whose curve reaches q10..q90 best (validation again). It then
+checks the map on fresh samples (seed + 1) at q10..q90 and prints both.
 """
 
 
@@ -181,9 +183,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="networks sampled at each grid value of the condition")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the map (the check "
                                                        "after it uses seed + 1)")
-    p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help="guidance weight the map is for (default: the generator's)")
+    p.add_argument("--guidance", type=_weights, default=None, metavar="W[,W...]",
+                   help="guidance weight the map is for (default: the generator's); several "
+                        "(e.g. 1,2,3): a map for each, keeping the one that reaches q10..q90 "
+                        "best on validation (the smaller weight on a tie)")
     return parser
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"guidance weights are numbers separated by commas, "
+                                         f"e.g. 1,2,3; got {text!r}") from None
+    if any(not w >= 0 for w in weights):
+        raise argparse.ArgumentTypeError(f"guidance weights must be ≥ 0; got {text!r}")
+    return weights
 
 
 def list_keys() -> str:
@@ -292,21 +307,26 @@ def main(argv: list[str]) -> int:
                                                       "temperature")}
             calibration_report(generator, out, args.calibration_samples, args.seed + 1, options)
     else:  # calibrate
-        from wsl.eval.calibration import fit_condition_map, write_condition_map
+        from wsl.eval.calibration import choose_condition_map, write_condition_map
 
         if args.num < 2:
             raise UsageError(f"-n/--num must be ≥ 2; got {args.num}")
         print(describe_default_device("calibration"), flush=True)
         generator = TrainedGenerator.load(args.generator)
-        condition_map = fit_condition_map(generator, num=args.num, seed=args.seed,
-                                          guidance=args.guidance)
+        guidances = args.guidance or (generator.config.guidance,)
+        condition_map = choose_condition_map(generator, guidances=guidances, num=args.num,
+                                             seed=args.seed)
         write_condition_map(generator, condition_map)
+        if len(guidances) > 1:
+            for c in condition_map["guidance_candidates"]:
+                print(f"guidance {c['guidance']:g}: the map reaches {c['reach'][0]:.4f} .. "
+                      f"{c['reach'][1]:.4f}; q10..q90 fall {c['shortfall'] * 100:.1f} pt "
+                      f"outside")
         print(f"condition map ({condition_map['column']} of {args.num} samples per value, "
-              f"validation split):")
+              f"validation split, guidance {condition_map['sample_options']['guidance']:g}):")
         for c, a, m in zip(condition_map["condition"], condition_map["achieved"],
                            condition_map["monotone"]):
             print(f"  condition {c:+.2f} std -> {a:.4f} (monotone {m:.4f})")
         print(f"wrote {args.generator / 'condition_map.json'}")
-        calibration_report(generator, args.generator, args.num, args.seed + 1,
-                           {"guidance": args.guidance})
+        calibration_report(generator, args.generator, args.num, args.seed + 1)
     return 0
