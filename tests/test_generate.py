@@ -168,6 +168,8 @@ def test_calibration_measures_requested_against_achieved(trained, tmp_path):
         warnings.simplefilter("error")
         np.testing.assert_array_equal(reloaded.sample(3, seed=5, cond_scalar="q90"),
                                       reloaded.sample(3, seed=5, cond_scalar="q90", guidance=2.0))
+    zoo, _ = sample_to_zoo(reloaded, tmp_path / "samples-g2", 2, cond_scalar="q90")
+    assert zoo.manifest["provenance"]["guidance"] == 2.0  # what the samples were drawn with
     assert not np.allclose(reloaded.sample(3, seed=5, cond_scalar="q90", use_map=False),
                            reloaded.sample(3, seed=5, cond_scalar="q90", guidance=2.0,
                                            use_map=False))

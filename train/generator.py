@@ -521,20 +521,28 @@ class TrainedGenerator:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
         if temperature is not None and not temperature > 0:
             raise GenerateError(f"sampling temperature must be positive, got {temperature}")
-        mapped = cond_scalar is not None and use_map and self.condition_map is not None
+        mapped = self._mapped(cond_scalar, use_map)
+        resolved = self.sampling_settings(sampler, steps, guidance, temperature, mapped)
         if mapped:
-            # A target goes through the map under the settings it was fitted with (the guidance
-            # `wsl gen calibrate` chose, above all) unless the caller names others.
+            self._check_map_settings(resolved)
+        return (*resolved, None if cond_class is None else self.class_id(cond_class),
+                None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
+
+    def _mapped(self, cond_scalar, use_map: bool) -> bool:
+        return cond_scalar is not None and use_map and self.condition_map is not None
+
+    def sampling_settings(self, sampler=None, steps=None, guidance=None, temperature=None,
+                          mapped: bool = False) -> tuple:
+        """(sampler, steps, guidance, temperature) a call samples with: the caller's; else, for
+        a target that goes through the condition map (`mapped`), the settings the map was fitted
+        with (the guidance `wsl gen calibrate` chose, above all); else the generator's."""
+        if mapped:
             fitted = self.condition_map.get("sample_options") or {}
             sampler, steps, guidance, temperature = (
                 fitted.get(name) if value is None else value
                 for name, value in (("sampler", sampler), ("steps", steps),
                                     ("guidance", guidance), ("temperature", temperature)))
-        resolved = self._resolved(sampler, steps, guidance, temperature)
-        if mapped:
-            self._check_map_settings(resolved)
-        return (*resolved, None if cond_class is None else self.class_id(cond_class),
-                None if cond_scalar is None else self.scalar_target(cond_scalar, use_map))
+        return self._resolved(sampler, steps, guidance, temperature)
 
     def _resolved(self, sampler, steps, guidance, temperature) -> tuple:
         """Sampler, steps, guidance and temperature with the generator's defaults filled in."""
@@ -688,20 +696,19 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
             row["activation"] = arch.config["activation"]
         rows.append(row)
     cfg = gen.config
-    settings = {"sampler": sample_options.get("sampler") or cfg.default_sampler,
-                "steps": sample_options.get("steps") or cfg.default_steps,
-                "guidance": cfg.guidance if sample_options.get("guidance") is None
-                else sample_options["guidance"],
-                "temperature": cfg.temperature if sample_options.get("temperature") is None
-                else sample_options["temperature"],
+    mapped = gen._mapped(sample_options.get("cond_scalar"), sample_options.get("use_map", True))
+    sampler, steps, guidance, temperature = gen.sampling_settings(
+        *(sample_options.get(k) for k in ("sampler", "steps", "guidance", "temperature")),
+        mapped=mapped)
+    settings = {"sampler": sampler, "steps": steps, "guidance": guidance,
+                "temperature": temperature,
                 "cond_class": sample_options.get("cond_class"),
                 "cond_scalar": sample_options.get("cond_scalar"),
                 # The features themselves are an array (they belong with the task, not here).
                 "cond_task": None if sample_options.get("cond_task") is None else "given"}
     if settings["cond_scalar"] is not None:
         # What the condition network was given, and whether a target went through the map.
-        settings["condition_map"] = bool(gen.condition_map is not None
-                                         and sample_options.get("use_map", True))
+        settings["condition_map"] = mapped
         settings["condition_value"] = gen.scalar_target(settings["cond_scalar"],
                                                         settings["condition_map"])
     manifest = {
