@@ -290,7 +290,9 @@ def test_calibrate_and_eval_commands_report_requested_against_achieved(trained, 
     assert main(["gen", "calibrate", str(gen_dir), "-n", "1"]) == 2
     assert "-n/--num must be ≥ 2" in capsys.readouterr().err
     assert main(["gen", "calibrate", str(gen_dir), "-n", "2", "--guidance", "1,two"]) == 2
-    assert "guidance weights are numbers separated by commas" in capsys.readouterr().err
+    assert "guidance weights are numbers ≥ 0 separated by commas" in capsys.readouterr().err
+    assert main(["gen", "calibrate", str(gen_dir), "-n", "2", "--guidance=1,-2"]) == 2
+    assert "got '1,-2'" in capsys.readouterr().err
     assert main(["gen", "calibrate", str(gen_dir), "-n", "2", "--guidance", "1,2"]) == 0
     out = capsys.readouterr().out
     assert "guidance 1: the map reaches" in out and "guidance 2: the map reaches" in out

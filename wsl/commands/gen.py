@@ -191,13 +191,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _weights(text: str) -> tuple[float, ...]:
+    # Checked here as well as in choose_condition_map: a bad option is a usage error (exit 2).
     try:
         weights = tuple(float(w) for w in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"guidance weights are numbers separated by commas, "
-                                         f"e.g. 1,2,3; got {text!r}") from None
-    if any(not w >= 0 for w in weights):
-        raise argparse.ArgumentTypeError(f"guidance weights must be ≥ 0; got {text!r}")
+        weights = ()
+    if not weights or any(not w >= 0 for w in weights):
+        raise argparse.ArgumentTypeError(f"guidance weights are numbers ≥ 0 separated by "
+                                         f"commas, e.g. 1,2,3; got {text!r}")
     return weights
 
 
