@@ -247,6 +247,27 @@ def encoder_speed_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def align_markdown(paths: list[str]) -> str:
+    """README's alignment table, printed from `benchmarks/align.py` result files: CPU-time
+    speedup over the per-pair reference per zoo and in all, the share both spend in scipy's
+    assignment solver, and whether the permutations agree and planted ones are recovered."""
+    lines = ["| run | zoos (CPU-time speedup each) | all, CPU time | all, wall clock | "
+             "in scipy's solver: ours / reference (s) | same permutations | planted recovered |",
+             "|---|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        zoos = ", ".join(f"{name} {speedup:.2f}×"
+                         for name, speedup in report["speedup_per_zoo"].items())
+        recovered = [report[k] for k in report if k.startswith("recovery_")
+                     and report[k] is not None]
+        lines.append(f"| {report['mode']}, {report['models']} models, {report['backend']} | "
+                     f"{zoos} | {report['speedup_vs_reference']:.2f}× | "
+                     f"{report['speedup_wall_clock']:.2f}× | "
+                     f"{report['assignment_seconds']['ours']:.3f} / "
+                     f"{report['assignment_seconds']['reference']:.3f} | "
+                     f"{report['same_perms']:.2f} | {min(recovered):.2f} |")
+    return "\n".join(lines)
+
+
 def _on_gpu(report: dict) -> str:
     """", on <the GPU>" for a result measured on one; files before the device was recorded ran on
     this project's 2 CPU cores."""
@@ -311,7 +332,8 @@ KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "interpolation": interpolation_markdown, "flow_ablation": flow_ablation_markdown,
          "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
-         "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown}
+         "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown,
+         "align": align_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 
