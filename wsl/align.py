@@ -17,10 +17,9 @@ GroupNorm groups (`WeightSpace.blocks`) only get block-respecting permutations.
 A population (leading model axis) is aligned in one pass: each group step computes the similarity
 matrices of the models it solves in one jit-compiled call — one matrix product against a single
 reference — shardable over the model axis with a mesh, and the assignments are solved exactly
-(`wsl.assignment`). Models that converged, and
-models none of whose neighbouring groups moved since their last solve, are neither computed nor
-solved; models with NaN or inf weights are data, not errors: they keep the identity and are flagged
-in `valid`.
+(`wsl.assignment`). Models that converged, and models none of whose neighbouring groups moved since
+their last solve, are neither computed nor solved; models with NaN or inf weights are data, not
+errors: they keep the identity and are flagged in `valid`.
 """
 
 from __future__ import annotations
