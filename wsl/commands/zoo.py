@@ -572,13 +572,14 @@ def summarise(zoo) -> str:
     if numeric:
         w = max(15, *(len(c) + 2 for c in numeric))  # analysed columns have long names
         lines += ["", f"metrics at each model's last checkpoint ({len(models)} models)",
-                  f"  {'column':<{w}}{'mean':>10}{'std':>10}{'min':>10}{'median':>10}{'max':>10}"]
+                  f"  {'column':<{w}}" + "".join(f"{h:>11}" for h in ("mean", "std", "min", "median", "max"))]
         for c in numeric:
             v = last[c].astype(np.float64)
             v = v[np.isfinite(v)]
             stats = (np.mean(v), np.std(v), np.min(v), np.median(v), np.max(v)) if len(v) else \
                 (np.nan,) * 5
-            lines.append(f"  {c:<{w}}" + "".join(f"{s:>10.4g}" for s in stats))
+            # 11 wide for 10-character values such as -0.0008217: columns never touch
+            lines.append(f"  {c:<{w}}" + "".join(f"{s:>11.4g}" for s in stats))
     if "test_acc" in last:
         lines += ["", "test accuracy at the last checkpoint", histogram(last["test_acc"])]
     return "\n".join(lines)
