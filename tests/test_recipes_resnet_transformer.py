@@ -1,5 +1,6 @@
-"""The `resnet-mnist` and `transformer-mnist` recipes: they validate, plan, fit their architectures
-(also under the generator benchmark's "fixed seed" overrides), and a tiny build learns."""
+"""The `resnet-mnist` and `transformer-mnist` recipes and their `-wide` probe variants: they
+validate, plan, fit their architectures (also under the generator benchmark's "fixed seed"
+overrides), and a tiny build learns."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ NEW = {
     # name: (architecture, input shape after the recipe's resize, parameters per model)
     "resnet-mnist": ("resnet", (8, 8, 1), 6330),
     "transformer-mnist": ("transformer", (14, 14, 1), 3290),
+    "resnet-mnist-wide": ("resnet", (8, 8, 1), 6330),
+    "transformer-mnist-wide": ("transformer", (14, 14, 1), 3290),
 }
 # benchmarks/generate.py's SHARED: one activation and optimizer, one shared initialisation.
 FIXED_SEED = ["activation=relu", "optimizer=adam", "init_seeds=1", "data_order=per_model",
