@@ -9,7 +9,7 @@ same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vect
     python benchmarks/probe.py --smoke            # seconds: 24 untrained MLPs, StatNN, temp dir
     python benchmarks/probe.py --quick            # 256-model zoo, 1 seed, short training: minutes
     python benchmarks/probe.py --zoo Z            # the acceptance run: ≥ 2,000 models, 3 seeds
-    python benchmarks/probe.py --zoo-recipe transformer-mnist   # another architecture's zoo
+    python benchmarks/probe.py --zoo-recipe resnet-mnist-wide   # another architecture's zoo
     python benchmarks/probe.py --encoders unf,unf:pool=moments  # an encoder option as its own row
     python benchmarks/probe.py --quick --augmentations --save benchmarks/results/X.json
 
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: build one)")
     parser.add_argument("--zoo-recipe", default=None, metavar="RECIPE",
                         help="build (once) and probe a zoo of this recipe instead of small-cnn, "
-                             "e.g. resnet-mnist or transformer-mnist (256 models with --quick)")
+                             "e.g. resnet-mnist-wide or transformer-mnist-wide (256 models with "
+                             "--quick)")
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-probe")
     parser.add_argument("--encoders", default=None,
