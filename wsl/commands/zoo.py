@@ -572,7 +572,8 @@ def summarise(zoo) -> str:
     if numeric:
         w = max(15, *(len(c) + 2 for c in numeric))  # analysed columns have long names
         lines += ["", f"metrics at each model's last checkpoint ({len(models)} models)",
-                  f"  {'column':<{w}}" + "".join(f"{h:>11}" for h in ("mean", "std", "min", "median", "max"))]
+                  f"  {'column':<{w}}"
+                  + "".join(f"{h:>11}" for h in ("mean", "std", "min", "median", "max"))]
         for c in numeric:
             v = last[c].astype(np.float64)
             v = v[np.isfinite(v)]
