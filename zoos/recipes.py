@@ -307,36 +307,6 @@ RECIPES: dict[str, Recipe] = {
         models_per_shard=128, eval_examples=2000,
         lr=(1e-3, 1e-2), weight_decay=(1e-6, 1e-3), init_scale=(1.0,), dropout=(0.0, 0.2),
         train_fraction=(0.5, 1.0), activation=("gelu", "relu"), optimizer=("adam",)),
-    # Probe zoos: the two recipes above with the Small CNN Zoo's wide hyperparameter ranges
-    # (optimizer, learning rate and weight decay over decades, init scale, dropout, train
-    # fraction, activation), so that accuracy spreads as in `small-cnn`. The narrow recipes suit
-    # generators (one mode to learn); an encoder learns little from a population whose accuracy
-    # varies by a few points.
-    "resnet-mnist-wide": Recipe(
-        name="resnet-mnist-wide",
-        description="resnet-mnist over Small CNN Zoo-like ranges (sgd/adam/rmsprop, lr 5e-4..5e-2, "
-                    "weight decay 1e-8..1e-2, init scale 0.1..3, dropout 0..0.5, train fraction "
-                    "0.1..1, relu/tanh), for probing",
-        architecture="resnet", arch={"width": 8, "stages": 2, "blocks_per_stage": 1},
-        dataset="mnist", dataset_options={"resize": (8, 8), "max_train": 10000},
-        num_models=1000, epochs=2, checkpoints=(0, 1, 2), batch_size=32, models_per_shard=128,
-        eval_examples=2000,
-        lr=(5e-4, 5e-2), weight_decay=(1e-8, 1e-2), init_scale=(0.1, 3.0), dropout=(0.0, 0.5),
-        train_fraction=(0.1, 0.25, 0.5, 1.0), activation=("relu", "tanh"),
-        optimizer=("sgd", "adam", "rmsprop")),
-    "transformer-mnist-wide": Recipe(
-        name="transformer-mnist-wide",
-        description="transformer-mnist over Small CNN Zoo-like ranges (sgd/adam/rmsprop, lr "
-                    "5e-4..5e-2, weight decay 1e-8..1e-2, init scale 0.1..3, dropout 0..0.5, "
-                    "train fraction 0.1..1, gelu/relu), for probing",
-        architecture="transformer",
-        arch={"patch": 7, "dim": 16, "depth": 1, "heads": 2, "head_dim": 8, "mlp_dim": 32},
-        dataset="mnist", dataset_options={"resize": (14, 14), "max_train": 10000},
-        num_models=1000, epochs=4, checkpoints=(0, 1, 2, 4), batch_size=32,
-        models_per_shard=128, eval_examples=2000,
-        lr=(5e-4, 5e-2), weight_decay=(1e-8, 1e-2), init_scale=(0.1, 3.0), dropout=(0.0, 0.5),
-        train_fraction=(0.1, 0.25, 0.5, 1.0), activation=("gelu", "relu"),
-        optimizer=("sgd", "adam", "rmsprop")),
     # Multi-task zoos for transfer (`wsl transfer`): 5-way tasks, held-out tasks never trained on.
     "mnist-tasks": Recipe(
         name="mnist-tasks",
@@ -386,6 +356,23 @@ RECIPES["mnist8-crop-tasks"] = dataclasses.replace(
     RECIPES["mnist8-tasks"], name="mnist8-crop-tasks", task_sources=("mnist8-crop",),
     description="mnist8-tasks on MNIST framed like sklearn digits (each digit's 20x20 box, then "
                 "8x8): the cross-dataset partner of digits-tasks, same 26 held-out class subsets")
+# Probe zoos: the tiny ResNet and transformer over the Small CNN Zoo's wide hyperparameter ranges,
+# so that accuracy spreads as in `small-cnn`. The narrow recipes suit generators (one mode to
+# learn); an encoder learns little from a population whose accuracy varies by a few points.
+_WIDE_RANGES = dict(lr=(5e-4, 5e-2), weight_decay=(1e-8, 1e-2), init_scale=(0.1, 3.0),
+                    dropout=(0.0, 0.5), train_fraction=(0.1, 0.25, 0.5, 1.0),
+                    optimizer=("sgd", "adam", "rmsprop"), eval_examples=2000)
+_WIDE_WORDS = ("sgd/adam/rmsprop, lr 5e-4..5e-2, weight decay 1e-8..1e-2, init scale 0.1..3, "
+               "dropout 0..0.5, train fraction 0.1..1")
+RECIPES["resnet-mnist-wide"] = dataclasses.replace(
+    RECIPES["resnet-mnist"], name="resnet-mnist-wide", epochs=2, checkpoints=(0, 1, 2),
+    activation=("relu", "tanh"), **_WIDE_RANGES,
+    description=f"resnet-mnist over Small CNN Zoo-like ranges ({_WIDE_WORDS}, relu/tanh), "
+                "for probing")
+RECIPES["transformer-mnist-wide"] = dataclasses.replace(
+    RECIPES["transformer-mnist"], name="transformer-mnist-wide", **_WIDE_RANGES,
+    description=f"transformer-mnist over Small CNN Zoo-like ranges ({_WIDE_WORDS}, gelu/relu), "
+                "for probing")
 
 
 def get_recipe(name: str, overrides: Iterable[str] | Mapping[str, Any] = (),
