@@ -302,16 +302,18 @@ def _descend(space, ref, other, perms, valid, *, groups, orders, tol, ref_batche
                 np.concatenate([models, np.repeat(models[:1], size - len(models))])
             if g not in constant:
                 fixed_terms = tuple(t for t in terms[g] if not t[2])
-                # Kept on the device: each step adds its models' rows inside `_similarity`.
-                constant[g] = (_similarity(ref, other, perms, terms=fixed_terms, n=n,
-                                           ref_batched=ref_batched)[0] if fixed_terms else None)
+                fixed = (_similarity(ref, other, perms, terms=fixed_terms, n=n,
+                                     ref_batched=ref_batched)[0] if fixed_terms else None)
+                # Kept on the device where each step adds its models' rows inside
+                # `_similarity`; fetched once where it is the whole score.
+                constant[g] = fixed if varying[g] or fixed is None else np.asarray(fixed)
             if varying[g]:
                 used = {h: perms[h] if index is None else perms[h][index] for h in uses[g]}
                 scores, scale = (np.asarray(a)[:len(models)] for a in _similarity(
                     *inputs[g], used, index, constant[g], terms=varying[g], n=n,
                     ref_batched=ref_batched))
             else:
-                scores = np.asarray(constant[g])[models] if constant[g] is not None else \
+                scores = constant[g][models] if constant[g] is not None else \
                     np.zeros((len(models), n, n), np.float32)
                 scale = np.abs(scores).max(-1).sum(-1)  # Σ_i max_j |S_ij|
             current = perms[g][models]
