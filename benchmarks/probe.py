@@ -10,6 +10,7 @@ same 7 statistics per tensor; the flat MLP sees the raw (normalised) weight vect
     python benchmarks/probe.py --quick            # 256-model zoo, 1 seed, short training: minutes
     python benchmarks/probe.py --zoo Z            # the acceptance run: ≥ 2,000 models, 3 seeds
     python benchmarks/probe.py --zoo-recipe resnet-mnist-wide   # another architecture's zoo
+    python benchmarks/probe.py --zoo-recipe resnet-mnist-wide --num-models 2000   # a larger one
     python benchmarks/probe.py --encoders unf,unf:pool=moments  # an encoder option as its own row
     python benchmarks/probe.py --quick --augmentations --save benchmarks/results/X.json
 
@@ -94,9 +95,10 @@ def is_equivariant(spec: str) -> bool:
 
 
 def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False,
-                  recipe: str | None = None) -> Zoo:
+                  recipe: str | None = None, num_models: int | None = None) -> Zoo:
     """The benchmark's zoo, built once and cached under `zoo_dir`: a `small-cnn` zoo (256 models
-    × 3 epochs quick, 2,000 full), or the named recipe's (256 models quick, its own size full)."""
+    × 3 epochs quick, 2,000 full), or the named recipe's (256 models quick, its own size full);
+    `num_models` sets the size instead (the folder is then named by it)."""
     if smoke:  # untrained digits MLPs: a zoo in seconds, enough rows for a 70/15/15 split
         path = zoo_dir / "probe-quick-smoke"
         words = ["num_models=24", "epochs=0", "checkpoints=[0]"]
@@ -109,6 +111,9 @@ def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False,
     else:
         words = ["num_models=256"] if quick else []
         path = zoo_dir / f"probe-{recipe}-{'quick' if quick else 'full'}"
+    if num_models is not None:
+        words = [w for w in words if not w.startswith("num_models=")] + [f"num_models={num_models}"]
+        path = zoo_dir / f"probe-{recipe}-{num_models}"
     try:
         return Zoo.open(path)
     except ZooError:
@@ -145,6 +150,9 @@ def main(argv=None) -> int:
                         help="build (once) and probe a zoo of this recipe instead of small-cnn, "
                              "e.g. resnet-mnist-wide or transformer-mnist-wide (256 models with "
                              "--quick)")
+    parser.add_argument("--num-models", type=int, default=None, metavar="N",
+                        help="build the zoo (small-cnn or --zoo-recipe) with N models instead of "
+                             "its default size; cached as probe-RECIPE-N")
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-probe")
     parser.add_argument("--encoders", default=None,
@@ -182,6 +190,12 @@ def main(argv=None) -> int:
         parser.error(f"unknown encoders {unknown}; choose from {list(ENCODERS)}")
     if args.augmentations and "statnn_gbt" in encoders:
         parser.error("statnn_gbt trains no network on batches: nothing to augment")
+    if args.num_models is not None and (args.zoo is not None or args.smoke):
+        parser.error("--num-models sizes the zoo the benchmark builds; it does not apply to "
+                     + ("--zoo (a zoo already built)" if args.zoo is not None else "--smoke"))
+    if args.num_models is not None and args.num_models < 20:
+        parser.error(f"--num-models must be ≥ 20 (a 70/15/15 split of whole models); got "
+                     f"{args.num_models}")
     seeds = args.seeds or (1 if args.quick and not args.augmentations else 3)
     if args.augmentations and seeds < 3:
         parser.error("--augmentations needs --seeds ≥ 3 for its intervals")
@@ -190,7 +204,8 @@ def main(argv=None) -> int:
         zoo = Zoo.open(args.zoo)
     else:
         args.zoo_dir.mkdir(parents=True, exist_ok=True)
-        zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe)
+        zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe,
+                            args.num_models)
     train = override(DEFAULT_TRAIN, [f"steps={steps}",
                                      f"eval.every={max(steps // 20, 25)}"])
     out = args.out or args.zoo_dir / (f"runs-{zoo.path.name}-{args.target}-{steps}steps"

@@ -150,6 +150,24 @@ def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
         encoder_spec("unf:moments")
 
 
+def test_probe_num_models_sizes_the_zoo_it_builds_and_names_its_folder(tmp_path, monkeypatch,
+                                                                       capsys):
+    import benchmarks.probe as probe
+
+    built = []
+    monkeypatch.setattr(probe, "build_zoo", lambda recipe, path, progress: built.append(
+        (recipe.name, recipe.num_models, path.name)))
+    for recipe, num_models in (("resnet-mnist-wide", 2000), (None, 3000)):
+        probe.open_or_build(tmp_path, quick=False, recipe=recipe, num_models=num_models)
+    assert built == [("resnet-mnist-wide", 2000, "probe-resnet-mnist-wide-2000"),
+                     ("small-cnn", 3000, "probe-small-cnn-3000")]
+    for argv, fault in ((["--zoo", str(tmp_path), "--num-models", "100"], "--zoo"),
+                        (["--num-models", "5"], "≥ 20")):
+        with pytest.raises(SystemExit):
+            probe.main(argv)
+        assert fault in capsys.readouterr().err
+
+
 def test_gpu_benchmark_reads_the_same_mnist_from_idx_files(tmp_path, write_idx):
     """`benchmarks/gpu.py --mnist-idx DIR` (a GPU machine without the mnist extra) trains on the
     very images and splits of the packaged MNIST."""
