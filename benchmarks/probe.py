@@ -113,7 +113,8 @@ def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False,
         path = zoo_dir / f"probe-{recipe}-{'quick' if quick else 'full'}"
     if num_models is not None:
         words = [w for w in words if not w.startswith("num_models=")] + [f"num_models={num_models}"]
-        path = zoo_dir / f"probe-{recipe}-{num_models}"
+        # --quick's shorter training named too: not the full zoo of the same size.
+        path = zoo_dir / f"probe-{recipe}-{num_models}{'-quick' if quick else ''}"
     try:
         return Zoo.open(path)
     except ZooError:
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
                              "--quick)")
     parser.add_argument("--num-models", type=int, default=None, metavar="N",
                         help="build the zoo (small-cnn or --zoo-recipe) with N models instead of "
-                             "its default size; cached as probe-RECIPE-N")
+                             "its default size; cached as probe-RECIPE-N[-quick]")
     parser.add_argument("--zoo-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "wsl-bench-probe")
     parser.add_argument("--encoders", default=None,

@@ -157,10 +157,12 @@ def test_probe_num_models_sizes_the_zoo_it_builds_and_names_its_folder(tmp_path,
     built = []
     monkeypatch.setattr(probe, "build_zoo", lambda recipe, path, progress: built.append(
         (recipe.name, recipe.num_models, path.name)))
-    for recipe, num_models in (("resnet-mnist-wide", 2000), (None, 3000)):
-        probe.open_or_build(tmp_path, quick=False, recipe=recipe, num_models=num_models)
+    for recipe, num_models, quick in (("resnet-mnist-wide", 2000, False), (None, 3000, False),
+                                      (None, 3000, True)):
+        probe.open_or_build(tmp_path, quick=quick, recipe=recipe, num_models=num_models)
     assert built == [("resnet-mnist-wide", 2000, "probe-resnet-mnist-wide-2000"),
-                     ("small-cnn", 3000, "probe-small-cnn-3000")]
+                     ("small-cnn", 3000, "probe-small-cnn-3000"),
+                     ("small-cnn", 3000, "probe-small-cnn-3000-quick")]
     for argv, fault in ((["--zoo", str(tmp_path), "--num-models", "100"], "--zoo"),
                         (["--num-models", "5"], "≥ 20")):
         with pytest.raises(SystemExit):
