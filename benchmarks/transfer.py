@@ -329,13 +329,17 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-steps", type=int, default=None, metavar="N",
                         help="generator training steps instead of the mode's (--save then "
                              "writes transfer-<mode>-<N>steps.json)")
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help="networks sampled per guidance weight instead of the mode's (the "
+                             "best --keep of them are kept on validation; an ablation, not with "
+                             "--save)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="the first N generator seeds only (a look at one seed; not with "
                              "--save)")
     args = parser.parse_args(argv)
-    if (args.words or args.lr or args.seeds or args.cond_scalar) and args.save:
-        parser.error("--words, --lr, --cond-scalar and --seeds run an ablation, not the "
-                     "benchmark: drop --save")
+    if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples) and args.save:
+        parser.error("--words, --lr, --cond-scalar, --samples and --seeds run an ablation, not "
+                     "the benchmark: drop --save")
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
@@ -352,6 +356,11 @@ def main(argv=None) -> int:
             parser.error(f"--lr: {error}")
     if args.cond_scalar:
         mode = dataclasses.replace(mode, cond_scalar=args.cond_scalar)
+    if args.samples is not None:
+        if args.samples < mode.keep:
+            parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "
+                         f"{args.samples}")
+        mode = dataclasses.replace(mode, samples=args.samples)
     if args.seeds:
         mode = dataclasses.replace(mode, seeds=min(args.seeds, mode.seeds))
     if args.gen_steps:

@@ -77,6 +77,14 @@ def test_generate_ablation_words_are_never_saved_as_the_benchmark():
     assert "--words: unknown config key 'scalar_embeding'" in result.stderr, result.stderr[-2000:]
 
 
+def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep():
+    for words, message in ((["--samples", "200", "--save"], "drop --save"),
+                           (["--samples", "5"], "--samples must be at least the mode's keep (10)")):
+        result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "transfer.py"), *words],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
 def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
     """A later run of some methods adds to the saved file's rows of the same zoo build, replaces
     its own, and drops the rows of a different build (never one table over two zoos)."""
