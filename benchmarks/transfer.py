@@ -104,9 +104,9 @@ class Mode:
     # then start at 0.879 rather than 0.854 and reach random init's last accuracy in 7.7
     # fine-tuning epochs rather than 8.6 (both runs with the three rates below). The 512-wide
     # last layer confines every sample to a 512-dimensional subspace: on training tasks its
-    # samples scored 0.83 against the zoo models' 0.95. Over three seeds the gain is within
-    # noise: 0.864 [0.822, 0.907] at epoch 0 and 8.6 [5.5, 11.7] epochs, against 0.849 [0.838,
-    # 0.861] and 8.9 [6.8, 11.1] without the head. Training longer does not help: seed 0's
+    # samples scored 0.83 against the zoo models' 0.95. Over three seeds (50 samples) the gain is
+    # within noise: 0.864 [0.822, 0.907] at epoch 0 and 8.6 [5.5, 11.7] epochs, against 0.849
+    # [0.838, 0.861] and 8.9 [6.8, 11.1] without the head. Training longer does not help: seed 0's
     # generator at 27,000 steps (`--gen-steps 27000`) started its samples at 0.866, not 0.879,
     # and needed 7.8 epochs, not 7.3.
     generator_words: tuple[str, ...] = ("loss_on=data", "head_width=2048")
