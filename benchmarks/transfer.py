@@ -137,6 +137,15 @@ def _trained_for(epochs: int) -> tuple[str, ...]:
     return f"epochs={epochs}", f"checkpoints=[0,1,5,{epochs}]"
 
 
+def with_zoo_words(experiment: Experiment, words: Sequence[str]) -> Experiment:
+    """The experiment with `words` (``key=value``, `--zoo-words`) in its zoo recipe's words: a
+    word replaces the experiment's word of the same key in place, others are appended (a zoo is
+    cached under its words, so the same settings name the same zoo)."""
+    merged = {w.split("=", 1)[0]: w for w in experiment.zoo_words}
+    merged.update({w.split("=", 1)[0]: w for w in words})
+    return dataclasses.replace(experiment, zoo_words=tuple(merged.values()))
+
+
 MODES = {
     "smoke": Mode((Experiment("main", "digits-tasks",
                               ("num_models=40", "epochs=3", "checkpoints=[0,3]",
@@ -344,10 +353,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None,
                         help="the first N generator seeds only (a look at one seed; not with "
                              "--save)")
+    parser.add_argument("--zoo-words", default="",
+                        help="zoo recipe words, space-separated, replacing the experiments' own "
+                             "of the same key (new zoos and generators, e.g. 'num_models=8000' "
+                             "or 'epochs=75 checkpoints=[0,1,5,75]'; an ablation, not with "
+                             "--save)")
     args = parser.parse_args(argv)
-    if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples) and args.save:
-        parser.error("--words, --lr, --cond-scalar, --samples and --seeds run an ablation, not "
-                     "the benchmark: drop --save")
+    if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
+            or args.zoo_words) and args.save:
+        parser.error("--words, --lr, --cond-scalar, --samples, --seeds and --zoo-words run an "
+                     "ablation, not the benchmark: drop --save")
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
@@ -373,6 +388,14 @@ def main(argv=None) -> int:
         mode = dataclasses.replace(mode, seeds=min(args.seeds, mode.seeds))
     if args.gen_steps:
         mode = dataclasses.replace(mode, gen_steps=args.gen_steps)
+    if args.zoo_words:
+        mode = dataclasses.replace(mode, experiments=tuple(
+            with_zoo_words(e, args.zoo_words.split()) for e in mode.experiments))
+        for experiment in mode.experiments:
+            try:
+                get_recipe(experiment.recipe, list(experiment.zoo_words))
+            except ValueError as error:  # RecipeError: an unknown key or a bad value, named
+                parser.error(f"--zoo-words: {error}")
     chosen = None if args.experiments is None else set(args.experiments.split(","))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))

@@ -79,10 +79,23 @@ def test_generate_ablation_words_are_never_saved_as_the_benchmark():
 
 def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep():
     for words, message in ((["--samples", "200", "--save"], "drop --save"),
-                           (["--samples", "5"], "--samples must be at least the mode's keep (10)")):
+                           (["--samples", "5"], "--samples must be at least the mode's keep (10)"),
+                           (["--zoo-words", "epochs=50", "--save"], "drop --save"),
+                           (["--zoo-words", "num_modles=9"], "--zoo-words: ")):
         result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "transfer.py"), *words],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_transfer_zoo_words_replace_the_experiments_own_of_their_key():
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.transfer import MODES, with_zoo_words
+
+    main = MODES["full"].experiments[0]
+    assert main.zoo_words == ("epochs=25", "checkpoints=[0,1,5,25]")  # cached zoos' names
+    longer = with_zoo_words(main, ["checkpoints=[0,1,5,75]", "epochs=75", "num_models=8000"])
+    assert longer.zoo_words == ("epochs=75", "checkpoints=[0,1,5,75]", "num_models=8000")
+    assert (longer.recipe, longer.name) == (main.recipe, main.name)
 
 
 def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
