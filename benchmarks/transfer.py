@@ -220,6 +220,11 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
     return held
 
 
+# Generator config fields added after generators were cached, with their defaults: named in a
+# generator's folder only when set, so that the cached generators keep their names.
+_ADDED_LATER = {"task_relabel": False}
+
+
 def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
                   words: Sequence[str] = ()) -> tuple[TrainedGenerator, str]:
     """The trained generator of (zoo, mode, seed, words) and the name of its folder, which
@@ -229,8 +234,10 @@ def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
     config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
                       words)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
+    described = {k: v for k, v in to_dict(config).items()
+                 if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
     name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-" \
-           f"{_digest([to_dict(config), to_dict(train)])}"
+           f"{_digest([described, to_dict(train)])}"
     out = root / name
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)

@@ -12,10 +12,12 @@ model). Their training config is `wsl.train.generator.DEFAULT_TRAIN`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import itertools
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wsl.config import ConfigError, coerce_fields
 from wsl.models import diffusion, flow
@@ -69,6 +71,10 @@ class GeneratorConfig:
     # encoded by `wsl.models.task_encoder.TaskEncoder` (per-class width `task_embed`).
     condition_task: bool = False
     task_embed: int = 64
+    # Train also on relabelled copies: every step permutes each example's classes — its support
+    # rows and its output units alike (`relabel_maps`) — so that a class's output unit is learnt
+    # from that class's support row wherever it sits (k! tasks per zoo task, not one).
+    task_relabel: bool = False
     sampler: Literal["euler", "heun", "rk4", "ddpm", "ddim"] | None = None  # None: rk4 / ddim
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
@@ -99,6 +105,12 @@ class GeneratorConfig:
             require(not str(getattr(self, field) or "").startswith("test_"), field,
                     "a test-split column cannot be a condition (test data is scored once, "
                     "never chosen on); condition on val_acc or another validation column")
+        if self.task_relabel:
+            require(self.condition_task, "task_relabel", "relabels the task condition: needs "
+                    "condition_task=true")
+            require(self.method != "latent-ddpm" and self.normalize == "tensor", "task_relabel",
+                    "permutes output units of the weights themselves: not with latent-ddpm or "
+                    "normalize=entry")
         is_flow = self.method == "flow"
         predictions = flow.PREDICTIONS if is_flow else diffusion.PREDICTIONS
         require(self.prediction in predictions, "prediction",
@@ -171,14 +183,54 @@ def make_autoencoder(config: GeneratorConfig, dim: int) -> Autoencoding:
     return Autoencoding(WeightAutoencoder(dim, config.latent_dim, tuple(config.ae_hidden)))
 
 
+MAX_RELABELINGS = 720  # all k! orders up to 6 classes; beyond, this many drawn at random
+
+
+def relabel_maps(space: WeightSpace, num_classes: int, seed: int = 0) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """Class orders and what they do to a flat weight vector: ``orders`` (P, k) and ``index``
+    (P, num_params), such that ``flat[index[p]]`` is the network whose output unit j is the
+    original's unit ``orders[p, j]`` — the network for the task with its support rows taken in
+    that order, ``support[orders[p]]``. The class axes are the unlabelled axes of size k of the
+    tensors in the last tensor's module (the head: an MLP's last kernel and bias)."""
+    head = space.tensors[-1].path.rsplit("/", 1)[0]
+    axes = {t.path: [i for i, (label, size) in enumerate(zip(t.axes, t.shape))
+                     if label is None and size == num_classes]
+            for t in space.tensors if t.path.rsplit("/", 1)[0] == head}
+    axes = {path: found for path, found in axes.items() if found}
+    if not axes:
+        raise ModelError(f"task_relabel: no output axis of size {num_classes} in the head "
+                         f"{head!r} of this weight space")
+    if num_classes <= 6:
+        orders = np.asarray(list(itertools.permutations(range(num_classes))), np.int32)
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.stack([np.arange(num_classes)] + [
+            rng.permutation(num_classes) for _ in range(MAX_RELABELINGS - 1)]).astype(np.int32)
+    index = np.tile(np.arange(space.num_params, dtype=np.int32), (len(orders), 1))
+    for t in space.tensors:
+        if t.path not in axes:
+            continue
+        start, end = space.offsets[t.path]
+        for p, order in enumerate(orders):
+            block = np.arange(start, end, dtype=np.int32).reshape(t.shape)
+            for axis in axes[t.path]:
+                block = np.take(block, order, axis=axis)
+            index[p, start:end] = block.reshape(-1)
+    return orders, index
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorTask:
     """Trainer task: minimise the generator's loss on batches of vectors ``x``.
 
     ``cond_task`` in a batch is (batch, draws, k, F), several support draws per model, of which
-    each step uses one per example, at random (or (batch, k, F): one task per example)."""
+    each step uses one per example, at random (or (batch, k, F): one task per example). With
+    `relabel_maps`' ``(orders, index)`` as ``relabel``, each example is also taken in one of its
+    class orders, at random."""
 
     generator: FlowMatching | Diffusion
+    relabel: Any = dataclasses.field(default=None, compare=False)
 
     def init(self, key, batch):
         return self.generator.init(key)
@@ -195,7 +247,14 @@ class GeneratorTask:
             if cond_task.ndim == 4:
                 draw = jax.random.randint(k_draw, cond_task.shape[:1], 0, cond_task.shape[1])
                 cond_task = cond_task[jnp.arange(cond_task.shape[0]), draw]
-        loss = self.generator.loss(params, batch["x"], key, batch.get("cond_class"),
+        x = batch["x"]
+        if cond_task is not None and self.relabel is not None:
+            orders, index = (jnp.asarray(a) for a in self.relabel)
+            key, k_order = jax.random.split(key)
+            pick = jax.random.randint(k_order, x.shape[:1], 0, len(orders))
+            x = jnp.take_along_axis(x, index[pick], axis=1)
+            cond_task = jnp.take_along_axis(cond_task, orders[pick][:, :, None], axis=1)
+        loss = self.generator.loss(params, x, key, batch.get("cond_class"),
                                    batch.get("cond_scalar"), cond_task)
         return loss, {}
 

@@ -21,7 +21,12 @@ from wsl.models.diffusion import Diffusion
 from wsl.models.errors import ModelError
 from wsl.models.flow import FlowMatching, drop_conditions, guided
 from wsl.models.task_encoder import TaskEncoder
-from wsl.models.weight_generator import GeneratorConfig, GeneratorTask, make_generator
+from wsl.models.weight_generator import (
+    GeneratorConfig,
+    GeneratorTask,
+    make_generator,
+    relabel_maps,
+)
 from wsl.train import TrainConfig
 from wsl.train.generator import GenerateError, TrainedGenerator, train_generator
 from wsl.zoos.architectures import build
@@ -70,6 +75,65 @@ def test_task_encoder_is_equivariant_per_class_and_ordered_at_the_end():
     assert out.shape == (5, 16)
     change = float(jnp.linalg.norm(swapped - out) / jnp.linalg.norm(out))
     assert change > 0.01, change
+
+
+@pytest.mark.parametrize("name, config", [
+    ("mlp", dict(widths=(6,), input_shape=(4,), num_classes=3)),
+    ("small_cnn", dict(channels=4, num_layers=2, input_shape=(6, 6, 1), num_classes=3)),
+])
+def test_relabel_maps_reorder_the_output_units_and_nothing_else(name, config):
+    arch = build(name, **config)
+    space = arch.weight_space
+    orders, index = relabel_maps(space, 3)
+    assert orders.shape == (6, 3) and index.shape == (6, space.num_params)
+    assert len({tuple(o) for o in orders}) == 6  # every order of 3 classes, once
+    params = arch.init(jax.random.key(0))
+    flat = np.asarray(space.flatten(params))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (5, *config["input_shape"])))
+    logits = np.asarray(arch.apply(params, x))
+    for order, idx in zip(orders, index):
+        assert sorted(idx) == list(range(space.num_params))  # a permutation of the entries
+        relabelled = np.asarray(arch.apply(space.unflatten(flat[idx]), x))
+        np.testing.assert_allclose(relabelled, logits[:, order], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match="no output axis of size 4"):
+        relabel_maps(space, 4)
+
+
+def test_relabelled_training_takes_support_rows_and_weights_in_one_order():
+    """With relabelling, the loss of a batch equals the plain loss of the same batch relabelled
+    by the orders the task drew: support rows and output units move together."""
+    arch = build("mlp", widths=(4,), input_shape=(3,), num_classes=2)
+    space = arch.weight_space
+    orders, index = relabel_maps(space, 2)
+    gen = FlowMatching(MLPBackbone(space.num_params, hidden=32, depth=1, task_shape=(2, F),
+                                   task_embed=8), space.num_params)
+    # Every parameter random: the zero-initialised output layer would make the loss a function
+    # of |x| alone, blind to any order.
+    params = init_params(gen.backbone, jax.random.key(0), space.num_params)
+    leaves, tree = jax.tree.flatten(params)
+    params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(jax.random.key(i), p.shape)
+                                       for i, p in enumerate(leaves)])
+    x = jax.random.normal(jax.random.key(1), (6, space.num_params))
+    tasks = jax.random.normal(jax.random.key(2), (6, 2, F))
+    relabelled = GeneratorTask(gen, (orders, index))
+    key = jax.random.key(3)
+    loss = relabelled.loss(params, {"x": x, "cond_task": tasks}, key)[0]
+    # Replay the draws: the task condition's draw key first, then the order's.
+    key, _ = jax.random.split(key)
+    key, k_order = jax.random.split(key)
+    pick = np.asarray(jax.random.randint(k_order, (6,), 0, len(orders)))
+    assert len(set(pick.tolist())) > 1  # both orders drawn: the check below can fail
+    x_r = np.stack([np.asarray(x)[i, index[p]] for i, p in enumerate(pick)])
+    t_r = np.stack([np.asarray(tasks)[i, orders[p]] for i, p in enumerate(pick)])
+    expected = gen.loss(params, jnp.asarray(x_r), key, None, None, jnp.asarray(t_r))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # ... and not the loss of the batch as it was (the orders drawn changed it).
+    assert not np.allclose(loss, gen.loss(params, x, key, None, None, tasks), rtol=1e-4)
+    for words, message in ((["task_relabel=true"], "needs condition_task=true"),
+                           (["task_relabel=true", "condition_task=true", "normalize=entry"],
+                            "not with latent-ddpm or normalize=entry")):
+        with pytest.raises(ConfigError, match=message):
+            override(GeneratorConfig(), words)
 
 
 def fit(gen, steps):

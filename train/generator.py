@@ -47,6 +47,7 @@ from wsl.models.weight_generator import (
     GeneratorTask,
     make_autoencoder,
     make_generator,
+    relabel_maps,
 )
 from wsl.outputs import check_output_dir
 from wsl.train import TrainConfig, load_params, train
@@ -352,7 +353,9 @@ def train_generator(zoo_path: str | Path, out: str | Path, config: GeneratorConf
         train_config, batch_size=fit_batch_size(train_config, len(data), "selected models"))
     generator = make_generator(config, data.shape[1], space if meta["latent"] is None else None,
                                len(selection.class_names), _task_shape(meta))
-    train(GeneratorTask(generator), train_config,
+    relabel = (relabel_maps(space, selection.cond_task.shape[2], train_config.seed)
+               if config.task_relabel else None)
+    train(GeneratorTask(generator, relabel), train_config,
           _batch_data(data, selection.cond_class, selection.cond_scalar, selection.cond_task),
           out / "generator", label=RUN_LABELS.get(config.method, config.method))
     return out
