@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
-        override(GeneratorConfig(), args.words.split())
+        override(GeneratorConfig(condition_task=True), args.words.split())  # as generator_for
     except ValueError as error:  # ConfigError: an unknown key or a bad value, named
         parser.error(f"--words: {error}")
     mode_name = ("smoke" if args.smoke else "quick" if args.quick else
