@@ -403,12 +403,10 @@ def main(argv=None) -> int:
         mode = dataclasses.replace(mode, cond_scalar=args.cond_scalar)
     if args.guidance:
         try:
-            weights = tuple(float(w) for w in args.guidance.split(","))
-        except ValueError:
-            parser.error(f"--guidance: comma-separated numbers, got {args.guidance!r}")
-        if any(not w >= 0 for w in weights) or len(set(weights)) != len(weights):
-            parser.error(f"--guidance: distinct weights ≥ 0, got {args.guidance!r}")
-        mode = dataclasses.replace(mode, guidance=weights)
+            mode = dataclasses.replace(
+                mode, guidance=TransferConfig(guidance=args.guidance).guidance)
+        except ValueError as error:
+            parser.error(f"--guidance: {error}")
     if args.samples is not None:
         if args.samples < mode.keep:
             parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "

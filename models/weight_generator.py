@@ -214,8 +214,9 @@ def relabel_maps(space: WeightSpace, num_classes: int, seed: int = 0) -> tuple[n
         if t.path not in axes:
             continue
         start, end = space.offsets[t.path]
+        entries = np.arange(start, end, dtype=np.int32).reshape(t.shape)
         for p, order in enumerate(orders):
-            block = np.arange(start, end, dtype=np.int32).reshape(t.shape)
+            block = entries
             for axis in axes[t.path]:
                 block = np.take(block, order, axis=axis)
             index[p, start:end] = block.reshape(-1)

@@ -82,8 +82,8 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep()
                            (["--samples", "5"], "--samples must be at least the mode's keep (10)"),
                            (["--zoo-words", "epochs=50", "--save"], "drop --save"),
                            (["--zoo-words", "num_modles=9"], "--zoo-words: "),
-                           (["--guidance", "1,x"], "--guidance: comma-separated numbers"),
-                           (["--guidance", "1,-1"], "--guidance: distinct weights ≥ 0")):
+                           (["--guidance", "1,x"], "--guidance: guidance: expected float"),
+                           (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0")):
         result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "transfer.py"), *words],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
