@@ -195,14 +195,13 @@ def relabel_maps(space: WeightSpace, num_classes: int, seed: int = 0) -> tuple[n
     original's unit ``orders[p, j]`` — the network for the task with its support rows taken in
     that order, ``support[orders[p]]``. The class axes are the unlabelled axes of size k of the
     tensors in the last tensor's module (the head: an MLP's last kernel and bias)."""
-    head = space.tensors[-1].path.rsplit("/", 1)[0]
+    head = [space.tensor(path) for path in space.head_paths]
     axes = {t.path: [i for i, (label, size) in enumerate(zip(t.axes, t.shape))
-                     if label is None and size == num_classes]
-            for t in space.tensors if t.path.rsplit("/", 1)[0] == head}
+                     if label is None and size == num_classes] for t in head}
     axes = {path: found for path, found in axes.items() if found}
     if not axes:
         raise ModelError(f"task_relabel: no output axis of size {num_classes} in the head "
-                         f"{head!r} of this weight space")
+                         f"{list(space.head_paths)} of this weight space")
     if num_classes <= 6:
         orders = np.asarray(list(itertools.permutations(range(num_classes))), np.int32)
     else:

@@ -6,6 +6,7 @@ own temporary directory, and checks that it left nothing behind in either.
 """
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import subprocess
@@ -83,10 +84,24 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep()
                            (["--zoo-words", "epochs=50", "--save"], "drop --save"),
                            (["--zoo-words", "num_modles=9"], "--zoo-words: "),
                            (["--guidance", "1,x"], "--guidance: guidance: expected float"),
-                           (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0")):
+                           (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0"),
+                           (["--head-epochs", "1", "--save"], "drop --save"),
+                           (["--head-epochs", "30"], "--head-epochs: head_epochs: 30 of 25")):
         result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "transfer.py"), *words],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_defaults():
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.transfer import _described
+    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train.transfer import TransferConfig
+
+    for config, field, value in ((TransferConfig(), "head_epochs", 1),
+                                 (GeneratorConfig(condition_task=True), "task_relabel", True)):
+        assert field not in _described(config)
+        assert _described(dataclasses.replace(config, **{field: value}))[field] == value
 
 
 def test_transfer_zoo_words_replace_the_experiments_own_of_their_key():

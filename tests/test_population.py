@@ -143,6 +143,27 @@ def test_diverging_member_is_flagged_and_others_unaffected():
     assert (calm.metrics["test_acc"][:, -1] > 0.5).all(), calm.metrics["test_acc"]
 
 
+def test_frozen_tensors_keep_their_values_and_the_trainable_ones_learn():
+    """`trainable` paths train (weight decay too); every other tensor keeps its values exactly."""
+    arch, data, hparams, settings = _small()
+    hparams["weight_decay"] = [1e-2] * 4
+    head = arch.weight_space.head_paths
+    assert head == ("dense_1/kernel", "dense_1/bias")
+    probe = train_population(arch, data, hparams, dataclasses.replace(settings, trainable=head),
+                             mesh=ONE_DEVICE)
+    space = arch.weight_space
+    for t in space.tensors:
+        start, end = space.offsets[t.path]
+        flat = np.asarray(space.flatten(probe.params))[:, :, start:end]
+        moved = np.abs(flat[:, -1] - flat[:, 0]).max()
+        assert (moved > 1e-3) if t.path in head else (moved == 0.0), (t.path, moved)
+    assert (probe.metrics["val_acc"][:, -1] > probe.metrics["val_acc"][:, 0] + 0.1).all()
+    with pytest.raises(PopulationError, match="trainable: no tensor.*'dense_9/kernel'"):
+        train_population(arch, data, hparams,
+                         dataclasses.replace(settings, trainable=("dense_9/kernel",)),
+                         mesh=ONE_DEVICE)
+
+
 def test_shared_initialisation_gives_every_model_the_same_start():
     arch, data, hparams, settings = _small()
     hparams["lr"] = [0.3, 0.1, 0.3, 0.1]

@@ -142,6 +142,35 @@ def test_several_learning_rates_each_init_at_its_best_on_validation(generator, c
            "--lr takes numbers", code=2)
 
 
+def test_head_epochs_probe_linearly_then_fine_tune(generator, capsys):
+    """--head-epochs N: the first N epochs train the head alone, then everything; the curve is
+    one run of `epochs` epochs whose first N match a head-only population run."""
+    from wsl.train.generator import TrainedGenerator
+    from wsl.train.transfer import make_inits
+    from wsl.zoos.population import TrainSettings, shared_hparams, train_population
+    from wsl.zoos.tasks import task_dataset
+
+    task = Task.parse(_heldout(generator)[0])
+    config = TransferConfig(samples=2, epochs=3, head_epochs=1, inits=("sampled", "random"))
+    report = transfer(generator / "gen", task, config, progress=False)
+    gen = TrainedGenerator.load(generator / "gen")
+    inits = make_inits(gen, task, config)["inits"]
+    flat = np.concatenate([inits["sampled"], inits["random"]])
+    probe = train_population(gen.architecture, task_dataset(task),
+                             shared_hparams([0, 1, 0, 1], lr=config.lr[0]),
+                             TrainSettings(epochs=1, checkpoints=(0, 1), batch_size=32,
+                                           trainable=gen.architecture.weight_space.head_paths),
+                             initial_params=gen.architecture.weight_space.unflatten(flat))
+    for i, name in enumerate(("sampled", "random")):
+        curve = np.asarray(report["curves"][name]["val_acc"])
+        assert curve.shape == (2, 4), name
+        np.testing.assert_allclose(curve[:, :2], probe.metrics["val_acc"][2 * i:2 * i + 2],
+                                   atol=1e-6, err_msg=name)
+    assert report["config"]["head_epochs"] == 1
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--epochs", "2",
+            "--head-epochs", "3"], capsys, "head_epochs: 3 of 2 epochs", code=2)
+
+
 def test_accuracy_condition_is_asked_of_the_samples(generator, capsys):
     """A generator trained on task and validation accuracy samples for --cond-scalar (a
     quantile); one without the scalar condition, or an unknown quantile, is refused up front."""

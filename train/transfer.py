@@ -19,8 +19,9 @@
      same transform): a control that the condition, not the generator alone, carries the task;
 
 3. fine-tunes all of them at once with the population trainer (one vmapped program, the same
-   batches for every init) and records validation accuracy after every epoch; the test split
-   is scored once, after the last epoch.
+   batches for every init; with `head_epochs`, the first epochs train the output layer alone)
+   and records validation accuracy after every epoch; the test split is scored once, after the
+   last epoch.
 
 Nothing here reads the test split to choose anything.
 """
@@ -31,6 +32,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from wsl.config import ConfigError, coerce_fields, to_dict
@@ -73,6 +75,12 @@ class TransferConfig:
     # near a solution may want a smaller step than one that starts from noise, and each gets
     # its own (chosen like the guidance weight, on validation only).
     lr: tuple[float, ...] = (3e-3,)
+    # Linear probing, then fine-tuning (LP-FT): the first `head_epochs` of the `epochs` train the
+    # output layer alone, every init alike, and count as epochs. A network whose features suit
+    # the task but whose head does not (a sampled one's, on a task its generator never saw) is
+    # otherwise pulled off its features by the head's large early gradients (Kumar et al.,
+    # "Fine-Tuning can Distort Pretrained Features", 2022). 0 = fine-tune everything throughout.
+    head_epochs: int = 0
     weight_decay: float = 0.0
     optimizer: str = "adam"
     batch_size: int = 32
@@ -89,9 +97,12 @@ class TransferConfig:
     def __post_init__(self):
         coerce_fields(self)
         for field, low in (("samples", 1), ("epochs", 0), ("support", 1), ("batch_size", 1),
-                           ("keep", 0), ("train_per_class", 0)):
+                           ("keep", 0), ("train_per_class", 0), ("head_epochs", 0)):
             if getattr(self, field) < low:
                 raise ConfigError(f"{field}: must be ≥ {low}, got {getattr(self, field)}")
+        if self.head_epochs > self.epochs:
+            raise ConfigError(f"head_epochs: {self.head_epochs} of {self.epochs} epochs train the "
+                              f"head alone; head_epochs ≤ epochs")
         if self.keep > self.samples:
             raise ConfigError(f"keep: the best {self.keep} of {self.samples} samples cannot be "
                               f"kept; keep ≤ samples")
@@ -293,22 +304,32 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     hparams = shared_hparams(list(np.tile(np.arange(n), len(names) * len(rates))),
                              lr=rates[0], weight_decay=config.weight_decay)
     hparams["lr"] = np.repeat(rates, len(names) * n).tolist()
-    settings = TrainSettings(epochs=config.epochs, checkpoints=tuple(range(config.epochs + 1)),
-                             batch_size=config.batch_size, optimizer=config.optimizer,
-                             seed=config.seed)
+    # (epochs, tensors trained): the head-only phase, then the rest.
+    phases = [(config.head_epochs, arch.weight_space.head_paths)] if config.head_epochs else []
+    if config.epochs > config.head_epochs or not phases:
+        phases.append((config.epochs - config.head_epochs, ()))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.epochs, unit="epoch", desc=f"fine-tuning {total} networks")
+    params, curves_by_phase = arch.weight_space.unflatten(flat), []
     try:
-        result = train_population(arch, data, hparams, settings, mesh=mesh,
-                                  initial_params=arch.weight_space.unflatten(flat),
-                                  on_epoch=(lambda _: bar.update(1)) if bar else None)
+        for phase, (epochs, trainable) in enumerate(phases):
+            # Each phase draws its own batch order (seed + phase), as one run's epochs do.
+            settings = TrainSettings(epochs=epochs, checkpoints=tuple(range(epochs + 1)),
+                                     batch_size=config.batch_size, optimizer=config.optimizer,
+                                     seed=config.seed + phase, trainable=trainable)
+            result = train_population(arch, data, hparams, settings, mesh=mesh,
+                                      initial_params=params,
+                                      on_epoch=(lambda _: bar.update(1)) if bar else None)
+            params = jax.tree.map(lambda a: a[:, -1], result.params)
+            # A phase's epoch 0 is the previous phase's last epoch.
+            curves_by_phase.append(result.metrics["val_acc"][:, 1 if curves_by_phase else 0:])
     finally:
         if bar is not None:
             bar.close()
-    val, test = result.metrics["val_acc"], result.metrics["test_acc"]
+    val, test = np.concatenate(curves_by_phase, axis=1), result.metrics["test_acc"]
     curves = {}
     for i, name in enumerate(names):
         blocks = [slice((r * len(names) + i) * n, (r * len(names) + i + 1) * n)

@@ -261,6 +261,13 @@ class WeightSpace:
             start += t.size
         return out
 
+    @property
+    def head_paths(self) -> tuple[str, ...]:
+        """The output layer's tensors: those of the last tensor's module (an MLP's last kernel
+        and bias), the part of a network that is specific to its task's classes."""
+        module = self.tensors[-1].path.rsplit("/", 1)[0]
+        return tuple(t.path for t in self.tensors if t.path.rsplit("/", 1)[0] == module)
+
     def tensor(self, path: str) -> TensorSpec:
         for t in self.tensors:
             if t.path == path:

@@ -74,6 +74,9 @@ class TrainSettings:
     init_seeds: int = 0
     eval_examples: int = 0  # examples of each split evaluated per checkpoint; 0 = all
     eval_batch: int = 500
+    # Weight-space paths of the tensors that train; the others keep their values exactly (e.g.
+    # the head alone, a linear probe of given networks' features). () = every tensor.
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -145,13 +148,19 @@ def _task_inputs(task, x, y):
 
 @functools.lru_cache(maxsize=64)
 def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
-              eval_batch: int, masked: bool = False, tasked: bool = False):
+              eval_batch: int, masked: bool = False, tasked: bool = False,
+              trainable: tuple[str, ...] = ()):
     """The compiled epoch and evaluation of one group; cached on the (hashable) architecture.
 
     `tasked`: every model has its own task (`wsl.zoos.tasks.TaskArrays`): an epoch walks
     positions of each model's own example pool (``hp["pool"]``) in one shared order, and inputs
     and labels pass through the model's transform and label map."""
     opt = OPTIMIZERS[optimizer]()
+    space = arch.weight_space
+    # 1 on the entries that train, 0 on the frozen: updates are multiplied by it, so frozen
+    # tensors move by neither the gradient nor weight decay.
+    trains = None if not trainable else space.unflatten(np.concatenate(
+        [np.full(t.size, t.path in trainable, np.float32) for t in space.tensors]))
 
     def model_step(params, opt_state, diverged, hp, x, y, weight, step):
         if tasked:
@@ -161,6 +170,8 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             arch, params, x, y, weight, hp["dropout"], key)
         grads = jax.tree.map(lambda g, p: g + hp["weight_decay"] * p, grads, params)
         updates, new_state = opt.update(grads, opt_state, params)
+        if trains is not None:
+            updates = jax.tree.map(jnp.multiply, updates, trains)
         new_params = jax.tree.map(lambda p, u: p - hp["lr"] * u, params, updates)
         if masked:  # units beyond the model's width stay zero whatever the optimizer does
             new_params = jax.tree.map(jnp.multiply, new_params, hp["mask"])
@@ -376,6 +387,10 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     elif int(data.y_train.max(initial=0)) >= arch.num_classes:
         raise PopulationError(f"dataset {data.name!r} has labels up to {int(data.y_train.max())}, "
                               f"architecture {arch.name!r} has {arch.num_classes} classes")
+    unknown = sorted(set(settings.trainable) - set(arch.weight_space.paths))
+    if unknown:
+        raise PopulationError(f"trainable: no tensor {unknown} in architecture {arch.name!r}; "
+                              f"its tensors are {list(arch.weight_space.paths)}")
     mesh = mesh or population_mesh()
     padded = round_up(n_models, axis_size(mesh))
     models_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
@@ -389,7 +404,7 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     masked = "width" in hparams
     programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
-                         settings.eval_batch, masked, tasks is not None)
+                         settings.eval_batch, masked, tasks is not None, settings.trainable)
     if initial_params is not None:
         params = _given_population(arch, initial_params, n_models, padded)
     else:
