@@ -128,12 +128,14 @@ class Mode:
     # they need 8.1 epochs to random init's last accuracy, not 6.4 (`--head-epochs 1`), although
     # a head refit to convergence on the task's training split would start them level with it.
     head_epochs: int = 0
+    keep_by: str = "val"  # what `keep` keeps the best by (TransferConfig.keep_by)
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
                               epochs=self.epochs, seed=seed, train_per_class=self.train_per_class,
                               batch_size=self.batch_size, lr=self.lr,
-                              cond_scalar=self.cond_scalar, head_epochs=self.head_epochs)
+                              cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
+                              keep_by=self.keep_by)
 
 
 def _trained_for(epochs: int) -> tuple[str, ...]:
@@ -227,7 +229,7 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 
 # Generator and transfer config fields added after generators and runs were cached, with their
 # defaults: named in a cache key only when set, so that cached ones keep their names.
-_ADDED_LATER = {"task_relabel": False, "head_epochs": 0}
+_ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val"}
 
 
 def _described(config) -> dict:
@@ -393,12 +395,17 @@ def main(argv=None) -> int:
                         help="of the fine-tuning epochs, the first N train the head alone, for "
                              "every init (linear probing, then fine-tuning) instead of the "
                              "mode's (an ablation, not with --save)")
+    parser.add_argument("--keep-by", choices=("val", "probe"), default=None,
+                        help="keep the sampled (and nearest-task) networks best by validation "
+                             "accuracy as they are (val) or of a linear probe of their features "
+                             "(probe) instead of the mode's (an ablation, not with --save)")
     args = parser.parse_args(argv)
     if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
-            or args.zoo_words or args.guidance or args.head_epochs is not None) and args.save:
+            or args.zoo_words or args.guidance or args.head_epochs is not None
+            or args.keep_by) and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
-                     "--head-epochs and --zoo-words run an ablation, not the benchmark: drop "
-                     "--save")
+                     "--head-epochs, --keep-by and --zoo-words run an ablation, not the "
+                     "benchmark: drop --save")
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
@@ -415,6 +422,8 @@ def main(argv=None) -> int:
             parser.error(f"--lr: {error}")
     if args.cond_scalar:
         mode = dataclasses.replace(mode, cond_scalar=args.cond_scalar)
+    if args.keep_by:
+        mode = dataclasses.replace(mode, keep_by=args.keep_by)
     if args.head_epochs is not None:
         try:
             TransferConfig(epochs=mode.epochs, head_epochs=args.head_epochs)

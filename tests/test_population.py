@@ -372,3 +372,33 @@ def test_every_recipe_builds_small(name, tmp_path):
     last = zoo.filter(epoch="last").metrics
     assert np.isfinite(last["test_acc"]).all() and last["test_acc"].max() > 0.15
     assert zoo.architecture.weight_space.num_params == zoo.flat([0]).shape[1]
+
+
+@pytest.mark.parametrize("name, config", [("mlp", {"widths": (16,)}),
+                                          ("small_cnn", {"channels": 4})])
+def test_linear_probe_reads_the_penultimate_features(name, config):
+    """`head_inputs` is what the head reads (head applied to it = the logits), and the probe is
+    ridge least squares on those features, scored by argmax."""
+    from wsl.zoos.scoring import head_inputs, linear_probe_accuracy
+
+    data = load_dataset("digits", max_train=300)
+    arch = build(name, input_shape=(8, 8, 1), num_classes=10, **config)
+    params = arch.init_population(jax.random.key(0), 3)
+    space = arch.weight_space
+    flat = np.asarray(space.flatten(params))
+    x, y, xv, yv = data.x_train, data.y_train, data.x_val[:200], data.y_val[:200]
+    ridge, reference = 1e-4, []
+    for vector in flat:
+        one = space.unflatten(vector)
+        features = np.asarray(head_inputs(arch, one, x), np.float64)
+        kernel, bias = (np.asarray(space.unflatten(vector)[p.split("/")[0]][p.split("/")[1]])
+                        for p in space.head_paths)
+        np.testing.assert_allclose(features @ kernel + bias, arch.apply(one, x), atol=1e-4)
+        fit = np.c_[features, np.ones(len(x))]
+        held = np.c_[np.asarray(head_inputs(arch, one, xv), np.float64), np.ones(len(xv))]
+        readout = np.linalg.solve(fit.T @ fit + ridge * len(x) * np.eye(fit.shape[1]),
+                                  fit.T @ np.eye(10)[y])
+        reference.append(np.mean(np.argmax(held @ readout, 1) == yv))
+    probe = linear_probe_accuracy(arch, flat, (x, y), (xv, yv), ridge=ridge, model_chunk=2)
+    np.testing.assert_allclose(probe, reference, atol=1e-2)
+    assert (probe > 0.2).all()  # random features of digits still read out above chance (0.1)

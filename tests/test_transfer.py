@@ -1,6 +1,7 @@
 """`wsl transfer` end to end on a tiny multi-task zoo, its bad inputs, and the summaries."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -169,6 +170,36 @@ def test_head_epochs_probe_linearly_then_fine_tune(generator, capsys):
     assert report["config"]["head_epochs"] == 1
     _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--epochs", "2",
             "--head-epochs", "3"], capsys, "head_epochs: 3 of 2 epochs", code=2)
+
+
+def test_keep_by_probe_keeps_the_networks_with_the_best_features(generator, capsys):
+    """--keep-by probe: the kept samples are the best by a linear probe of their features (fit on
+    the training split, scored on validation), and so are the nearest-task models."""
+    from wsl.train.generator import TrainedGenerator
+    from wsl.zoos.scoring import linear_probe_accuracy
+    from wsl.zoos.tasks import draw_support, support_features, task_dataset
+
+    task = Task.parse(_heldout(generator)[0])
+    gen = TrainedGenerator.load(generator / "gen")
+    config = TransferConfig(samples=6, keep=2, keep_by="probe", inits=("sampled",))
+    report = transfer(gen, task, dataclasses.replace(config, epochs=0), progress=False)
+    note = report["curves"]["sampled"]
+    data = task_dataset(task)
+    support = support_features(*draw_support(data, config.support, config.seed),
+                               data.num_classes)
+    drawn = gen.sample(6, seed=0, cond_task=support, guidance=None)
+    probe = linear_probe_accuracy(gen.architecture, drawn, (data.x_train, data.y_train),
+                                  (data.x_val, data.y_val))
+    np.testing.assert_allclose(note["probe_acc_of_all"], probe, atol=1e-6)
+    assert sorted(note["kept"]) == sorted(np.argsort(-probe, kind="stable")[:2].tolist())
+    assert wsl(["transfer", "--generator", str(generator / "gen"), "--task", task.spec,
+                "--samples", "3", "--keep", "1", "--keep-by", "probe", "--epochs", "0",
+                "--out", str(generator / "probe"), "--no-progress"]) == 0
+    assert json.loads((generator / "probe" / "transfer.json").read_text())["config"][
+        "keep_by"] == "probe"
+    capsys.readouterr()
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--keep-by", "loss"],
+           capsys, "keep_by: 'loss' is not one of", code=2)
 
 
 def test_accuracy_condition_is_asked_of_the_samples(generator, capsys):

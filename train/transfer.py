@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -40,7 +40,7 @@ from wsl.errors import WslError
 from wsl.models.weight_generator import scalar_condition
 from wsl.zoos.init_schemes import initial_population
 from wsl.zoos.population import OPTIMIZERS, TrainSettings, shared_hparams, train_population
-from wsl.zoos.scoring import population_metrics
+from wsl.zoos.scoring import linear_probe_accuracy, population_metrics
 from wsl.zoos.store import Zoo
 from wsl.zoos.tasks import (
     Task,
@@ -64,6 +64,11 @@ class TransferConfig:
 
     samples: int = 10  # networks per init
     keep: int = 0  # sampled: keep the best `keep` of `samples` by validation accuracy; 0 = all
+    # What "best" means for `keep` (and the guidance weight): "val", the networks' validation
+    # accuracy as they are; "probe", the validation accuracy of a linear read-out of their
+    # features fit on the task's fine-tuning training split (`linear_probe_accuracy`) — their
+    # features, not their heads, since fine-tuning refits a head within an epoch.
+    keep_by: Literal["val", "probe"] = "val"
     epochs: int = 25
     support: int = 10  # support examples per class (from the task's training split)
     # Labelled examples per class the networks are fine-tuned on, drawn like the support set
@@ -184,13 +189,19 @@ def _tasks_by_distance(target: np.ndarray, tasks: list[str], per_class: int,
     return [tasks[i] for i in np.argsort(dist, kind="stable")]
 
 
-def _best(flat: np.ndarray, data, keep: int, arch) -> tuple[np.ndarray, np.ndarray]:
-    """The `keep` networks of `flat` with the highest validation accuracy of the task (0: all),
-    and every network's validation accuracy."""
+def _best(flat: np.ndarray, data, keep: int, arch,
+          config: TransferConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `keep` networks of `flat` (0: all) that score best by `config.keep_by`, every
+    network's validation accuracy and every network's score (the same with keep_by="val")."""
     val = population_metrics(arch, flat, data, splits=("val",))["val_acc"]
+    score = val
+    if config.keep_by == "probe" and keep:
+        train = fine_tuning_data(data, config)
+        score = linear_probe_accuracy(arch, flat, (train.x_train, train.y_train),
+                                      (data.x_val, data.y_val))
     if not keep:
-        return np.arange(len(flat)), val
-    return np.argsort(-np.nan_to_num(val, nan=-1.0), kind="stable")[:keep], val
+        return np.arange(len(flat)), val, score
+    return np.argsort(-np.nan_to_num(score, nan=-1.0), kind="stable")[:keep], val, score
 
 
 def _scalar(text: str) -> float | str | None:
@@ -208,14 +219,18 @@ def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[n
     for guidance in candidates:
         flat = gen.sample(config.samples, seed=config.seed, cond_task=features,
                           guidance=guidance, cond_scalar=_scalar(config.cond_scalar))
-        kept, val = _best(flat, data, config.keep, arch)
-        tried.append((float(np.nanmean(val[kept])), guidance, flat[kept], kept, val))
+        kept, val, score = _best(flat, data, config.keep, arch, config)
+        tried.append((float(np.nanmean(score[kept])), guidance, flat[kept], kept, val, score,
+                      float(np.nanmean(val[kept]))))
     best = max(range(len(tried)), key=lambda i: tried[i][0])  # first best on ties
-    score, guidance, flat, kept, val = tried[best]
+    _, guidance, flat, kept, val, score, _ = tried[best]
     note = {"task": task.spec, "guidance": guidance,
-            "val_acc_by_guidance": {str(g): t[0] for t, g in zip(tried, candidates)}}
+            "val_acc_by_guidance": {str(g): t[6] for t, g in zip(tried, candidates)}}
     if config.keep:
         note.update(kept=kept.tolist(), val_acc_of_all=val.tolist())
+    if config.keep and config.keep_by == "probe":
+        note.update(probe_acc_by_guidance={str(g): t[0] for t, g in zip(tried, candidates)},
+                    probe_acc_of_all=score.tolist())
     return flat, note
 
 
@@ -270,7 +285,7 @@ def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
                     break
             pool = aligned[np.asarray(members)]
             if config.keep:
-                kept, _ = _best(pool, data, n, arch)
+                kept, _, _ = _best(pool, data, n, arch, config)
                 pool = pool[kept]
             inits[name] = pool[np.arange(n) % len(pool)].astype(np.float32)
             notes[name] = {"task": used[0], "tasks": used, "models": len(members)}

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,4 +130,53 @@ def population_metrics(arch: Architecture, weights, data: Any, *,
                                                                    model_chunk)
     if "train_acc" in out and "test_acc" in out:
         out["gap"] = out["train_acc"] - out["test_acc"]
+    return out
+
+
+def head_inputs(arch: Architecture, params, x) -> jax.Array:
+    """What one network's output layer reads — its penultimate features, flattened per example:
+    (examples, features). Captured from a forward pass (traceable: works under jit and vmap), so
+    any architecture whose output layer is one module (`WeightSpace.head_paths`) is covered."""
+    head = arch.weight_space.head_paths[0].rsplit("/", 1)[0]
+    seen = []
+
+    def grab(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and "/".join(context.module.scope.path) == head:
+            seen.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        arch.module.apply({"params": params}, x)
+    return seen[-1].reshape(x.shape[0], -1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _chunk_probe(arch: Architecture, vectors, x_fit, y_fit, x_eval, y_eval, ridge: float):
+    def one(vector):
+        params = arch.weight_space.unflatten(vector)
+        with_bias = lambda f: jnp.concatenate([f, jnp.ones((f.shape[0], 1), f.dtype)], axis=1)
+        fit, held = with_bias(head_inputs(arch, params, x_fit)), with_bias(
+            head_inputs(arch, params, x_eval))
+        targets = jax.nn.one_hot(y_fit, arch.num_classes)
+        gram = fit.T @ fit + ridge * fit.shape[0] * jnp.eye(fit.shape[1])
+        readout = jnp.linalg.solve(gram, fit.T @ targets)
+        return jnp.mean(jnp.argmax(held @ readout, -1) == y_eval)
+
+    return jax.lax.map(one, vectors)
+
+
+def linear_probe_accuracy(arch: Architecture, weights, fit: tuple, evaluate: tuple, *,
+                          ridge: float = 1e-4, model_chunk: int = 64) -> np.ndarray:
+    """Per network: accuracy on `evaluate` (x, y) of a linear read-out of its penultimate features
+    (`head_inputs`) fit by ridge least squares to one-hot labels of `fit` (x, y), its own head
+    ignored. A measure of how well a network's features suit a task, whatever its head; `ridge`
+    is per fitting example."""
+    flat = as_vectors(arch, weights)
+    x_fit, y_fit = jnp.asarray(fit[0]), jnp.asarray(fit[1])
+    x_eval, y_eval = jnp.asarray(evaluate[0]), jnp.asarray(evaluate[1])
+    out = np.zeros(len(flat))
+    for rows in _chunks(len(flat), model_chunk):
+        chunk = pad_rows(flat[rows], model_chunk)
+        out[rows] = np.asarray(_chunk_probe(arch, chunk, x_fit, y_fit, x_eval, y_eval,
+                                            float(ridge)))[:rows.stop - rows.start]
     return out

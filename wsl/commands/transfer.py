@@ -2,7 +2,7 @@
 
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
                  [--support 10] [--keep 0] [--guidance 1,2,3] [--lr 3e-3,1e-3]
-                 [--train-per-class N] [--head-epochs 1] [--out DIR]
+                 [--train-per-class N] [--keep-by probe] [--head-epochs 1] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                         "each and reported at the one it ends best at on the task's validation "
                         "split")
     p.add_argument("--optimizer", default=d.optimizer, help="fine-tuning optimizer")
+    p.add_argument("--keep-by", default=d.keep_by, metavar="val|probe",
+                   help="--keep keeps the networks best by validation accuracy as they are (val) "
+                        "or of a linear probe of their features fit on the training split "
+                        "(probe; their heads are refit by fine-tuning anyway)")
     p.add_argument("--head-epochs", type=int, default=d.head_epochs, metavar="N",
                    help="of the --epochs, the first N train the output layer alone, every init "
                         "alike (linear probing, then fine-tuning); 0: everything throughout")
@@ -110,6 +114,7 @@ def main(argv: list[str]) -> int:
                                 optimizer=args.optimizer,
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size, head_epochs=args.head_epochs,
+                                keep_by=args.keep_by,
                                 seed=args.seed, guidance=_numbers(args.guidance, "--guidance"),
                                 cond_scalar=args.cond_scalar,
                                 inits=tuple(i.strip() for i in args.inits.split(",") if i.strip()))
