@@ -21,7 +21,7 @@ accuracy. Test splits are never read.
     python benchmarks/transfer_heads.py           # main experiment, 12 tasks, generator seed 0
 
 Prints a table and one JSON object as the last line; ``--save`` writes it to
-``benchmarks/results/transfer-heads.json``.
+``benchmarks/results/transfer_heads.json``.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="zoos and generators (default: the transfer benchmark's cache)")
     parser.add_argument("--save", action="store_true",
-                        help="write benchmarks/results/transfer-heads.json (not with --smoke)")
+                        help="write benchmarks/results/transfer_heads.json (not with --smoke)")
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "full"
     mode = MODES[mode_name]
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                "tasks": rows}
     if args.save and not args.smoke:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "transfer-heads.json").write_text(json.dumps(payload, indent=1) + "\n")
+        (RESULTS / "transfer_heads.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(payload))
     return 0
 
