@@ -38,7 +38,6 @@ import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
@@ -52,25 +51,14 @@ from benchmarks.transfer import (  # noqa: E402
 from wsl.eval.transfer import epochs_to_reach  # noqa: E402
 from wsl.train.transfer import make_inits  # noqa: E402
 from wsl.zoos.population import TrainSettings, shared_hparams, train_population  # noqa: E402
+from wsl.zoos.scoring import head_inputs  # noqa: E402
 from wsl.zoos.tasks import draw_support, task_dataset  # noqa: E402
 
 MAP_WEIGHTS = (0.01, 0.1, 1.0)  # λ of λ‖head − generated head‖²; chosen per task on validation
 
 
-def head_inputs(arch, params, x) -> np.ndarray:
-    """What the output layer reads (the penultimate features), captured from one forward pass of
-    one network: (examples, features). Any architecture whose head is one module."""
-    head = arch.weight_space.head_paths[0].rsplit("/", 1)[0]
-    seen = []
-
-    def grab(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and "/".join(context.module.scope.path) == head:
-            seen.append(args[0])
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(grab):
-        arch.module.apply({"params": params}, x)
-    return np.asarray(seen[-1], np.float64).reshape(len(x), -1)
+def _features(arch, params, x) -> np.ndarray:
+    return np.asarray(head_inputs(arch, params, x), np.float64)
 
 
 def _split(arch, flat: np.ndarray):
@@ -133,8 +121,8 @@ def diagnose(gen, task, config, epochs: int) -> dict:
     by_weight = {w: ([], []) for w in MAP_WEIGHTS}  # weight -> (accuracies, networks)
     for flat in sampled:
         params, kernel, bias = _split(arch, flat)
-        train, val = head_inputs(arch, params, data.x_train), head_inputs(arch, params, data.x_val)
-        support = head_inputs(arch, params, support_x)
+        train, val = _features(arch, params, data.x_train), _features(arch, params, data.x_val)
+        support = _features(arch, params, support_x)
         scores["generated"].append(_accuracy(val, kernel, bias, y_val))
         scores["refit_train"].append(_accuracy(val, *_logistic(train, y_train, 10.0), y_val))
         scores["refit_support"].append(_accuracy(val, *_logistic(support, support_y, 1.0),
