@@ -167,6 +167,8 @@ def main(argv=None) -> int:
     mode = MODES[mode_name]
     if not 0 <= args.seed < mode.seeds:
         parser.error(f"--seed: the {mode_name} mode trains generator seeds 0..{mode.seeds - 1}")
+    if args.tasks is not None and args.tasks < 1:
+        parser.error(f"--tasks: at least 1 held-out task, got {args.tasks}")
     experiment, count = mode.experiments[0], mode.tasks[0]
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))

@@ -220,18 +220,18 @@ def _sampled(gen, task: Task, data, features, config: TransferConfig) -> tuple[n
         flat = gen.sample(config.samples, seed=config.seed, cond_task=features,
                           guidance=guidance, cond_scalar=_scalar(config.cond_scalar))
         kept, val, score = _best(flat, data, config.keep, arch, config)
-        tried.append((float(np.nanmean(score[kept])), guidance, flat[kept], kept, val, score,
-                      float(np.nanmean(val[kept]))))
-    best = max(range(len(tried)), key=lambda i: tried[i][0])  # first best on ties
-    _, guidance, flat, kept, val, score, _ = tried[best]
-    note = {"task": task.spec, "guidance": guidance,
-            "val_acc_by_guidance": {str(g): t[6] for t, g in zip(tried, candidates)}}
+        tried.append({"guidance": guidance, "flat": flat[kept], "kept": kept, "val": val,
+                      "score": score, "val_mean": float(np.nanmean(val[kept])),
+                      "score_mean": float(np.nanmean(score[kept]))})
+    best = max(tried, key=lambda t: t["score_mean"])  # the first best on ties
+    note = {"task": task.spec, "guidance": best["guidance"],
+            "val_acc_by_guidance": {str(t["guidance"]): t["val_mean"] for t in tried}}
     if config.keep:
-        note.update(kept=kept.tolist(), val_acc_of_all=val.tolist())
+        note.update(kept=best["kept"].tolist(), val_acc_of_all=best["val"].tolist())
     if config.keep and config.keep_by == "probe":
-        note.update(probe_acc_by_guidance={str(g): t[0] for t, g in zip(tried, candidates)},
-                    probe_acc_of_all=score.tolist())
-    return flat, note
+        note.update(probe_acc_by_guidance={str(t["guidance"]): t["score_mean"] for t in tried},
+                    probe_acc_of_all=best["score"].tolist())
+    return best["flat"], note
 
 
 def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
