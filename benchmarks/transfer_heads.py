@@ -64,10 +64,10 @@ def _features(arch, params, x) -> np.ndarray:
 def _split(arch, flat: np.ndarray):
     """One network's flat weights → (params, head kernel (features, k), head bias (k,))."""
     space = arch.weight_space
-    kernel, bias = (space.tensor(p) for p in space.head_paths)
-    (k0, k1), (b0, b1) = space.offsets[kernel.path], space.offsets[bias.path]
-    return (space.unflatten(flat), flat[k0:k1].reshape(kernel.shape).astype(np.float64),
-            flat[b0:b1].astype(np.float64))
+    params = space.unflatten(flat)
+    tensors = space.as_flat_dict(params)
+    kernel, bias = (np.asarray(tensors[p], np.float64) for p in space.head_paths)
+    return params, kernel, bias
 
 
 def _with_head(arch, flat: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -391,8 +391,7 @@ def test_linear_probe_reads_the_penultimate_features(name, config):
     for vector in flat:
         one = space.unflatten(vector)
         features = np.asarray(head_inputs(arch, one, x), np.float64)
-        kernel, bias = (np.asarray(space.unflatten(vector)[p.split("/")[0]][p.split("/")[1]])
-                        for p in space.head_paths)
+        kernel, bias = (np.asarray(space.as_flat_dict(one)[p]) for p in space.head_paths)
         np.testing.assert_allclose(features @ kernel + bias, arch.apply(one, x), atol=1e-4)
         fit = np.c_[features, np.ones(len(x))]
         held = np.c_[np.asarray(head_inputs(arch, one, xv), np.float64), np.ones(len(xv))]
