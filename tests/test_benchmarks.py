@@ -66,6 +66,12 @@ def test_every_benchmark_has_a_smoke_test():
     assert scripts == set(BENCHMARKS), "add new benchmarks (with a --smoke mode) to BENCHMARKS"
 
 
+def test_flow_ablation_refuses_a_negative_first_seed():
+    result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "flow_ablation.py"), "--smoke",
+                             "--first-seed", "-1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--first-seed -1" in result.stderr, result.stderr[-2000:]
+
+
 def test_generate_ablation_words_are_never_saved_as_the_benchmark():
     result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "generate.py"), "--quick",
                              "--words", "scalar_embedding=sinusoidal"],
