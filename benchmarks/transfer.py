@@ -132,13 +132,16 @@ class Mode:
     # probe`, full main experiment, seed 0, validation) samples start at 0.780, not 0.904, and
     # need 6.6 epochs to random init's last accuracy, not 6.4.
     keep_by: str = "val"
+    # Linear learning-rate warmup over the first fine-tuning epochs (TransferConfig.warmup_epochs),
+    # every init alike.
+    warmup_epochs: float = 0.0
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
                               epochs=self.epochs, seed=seed, train_per_class=self.train_per_class,
                               batch_size=self.batch_size, lr=self.lr,
                               cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
-                              keep_by=self.keep_by)
+                              keep_by=self.keep_by, warmup_epochs=self.warmup_epochs)
 
 
 def _trained_for(epochs: int) -> tuple[str, ...]:
@@ -232,7 +235,7 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 
 # Generator and transfer config fields added after generators and runs were cached, with their
 # defaults: named in a cache key only when set, so that cached ones keep their names.
-_ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val"}
+_ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0}
 
 
 def _described(config) -> dict:
@@ -402,13 +405,17 @@ def main(argv=None) -> int:
                         help="keep the sampled (and nearest-task) networks best by validation "
                              "accuracy as they are (val) or of a linear probe of their features "
                              "(probe) instead of the mode's (an ablation, not with --save)")
+    parser.add_argument("--warmup-epochs", type=float, default=None, metavar="E",
+                        help="raise the fine-tuning learning rate linearly over the first E "
+                             "epochs, every init alike, instead of the mode's (an ablation, not "
+                             "with --save)")
     args = parser.parse_args(argv)
     if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
             or args.zoo_words or args.guidance or args.head_epochs is not None
-            or args.keep_by) and args.save:
+            or args.keep_by or args.warmup_epochs is not None) and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
-                     "--head-epochs, --keep-by and --zoo-words run an ablation, not the "
-                     "benchmark: drop --save")
+                     "--head-epochs, --warmup-epochs, --keep-by and --zoo-words run an "
+                     "ablation, not the benchmark: drop --save")
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
@@ -433,6 +440,12 @@ def main(argv=None) -> int:
         except ValueError as error:
             parser.error(f"--head-epochs: {error}")
         mode = dataclasses.replace(mode, head_epochs=args.head_epochs)
+    if args.warmup_epochs is not None:
+        try:
+            TransferConfig(epochs=mode.epochs, warmup_epochs=args.warmup_epochs)
+        except ValueError as error:
+            parser.error(f"--warmup-epochs: {error}")
+        mode = dataclasses.replace(mode, warmup_epochs=args.warmup_epochs)
     if args.guidance:
         try:
             mode = dataclasses.replace(

@@ -164,6 +164,27 @@ def test_frozen_tensors_keep_their_values_and_the_trainable_ones_learn():
                          mesh=ONE_DEVICE)
 
 
+def test_warmup_scales_each_step_by_its_share_of_the_warmup():
+    """Full-batch epochs (one step each) warmed up over 2: the first step takes half the rate,
+    the second the whole rate — as two runs at those rates one after the other (no dropout:
+    its masks follow the step count, which the second run restarts)."""
+    arch, data, hparams, settings = _small()
+    hparams["dropout"] = np.zeros(4)
+    settings = dataclasses.replace(settings, epochs=2, checkpoints=(0, 2), batch_size=512)
+    warmed = train_population(arch, data, hparams,
+                              dataclasses.replace(settings, warmup_epochs=2.0), mesh=ONE_DEVICE)
+    one = dataclasses.replace(settings, epochs=1, checkpoints=(0, 1))
+    half = train_population(arch, data, {**hparams, "lr": [0.15] * 4}, one, mesh=ONE_DEVICE)
+    start = jax.tree.map(lambda a: a[:, -1], half.params)
+    full = train_population(arch, data, hparams, one, mesh=ONE_DEVICE, initial_params=start)
+    space = arch.weight_space
+    got, want = (np.asarray(space.flatten(r.params))[:, -1] for r in (warmed, full))
+    assert np.abs(got - np.asarray(space.flatten(start))).max() > 1e-3  # it trained
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PopulationError, match="warmup_epochs must be ≥ 0"):
+        dataclasses.replace(settings, warmup_epochs=-1.0)
+
+
 def test_shared_initialisation_gives_every_model_the_same_start():
     arch, data, hparams, settings = _small()
     hparams["lr"] = [0.3, 0.1, 0.3, 0.1]

@@ -86,6 +86,11 @@ class TransferConfig:
     # otherwise pulled off its features by the head's large early gradients (Kumar et al.,
     # "Fine-Tuning can Distort Pretrained Features", 2022). 0 = fine-tune everything throughout.
     head_epochs: int = 0
+    # Linear learning-rate warmup over the first `warmup_epochs` epochs of fine-tuning (of each
+    # phase with head_epochs, whose optimizer starts afresh), every init alike: Adam's first
+    # steps move every weight by about the learning rate whatever its gradient, which throws an
+    # init that starts near a solution off it. 0 = none.
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     optimizer: str = "adam"
     batch_size: int = 32
@@ -115,6 +120,9 @@ class TransferConfig:
             raise ConfigError(f"lr: distinct rates > 0, at least one, got {list(self.lr)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise ConfigError(f"warmup_epochs: must lie in [0, epochs = {self.epochs}], got "
+                              f"{self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: unknown {self.optimizer!r}; choose from "
                               f"{sorted(OPTIMIZERS)}")
@@ -334,7 +342,8 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
             # Each phase draws its own batch order (seed + phase), as one run's epochs do.
             settings = TrainSettings(epochs=epochs, checkpoints=tuple(range(epochs + 1)),
                                      batch_size=config.batch_size, optimizer=config.optimizer,
-                                     seed=config.seed + phase, trainable=trainable)
+                                     seed=config.seed + phase, trainable=trainable,
+                                     warmup_epochs=min(config.warmup_epochs, epochs))
             result = train_population(arch, data, hparams, settings, mesh=mesh,
                                       initial_params=params,
                                       on_epoch=(lambda _: bar.update(1)) if bar else None)

@@ -77,6 +77,11 @@ class TrainSettings:
     # Weight-space paths of the tensors that train; the others keep their values exactly (e.g.
     # the head alone, a linear probe of given networks' features). () = every tensor.
     trainable: tuple[str, ...] = ()
+    # The learning rate rises linearly from lr / steps to lr over the first `warmup_epochs`
+    # epochs (fractions allowed), every model alike. Adam's first steps move every weight by
+    # about lr whatever its gradient, which knocks a network that starts near a solution (a
+    # pretrained or generated init) off it before its moment estimates settle. 0 = none.
+    warmup_epochs: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -88,6 +93,8 @@ class TrainSettings:
         if self.init_seeds < 0:
             raise PopulationError(f"init_seeds must be 0 (own init per model) or the number of "
                                   f"shared initialisations, got {self.init_seeds}")
+        if not self.warmup_epochs >= 0:
+            raise PopulationError(f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
         if self.epochs < 0 or self.batch_size < 1:
             raise PopulationError(f"need epochs >= 0 and batch_size >= 1, "
                                   f"got {self.epochs}, {self.batch_size}")
@@ -149,7 +156,7 @@ def _task_inputs(task, x, y):
 @functools.lru_cache(maxsize=64)
 def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
               eval_batch: int, masked: bool = False, tasked: bool = False,
-              trainable: tuple[str, ...] = ()):
+              trainable: tuple[str, ...] = (), warmup_epochs: float = 0.0):
     """The compiled epoch and evaluation of one group; cached on the (hashable) architecture.
 
     `tasked`: every model has its own task (`wsl.zoos.tasks.TaskArrays`): an epoch walks
@@ -162,7 +169,7 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
     trains = None if not trainable else space.unflatten(np.concatenate(
         [np.full(t.size, t.path in trainable, np.float32) for t in space.tensors]))
 
-    def model_step(params, opt_state, diverged, hp, x, y, weight, step):
+    def model_step(params, opt_state, diverged, hp, x, y, weight, step, lr_scale):
         if tasked:
             x, y = _task_inputs(hp["task"], x, y)
         key = jax.random.fold_in(hp["dropout_key"], step) if dropout else None
@@ -172,7 +179,7 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
         updates, new_state = opt.update(grads, opt_state, params)
         if trains is not None:
             updates = jax.tree.map(jnp.multiply, updates, trains)
-        new_params = jax.tree.map(lambda p, u: p - hp["lr"] * u, params, updates)
+        new_params = jax.tree.map(lambda p, u: p - lr_scale * hp["lr"] * u, params, updates)
         if masked:  # units beyond the model's width stay zero whatever the optimizer does
             new_params = jax.tree.map(jnp.multiply, new_params, hp["mask"])
         ok = jnp.isfinite(loss) & _all_finite(new_params)
@@ -197,6 +204,8 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             params, opt_state, diverged = carry
             idx, i = inputs
             step = epoch * steps + i
+            lr_scale = (jnp.minimum(1.0, (step + 1) / (warmup_epochs * steps))
+                        if warmup_epochs else 1.0)
             # shared: (batch, ...); per model: (models, batch, ...)
             if tasked:
                 pool = state["hp"]["pool"]
@@ -208,15 +217,15 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             if tasked:
                 weight = (jnp.take(subset, idx, axis=1) if data_order == "shared"
                           else jnp.take_along_axis(subset, idx, axis=1)).astype(jnp.float32)
-                axes = (0, 0, 0, 0, 0, 0, 0, None)
+                axes = (0, 0, 0, 0, 0, 0, 0, None, None)
             elif data_order == "shared":
                 weight = jnp.take(subset, idx, axis=1).astype(jnp.float32)
-                axes = (0, 0, 0, 0, None, None, 0, None)
+                axes = (0, 0, 0, 0, None, None, 0, None, None)
             else:
                 weight = jnp.take_along_axis(subset, idx, axis=1).astype(jnp.float32)
-                axes = (0, 0, 0, 0, 0, 0, 0, None)
+                axes = (0, 0, 0, 0, 0, 0, 0, None, None)
             return jax.vmap(model_step, axes)(params, opt_state, diverged, state["hp"], x, y,
-                                              weight, step), None
+                                              weight, step, lr_scale), None
 
         carry = (state["params"], state["opt_state"], state["diverged"])
         (params, opt_state, diverged), _ = jax.lax.scan(body, carry, (order, jnp.arange(steps)))
@@ -404,7 +413,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     masked = "width" in hparams
     programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
-                         settings.eval_batch, masked, tasks is not None, settings.trainable)
+                         settings.eval_batch, masked, tasks is not None, settings.trainable,
+                         settings.warmup_epochs)
     if initial_params is not None:
         params = _given_population(arch, initial_params, n_models, padded)
     else:

@@ -2,7 +2,8 @@
 
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
                  [--support 10] [--keep 0] [--guidance 1,2,3] [--lr 3e-3,1e-3]
-                 [--train-per-class N] [--keep-by probe] [--head-epochs 1] [--out DIR]
+                 [--train-per-class N] [--keep-by probe] [--head-epochs 1]
+                 [--warmup-epochs 1] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
@@ -15,7 +16,8 @@ networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best
 keeps the K best of as many models of the nearest tasks), and several ``--guidance`` weights are
 chosen between on validation too, as are several ``--lr`` rates (each init fine-tuned at every
 rate and reported at its best). ``--head-epochs N``: the first N of the epochs train the output
-layer alone, every init alike (linear probing, then fine-tuning). The test split is scored once,
+layer alone, every init alike (linear probing, then fine-tuning); ``--warmup-epochs E`` raises
+the learning rate linearly over the first E epochs, every init alike. The test split is scored once,
 after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
 curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``; an earlier result there is kept unless
 ``--force``) and prints the table.
@@ -66,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-epochs", type=int, default=d.head_epochs, metavar="N",
                    help="of the --epochs, the first N train the output layer alone, every init "
                         "alike (linear probing, then fine-tuning); 0: everything throughout")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
+                   help="raise the learning rate linearly from near 0 over the first E epochs "
+                        "(fractions allowed), every init alike; 0: none")
     p.add_argument("--guidance", default=None, metavar="W[,W...]",
                    help="classifier-free guidance weight(s) for the sampled init; with several, "
                         "the one whose samples score best on the task's validation split is "
@@ -114,6 +119,7 @@ def main(argv: list[str]) -> int:
                                 optimizer=args.optimizer,
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size, head_epochs=args.head_epochs,
+                                warmup_epochs=args.warmup_epochs,
                                 keep_by=args.keep_by,
                                 seed=args.seed, guidance=_numbers(args.guidance, "--guidance"),
                                 cond_scalar=args.cond_scalar,
