@@ -88,8 +88,9 @@ class TransferConfig:
     head_epochs: int = 0
     # Linear learning-rate warmup over the first `warmup_epochs` epochs of fine-tuning (of each
     # phase with head_epochs, whose optimizer starts afresh), every init alike: Adam's first
-    # steps move every weight by about the learning rate whatever its gradient, which throws an
-    # init that starts near a solution off it. 0 = none.
+    # steps move every weight by about the learning rate whatever its gradient, which may throw
+    # an init that starts near a solution off it (on the transfer benchmark it does not help the
+    # sampled inits: benchmarks/transfer.py, Mode.warmup_epochs). 0 = none.
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     optimizer: str = "adam"
@@ -120,7 +121,7 @@ class TransferConfig:
             raise ConfigError(f"lr: distinct rates > 0, at least one, got {list(self.lr)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+        if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs: must lie in [0, epochs = {self.epochs}], got "
                               f"{self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:

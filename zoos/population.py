@@ -77,10 +77,11 @@ class TrainSettings:
     # Weight-space paths of the tensors that train; the others keep their values exactly (e.g.
     # the head alone, a linear probe of given networks' features). () = every tensor.
     trainable: tuple[str, ...] = ()
-    # The learning rate rises linearly from lr / steps to lr over the first `warmup_epochs`
-    # epochs (fractions allowed), every model alike. Adam's first steps move every weight by
-    # about lr whatever its gradient, which knocks a network that starts near a solution (a
-    # pretrained or generated init) off it before its moment estimates settle. 0 = none.
+    # The learning rate rises linearly to lr over the first `warmup_epochs` epochs (step k of
+    # the warmup's W steps takes (k + 1) / W of it; fractions of an epoch allowed), every model
+    # alike: a common guard for networks that start near a solution (pretrained or generated),
+    # which Adam's first steps — about lr on every weight, whatever its gradient — may throw
+    # off. 0 = none.
     warmup_epochs: float = 0.0
 
     def __post_init__(self):
