@@ -79,6 +79,12 @@ VARIANTS = {
     "data+3x-steps+head4096": (["loss_on=data", "head_width=4096"], ["steps*3"], "mean", []),
     "data+3x-steps+head2048+temperature0.9": (["loss_on=data", "head_width=2048"], ["steps*3"],
                                               "mean", ["temperature=0.9"]),
+    # ... or a longer average of the generator's parameters (EMA over ~1,000 steps, not ~100),
+    # or twice the models per step?
+    "data+3x-steps+head2048+ema0.999": (["loss_on=data", "head_width=2048"],
+                                        ["steps*3", "ema_decay=0.999"], "mean", []),
+    "data+3x-steps+head2048+batch128": (["loss_on=data", "head_width=2048"],
+                                        ["steps*3", "batch_size=128"], "mean", []),
     # Each aligned weight standardised on its own rather than one mean and std per tensor.
     "data+entry-norm": (["loss_on=data", "normalize=entry"], [], "mean", []),
     "velocity+entry-norm": (["normalize=entry"], [], "mean", []),
