@@ -428,33 +428,27 @@ def main(argv=None) -> int:
     mode_name = ("smoke" if args.smoke else "quick" if args.quick else
                  "fewshot" if args.fewshot else "full")
     mode = MODES[mode_name]
-    if args.lr:
+
+    def checked(mode: Mode, option: str, **fields) -> Mode:
+        """`mode` with `fields` replaced, as TransferConfig reads and checks them."""
         try:
-            mode = dataclasses.replace(mode, lr=TransferConfig(lr=args.lr).lr)
-        except ValueError as error:
-            parser.error(f"--lr: {error}")
+            config = TransferConfig(epochs=mode.epochs, **fields)
+        except ValueError as error:  # ConfigError, naming the field
+            parser.error(f"{option}: {error}")
+        return dataclasses.replace(mode, **{k: getattr(config, k) for k in fields})
+
+    if args.lr:
+        mode = checked(mode, "--lr", lr=args.lr)
     if args.cond_scalar:
         mode = dataclasses.replace(mode, cond_scalar=args.cond_scalar)
     if args.keep_by:
         mode = dataclasses.replace(mode, keep_by=args.keep_by)
     if args.head_epochs is not None:
-        try:
-            TransferConfig(epochs=mode.epochs, head_epochs=args.head_epochs)
-        except ValueError as error:
-            parser.error(f"--head-epochs: {error}")
-        mode = dataclasses.replace(mode, head_epochs=args.head_epochs)
+        mode = checked(mode, "--head-epochs", head_epochs=args.head_epochs)
     if args.warmup_epochs is not None:
-        try:
-            TransferConfig(epochs=mode.epochs, warmup_epochs=args.warmup_epochs)
-        except ValueError as error:
-            parser.error(f"--warmup-epochs: {error}")
-        mode = dataclasses.replace(mode, warmup_epochs=args.warmup_epochs)
+        mode = checked(mode, "--warmup-epochs", warmup_epochs=args.warmup_epochs)
     if args.guidance:
-        try:
-            mode = dataclasses.replace(
-                mode, guidance=TransferConfig(guidance=args.guidance).guidance)
-        except ValueError as error:
-            parser.error(f"--guidance: {error}")
+        mode = checked(mode, "--guidance", guidance=args.guidance)
     if args.samples is not None:
         if args.samples < mode.keep:
             parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "
