@@ -130,10 +130,10 @@ def flow_ablation_markdown(paths: list[str]) -> str:
                 tag = f" [{report['tag']}]" if report.get("tag") else ""
                 label = (f"{zoo}{tag} (val {pop['val']:.3f}, test {pop['test']:.3f})" if i == 0
                          else "")
-                seeds = len(v["val"]["per_seed"])
-                first = report.get("first_seed", 0)  # runs may start at another seed
-                seeds = f"{seeds} (seed {first})" if seeds == 1 and first else \
-                    f"{seeds} (seeds {first}–{first + seeds - 1})" if first else seeds
+                seeds, first = len(v["val"]["per_seed"]), report.get("first_seed", 0)
+                if first:  # a batch that started at another seed says which
+                    seeds = (f"1 (seed {first})" if seeds == 1 else
+                             f"{seeds} (seeds {first}–{first + seeds - 1})")
                 lines.append(f"| {label} | {name}{chosen} | {seeds} | "
                              f"{v['val']['mean']:.3f} [{v['val']['ci95'][0]:.3f}, "
                              f"{v['val']['ci95'][1]:.3f}] | {v['val']['gap'] * 100:+.1f} pt | "

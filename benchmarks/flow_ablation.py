@@ -11,6 +11,7 @@ accuracy is printed beside it, scored once per sample, never used to choose.
     python benchmarks/flow_ablation.py --smoke            # seconds: untrained digits MLPs
     python benchmarks/flow_ablation.py --quick            # 256-model zoos, 800 steps
     python benchmarks/flow_ablation.py [--zoos small-cnn] # full zoos, 4000 steps, 3 seeds
+    python benchmarks/flow_ablation.py --variants V --seeds 1 --first-seed 2   # seed 2 alone
 
 Runs are kept under ``--out`` and read back when the command is repeated. Prints a table per zoo
 and one JSON object as the last line (``--save`` also writes it to
