@@ -142,6 +142,25 @@ def flow_ablation_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def pca_ceiling_markdown(paths: list[str]) -> str:
+    """The training models projected onto their top principal components, scored: the ceiling of
+    a generator in a PCA space, from `benchmarks/pca_ceiling.py --save` files."""
+    lines = ["| zoo | components | variance explained | val acc | vs population (val) | "
+             "test acc | vs population (test) |", "|---|---|---|---|---|---|---|"]
+    for report in _load(paths):
+        for zoo, result in report["zoos"].items():
+            pop = result["population"]
+            for i, r in enumerate(result["rows"]):
+                label = (f"{zoo} ({result['num_models']:,} models, {result['num_params']:,} "
+                         f"weights; val {pop['val']:.3f}, test {pop['test']:.3f})" if i == 0
+                         else "")
+                span = " (all)" if r["components"] == result["rank"] else ""
+                lines.append(f"| {label} | {r['components']}{span} | {r['explained']:.2f} | "
+                             f"{r['val']:.3f} | {(r['val'] - pop['val']) * 100:+.1f} pt | "
+                             f"{r['test']:.3f} | {(r['test'] - pop['test']) * 100:+.1f} pt |")
+    return "\n".join(lines)
+
+
 def analyze_markdown(paths: list[str]) -> str:
     """README's `wsl zoo analyze` speed table, printed from `benchmarks/analyze.py --save`."""
     lines = ["| zoo | metric | models | vectorised models/s | one at a time (jitted) models/s | "
@@ -337,7 +356,7 @@ KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown,
-         "align": align_markdown}
+         "align": align_markdown, "pca_ceiling": pca_ceiling_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 
