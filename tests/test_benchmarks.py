@@ -232,3 +232,24 @@ def test_gpu_benchmark_reads_the_same_mnist_from_idx_files(tmp_path, write_idx):
     from_idx = load_recipe_dataset(recipe(16, 16, smoke=False, mnist_idx=tmp_path))
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert np.array_equal(getattr(packaged, name), getattr(from_idx, name)), name
+
+
+def test_pca_ceiling_projects_onto_the_span_of_the_top_components():
+    import numpy as np
+
+    from benchmarks.pca_ceiling import principal_axes, project
+
+    rng = np.random.default_rng(0)
+    # 12 points in a 3-dimensional affine subspace of R^10, one direction far wider than the rest.
+    basis = np.linalg.qr(rng.standard_normal((10, 3)))[0].T
+    coords = rng.standard_normal((12, 3)) * np.array([5.0, 1.0, 0.2])
+    x = 3.0 + coords @ basis
+    mean, axes, share = principal_axes(x)
+    assert len(axes) == 3 and share == pytest.approx(np.sort(share)[::-1])
+    assert share.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(project(x, mean, axes), x, atol=1e-9)  # the whole span: unchanged
+    one = project(x, mean, axes[:1])
+    np.testing.assert_allclose(project(one, mean, axes[:1]), one, atol=1e-9)  # idempotent
+    np.testing.assert_allclose((x - one) @ axes[0], 0.0, atol=1e-9)  # residual ⟂ the kept axis
+    assert np.abs(axes[0] @ basis.T).argmax() == 0  # the widest direction comes first
+    assert share[0] > 0.9
