@@ -251,6 +251,36 @@ def transfer_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def transfer_ablation_markdown(paths: list[str]) -> str:
+    """README's transfer ablations, printed from `benchmarks/transfer.py --save-ablation` files: per
+    ablation and experiment, the sampled init's validation accuracy at epochs 0, 1, 5 and the last,
+    random init's last (the target, fine-tuned alike) and the epochs the samples need to reach it
+    (means over the run's seeds)."""
+    lines = ["| ablation (options) | experiment | seeds | sampled: val epoch 0 | epoch 1 | "
+             "epoch 5 | last epoch | random: last epoch | sampled: epochs to random's last |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    # The run with the fewest options (the benchmark's own settings on fewer seeds) first.
+    for report in sorted(_load(paths), key=lambda r: (len(r["ablation"]["options"]),
+                                                      r["ablation"]["tag"])):
+        # What the other columns say already (which experiment, how many seeds) is left out.
+        options, shown = iter(report["ablation"]["options"]), []
+        for option in options:
+            if option in ("--experiments", "--seeds"):
+                next(options, None)
+            elif not option.startswith(("--experiments=", "--seeds=")):
+                shown.append(option)
+        shown = f"`{' '.join(shown)}`" if shown else "the benchmark's settings"
+        for result in report["experiments"]:
+            sampled, random = result["summary"]["sampled"], result["summary"]["random"]
+            cells = [f"{sampled[c]['mean']:.3f}" for c in ("val_epoch0", "val_epoch1",
+                                                          "val_epoch5", "val_final")]
+            lines.append(f"| {report['ablation']['tag']} ({shown}) | "
+                         f"{result['experiment']} | {result['seeds']} | " + " | ".join(cells)
+                         + f" | {random['val_final']['mean']:.3f} | "
+                         f"{sampled['epochs_to_random_final']['mean']:.1f} |")
+    return "\n".join(lines)
+
+
 def encoder_speed_markdown(paths: list[str]) -> str:
     """README's encoder speed table, printed from `benchmarks/encoder_speed.py --save`: NFN-HNP
     fwd + bwd networks/s against the `nfn` package, and NG-GNN peak bytes per edge per network."""
@@ -356,7 +386,8 @@ KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "analyze": analyze_markdown, "analyze_width": analyze_width_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown,
-         "align": align_markdown, "pca_ceiling": pca_ceiling_markdown}
+         "align": align_markdown, "pca_ceiling": pca_ceiling_markdown,
+         "transfer_ablation": transfer_ablation_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 

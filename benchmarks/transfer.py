@@ -31,7 +31,9 @@ Prints a table per experiment and one JSON object as the last line; ``--save`` w
 ``benchmarks/results/transfer-<mode>.json`` (``transfer-<mode>-<N>steps-<experiments>.json`` for
 generators trained ``--gen-steps N`` and a subset of ``--experiments``). Zoos, generators and
 every finished (task, seed) report live under ``--out``: rerun after an interruption and finished
-work is read back.
+work is read back. An ablation (any of --words, --lr, --seeds, ...) is never saved as the
+benchmark; ``--save-ablation TAG`` writes it, with its options, to
+``benchmarks/results/transfer_ablation-<mode>-<TAG>.json`` for the README's ablation table.
 """
 
 from __future__ import annotations
@@ -355,6 +357,19 @@ def print_table(result: dict) -> None:
             print(f"  {k}: {'yes' if v else 'NO'}")
 
 
+def _without(argv: list[str], option: str) -> list[str]:
+    """`argv` less `option` and its value (``--option V`` or ``--option=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     speed = parser.add_mutually_exclusive_group()
@@ -412,13 +427,25 @@ def main(argv=None) -> int:
                         help="raise the fine-tuning learning rate linearly over the first E "
                              "epochs, every init alike, instead of the mode's (an ablation, not "
                              "with --save)")
+    parser.add_argument("--save-ablation", default=None, metavar="TAG",
+                        help="with ablation options: write the run to "
+                             "benchmarks/results/transfer_ablation-<mode>-<TAG>.json, its "
+                             "options recorded (never over the benchmark's own file)")
     args = parser.parse_args(argv)
-    if (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
-            or args.zoo_words or args.guidance or args.head_epochs is not None
-            or args.keep_by or args.warmup_epochs is not None) and args.save:
+    ablation = (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
+                or args.zoo_words or args.guidance or args.head_epochs is not None
+                or args.keep_by or args.warmup_epochs is not None)
+    if ablation and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
                      "--head-epochs, --warmup-epochs, --keep-by and --zoo-words run an "
-                     "ablation, not the benchmark: drop --save")
+                     "ablation, not the benchmark: drop --save (--save-ablation TAG keeps it "
+                     "apart)")
+    if args.save_ablation is not None:
+        if not ablation:
+            parser.error("--save-ablation saves an ablation: give its options (--seeds 1 for "
+                         "the benchmark's first seed alone); --save saves the benchmark")
+        if not args.save_ablation.replace("-", "").isalnum():
+            parser.error(f"--save-ablation {args.save_ablation!r}: use letters, digits and '-'")
     if args.gen_steps is not None and args.gen_steps < 1:
         parser.error(f"--gen-steps must be positive, got {args.gen_steps}")
     try:
@@ -488,6 +515,13 @@ def main(argv=None) -> int:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"transfer-{mode_name}{suffix}.json").write_text(
             json.dumps(payload, indent=2) + "\n")
+    if args.save_ablation is not None and mode_name != "smoke":
+        # The options as given, beside the settings they produced: the table names the ablation.
+        options = _without(argv if argv is not None else sys.argv[1:], "--save-ablation")
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"transfer_ablation-{mode_name}-{args.save_ablation}.json").write_text(
+            json.dumps({**payload, "ablation": {"tag": args.save_ablation, "options": options}},
+                       indent=2) + "\n")
     print(json.dumps(payload))
     return 0
 

@@ -93,10 +93,24 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep()
                            (["--guidance", "1,x"], "--guidance: guidance: expected float"),
                            (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0"),
                            (["--head-epochs", "1", "--save"], "drop --save"),
-                           (["--head-epochs", "30"], "--head-epochs: head_epochs: 30 of 25")):
+                           (["--head-epochs", "30"], "--head-epochs: head_epochs: 30 of 25"),
+                           (["--save-ablation", "lr"], "--save-ablation saves an ablation"),
+                           (["--seeds", "1", "--save-ablation", "a/b"],
+                            "use letters, digits and '-'")):
         result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "transfer.py"), *words],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_transfer_ablation_files_record_the_options_less_the_tag():
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.transfer import _without
+
+    # The tag may look like an option's value: only the one after --save-ablation goes.
+    assert _without(["--lr", "1e-2", "--save-ablation", "1e-2", "--seeds", "1"],
+                    "--save-ablation") == ["--lr", "1e-2", "--seeds", "1"]
+    assert _without(["--save-ablation=t", "--keep-by", "probe"], "--save-ablation") == \
+        ["--keep-by", "probe"]
 
 
 def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_defaults():
