@@ -126,13 +126,14 @@ class Mode:
     # ranked over all tasks of the zoo, so q90 asks a hard task for an easy task's accuracy).
     cond_scalar: str = ""
     # Of `epochs`, the first that train the head alone (LP-FT), every init alike. 0: on the full
-    # main experiment (seed 0, validation) one head-only epoch leaves samples at 0.86-0.97 and
-    # they need 8.1 epochs to random init's last accuracy, not 6.4 (`--head-epochs 1`), although
-    # a head refit to convergence on the task's training split would start them level with it.
+    # main experiment (seed 0, validation) one head-only epoch leaves samples at 0.932 and they
+    # need 7.9 epochs to random init's last accuracy, not 6.4 (`--head-epochs 1`), although a
+    # head refit to convergence on the task's training split would start them level with it.
+    # (These ablations' files: benchmarks/results/transfer_ablation-full-*.json.)
     head_epochs: int = 0
     # What `keep` keeps the best by (TransferConfig.keep_by). "val": with "probe" (`--keep-by
     # probe`, full main experiment, seed 0, validation) samples start at 0.780, not 0.904, and
-    # need 6.6 epochs to random init's last accuracy, not 6.4.
+    # need 6.2 epochs to random init's last accuracy, not 6.4.
     keep_by: str = "val"
     # Linear learning-rate warmup over the first fine-tuning epochs (TransferConfig.warmup_epochs),
     # every init alike. 0: with one epoch (`--warmup-epochs 1`, full main experiment, seed 0,
@@ -159,9 +160,10 @@ def _trained_for(epochs: int) -> tuple[str, ...]:
     Past that, the zoo is not what holds samples back (`--zoo-words`, full main experiment, seed
     0, validation accuracy of its 12 held-out tasks, against 0.904 at epoch 0 and 6.4 epochs to
     random's last from the 2,000 models trained 25 epochs): models trained 75 epochs (zoo 0.959
-    against 0.951) start samples at 0.878 and need 5.6 epochs, within the seeds' spread (6.4,
-    8.8, 8.1); 8,000 models (8 per training task, not 2) start them at 0.884 and need 9.2 epochs,
-    and the nearest-task init, with four times the models to pick from, catches up (0.886).
+    against 0.951) start samples at 0.878 and need 5.5 epochs, within the seeds' spread (6.4,
+    8.8, 8.1; `transfer_ablation-full-zoo-75-epochs.json` in benchmarks/results); 8,000 models (8
+    per training task, not 2) start them at 0.884 and need 9.2 epochs, and the nearest-task init,
+    with four times the models to pick from, catches up (0.886; an earlier run, not saved).
     What holds them back is reaching new tasks: on 12 of its *training* tasks seed 0's generator
     keeps 10 of 500 samples at 0.92-0.97, as good as the zoo's models of those tasks (0.91-0.98)."""
     return f"epochs={epochs}", f"checkpoints=[0,1,5,{epochs}]"

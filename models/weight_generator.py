@@ -75,7 +75,7 @@ class GeneratorConfig:
     # rows and its output units alike (`relabel_maps`) — so that a class's output unit is learnt
     # from that class's support row wherever it sits (k! tasks per zoo task, not one). Measured
     # worse on the transfer benchmark (main experiment, seed 0, validation): samples start at
-    # 0.519 rather than 0.904 — task zoos list classes in order, a prior this takes away.
+    # 0.518 rather than 0.904 — task zoos list classes in order, a prior this takes away.
     task_relabel: bool = False
     sampler: Literal["euler", "heun", "rk4", "ddpm", "ddim"] | None = None  # None: rk4 / ddim
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
