@@ -25,6 +25,19 @@ def _load(paths: list[str]) -> list[dict]:
     return out
 
 
+def without_options(argv: list[str], *options: str) -> list[str]:
+    """`argv` less each of `options` and its value (``--option V`` or ``--option=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
+            out.append(arg)
+    return out
+
+
 def _num(value, spec: str) -> str:
     """`value` formatted, or an en dash where a result file does not have it."""
     return "–" if value is None else format(value, spec)
@@ -263,12 +276,7 @@ def transfer_ablation_markdown(paths: list[str]) -> str:
     for report in sorted(_load(paths), key=lambda r: (len(r["ablation"]["options"]),
                                                       r["ablation"]["tag"])):
         # What the other columns say already (which experiment, how many seeds) is left out.
-        options, shown = iter(report["ablation"]["options"]), []
-        for option in options:
-            if option in ("--experiments", "--seeds"):
-                next(options, None)
-            elif not option.startswith(("--experiments=", "--seeds=")):
-                shown.append(option)
+        shown = without_options(report["ablation"]["options"], "--experiments", "--seeds")
         shown = f"`{' '.join(shown)}`" if shown else "the benchmark's settings"
         for result in report["experiments"]:
             sampled, random = result["summary"]["sampled"], result["summary"]["random"]

@@ -55,6 +55,7 @@ import numpy as np
 # which alone is not the whole package.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._report import without_options  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
 from wsl.eval.transfer import aggregate, finish, t_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
@@ -359,19 +360,6 @@ def print_table(result: dict) -> None:
             print(f"  {k}: {'yes' if v else 'NO'}")
 
 
-def _without(argv: list[str], option: str) -> list[str]:
-    """`argv` less `option` and its value (``--option V`` or ``--option=V``)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            out.append(arg)
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     speed = parser.add_mutually_exclusive_group()
@@ -519,7 +507,8 @@ def main(argv=None) -> int:
             json.dumps(payload, indent=2) + "\n")
     if args.save_ablation is not None and mode_name != "smoke":
         # The options as given, beside the settings they produced: the table names the ablation.
-        options = _without(argv if argv is not None else sys.argv[1:], "--save-ablation")
+        options = without_options(argv if argv is not None else sys.argv[1:],
+                                  "--save-ablation")
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"transfer_ablation-{mode_name}-{args.save_ablation}.json").write_text(
             json.dumps({**payload, "ablation": {"tag": args.save_ablation, "options": options}},

@@ -104,13 +104,15 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep()
 
 def test_transfer_ablation_files_record_the_options_less_the_tag():
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
-    from benchmarks.transfer import _without
+    from benchmarks._report import without_options
 
     # The tag may look like an option's value: only the one after --save-ablation goes.
-    assert _without(["--lr", "1e-2", "--save-ablation", "1e-2", "--seeds", "1"],
-                    "--save-ablation") == ["--lr", "1e-2", "--seeds", "1"]
-    assert _without(["--save-ablation=t", "--keep-by", "probe"], "--save-ablation") == \
+    assert without_options(["--lr", "1e-2", "--save-ablation", "1e-2", "--seeds", "1"],
+                           "--save-ablation") == ["--lr", "1e-2", "--seeds", "1"]
+    assert without_options(["--save-ablation=t", "--keep-by", "probe"], "--save-ablation") == \
         ["--keep-by", "probe"]
+    assert without_options(["--experiments", "main", "--seeds=1", "--lr", "1e-2"],
+                           "--experiments", "--seeds") == ["--lr", "1e-2"]
 
 
 def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_defaults():
