@@ -204,12 +204,13 @@ class UNFLayer(nn.Module):
             return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * jnp.asarray(bounds, dtype)
 
         packed = self.param("weights", init, bounds.shape)
-        start = terms[-1].offset + terms[-1].size
-        outputs = []
-        for e in structure:  # biases: one per output channel, constant over the group axes
-            width = e.fold * self.out_channels
-            outputs.append(packed[start:start + width])
-            start += width
+        # One split, not a slice per piece: the gradient of a split is one concatenation, where
+        # that of many slices is a sum of as many padded copies of the whole vector.
+        sizes = [t.size for t in terms] + [e.fold * self.out_channels for e in structure]
+        pieces = jax.lax.split(packed, sizes)
+        kernels = pieces[:len(terms)]
+        outputs = list(pieces[len(terms):])  # biases: one per output channel, constant over
+        # the group axes
 
         cache: dict[tuple[int, tuple[str, ...]], jax.Array] = {}
 
@@ -226,8 +227,8 @@ class UNFLayer(nn.Module):
                 cache[j, keep] = pooled(j, parent).mean(axis=1 + parent.index(drop))
             return cache[j, keep]
 
-        for term in terms:
-            kernel = packed[term.offset:term.offset + term.size].reshape(term.rows, sum(term.cols))
+        for term, kernel in zip(terms, kernels):
+            kernel = kernel.reshape(term.rows, sum(term.cols))
             x = jnp.concatenate([pooled(j, term.keep) for j in term.members], axis=-1)
             # As one 2-D product: on XLA:CPU the kernel gradient of an N-D `x @ kernel`
             # (contracting batch and group axes at once) runs several times slower than the

@@ -277,6 +277,30 @@ def test_run_log_writes_tensorboard_scalars_when_a_writer_is_installed(tmp_path,
 
 
 # ---------------------------------------------------------------------------------------- errors
+class NoiselessRegression(Regression):
+    """`Regression` whose loss ignores its key: micro-batches (one key each) change nothing."""
+
+    def loss(self, params, batch, key):
+        return jnp.mean((self.predict(params, batch["x"]) - batch["y"]) ** 2), {}
+
+
+def test_micro_batches_give_the_whole_batch_update(tmp_path):
+    data = regression_data()
+    whole = train(NoiselessRegression(), small_config("steps=12"), data, tmp_path / "whole")
+    micro = train(NoiselessRegression(), small_config("steps=12", "microbatch=8"), data,
+                  tmp_path / "micro")
+    for metric in ("train/loss", "train/grad_norm"):
+        np.testing.assert_allclose(micro.curve(metric)[1], whole.curve(metric)[1], rtol=1e-5)
+    assert_trees_close(micro.params, whole.params, atol=1e-5)
+    # The key reaches every micro-batch, each its own: the noisy task's update differs.
+    noisy = train(Regression(), small_config("steps=1", "microbatch=8"), data, tmp_path / "noisy")
+    assert np.isfinite(noisy.curve("train/loss")[1]).all()
+    with pytest.raises(ConfigError, match="microbatch: must divide batch_size=32, got 12"):
+        small_config("microbatch=12")
+    with pytest.raises(ConfigError, match="microbatch: must be ≥ 0"):
+        small_config("microbatch=-1")
+
+
 def test_bad_config_field_gives_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"optimizer\.lrr.*valid keys.*optimizer\.lr"):
         override(TrainConfig(), ["optimizer.lrr=1e-3"])
@@ -363,3 +387,18 @@ def test_eight_devices_match_one_device_and_checkpoints_move_between_meshes(tmp_
 def test_eight_devices_batch_size_must_divide_over_the_mesh(tmp_path):
     with pytest.raises(ConfigError, match="batch_size=12 must divide evenly over the mesh's 8"):
         train(Regression(), small_config("batch_size=12"), regression_data(), tmp_path)
+    with pytest.raises(ConfigError, match="microbatch=4 must divide evenly over the mesh's 8"):
+        train(Regression(), small_config("microbatch=4"), regression_data(), tmp_path)
+
+
+@pytest.mark.eight_devices
+def test_eight_devices_micro_batches_keep_every_device_and_the_update(tmp_path):
+    data = regression_data()
+    one = train(NoiselessRegression(), small_config("steps=12", "mesh.data=1"), data,
+                tmp_path / "one")
+    micro = train(NoiselessRegression(), small_config("steps=12", "microbatch=16"), data,
+                  tmp_path / "micro")
+    assert len(micro.params["w1"].sharding.device_set) == 8
+    np.testing.assert_allclose(micro.curve("train/loss")[1], one.curve("train/loss")[1],
+                               rtol=1e-5)
+    assert_trees_close(micro.params, one.params, atol=1e-5)

@@ -35,22 +35,30 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, BATCH_SPEC)
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, microbatch: int = 0) -> None:
     shards = mesh.devices.size
     if batch_size % shards:
         raise ConfigError(f"batch_size={batch_size} must divide evenly over the mesh's {shards} "
                           f"devices (mesh {dict(mesh.shape)}); use a multiple of {shards}")
+    if microbatch and microbatch % shards:
+        raise ConfigError(f"microbatch={microbatch} must divide evenly over the mesh's {shards} "
+                          f"devices (mesh {dict(mesh.shape)}); use a multiple of {shards}")
+    if microbatch and batch_size % microbatch:
+        raise ConfigError(f"batch_size={batch_size} is not a whole number of micro-batches of "
+                          f"{microbatch} rows (microbatch); use a multiple of {microbatch}")
 
 
 def fit_batch_size(config: TrainConfig, rows: int, what: str = "rows") -> int:
     """`config.batch_size`, cut to `rows` for a small dataset (every row in every batch) and
-    rounded down to a multiple of the mesh's device count."""
+    rounded down to a multiple of the mesh's device count (of `config.microbatch` when set)."""
     devices = mesh_from_config(config.mesh).devices.size
+    unit = config.microbatch or devices
     size = min(config.batch_size, rows)
-    size -= size % devices
+    size -= size % unit
     if size < 1:
-        raise ConfigError(f"{rows} {what} cannot fill one batch on {devices} devices; use more "
-                          f"{what} or fewer devices (mesh.data)")
+        raise ConfigError(f"{rows} {what} cannot fill one batch of a multiple of {unit} "
+                          f"({'microbatch' if config.microbatch else 'devices'}); use more "
+                          f"{what}, fewer devices (mesh.data) or a smaller microbatch")
     return size
 
 

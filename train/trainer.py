@@ -139,7 +139,7 @@ class Trainer:
         self.task, self.config, self.run_dir = task, config, Path(run_dir)
         self.label = label
         self.mesh = mesh_from_config(config.mesh)
-        check_batch_size(config.batch_size, self.mesh)
+        check_batch_size(config.batch_size, self.mesh, config.microbatch)
         self.batch_sharding = batch_sharding(self.mesh)
         self.schedule = make_schedule(config.optimizer, config.steps)
         self.tx = make_optimizer(config.optimizer, self.schedule)
@@ -289,7 +289,8 @@ class Trainer:
 
     def _loop(self, state, meta, stopper, pipeline, checkpoints, eval_data, hooks, background):
         cfg = self.config
-        update = make_train_step(self.task, self.tx, self.schedule, cfg.ema_decay)
+        update = make_train_step(self.task, self.tx, self.schedule, cfg.ema_decay,
+                                 cfg.microbatch)
         rows = min(cfg.log.every, cfg.steps)  # never more updates than that between two logs
         metrics_sharding = replicated(self.mesh)
         train_step = jax.jit(_recording(update, rows),
