@@ -291,18 +291,26 @@ def transfer_ablation_markdown(paths: list[str]) -> str:
 
 def encoder_speed_markdown(paths: list[str]) -> str:
     """README's encoder speed table, printed from `benchmarks/encoder_speed.py --save`: NFN-HNP
-    fwd + bwd networks/s against the `nfn` package, and NG-GNN peak bytes per edge per network."""
-    lines = ["| weight space | batch | NFN-HNP ours (jax) nets/s | nfn (torch) nets/s | speedup | "
-             "MFLOP / network | ours GFLOP/s | NG-GNN bytes / edge / network (batch) |",
-             "|---|---|---|---|---|---|---|---|"]
+    fwd + bwd networks/s against the `nfn` package (ours also micro-batched, where the file has
+    it), and NG-GNN peak bytes per edge per network."""
+    lines = ["| weight space | batch | NFN-HNP ours (jax) nets/s | ours micro-batched (size) | "
+             "nfn (torch) nets/s | speedup | speedup micro-batched | MFLOP / network | "
+             "ours GFLOP/s (best) | NG-GNN bytes / edge / network (batch) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for report in _load(paths):
         memory = {m["space"]: m for m in report["graph_memory"]}  # the largest batch is last
         for row in report["nfn"]:
             torch_rate = row["torch_networks_per_s"]
-            speed = f"{row['jax_networks_per_s'] / torch_rate:.2f}×" if torch_rate else "–"
+            micro = row.get("jax_microbatched_networks_per_s")
+
+            def ratio(rate):
+                return f"{rate / torch_rate:.2f}×" if rate and torch_rate else "–"
+
             mem = memory[row["space"]]
+            micro_cell = f"{micro:,.0f} ({row['microbatch']})" if micro else "–"
             lines.append(f"| {row['space']} | {row['batch']} | {row['jax_networks_per_s']:,.0f} | "
-                         f"{f'{torch_rate:,.0f}' if torch_rate else 'skipped'} | {speed} | "
+                         f"{micro_cell} | {f'{torch_rate:,.0f}' if torch_rate else 'skipped'} | "
+                         f"{ratio(row['jax_networks_per_s'])} | {ratio(micro)} | "
                          f"{row['mflop_per_network']:,.0f} | {row['jax_gflop_per_s']:.1f} | "
                          f"{mem['bytes_per_edge_per_network']:,.0f} ({mem['batch']}) |")
     return "\n".join(lines)
