@@ -209,8 +209,8 @@ class UNFLayer(nn.Module):
         sizes = [t.size for t in terms] + [e.fold * self.out_channels for e in structure]
         pieces = jax.lax.split(packed, sizes)
         kernels = pieces[:len(terms)]
-        outputs = list(pieces[len(terms):])  # biases: one per output channel, constant over
-        # the group axes
+        # Biases start each output: one per output channel, constant over the group axes.
+        outputs = list(pieces[len(terms):])
 
         cache: dict[tuple[int, tuple[str, ...]], jax.Array] = {}
 

@@ -43,9 +43,6 @@ def check_batch_size(batch_size: int, mesh: Mesh, microbatch: int = 0) -> None:
     if microbatch and microbatch % shards:
         raise ConfigError(f"microbatch={microbatch} must divide evenly over the mesh's {shards} "
                           f"devices (mesh {dict(mesh.shape)}); use a multiple of {shards}")
-    if microbatch and batch_size % microbatch:
-        raise ConfigError(f"batch_size={batch_size} is not a whole number of micro-batches of "
-                          f"{microbatch} rows (microbatch); use a multiple of {microbatch}")
 
 
 def fit_batch_size(config: TrainConfig, rows: int, what: str = "rows") -> int:

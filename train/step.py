@@ -44,8 +44,9 @@ def micro_batched(grad_fn, size: int):
     """`grad_fn(params, batch, key) -> ((loss, aux), grads)` run on micro-batches of `size` rows
     one after another (`jax.lax.scan`) and averaged: for a loss that is a mean over rows (every
     wsl task's), the same loss and gradient as one call on the whole batch, each micro-batch with
-    its own key. Metrics are averaged too: exact for means over rows, not for e.g. an RMSE. Only one micro-batch's activations are live at a time, which
-    saves memory everywhere and, on CPU, keeps an encoder's working set in cache.
+    its own key. Metrics are averaged too: exact for means over rows, not for e.g. an RMSE. Only
+    one micro-batch's activations are live at a time, which saves memory everywhere and, on CPU,
+    keeps an encoder's working set in cache.
 
     Micro-batch i holds rows i, i + n, i + 2n, … (n micro-batches): a batch split over devices
     by rows is split the same way in every micro-batch, so each one still uses every device.
