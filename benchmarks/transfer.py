@@ -241,9 +241,10 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
     return held
 
 
-# Generator and transfer config fields added after generators and runs were cached, with their
-# defaults: named in a cache key only when set, so that cached ones keep their names.
-_ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0}
+# Generator, training and transfer config fields added after generators and runs were cached,
+# with their defaults: named in a cache key only when set, so that cached ones keep their names.
+_ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0,
+                "microbatch": 0}
 
 
 def _described(config) -> dict:
@@ -262,7 +263,7 @@ def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
                       words)
     train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
     name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-" \
-           f"{_digest([_described(config), to_dict(train)])}"
+           f"{_digest([_described(config), _described(train)])}"
     out = root / name
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)

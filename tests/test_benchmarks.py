@@ -119,10 +119,12 @@ def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_default
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.transfer import _described
     from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train import TrainConfig
     from wsl.train.transfer import TransferConfig
 
     for config, field, value in ((TransferConfig(), "head_epochs", 1),
-                                 (GeneratorConfig(condition_task=True), "task_relabel", True)):
+                                 (GeneratorConfig(condition_task=True), "task_relabel", True),
+                                 (TrainConfig(), "microbatch", 8)):
         assert field not in _described(config)
         assert _described(dataclasses.replace(config, **{field: value}))[field] == value
 
@@ -197,6 +199,26 @@ def test_probe_verdict_chooses_the_best_equivariant_encoder_on_validation():
     assert out["equivariant_minus_flat_mlp"] == pytest.approx({"unf": 0.21,
                                                                "unf:pool=moments": 0.10})
     assert verdict({"statnn": 0.4}, {"statnn": 0.4}) == {}
+
+
+def test_probe_reuses_a_finished_run_written_before_a_train_field_existed(tmp_path):
+    import types
+
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.probe import finished_report
+    from wsl.config import override, to_dict
+    from wsl.train.probe import ProbeConfig
+
+    zoo = types.SimpleNamespace(path=tmp_path / "zoo")
+    config = override(ProbeConfig(), ["encoder=statnn", "train.steps=30"])
+    written = json.loads(json.dumps(to_dict(config)))
+    del written["train"]["microbatch"]  # a field added later, at its default
+    (tmp_path / "results.json").write_text(json.dumps({"zoo": str(zoo.path), "config": written}))
+    assert finished_report(tmp_path, zoo, config) is not None
+    # A value that differs from the stored run's still means another run.
+    other = override(ProbeConfig(), ["encoder=statnn", "train.steps=30", "train.microbatch=8"])
+    assert finished_report(tmp_path, zoo, other) is None
+    assert finished_report(tmp_path, zoo, override(ProbeConfig(), ["encoder=statnn"])) is None
 
 
 def test_probe_encoder_specs_carry_options_and_keep_the_defaults():

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import jax
@@ -299,6 +300,19 @@ def test_micro_batches_give_the_whole_batch_update(tmp_path):
         small_config("microbatch=12")
     with pytest.raises(ConfigError, match="microbatch: must be ≥ 0"):
         small_config("microbatch=-1")
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes_without_a_warning(tmp_path):
+    config = small_config("steps=10")
+    train(Regression(), config, regression_data(), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["microbatch"]  # as written before the key was added, with its default meaning
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(Regression(), config, regression_data(), tmp_path)
+    with pytest.warns(UserWarning, match=r"changed config keys \['microbatch'\]"):
+        train(Regression(), small_config("steps=10", "microbatch=8"), regression_data(), tmp_path)
 
 
 def test_bad_config_field_gives_a_clear_error(tmp_path):

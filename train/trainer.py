@@ -152,7 +152,10 @@ class Trainer:
             return
         path = self.run_dir / "config.json"
         if path.exists():
-            before = flat_items(json.loads(path.read_text()))
+            # A key the saved file lacks was added to the config after the run began: it ran
+            # with that key's default.
+            before = {**flat_items(to_dict(type(self.config)())),
+                      **flat_items(json.loads(path.read_text()))}
             now = flat_items(to_dict(self.config))
             changed = sorted(k for k in before.keys() | now.keys()
                              if before.get(k) != now.get(k) and k not in QUIET_KEYS)
