@@ -158,8 +158,9 @@ def torch_step(features, channels=CHANNELS, head=HEAD):
 
 # ------------------------------------------------------------------------------------- helpers
 # A pause before each timed block, so that the other implementation's worker threads (torch's
-# spin after their last task) have gone idle; and blocks of at least BLOCK_S seconds, so that the
-# first call after the pause (cold caches, clock ramp) weighs as little for the faster one.
+# may spin after their last task) have gone idle — a precaution: 0, 0.2 and 1 s made no difference
+# beyond noise here; and blocks of at least BLOCK_S seconds, so that the first call after the
+# pause (cold caches, clock ramp) weighs as little for the faster implementation.
 SETTLE_S = 0.2
 BLOCK_S = 0.5
 
