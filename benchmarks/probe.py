@@ -56,6 +56,7 @@ from wsl.config import override, to_dict  # noqa: E402
 from wsl.errors import WslError  # noqa: E402
 from wsl.mesh import device_summary  # noqa: E402
 from wsl.models.encoders import build_encoder  # noqa: E402
+from wsl.train.config import flat_items  # noqa: E402
 from wsl.train.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
@@ -122,31 +123,19 @@ def open_or_build(zoo_dir: Path, quick: bool, smoke: bool = False,
         return build_zoo(get_recipe(recipe, words), path, progress=True)
 
 
-def _with_defaults(stored: dict, defaults: dict) -> dict:
-    """`stored` with the keys it lacks, at any depth, taken from `defaults`."""
-    out = dict(defaults)
-    for key, value in stored.items():
-        both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
-        out[key] = _with_defaults(value, defaults[key]) if both else value
-    return out
-
-
 def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
     """The results a previous run of this very configuration wrote in `folder`, if it finished."""
     try:
         report = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    wanted = json.loads(json.dumps(to_dict(config)))
-    # A field added to ProbeConfig after the run was written reads as its default there: the
-    # run did what the default does (a new field's default keeps the old behaviour).
-    # The same holds inside `train` (e.g. `train.microbatch`); `encoder_config` holds overrides
-    # only, so it has no defaults to fill in.
-    defaults = json.loads(json.dumps(to_dict(ProbeConfig())))
-    stored = {**{k: v for k, v in defaults.items() if k not in ("train", "encoder_config")},
-              **report.get("config", {})}
-    if isinstance(stored.get("train"), dict):
-        stored["train"] = _with_defaults(stored["train"], defaults["train"])
+    wanted = flat_items(json.loads(json.dumps(to_dict(config))))
+    # A field added to ProbeConfig (or its `train`) after the run was written reads as its
+    # default there: the run did what the default does (a new field's default keeps the old
+    # behaviour). `encoder_config` holds overrides only: it has no defaults to fill in.
+    defaults = flat_items(json.loads(json.dumps(to_dict(ProbeConfig()))))
+    stored = {**{k: v for k, v in defaults.items() if not k.startswith("encoder_config.")},
+              **flat_items(report.get("config", {}))}
     if report.get("zoo") != str(zoo.path) or stored != wanted:
         return None
     print(f"{config.encoder}: reusing {folder / 'results.json'}", flush=True)
