@@ -57,7 +57,13 @@ from wsl.errors import WslError  # noqa: E402
 from wsl.mesh import device_summary  # noqa: E402
 from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.train.config import flat_items  # noqa: E402
-from wsl.train.probe import DEFAULT_TRAIN, ENCODERS, ProbeConfig, run_probe  # noqa: E402
+from wsl.train.probe import (  # noqa: E402
+    DEFAULT_TRAIN,
+    ENCODERS,
+    PROBE_FILE,
+    ProbeConfig,
+    run_probe,
+)
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import MANIFEST, Zoo, ZooError, sha256_file  # noqa: E402
@@ -137,6 +143,13 @@ def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
     stored = {**{k: v for k, v in defaults.items() if not k.startswith("encoder_config.")},
               **flat_items(report.get("config", {}))}
     if report.get("zoo") != str(zoo.path) or stored != wanted:
+        return None
+    # The same path may hold a rebuilt zoo: the run's claim names the manifest it probed.
+    try:
+        probed = json.loads((folder / PROBE_FILE).read_text()).get("zoo_sha256")
+    except (OSError, ValueError):
+        probed = None
+    if probed is not None and probed != sha256_file(Path(zoo.path) / MANIFEST):
         return None
     print(f"{config.encoder}: reusing {folder / 'results.json'}", flush=True)
     return report

@@ -201,13 +201,14 @@ def test_probe_verdict_chooses_the_best_equivariant_encoder_on_validation():
     assert verdict({"statnn": 0.4}, {"statnn": 0.4}) == {}
 
 
-def test_probe_reuses_a_finished_run_written_before_a_train_field_existed(tmp_path):
+def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_a_rebuilt_zoo(tmp_path):
     import types
 
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.probe import finished_report
     from wsl.config import override, to_dict
     from wsl.train.probe import ProbeConfig
+    from wsl.zoos.store import sha256_file
 
     zoo = types.SimpleNamespace(path=tmp_path / "zoo")
     config = override(ProbeConfig(), ["encoder=statnn", "train.steps=30"])
@@ -219,6 +220,14 @@ def test_probe_reuses_a_finished_run_written_before_a_train_field_existed(tmp_pa
     other = override(ProbeConfig(), ["encoder=statnn", "train.steps=30", "train.microbatch=8"])
     assert finished_report(tmp_path, zoo, other) is None
     assert finished_report(tmp_path, zoo, override(ProbeConfig(), ["encoder=statnn"])) is None
+    # A zoo rebuilt at the same path is another zoo: its manifest differs from the one probed.
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "manifest.json").write_text("{}")
+    (tmp_path / "probe.json").write_text(json.dumps({"zoo_sha256": "0" * 64}))
+    assert finished_report(tmp_path, zoo, config) is None
+    (tmp_path / "probe.json").write_text(json.dumps(
+        {"zoo_sha256": sha256_file(tmp_path / "zoo" / "manifest.json")}))
+    assert finished_report(tmp_path, zoo, config) is not None
 
 
 def test_probe_encoder_specs_carry_options_and_keep_the_defaults():
