@@ -17,6 +17,7 @@ from wsl.models.encoders import (
     default_config,
     encoder_names,
     list_encoders,
+    prepare,
 )
 from wsl.models.neural_graph import (
     ChainError,
@@ -537,6 +538,9 @@ def test_encoders_predict_the_accuracy_of_trained_networks():
     results = {}
     for name in ["statnn", "nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer"]:
         config = dict(SMALL[name], **({"num_layers": 2} if name.startswith("ng_") else {}))
+        if name == "statnn":  # standardised on the training split, as `wsl probe` gives it
+            config.update(zip(("feature_mean", "feature_std"), fit_feature_scaling(stat_features(
+                ws, prepare(ws, jax.tree.map(lambda a: a[train], params), normalizer)))))
         model = build_encoder(name, ws, normalizer=normalizer, **config)
         results[name] = fit_and_score(model, params, accuracy, train, steps=400)
     take = lambda idx: jax.tree.map(lambda a: a[idx], params)
