@@ -534,16 +534,16 @@ def test_encoders_predict_the_accuracy_of_trained_networks():
     assert accuracy.std() > 0.1, "the zoo must spread in accuracy"
     train, test = np.arange(112), np.arange(112, 160)
     ws = arch.weight_space
-    normalizer = TensorNormalizer.fit(ws, jax.tree.map(lambda a: a[train], params))
+    take = lambda idx: jax.tree.map(lambda a: a[idx], params)
+    normalizer = TensorNormalizer.fit(ws, take(train))
     results = {}
     for name in ["statnn", "nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer"]:
         config = dict(SMALL[name], **({"num_layers": 2} if name.startswith("ng_") else {}))
         if name == "statnn":  # standardised on the training split, as `wsl probe` gives it
-            config.update(zip(("feature_mean", "feature_std"), fit_feature_scaling(stat_features(
-                ws, prepare(ws, jax.tree.map(lambda a: a[train], params), normalizer)))))
+            config.update(zip(("feature_mean", "feature_std"), fit_feature_scaling(
+                stat_features(ws, prepare(ws, take(train), normalizer)))))
         model = build_encoder(name, ws, normalizer=normalizer, **config)
         results[name] = fit_and_score(model, params, accuracy, train, steps=400)
-    take = lambda idx: jax.tree.map(lambda a: a[idx], params)
     with threadpool_limits(1):
         gbt = GradientBoostedStats(ws, max_iter=200).fit(take(train), accuracy[train])
         gbt_pred = gbt.predict(take(test))
