@@ -25,7 +25,7 @@ bootstrap 95 % intervals (seeds, then samples within a seed). Sampling 1,000 net
 (compilation apart) for the first seed.
 
     python benchmarks/generate.py --smoke     # seconds: 16 untrained digits MLPs, flow, 1 seed
-    python benchmarks/generate.py --quick     # 256-model zoos, short training, 1 seed
+    python benchmarks/generate.py --quick     # 256-model zoos, 800 steps, 1 seed (over 30 min)
     python benchmarks/generate.py             # 1,000-model zoos, 4,000 steps, 3 seeds (hours)
 
 Prints a table per zoo, then one JSON object as the last line, which quick and full runs also
