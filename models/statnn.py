@@ -96,6 +96,15 @@ def fit_feature_scaling(features) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(features.mean(0).tolist()), tuple(std.tolist())
 
 
+def statistics_scaling(weight_space: WeightSpace, params,
+                       normalizer: TensorNormalizer | None) -> dict[str, tuple[float, ...]]:
+    """``feature_mean`` / ``feature_std`` fitted on `params` (a training split) as the encoder
+    will see them (normalised by `normalizer`): the config that standardises StatNN's statistics,
+    or those an NFN / UNF / neural graph reads with ``statistics=True``."""
+    features = stat_features(weight_space, prepare(weight_space, params, normalizer))
+    return dict(zip(("feature_mean", "feature_std"), fit_feature_scaling(np.asarray(features))))
+
+
 class StatNN(nn.Module):
     """MLP on per-tensor statistics, optionally standardised (see `fit_feature_scaling`)."""
 

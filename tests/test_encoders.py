@@ -17,7 +17,6 @@ from wsl.models.encoders import (
     default_config,
     encoder_names,
     list_encoders,
-    prepare,
 )
 from wsl.models.neural_graph import (
     ChainError,
@@ -33,6 +32,7 @@ from wsl.models.statnn import (
     fit_feature_scaling,
     stat_feature_names,
     stat_features,
+    statistics_scaling,
 )
 from wsl.weight_space import WeightSpaceError
 from wsl.zoos.architectures import build
@@ -540,8 +540,7 @@ def test_encoders_predict_the_accuracy_of_trained_networks():
     for name in ["statnn", "nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer"]:
         config = dict(SMALL[name], **({"num_layers": 2} if name.startswith("ng_") else {}))
         if name == "statnn":  # standardised on the training split, as `wsl probe` gives it
-            config.update(zip(("feature_mean", "feature_std"), fit_feature_scaling(
-                stat_features(ws, prepare(ws, take(train), normalizer)))))
+            config.update(statistics_scaling(ws, take(train), normalizer))
         model = build_encoder(name, ws, normalizer=normalizer, **config)
         results[name] = fit_and_score(model, params, accuracy, train, steps=400)
     with threadpool_limits(1):

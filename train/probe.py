@@ -347,12 +347,9 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
             if reads_statistics and "feature_mean" not in config.encoder_config:
                 # A fair baseline: its statistics standardised, fitted on the training split
                 # (also for an NFN / UNF that reads them beside its pooled features).
-                from wsl.models.encoders import prepare
-                from wsl.models.statnn import fit_feature_scaling, stat_features
+                from wsl.models.statnn import statistics_scaling
 
-                features = stat_features(space, prepare(space, train_split.params, normalizer))
-                extra = dict(zip(("feature_mean", "feature_std"),
-                                 fit_feature_scaling(np.asarray(features))))
+                extra = statistics_scaling(space, train_split.params, normalizer)
             encoder = build_encoder(config.encoder, space, out_dim=out_dim, normalizer=normalizer,
                                     **extra, **config.encoder_config)
             task = ProbeTask(encoder, kind, float(train_split.y.mean()),
