@@ -66,7 +66,7 @@ from wsl.train.probe import (  # noqa: E402
 )
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
-from wsl.zoos.store import MANIFEST, Zoo, ZooError, sha256_file  # noqa: E402
+from wsl.zoos.store import MANIFEST, Zoo, ZooError, same_zoo, sha256_file, zoo_fingerprint  # noqa: E402
 
 # The seven, in the order of the published tables; ProbeX is an optional extra row.
 DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng_gnn",
@@ -144,12 +144,12 @@ def finished_report(folder: Path, zoo: Zoo, config: ProbeConfig) -> dict | None:
               **flat_items(report.get("config", {}))}
     if report.get("zoo") != str(zoo.path) or stored != wanted:
         return None
-    # The same path may hold a rebuilt zoo: the run's claim names the manifest it probed.
+    # The same path may hold another zoo: the run's claim names the zoo it probed.
     try:
-        probed = json.loads((folder / PROBE_FILE).read_text()).get("zoo_sha256")
+        claim = json.loads((folder / PROBE_FILE).read_text())
     except (OSError, ValueError):
-        probed = None
-    if probed is not None and probed != sha256_file(Path(zoo.path) / MANIFEST):
+        claim = {}
+    if not isinstance(claim, dict) or not same_zoo(zoo.path, claim):
         return None
     print(f"{config.encoder}: reusing {folder / 'results.json'}", flush=True)
     return report
@@ -273,6 +273,7 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode, "device": device_summary(),
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
+                   "zoo_fingerprint": zoo_fingerprint(zoo.path),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
                    "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
                    "val_tau": val_tau,

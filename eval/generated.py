@@ -943,14 +943,14 @@ def zoo_accuracy(meta: dict, subset: np.ndarray, column: str = "test_acc") -> di
     split, None = unknown, e.g. an imported zoo); ``{"unavailable": why}`` when the zoo is gone or
     no longer the one the generator was trained on."""
     from wsl.errors import WslError
-    from wsl.zoos.store import MANIFEST, Zoo, sha256_file
+    from wsl.zoos.store import MANIFEST, Zoo, same_zoo
 
     path = Path(meta.get("zoo", ""))
     rows = (meta.get("selection") or {}).get("rows")
     try:
         if rows is None or not (path / MANIFEST).is_file():
             return {"unavailable": f"{path} is not there any more"}
-        if meta.get("zoo_sha256") and sha256_file(path / MANIFEST) != meta["zoo_sha256"]:
+        if not same_zoo(path, meta):
             return {"unavailable": f"{path} changed since the generator was trained"}
         zoo = Zoo.open(path)
         if column not in zoo.metrics:

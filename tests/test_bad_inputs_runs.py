@@ -290,3 +290,29 @@ def test_a_run_recorded_before_a_config_field_existed_resumes_only_at_its_defaul
                       what="a run", defaults=defaults)
     with pytest.raises(RunDirError, match="generator.temperature=unset, not 1.0"):
         claim_run_dir(run, request, file="run.json", what="a run")  # no defaults given
+
+
+def test_a_run_claimed_on_one_zoo_follows_its_content_not_its_path_or_manifest_file(tmp_path):
+    from wsl.train.checkpoint import RunDirError, claim_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"zoo": "/zoos/a", "zoo_sha256": "1" * 64, "zoo_fingerprint": "f" * 64, "steps": 10}
+    (run / "probe.json").write_text(json.dumps(record))
+    claim = lambda **change: claim_run_dir(run, {**record, **change}, file="probe.json",
+                                           what="a probe run")
+    # The same zoo rebuilt (a new manifest timestamp) or moved: the same run.
+    assert claim(zoo_sha256="2" * 64)
+    assert claim(zoo="/zoos/b", zoo_sha256="2" * 64)
+    with pytest.raises(RunDirError, match=r"earlier version of the zoo /zoos/a \(its content "
+                                          r"changed\)"):
+        claim(zoo_fingerprint="e" * 64)
+    with pytest.raises(RunDirError, match="of the zoo /zoos/a, not /zoos/b"):
+        claim(zoo="/zoos/b", zoo_fingerprint="e" * 64)
+    # A record from before the fingerprint: its manifest hash still decides, the path may change.
+    old = {k: v for k, v in record.items() if k != "zoo_fingerprint"}
+    (run / "probe.json").write_text(json.dumps(old))
+    assert claim(zoo="/zoos/b")
+    with pytest.raises(RunDirError, match=r"earlier version of the zoo /zoos/a \(its manifest "
+                                          r"changed\)"):
+        claim(zoo_sha256="2" * 64)

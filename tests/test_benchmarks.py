@@ -201,14 +201,14 @@ def test_probe_verdict_chooses_the_best_equivariant_encoder_on_validation():
     assert verdict({"statnn": 0.4}, {"statnn": 0.4}) == {}
 
 
-def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_a_rebuilt_zoo(tmp_path):
+def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_another_zoo(tmp_path):
     import types
 
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.probe import finished_report
     from wsl.config import override, to_dict
     from wsl.train.probe import ProbeConfig
-    from wsl.zoos.store import sha256_file
+    from wsl.zoos.store import sha256_file, zoo_fingerprint
 
     zoo = types.SimpleNamespace(path=tmp_path / "zoo")
     config = override(ProbeConfig(), ["encoder=statnn", "train.steps=30"])
@@ -220,13 +220,23 @@ def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_a_rebu
     other = override(ProbeConfig(), ["encoder=statnn", "train.steps=30", "train.microbatch=8"])
     assert finished_report(tmp_path, zoo, other) is None
     assert finished_report(tmp_path, zoo, override(ProbeConfig(), ["encoder=statnn"])) is None
-    # A zoo rebuilt at the same path is another zoo: its manifest differs from the one probed.
+    # Another zoo at the same path is not the one probed: its content (or, in a claim written
+    # before the fingerprint, its manifest file) differs.
     (tmp_path / "zoo").mkdir()
-    (tmp_path / "zoo" / "manifest.json").write_text("{}")
+    (tmp_path / "zoo" / "manifest.json").write_text(json.dumps({"provenance": {"created": "now"}}))
     (tmp_path / "probe.json").write_text(json.dumps({"zoo_sha256": "0" * 64}))
     assert finished_report(tmp_path, zoo, config) is None
     (tmp_path / "probe.json").write_text(json.dumps(
         {"zoo_sha256": sha256_file(tmp_path / "zoo" / "manifest.json")}))
+    assert finished_report(tmp_path, zoo, config) is not None
+    (tmp_path / "probe.json").write_text(json.dumps(
+        {"zoo_sha256": "0" * 64, "zoo_fingerprint": "0" * 64}))
+    assert finished_report(tmp_path, zoo, config) is None
+    # The same zoo rebuilt there (only its build's provenance differs) is the one probed.
+    (tmp_path / "probe.json").write_text(json.dumps(
+        {"zoo_sha256": "0" * 64, "zoo_fingerprint": zoo_fingerprint(tmp_path / "zoo")}))
+    (tmp_path / "zoo" / "manifest.json").write_text(
+        json.dumps({"provenance": {"created": "later"}}))
     assert finished_report(tmp_path, zoo, config) is not None
 
 

@@ -13,7 +13,15 @@ from wsl.weight_space import nest_paths
 from wsl.zoos import open_zoo
 from wsl.zoos.architectures import build
 from wsl.zoos.model_files import read_model
-from wsl.zoos.store import Zoo, ZooError, ZooWriter, write_zoo
+from wsl.zoos.store import (
+    Zoo,
+    ZooError,
+    ZooWriter,
+    same_zoo,
+    sha256_file,
+    write_zoo,
+    zoo_fingerprint,
+)
 from wsl.zoos.torch_layout import to_torch_state
 
 MODELS, EPOCHS = 6, (0, 2, 5)
@@ -233,6 +241,33 @@ def test_writer_resume_rules(tmp_path, arch):
     (tmp_path / "junk" / "file.txt").write_text("x")
     with pytest.raises(ZooError, match="not empty"):
         ZooWriter(tmp_path / "junk", _manifest(arch))
+
+
+def test_a_rebuild_with_the_same_content_keeps_the_fingerprint_not_the_manifest_hash(tmp_path,
+                                                                                     arch):
+    rows, params = _rows(), _population(arch, len(_rows()))
+    write_zoo(tmp_path / "a", _manifest(arch), params, rows, rows_per_shard=7)
+    write_zoo(tmp_path / "b", _manifest(arch), params, rows, rows_per_shard=7)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["provenance"] = {**manifest["provenance"], "created": "2001-01-01T00:00:00+00:00",
+                              "command": "another command"}
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    assert sha256_file(tmp_path / "a" / "manifest.json") != sha256_file(
+        tmp_path / "b" / "manifest.json")
+    assert zoo_fingerprint(tmp_path / "a") == zoo_fingerprint(tmp_path / "b")
+    record = {"zoo_fingerprint": zoo_fingerprint(tmp_path / "a"),
+              "zoo_sha256": sha256_file(tmp_path / "a" / "manifest.json")}
+    assert same_zoo(tmp_path / "b", record)
+    # Records written before the fingerprint compare the manifest file; a record of neither says
+    # nothing.
+    assert not same_zoo(tmp_path / "b", {"zoo_sha256": record["zoo_sha256"]})
+    assert same_zoo(tmp_path / "a", {"zoo_sha256": record["zoo_sha256"]})
+    assert same_zoo(tmp_path / "b", {})
+    # Other weights (or metrics) are another zoo.
+    write_zoo(tmp_path / "c", _manifest(arch), _population(arch, len(rows), seed=1), rows,
+              rows_per_shard=7)
+    assert zoo_fingerprint(tmp_path / "c") != zoo_fingerprint(tmp_path / "a")
+    assert not same_zoo(tmp_path / "c", record)
 
 
 def test_export_files_and_torch_layout(tmp_path, zoo_dir):

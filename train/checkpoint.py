@@ -61,6 +61,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:55] + "...'"
 
 
+# The keys of a run record that name the zoo it read (a record older than a key lacks it).
+_ZOO_IDENTITY = ("zoo_sha256", "zoo_fingerprint")
+
+
 def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str, what: str,
                   option: str = "--out", mutable: Sequence[str] = (),
                   defaults: Mapping[str, Any] | None = None) -> bool:
@@ -73,8 +77,11 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
     ``a.b``), except for keys under a `mutable` prefix (settings a resumed run may change, details
     the request does not fix); a key the stored record lacks is skipped when the new value is None
     or its value in `defaults` (a record of the same shape holding the configs' defaults): a
-    record written before the key existed, which ran with that default. ``zoo_sha256`` (the
-    zoo's manifest hash) stands for the zoo: when both records have it, the zoo's path may change.
+    record written before the key existed, which ran with that default. The zoo is known by its
+    content: when both records have ``zoo_fingerprint`` (`wsl.zoos.store.zoo_fingerprint`), the
+    zoo's path and manifest file may change (a rebuild of the same zoo, elsewhere); records
+    written before the fingerprint existed compare ``zoo_sha256`` (the manifest file's hash) and
+    let the path change.
     """
     directory = check_output_dir(directory, option=option)
     path = directory / file
@@ -94,7 +101,9 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
     old = flat_items(stored)
     default = flat_items(json.loads(json.dumps(dict(defaults or {}), default=list)))
     skip = tuple(mutable)
-    if "zoo_sha256" in old and "zoo_sha256" in new:
+    if "zoo_fingerprint" in old and "zoo_fingerprint" in new:
+        skip += ("zoo", "zoo_sha256")
+    elif "zoo_sha256" in old and "zoo_sha256" in new:
         skip += ("zoo",)
     differ = []
     for key in list(new) + [k for k in old if k not in new]:
@@ -103,7 +112,7 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
         if key.split(".")[0] not in record:
             continue  # stored details the request does not describe (architecture, timings)
         before, now = old.get(key, _UNSET), new.get(key, _UNSET)
-        if before is _UNSET and (now is None or key == "zoo_sha256"
+        if before is _UNSET and (now is None or key in _ZOO_IDENTITY
                                  or default.get(key, _UNSET) == now):
             continue  # a record written before the key existed
         if before != now:
@@ -111,10 +120,11 @@ def claim_run_dir(directory: str | Path, record: Mapping[str, Any], *, file: str
     if not differ:
         return True
     key, before, now = differ[0]
-    if key == "zoo_sha256":
+    if key in _ZOO_IDENTITY:
         then, zoo = stored.get("zoo"), record.get("zoo")
         fault = (f"of the zoo {then}, not {zoo}" if then != zoo
-                 else f"of an earlier version of the zoo {zoo} (its manifest changed)")
+                 else f"of an earlier version of the zoo {zoo} (its "
+                 f"{'content' if key == 'zoo_fingerprint' else 'manifest'} changed)")
     else:
         fault = f"with {key}={_show(before)}, not {_show(now)}"
     more = (f" (and {len(differ) - 1} more differences: "

@@ -17,8 +17,9 @@ The pipeline (`wsl gen train` / `wsl gen sample`):
 A generator directory holds ``generator.json`` (configs, architecture, dataset, selection),
 ``normalizer.npz``, ``aligned_train.npy`` (the aligned training weights) and the training runs
 (``generator/``, and ``autoencoder/`` for latent-ddpm). ``generator.json`` is written first and
-records the request (zoo and its manifest hash, configs, selection options): a rerun into the
-same folder resumes only the same request, any other is refused before anything is written.
+records the request (zoo, its fingerprint and manifest hash, configs, selection options): a rerun
+into the same folder resumes only the same request, any other is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics, population_predictions
-from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo
+from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo, zoo_fingerprint
 
 GENERATOR_FILE = "generator.json"
 # Fields whose default changed: a generator.json written before the field existed was trained
@@ -226,6 +227,7 @@ def generator_record(zoo: Zoo, config: GeneratorConfig, train_config: TrainConfi
     """What a generator folder is, as ``generator.json`` records it: the request, nothing found."""
     return {"zoo": str(Path(zoo.path).resolve()),
             "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST),
+            "zoo_fingerprint": zoo_fingerprint(zoo.path),
             "generator": to_dict(config), "train": to_dict(train_config),
             "selection": {"min_acc": min_acc, "align": align, "max_models": max_models}}
 

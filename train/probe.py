@@ -14,7 +14,7 @@ optimizer, init) are classified.
 
 ``statnn_gbt`` (gradient-boosted trees on the StatNN features) runs through scikit-learn.
 
-A probe's folder records what it holds (``probe.json``: the zoo, its manifest hash and the config)
+A probe's folder records what it holds (``probe.json``: the zoo, its fingerprint and the config)
 before anything else is written; a rerun with the same record resumes, any other is refused
 (`wsl.train.checkpoint.claim_run_dir`), so one probe never overwrites another's results.
 """
@@ -47,7 +47,7 @@ from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import pooled_before_activation
 from wsl.zoos.scoring import pad_rows
-from wsl.zoos.store import MANIFEST, sha256_file
+from wsl.zoos.store import MANIFEST, sha256_file, zoo_fingerprint
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
 DEFAULT_TRAIN = TrainConfig(
@@ -252,7 +252,8 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
     if out is not None:  # before the rows are read: selecting reads every weight once
         out = Path(out)
         record = {"zoo": str(Path(zoo.path).resolve()),
-                  "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST), **to_dict(config)}
+                  "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST),
+                  "zoo_fingerprint": zoo_fingerprint(zoo.path), **to_dict(config)}
         # A probe run before a config field existed ran with its default: it still resumes.
         claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE,
                       defaults=to_dict(ProbeConfig()))

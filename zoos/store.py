@@ -113,6 +113,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def zoo_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of what the zoo at `path` holds, as its manifest describes it: recipe, architecture,
+    data, every shard file's and the metrics table's checksums, analysis columns — not when, where
+    or by which command it was built (``provenance``) nor the recipe's prose description. A rebuild
+    that writes the same weights and metrics keeps it; the manifest file's own hash changes with
+    every build's timestamp."""
+    manifest = _read_json(Path(path) / MANIFEST, "zoo manifest")
+    content = _without_recipe_prose({k: v for k, v in manifest.items() if k != "provenance"})
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def same_zoo(path: str | os.PathLike, record: Mapping[str, Any]) -> bool:
+    """Is the zoo at `path` the one a run `record` read? Its ``zoo_fingerprint`` where the record
+    has one, else its ``zoo_sha256`` (the manifest file's hash: older records); a record with
+    neither does not say, and is taken at its word."""
+    if record.get("zoo_fingerprint"):
+        return zoo_fingerprint(path) == record["zoo_fingerprint"]
+    if record.get("zoo_sha256"):
+        return sha256_file(Path(path) / MANIFEST) == record["zoo_sha256"]
+    return True
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -242,12 +265,16 @@ def _wsl_version() -> str:
 def _stable(manifest: Mapping) -> dict:
     """The fields that say which zoo this is: a recipe's description is prose that a new wsl
     version may reword, so it never blocks resuming a build."""
-    stable = {k: v for k, v in manifest.items() if k not in _VOLATILE}
-    recipe = stable.get("recipe")
+    return _without_recipe_prose({k: v for k, v in manifest.items() if k not in _VOLATILE})
+
+
+def _without_recipe_prose(manifest: dict) -> dict:
+    """`manifest` without its recipe's description (prose a new wsl version may reword)."""
+    recipe = manifest.get("recipe")
     if isinstance(recipe, Mapping) and isinstance(recipe.get("config"), Mapping):
         config = {k: v for k, v in recipe["config"].items() if k != "description"}
-        stable["recipe"] = {**recipe, "config": config}
-    return stable
+        manifest = {**manifest, "recipe": {**recipe, "config": config}}
+    return manifest
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
