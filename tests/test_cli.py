@@ -85,3 +85,27 @@ def test_key_value_words_may_follow_options(capsys):
     plain.add_argument("--flag", action="store_true")
     with pytest.raises(SystemExit):
         parse_with_overrides(plain, ["--flag", "a=1"])
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    # A command whose output outlives its reader (`wsl zoo info Z | head`): no error line, the
+    # pipeline's usual status; a broken pipe that is not standard output stays an error.
+    script = tmp_path / "chatty.py"
+    script.write_text(
+        "import os, sys\n"
+        "from wsl.commands import run\n"
+        "def chatty(argv):\n"
+        "    for i in range(200_000):\n"
+        "        print('line', i)\n"
+        "def other_pipe(argv):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "sys.exit(run('wsl x', chatty if sys.argv[1] == 'chatty' else other_pipe, []))\n")
+    for which, code, stderr in (("chatty", 141, ""), ("other", 1, "wsl x: error: ")):
+        out = subprocess.run(f"{sys.executable} {script} {which} | head -1; "
+                             f"exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout == ("line 0\n" if which == "chatty" else "")
+        assert out.returncode == code and out.stderr.startswith(stderr), out

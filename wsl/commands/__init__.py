@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import sys
 import warnings
 
@@ -74,6 +75,20 @@ def run(prog: str, main, argv: list[str], debug: bool = False) -> int:
         warnings.formatwarning = previous
 
 
+def _stdout_closed() -> bool:
+    """Has the reader of standard output gone away? (Not a broken socket or a child's pipe.)"""
+    try:
+        fd = sys.stdout.fileno()
+    except (ValueError, OSError):  # not a file (captured output): it cannot have a reader
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    # A pipe whose read end is closed reports an error condition to its writer.
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+
+
 def _run(prog: str, main, argv: list[str], debug: bool) -> int:
     try:
         return int(main(argv) or 0)
@@ -82,6 +97,12 @@ def _run(prog: str, main, argv: list[str], debug: bool) -> int:
     except (WslError, OSError) as err:
         if debug:
             raise
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            # The reader of the output went away (`wsl zoo info Z | head`): stop without a word,
+            # as a pipeline expects (128 + SIGPIPE). Python flushes stdout once more on exit, so
+            # it points at the null device first.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         message = str(err) or type(err).__name__
         if isinstance(err, OSError) and not isinstance(err, WslError) and err.filename:
             message = f"{err.filename}: {err.strerror or message}"
