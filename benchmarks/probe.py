@@ -66,7 +66,14 @@ from wsl.train.probe import (  # noqa: E402
 )
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
-from wsl.zoos.store import MANIFEST, Zoo, ZooError, same_zoo, sha256_file, zoo_fingerprint  # noqa: E402
+from wsl.zoos.store import (  # noqa: E402
+    MANIFEST,
+    Zoo,
+    ZooError,
+    manifest_fingerprint,
+    same_zoo,
+    sha256_file,
+)
 
 # The seven, in the order of the published tables; ProbeX is an optional extra row.
 DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng_gnn",
@@ -273,7 +280,7 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     return finish({"benchmark": "probe", "mode": mode, "device": device_summary(),
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
-                   "zoo_fingerprint": zoo_fingerprint(zoo.path),
+                   "zoo_fingerprint": manifest_fingerprint(zoo.manifest),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
                    "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
                    "val_tau": val_tau,

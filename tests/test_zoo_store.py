@@ -17,6 +17,7 @@ from wsl.zoos.store import (
     Zoo,
     ZooError,
     ZooWriter,
+    manifest_fingerprint,
     same_zoo,
     sha256_file,
     write_zoo,
@@ -255,6 +256,8 @@ def test_a_rebuild_with_the_same_content_keeps_the_fingerprint_not_the_manifest_
     assert sha256_file(tmp_path / "a" / "manifest.json") != sha256_file(
         tmp_path / "b" / "manifest.json")
     assert zoo_fingerprint(tmp_path / "a") == zoo_fingerprint(tmp_path / "b")
+    assert manifest_fingerprint(Zoo.open(tmp_path / "b").manifest) == zoo_fingerprint(
+        tmp_path / "a")
     record = {"zoo_fingerprint": zoo_fingerprint(tmp_path / "a"),
               "zoo_sha256": sha256_file(tmp_path / "a" / "manifest.json")}
     assert same_zoo(tmp_path / "b", record)

@@ -58,7 +58,7 @@ from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import build
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics, population_predictions
-from wsl.zoos.store import MANIFEST, Zoo, sha256_file, write_zoo, zoo_fingerprint
+from wsl.zoos.store import MANIFEST, Zoo, manifest_fingerprint, sha256_file, write_zoo
 
 GENERATOR_FILE = "generator.json"
 # Fields whose default changed: a generator.json written before the field existed was trained
@@ -227,7 +227,7 @@ def generator_record(zoo: Zoo, config: GeneratorConfig, train_config: TrainConfi
     """What a generator folder is, as ``generator.json`` records it: the request, nothing found."""
     return {"zoo": str(Path(zoo.path).resolve()),
             "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST),
-            "zoo_fingerprint": zoo_fingerprint(zoo.path),
+            "zoo_fingerprint": manifest_fingerprint(zoo.manifest),
             "generator": to_dict(config), "train": to_dict(train_config),
             "selection": {"min_acc": min_acc, "align": align, "max_models": max_models}}
 

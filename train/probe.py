@@ -47,7 +47,7 @@ from wsl.train.layout import fit_batch_size
 from wsl.train.trainer import note_dropped
 from wsl.zoos.architectures import pooled_before_activation
 from wsl.zoos.scoring import pad_rows
-from wsl.zoos.store import MANIFEST, sha256_file, zoo_fingerprint
+from wsl.zoos.store import MANIFEST, manifest_fingerprint, sha256_file
 
 ENCODERS = tuple(encoder_names()) + ("statnn_gbt",)
 DEFAULT_TRAIN = TrainConfig(
@@ -253,7 +253,7 @@ def run_probe(zoo, config: ProbeConfig, out: str | Path | None = None) -> dict:
         out = Path(out)
         record = {"zoo": str(Path(zoo.path).resolve()),
                   "zoo_sha256": sha256_file(Path(zoo.path) / MANIFEST),
-                  "zoo_fingerprint": zoo_fingerprint(zoo.path), **to_dict(config)}
+                  "zoo_fingerprint": manifest_fingerprint(zoo.manifest), **to_dict(config)}
         # A probe run before a config field existed ran with its default: it still resumes.
         claim_run_dir(out, record, file=PROBE_FILE, what="a probe run", mutable=PROBE_MUTABLE,
                       defaults=to_dict(ProbeConfig()))

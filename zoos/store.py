@@ -119,7 +119,11 @@ def zoo_fingerprint(path: str | os.PathLike) -> str:
     or by which command it was built (``provenance``) nor the recipe's prose description. A rebuild
     that writes the same weights and metrics keeps it; the manifest file's own hash changes with
     every build's timestamp."""
-    manifest = _read_json(Path(path) / MANIFEST, "zoo manifest")
+    return manifest_fingerprint(_read_json(Path(path) / MANIFEST, "zoo manifest"))
+
+
+def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """`zoo_fingerprint` of a manifest already read (`Zoo.manifest`)."""
     content = _without_recipe_prose({k: v for k, v in manifest.items() if k != "provenance"})
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()

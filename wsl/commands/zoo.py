@@ -542,7 +542,7 @@ def histogram(values, bins: int = 10, lo: float | None = None, hi: float | None 
 def summarise(zoo) -> str:
     import numpy as np
 
-    from wsl.zoos.store import zoo_fingerprint
+    from wsl.zoos.store import manifest_fingerprint
 
     m = zoo.metrics
     arch = zoo.manifest["architecture"]
@@ -562,8 +562,8 @@ def summarise(zoo) -> str:
         f"{'  (generated)' if zoo.manifest.get('generated') else ''}",
         f"counts       {len(models)} models, {len(zoo)} rows, checkpoints at epochs "
         f"{epochs.tolist()}",
-        f"fingerprint  {zoo_fingerprint(zoo.path)[:16]} (of its content: a rebuild with the same "
-        f"weights keeps it)",
+        f"fingerprint  {manifest_fingerprint(zoo.manifest)[:16]} (of its content: a rebuild "
+        f"with the same weights keeps it)",
     ]
     if "diverged" in last:
         lines.append(f"diverged     {int(np.sum(last['diverged']))} of {len(models)} models")
