@@ -23,16 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsl.models.encoders import MLP, check_encoder_config
+from wsl.models.encoders import MLP
 from wsl.models.errors import ModelError
 from wsl.models.neural_graph import LayerChain, layer_chain
 from wsl.models.normalize import TensorNormalizer
-from wsl.models.statnn import check_statistics
-from wsl.models.unf import UNFLayer, encode
+from wsl.models.unf import UNFLayer, check_encode_config, encode
 from wsl.weight_space import WeightSpace
 
 MODES = ("np", "hnp")
-OUTPUTS = ("invariant", "equivariant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +147,9 @@ class NFN(nn.Module):
         return nfn_structure(layer_chain(self.weight_space), self.mode)
 
     def check(self):
-        check_encoder_config(self)
         if self.mode not in MODES:
             raise ModelError(f"mode={self.mode!r}: expected one of {MODES}")
-        if self.output not in OUTPUTS:
-            raise ModelError(f"NFN output must be one of {OUTPUTS}; got {self.output!r}")
-        if not self.channels and self.output == "invariant":
-            raise ModelError("an invariant NFN needs at least one equivariant layer before "
-                             "pooling (channels is empty)")
-        check_statistics(self)
+        check_encode_config(self, "NFN")
         self.structure()
 
     @nn.compact

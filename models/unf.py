@@ -275,13 +275,7 @@ class UNF(nn.Module):
         return unf_structure(self.weight_space)
 
     def check(self):
-        check_encoder_config(self)
-        if self.output not in OUTPUTS:
-            raise ModelError(f"output={self.output!r}: expected one of {OUTPUTS}")
-        if not self.channels and self.output == "invariant":
-            raise ModelError("an invariant UNF needs at least one equivariant layer before "
-                             "pooling (channels is empty)")
-        check_statistics(self)
+        check_encode_config(self, "UNF")
         self.structure()
 
     @nn.compact
@@ -290,6 +284,19 @@ class UNF(nn.Module):
         head = lambda x: MLP(self.head_widths, self.out_dim, self.activation, self.dropout)(
             x, train)
         return encode(self, UNFLayer, ACTIVATIONS[self.activation], head, params)
+
+
+def check_encode_config(encoder, name: str) -> None:
+    """What `encode` needs of an NFN or UNF `encoder` (called `name` in the messages): a valid
+    config, a known output, at least one layer before an invariant readout's pooling, and the
+    statistics' scaling where ``statistics=true``."""
+    check_encoder_config(encoder)
+    if encoder.output not in OUTPUTS:
+        raise ModelError(f"{name} output must be one of {OUTPUTS}; got output={encoder.output!r}")
+    if not encoder.channels and encoder.output == "invariant":
+        raise ModelError(f"an invariant {name} needs at least one equivariant layer before "
+                         f"pooling (channels is empty)")
+    check_statistics(encoder)
 
 
 def encode(encoder, layer: type[UNFLayer], act, head, params):
