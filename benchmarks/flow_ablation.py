@@ -39,7 +39,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import table  # noqa: E402
 from benchmarks.generate import ZOOS, build_or_open  # noqa: E402
 from wsl.config import override  # noqa: E402
-from wsl.eval.generated import Nearness, bootstrap_interval  # noqa: E402
+from wsl.eval.generated import Nearness  # noqa: E402
+from wsl.eval.intervals import bootstrap_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import sample_to_zoo, train_generator  # noqa: E402

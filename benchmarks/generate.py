@@ -20,9 +20,10 @@ ZOOS) and every method, at each of ``--seeds`` generator seeds:
    novel fraction).
 
 Per zoo the best method is the one with the highest mean *validation* accuracy over seeds; test
-accuracy is reported beside it, scored once, never chosen on. Means over seeds carry two-level
-bootstrap 95 % intervals (seeds, then samples within a seed). Sampling 1,000 networks is timed
-(compilation apart) for the first seed.
+accuracy is reported beside it, scored once, never chosen on. Means over seeds carry 95 %
+Student-t intervals over the per-seed means (one seed: a bootstrap over its samples); a file
+written with the earlier two-level bootstrap is upgraded when read back (`upgrade_intervals`).
+Sampling 1,000 networks is timed (compilation apart) for the first seed.
 
     python benchmarks/generate.py --smoke     # seconds: 16 untrained digits MLPs, flow, 1 seed
     python benchmarks/generate.py --quick     # 256-model zoos, 800 steps, 1 seed (over 30 min)
@@ -61,6 +62,7 @@ from wsl.eval.calibration import (  # noqa: E402
     write_condition_map,
 )
 from wsl.eval.generated import compare_with_training  # noqa: E402
+from wsl.eval.intervals import bootstrap_interval, t_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import TrainedGenerator, sample_to_zoo, train_generator  # noqa: E402
@@ -119,6 +121,8 @@ METHODS = {
 }
 DEFAULT_STEPS = {"full": 4000, "quick": 800, "smoke": 20}  # generator training steps
 TARGET_DROP = 0.01  # acceptance: generated mean ≥ training mean − 1 point
+INTERVAL = ("95 % Student-t interval over the per-seed means; one seed: percentile bootstrap "
+            "over its samples")
 TIMED = {"full": 1000, "quick": 1000, "smoke": 32}  # networks in the sampling-speed measurement
 SEEDS = {"full": 3, "quick": 1, "smoke": 1}
 AUDIT_SEED = 0  # the memorisation audit's noise and bootstrap (generator seeds vary the generator)
@@ -240,17 +244,46 @@ def _run_seed(zoo: Zoo, name: str, seed: int, words: list[str], sample_options: 
     return row
 
 
-def seeds_interval(groups: list[list[float]], n: int = 2000, seed: int = 0) -> list[float]:
-    """Two-level percentile bootstrap 95 % interval of the mean over seeds of each seed's mean:
-    resample seeds, then samples within each resampled seed (one seed: samples only)."""
-    rng = np.random.default_rng(seed)
-    groups = [np.asarray(g, np.float64) for g in groups]
-    stats = np.empty(n)
-    for b in range(n):
-        chosen = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
-        stats[b] = np.mean([groups[i][rng.integers(0, len(groups[i]), len(groups[i]))].mean()
-                            for i in chosen])
-    return [float(v) for v in np.quantile(stats, [0.025, 0.975])]
+def seeds_interval(groups: list[list[float]]) -> list[float]:
+    """95 % interval of the mean over seeds of each seed's mean: Student t over the per-seed
+    means (`wsl.eval.intervals` says why not a bootstrap over three seeds); one seed: the
+    percentile bootstrap over its samples."""
+    if len(groups) > 1:
+        return t_interval([float(np.mean(g)) for g in groups])
+    return list(bootstrap_interval(groups[0], np.mean))
+
+
+def target_verdict(test: dict, target: float) -> dict:
+    """Whether the mean test accuracy meets `target`, and where its interval lies."""
+    low, high = test["ci95"]
+    return {"value": target, "met": bool(test["mean"] >= target),
+            "interval": "above" if low >= target else "below" if high < target else "straddles"}
+
+
+def reinterval(summary: dict) -> dict:
+    """A method's summary from a file written before INTERVAL: its multi-seed intervals (two-level
+    bootstrap, far narrower than 95 % over three seeds) recomputed from the per-seed means, the
+    old ones kept beside them, and the target verdict redone. One seed's interval is unchanged (it
+    was, and is, the bootstrap over that seed's samples)."""
+    if len(summary.get("seeds", ())) < 2:
+        return summary
+    summary = dict(summary)
+    for split in ("val", "test"):
+        old = summary[split]
+        summary[split] = {**old, "ci95": t_interval(old["per_seed"]),
+                          "ci95_two_level_bootstrap": old["ci95"]}
+    summary["target"] = target_verdict(summary["test"], summary["target"]["value"])
+    return summary
+
+
+def upgrade_intervals(report: dict) -> dict:
+    """A result file's report with every method's intervals as INTERVAL says (`reinterval` on the
+    files written before it); reports that already have them come back unchanged."""
+    if report.get("interval") == INTERVAL:
+        return report
+    zoos = {recipe: {**zoo, "methods": {name: reinterval(m) for name, m in zoo["methods"].items()}}
+            for recipe, zoo in report.get("zoos", {}).items()}
+    return {**report, "interval": INTERVAL, "zoos": zoos}
 
 
 def aggregate(rows: list[dict], reference: dict) -> dict:
@@ -267,11 +300,7 @@ def aggregate(rows: list[dict], reference: dict) -> dict:
                       "max": float(np.max(np.concatenate(groups)))}
     train_test = float(np.mean([r["evaluation"]["train_acc"]["mean"] for r in rows]))
     out["population"] = {"val": reference["val"], "test": train_test}
-    target = train_test - TARGET_DROP
-    low, high = out["test"]["ci95"]
-    out["target"] = {"value": target, "met": bool(out["test"]["mean"] >= target),
-                     "interval": "above" if low >= target else "below" if high < target
-                     else "straddles"}
+    out["target"] = target_verdict(out["test"], train_test - TARGET_DROP)
     out["val"]["gap"] = out["val"]["mean"] - reference["val"]
     out["test"]["gap"] = out["test"]["mean"] - train_test
     novelty = {}
@@ -363,7 +392,7 @@ def merge_earlier(report: dict, path: Path) -> dict:
     the zoo is the same build (same overrides and training population). Otherwise the file's
     rows are dropped, so a table never mixes zoos. The best method is chosen again over all."""
     try:
-        earlier = json.loads(path.read_text())
+        earlier = upgrade_intervals(json.loads(path.read_text()))
     except (OSError, ValueError):
         return report
     earlier.setdefault("extra_words", [])  # files from before --words ran without any
@@ -472,7 +501,7 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
               "protocol": "every choice on validation accuracy of the samples; test scored once; "
                           "guidance 1; +acc methods sampled at q90 through a condition map "
                           "fitted on validation",
-              "zoos": results}
+              "interval": INTERVAL, "zoos": results}
     if mode != "smoke" and not args.no_save:
         # Another step count is another experiment: its own file beside the mode's.
         suffix = "" if steps == DEFAULT_STEPS[mode] else f"-{steps}steps"

@@ -45,7 +45,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 # Appended, not prepended: an installed (non-editable) wsl must win over the repo's wsl/ folder,
 # which alone is not the whole package.
@@ -54,6 +53,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._report import table  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
 from wsl.errors import WslError  # noqa: E402
+from wsl.eval.intervals import t_interval  # noqa: E402
 from wsl.mesh import device_summary  # noqa: E402
 from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.train.config import flat_items  # noqa: E402
@@ -315,10 +315,10 @@ def finish(result: dict, save: Path | None) -> int:
 
 
 def interval(values) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval of the mean over seeds."""
-    values = np.asarray(values, np.float64)
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+    """Mean and half-width of the 95 % Student-t interval of the mean over seeds (NaN for one
+    seed: no spread to measure)."""
+    low, high = t_interval(values)
+    return (low + high) / 2, (high - low) / 2 if len(values) > 1 else float("nan")
 
 
 def augmentation_report(zoo: Zoo, encoders, configs: dict[str, ProbeConfig], train, seeds: int,

@@ -57,7 +57,8 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._report import without_options  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
-from wsl.eval.transfer import aggregate, finish, t_interval  # noqa: E402
+from wsl.eval.intervals import t_interval  # noqa: E402
+from wsl.eval.transfer import aggregate, finish  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator  # noqa: E402
 from wsl.train.transfer import TransferConfig, transfer  # noqa: E402

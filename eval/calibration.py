@@ -27,7 +27,8 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from wsl.eval.errors import EvaluationError
-from wsl.eval.generated import Nearness, bootstrap_interval
+from wsl.eval.generated import Nearness
+from wsl.eval.intervals import bootstrap_interval
 from wsl.train.generator import CONDITION_MAP_FILE, TrainedGenerator
 from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics

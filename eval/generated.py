@@ -41,12 +41,13 @@ import hashlib
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from wsl.eval.errors import EvaluationError
+from wsl.eval.intervals import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap_interval
 from wsl.train.generator import TrainedGenerator
 from wsl.zoos.architectures import Architecture
 from wsl.zoos.datasets import dataset_from_spec
@@ -59,8 +60,6 @@ ACCURACY_TOLERANCE = 0.005  # "equal accuracy" for noise baselines: within half 
 KNN_SIZES = (2, 4)  # k of the "average of k nearest aligned training models" baselines
 IOU_CHUNK = 1000  # rows of wrong-prediction matrices compared with all reference rows at once
 WEIGHT_CHUNK = 256  # rows of weight vectors per nearest-neighbour step (fewer for huge networks)
-BOOTSTRAP_SAMPLES = 2000
-CONFIDENCE = 0.95
 VERDICT_RULE = ("generated median max IoU 95 % interval entirely below the baseline's "
                 "(percentile bootstrap over networks)")
 
@@ -197,32 +196,6 @@ def knn_average_population(train_flat: np.ndarray, num: int, k: int, rng: np.ran
                                        chunk=chunk)
         members = np.concatenate([anchors[:, None], others], axis=1)
     return train_flat[members].mean(axis=1), members
-
-
-def bootstrap_interval(values, statistic: Callable = np.mean, n: int = BOOTSTRAP_SAMPLES,
-                       seed: int = 0, level: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile-bootstrap interval (low, high) at `level` for `statistic` of the finite `values`.
-
-    `statistic` must reduce along ``axis=1`` (np.mean, np.median, …): the `n` resamples are drawn
-    as rows of one matrix (in batches of a few million elements) and reduced at once. NaN when
-    there are no finite values.
-    """
-    if not 0 < level < 1:
-        raise EvaluationError(f"level must lie in (0, 1), got {level}")
-    if n < 1:
-        raise EvaluationError(f"the bootstrap needs n ≥ 1 resamples, got {n}")
-    values = np.asarray(values, np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    batch = max(1, 2 ** 22 // values.size)
-    stats = np.concatenate([
-        np.asarray(statistic(values[rng.integers(0, values.size, (min(batch, n - s),
-                                                                  values.size))], axis=1))
-        for s in range(0, n, batch)])
-    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
 
 
 def equal_accuracy_baseline(sigmas: Sequence[float], accs: Sequence[float],

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from wsl.eval.intervals import t_interval
+
 RESULT_FILE = "transfer.json"
 MARKS = (0, 1, 5)  # epochs whose validation accuracy the summary reports
 
@@ -106,19 +108,6 @@ def plot_curves(report: dict, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def t_interval(values: Sequence[float]) -> list[float]:
-    """95 % Student-t interval of the mean of `values` (per-seed means); a point for one value."""
-    from scipy import stats
-
-    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
-    if values.size == 0:
-        return [float("nan"), float("nan")]
-    if values.size == 1:
-        return [float(values[0])] * 2
-    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
-    return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def aggregate(reports: Sequence[dict], key=lambda r: r.get("seed", 0)) -> dict[str, dict]:

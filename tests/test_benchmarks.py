@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -168,6 +169,50 @@ def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
     assert set(rebuilt["zoos"]["a"]["methods"]) == {"flow"}
     other = merge_earlier(report({"a": {"flow": 0.4}}, words=["hidden=64"]), path)
     assert set(other["zoos"]) == {"a"}
+
+
+def test_generate_intervals_over_seeds_are_student_t_and_old_files_are_upgraded(tmp_path):
+    """Three seeds' mean gets the t interval of the per-seed means (a bootstrap over three seeds
+    is far narrower than 95 %); one seed the bootstrap over its samples. A file written with the
+    old intervals is upgraded when read back: t intervals, the old ones kept, the verdict redone."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from scipy import stats
+
+    from benchmarks.generate import INTERVAL, merge_earlier, seeds_interval, upgrade_intervals
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(mu, 0.05, 100) for mu in (0.53, 0.54, 0.55)]
+    means = np.array([g.mean() for g in groups])
+    half = stats.t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3)
+    assert seeds_interval(groups) == pytest.approx([means.mean() - half, means.mean() + half])
+    low, high = seeds_interval(groups[:1])  # one seed: its 100 samples' spread
+    assert low < means[0] < high and 0.005 < high - low < 0.03
+
+    def summary(seeds, per_seed, ci95, target):
+        stat = {"mean": float(np.mean(per_seed)), "ci95": ci95, "per_seed": per_seed}
+        return {"method": "flow", "seeds": seeds, "val": dict(stat), "test": dict(stat),
+                "target": {"value": target, "met": True, "interval": "above"}}
+
+    old = {"mode": "full", "steps": 4000, "samples": 100, "seeds": 3, "extra_words": [],
+           "zoo_overrides": {"a": [], "b": []},
+           "zoos": {"a": {"population": {"val": 0.5}, "best_on_val": "flow", "methods": {
+                        "flow": summary([0, 1, 2], [0.935, 0.910, 0.933], [0.911, 0.935],
+                                        0.909)}},
+                    "b": {"population": {"val": 0.5}, "best_on_val": "flow", "methods": {
+                        "flow": summary([0], [0.90], [0.89, 0.91], 0.88)}}}}
+    new = upgrade_intervals(old)
+    a = new["zoos"]["a"]["methods"]["flow"]
+    assert new["interval"] == INTERVAL
+    assert a["test"]["ci95"][0] < 0.90 and a["test"]["ci95"][1] > 0.95  # t, 2 dof: wide
+    assert a["test"]["ci95_two_level_bootstrap"] == [0.911, 0.935]
+    assert a["target"] == {"value": 0.909, "met": True, "interval": "straddles"}
+    assert new["zoos"]["b"]["methods"]["flow"] == old["zoos"]["b"]["methods"]["flow"]
+    assert upgrade_intervals(new) == new  # once only
+    path = tmp_path / "generate-full.json"
+    path.write_text(json.dumps(old))
+    fresh = {**old, "interval": INTERVAL, "zoos": {"b": old["zoos"]["b"]}}
+    merged = merge_earlier(fresh, path)  # the untouched zoo's rows come back upgraded
+    assert merged["zoos"]["a"]["methods"]["flow"]["target"]["interval"] == "straddles"
 
 
 def test_generate_rows_survive_a_new_config_field_but_not_a_changed_value():

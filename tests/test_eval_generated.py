@@ -10,7 +10,6 @@ import pytest
 from wsl.eval.errors import EvaluationError
 from wsl.eval.generated import (
     affine_span_distance,
-    bootstrap_interval,
     compare_with_training,
     equal_accuracy_baseline,
     evaluate_generated,
@@ -20,6 +19,7 @@ from wsl.eval.generated import (
     nearest_neighbours,
     plot_report,
 )
+from wsl.eval.intervals import bootstrap_interval
 from wsl.zoos.architectures import build
 
 
