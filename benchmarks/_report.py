@@ -353,8 +353,10 @@ def _zoo_draw(report: dict) -> str:
 
 def probe_markdown(paths: list[str]) -> str:
     """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
-    encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN."""
-    lines = ["| zoo | encoder | val τ | test τ ± std | τ − statnn | R² | train s / seed |",
+    encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN:
+    with the 95 % interval of the per-seed (paired) differences where the file has them."""
+    lines = ["| zoo | encoder | val τ | test τ ± std | τ − statnn [paired 95 %] | R² | "
+             "train s / seed |",
              "|---|---|---|---|---|---|---|"]
     for report in _load(paths):
         seeds = report["seeds"]
@@ -365,8 +367,12 @@ def probe_markdown(paths: list[str]) -> str:
                  f"{_on_gpu(report)}{_zoo_draw(report)})")
         statnn = report["tau"].get("statnn")
         val = report.get("val_tau", {})
+        paired = report.get("minus_statnn_paired", {})
         for name, tau in report["tau"].items():
             versus = "–" if statnn is None or name == "statnn" else f"{tau - statnn:+.4f}"
+            if len(paired.get(name, {}).get("per_seed", ())) > 1:
+                low, high = paired[name]["ci95"]
+                versus += f" [{low:+.3f}, {high:+.3f}]"
             lines.append(f"| {label} | {name} | {_num(val.get(name), '.4f')} | {tau:.4f} ± "
                          f"{report['tau_std'][name]:.4f} | {versus} | {report['r2'][name]:.3f} | "
                          f"{report['seconds_per_seed'][name]:,.0f} |")

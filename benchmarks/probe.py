@@ -23,7 +23,11 @@ the one with the best mean validation τ; test τ is only reported.
 
 Without ``--zoo`` it builds (once, cached under ``--zoo-dir``) a `small-cnn` recipe zoo: 256 models
 × 3 epochs with ``--quick``, else 2,000 × 6 epochs (about 25 minutes on 2 cores). Prints the table,
-then one JSON object as the last line with ``tau`` (mean test τ) per encoder name.
+then one JSON object as the last line with ``tau`` (mean test τ) per encoder name,
+``tau_runs`` (test τ per seed), ``minus_statnn_paired`` (each encoder's per-seed difference from
+StatNN with its 95 % t-interval: seed s splits the zoo alike for every encoder) and, for the best
+equivariant encoder on validation, where that interval lies against StatNN + 0.02
+(``margin_over_statnn``).
 
 The full run takes hours on a laptop, so every encoder's runs live under ``--out`` (default: beside
 the cached zoos, one folder per zoo, target and step count): run the command again after an
@@ -82,6 +86,8 @@ DEFAULT_ENCODERS = ("flat_mlp", "statnn", "statnn_gbt", "nfn_np", "nfn_hnp", "ng
 # head 1000-1000); the neural-graph encoders run 2 layers of width 64 instead of 4, for 2 CPU cores.
 ENCODER_CONFIG = {"ng_gnn": {"num_layers": 2}, "ng_transformer": {"num_layers": 2}}
 EQUIVARIANT = ("nfn_np", "nfn_hnp", "ng_gnn", "ng_transformer", "unf")
+# Issue 20: the best equivariant encoder (chosen on validation) ≥ StatNN + 0.02 test τ.
+MARGIN = 0.02
 # --augmentations: settings compared (names joined by "+"), each against no augmentation.
 AUGMENT_SETTINGS = ("none", "permute", "permute+noise", "permute+dropout", "permute+prune",
                     "permute+mixup")
@@ -264,15 +270,21 @@ def main(argv=None) -> int:
         if report is None:
             report = run_probe(zoo, config, folder)
         tau, r2 = report["summary"]["kendall_tau"], report["summary"]["r2"]
+        runs = sorted(report["runs"], key=lambda run: run["seed"])
         rows.append({"encoder": name, "tau": tau["mean"], "tau_std": tau["std"],
                      "val_tau": report["validation"]["kendall_tau"]["mean"],
+                     "tau_runs": [run["kendall_tau"] for run in runs],
+                     "val_tau_runs": [run["val"]["kendall_tau"] for run in runs],
                      "r2": r2["mean"], "seconds_per_seed": report["seconds"],
                      "num_rows": report["num_rows"]})
         print(f"{name:15s} τ {tau['mean']:.4f} ± {tau['std']:.4f}  R² {r2['mean']:.3f}  "
               f"{report['seconds']:.0f} s/seed", flush=True)
-    head = ("encoder", "Kendall τ", "± std", "R²", "train s/seed")
-    lines = [(r["encoder"], f"{r['tau']:.4f}", f"{r['tau_std']:.4f}", f"{r['r2']:.3f}",
-                       f"{r['seconds_per_seed']:.0f}") for r in rows]
+    tau_runs = {r["encoder"]: r["tau_runs"] for r in rows}
+    paired = paired_differences(tau_runs)
+    head = ("encoder", "Kendall τ", "± std", "− StatNN [paired 95 %]", "R²", "train s/seed")
+    lines = [(r["encoder"], f"{r['tau']:.4f}", f"{r['tau_std']:.4f}",
+              paired_text(paired.get(r["encoder"])), f"{r['r2']:.3f}",
+              f"{r['seconds_per_seed']:.0f}") for r in rows]
     print(f"\n{zoo.path}: {rows[0]['num_rows']} networks (last checkpoints), target "
           f"{args.target}, {seeds} seed(s), {steps} steps\n" + table(head, lines))
     tau = {r["encoder"]: r["tau"] for r in rows}
@@ -282,23 +294,62 @@ def main(argv=None) -> int:
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
                    "zoo_fingerprint": manifest_fingerprint(zoo.manifest),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
-                   "steps": steps, "loss": args.loss, "tau": tau, **verdict(tau, val_tau),
-                   "val_tau": val_tau,
+                   "steps": steps, "loss": args.loss, "tau": tau,
+                   **verdict(tau, val_tau, paired), "val_tau": val_tau,
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
+                   "tau_runs": tau_runs,
+                   "val_tau_runs": {r["encoder"]: r["val_tau_runs"] for r in rows},
+                   "minus_statnn_paired": paired,
                    "r2": {r["encoder"]: r["r2"] for r in rows},
                    "seconds_per_seed": {r["encoder"]: r["seconds_per_seed"] for r in rows},
                    "skipped": skipped},
                   args.save)
 
 
-def verdict(tau: dict[str, float], val_tau: dict[str, float]) -> dict:
+def paired_differences(tau_runs: dict[str, list[float]]) -> dict[str, dict]:
+    """Every encoder's test τ minus StatNN's, seed by seed (seed s splits the zoo alike for every
+    encoder), with the 95 % Student-t interval of the mean difference; empty without StatNN."""
+    reference = tau_runs.get("statnn")
+    if reference is None:
+        return {}
+    out = {}
+    for name, runs in tau_runs.items():
+        if name == "statnn" or len(runs) != len(reference):
+            continue
+        per_seed = [float(a - b) for a, b in zip(runs, reference)]
+        out[name] = {"per_seed": per_seed, "mean": float(np.mean(per_seed)),
+                     "ci95": t_interval(per_seed)}
+    return out
+
+
+def paired_text(difference: dict | None) -> str:
+    """`+0.044 [-0.003, +0.091]` (one seed: the difference alone; none: an en dash)."""
+    if difference is None:
+        return "–"
+    low, high = difference["ci95"]
+    if len(difference["per_seed"]) < 2:
+        return f"{difference['mean']:+.4f}"
+    return f"{difference['mean']:+.4f} [{low:+.3f}, {high:+.3f}]"
+
+
+def verdict(tau: dict[str, float], val_tau: dict[str, float],
+            paired: dict[str, dict] | None = None) -> dict:
     """Test τ of the equivariant encoders against StatNN and the flat MLP. Which equivariant
-    encoder (or option setting) is "the best" is chosen on validation τ, never on test τ."""
+    encoder (or option setting) is "the best" is chosen on validation τ, never on test τ. With
+    per-seed differences (`paired_differences`), where the best one's interval lies against
+    StatNN + MARGIN (issue 20's line: above it only if the whole interval is)."""
     out = {}
     best = max((e for e in tau if is_equivariant(e)), key=val_tau.__getitem__, default=None)
     if best is not None and "statnn" in tau:
         out["best_equivariant"] = best
         out["best_equivariant_minus_statnn"] = tau[best] - tau["statnn"]
+        if paired and best in paired and len(paired[best]["per_seed"]) > 1:
+            low, high = paired[best]["ci95"]
+            out["best_equivariant_minus_statnn_ci95"] = [low, high]
+            out["margin_over_statnn"] = {
+                "margin": MARGIN,
+                "interval": "above" if low >= MARGIN else "below" if high < MARGIN
+                else "straddles"}
     if "flat_mlp" in tau:
         out["equivariant_minus_flat_mlp"] = {e: t - tau["flat_mlp"] for e, t in tau.items()
                                              if is_equivariant(e)}

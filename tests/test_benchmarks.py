@@ -246,6 +246,38 @@ def test_probe_verdict_chooses_the_best_equivariant_encoder_on_validation():
     assert verdict({"statnn": 0.4}, {"statnn": 0.4}) == {}
 
 
+def test_probe_pairs_seeds_against_statnn_and_judges_the_margin_by_the_interval(tmp_path):
+    """Per-seed differences from StatNN with their t-interval; the +0.02 line is met only when the
+    whole interval of the encoder chosen on validation clears it; the README table prints it."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from scipy import stats
+
+    from benchmarks._report import probe_markdown
+    from benchmarks.probe import paired_differences, verdict
+
+    runs = {"statnn": [0.70, 0.75, 0.72], "ng_gnn": [0.765, 0.78, 0.756],
+            "unf": [0.75, 0.80, 0.77], "flat_mlp": [0.6, 0.6]}  # a row of 2 seeds is not paired
+    paired = paired_differences(runs)
+    assert set(paired) == {"ng_gnn", "unf"}
+    assert paired["ng_gnn"]["per_seed"] == pytest.approx([0.065, 0.030, 0.036])
+    half = stats.t.ppf(0.975, 2) * np.std([0.065, 0.030, 0.036], ddof=1) / np.sqrt(3)
+    assert paired["ng_gnn"]["ci95"] == pytest.approx([0.04367 - half, 0.04367 + half], abs=1e-4)
+    tau = {k: float(np.mean(v)) for k, v in runs.items()}
+    out = verdict(tau, {"statnn": 0.7, "ng_gnn": 0.8, "unf": 0.79, "flat_mlp": 0.5}, paired)
+    assert out["best_equivariant"] == "ng_gnn"
+    assert out["margin_over_statnn"] == {"margin": 0.02, "interval": "straddles"}
+    out = verdict(tau, {"statnn": 0.7, "ng_gnn": 0.78, "unf": 0.79, "flat_mlp": 0.5}, paired)
+    assert out["margin_over_statnn"]["interval"] == "above"  # unf: +0.05 every seed
+    assert "margin_over_statnn" not in verdict(tau, {"statnn": 0.7, "ng_gnn": 0.8, "unf": 0.79,
+                                                     "flat_mlp": 0.5})
+    report = {"seeds": 3, "mode": "full", "zoo": "/z/probe-x", "num_rows": 9, "steps": 10,
+              "tau": tau, "tau_std": dict.fromkeys(tau, 0.01), "r2": dict.fromkeys(tau, 0.5),
+              "seconds_per_seed": dict.fromkeys(tau, 1.0), "minus_statnn_paired": paired}
+    (tmp_path / "probe.json").write_text(json.dumps(report))
+    text = probe_markdown([str(tmp_path / "probe.json")])
+    assert "| +0.0437 [-0.003, +0.090] |" in text and "| -0.1233 |" in text
+
+
 def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_another_zoo(tmp_path):
     import types
 
