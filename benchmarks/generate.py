@@ -62,7 +62,7 @@ from wsl.eval.calibration import (  # noqa: E402
     write_condition_map,
 )
 from wsl.eval.generated import compare_with_training  # noqa: E402
-from wsl.eval.intervals import bootstrap_interval, t_interval  # noqa: E402
+from wsl.eval.intervals import bootstrap_interval, side, t_interval  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
 from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import TrainedGenerator, sample_to_zoo, train_generator  # noqa: E402
@@ -255,9 +255,8 @@ def seeds_interval(groups: list[list[float]]) -> list[float]:
 
 def target_verdict(test: dict, target: float) -> dict:
     """Whether the mean test accuracy meets `target`, and where its interval lies."""
-    low, high = test["ci95"]
     return {"value": target, "met": bool(test["mean"] >= target),
-            "interval": "above" if low >= target else "below" if high < target else "straddles"}
+            "interval": side(test["ci95"], target)}
 
 
 def reinterval(summary: dict) -> dict:

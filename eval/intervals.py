@@ -62,3 +62,10 @@ def t_interval(values: Sequence[float], level: float = CONFIDENCE) -> list[float
     half = (stats.t.ppf((1 + level) / 2, values.size - 1) * values.std(ddof=1)
             / np.sqrt(values.size))
     return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def side(interval: Sequence[float], threshold: float) -> str:
+    """Where an interval lies against `threshold`: "above" (all of it at or over), "below" (all of
+    it under) or "straddles" — a verdict that a mean alone would not support."""
+    low, high = interval
+    return "above" if low >= threshold else "below" if high < threshold else "straddles"
