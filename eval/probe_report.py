@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsl.eval.intervals import t_interval
+
 
 def _mean_std(report: dict, key: str) -> str:
     s = report["summary"][key]
@@ -65,7 +67,17 @@ def plot_probe(report: dict, path) -> None:
 
 
 def format_report(report: dict) -> str:
-    parts = [f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in report["summary"].items()]
+    """One line: each metric's mean ± std over seeds and, with several seeds, the 95 % t-interval
+    of its mean (the interval a claim about the encoder should use)."""
+    runs = report.get("runs", [])
+    parts = []
+    for key, value in report["summary"].items():
+        part = f"{key} {value['mean']:.4f} ± {value['std']:.4f}"
+        per_seed = [run[key] for run in runs if key in run]
+        if len(per_seed) > 1:
+            low, high = t_interval(per_seed)
+            part += f" [95 % CI {low:.4f}, {high:.4f}]"
+        parts.append(part)
     return (f"{report['encoder']} → {report['target']} on {report['num_rows']} networks, "
             f"{report['seeds']} seed(s): " + ", ".join(parts)
             + f"  ({report['seconds']:.1f} s/seed)")

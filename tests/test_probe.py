@@ -45,6 +45,19 @@ def test_statnn_probe_beats_constant(scaled_zoo, tmp_path):
     assert "kendall_tau" in format_report(report)
 
 
+def test_probe_line_gives_the_interval_over_seeds_only_with_several():
+    runs = [{"seed": s, "kendall_tau": t, "r2": 0.5} for s, t in enumerate((0.70, 0.74, 0.72))]
+    report = {"encoder": "statnn", "target": "test_acc", "num_rows": 99, "seeds": 3,
+              "seconds": 1.0, "runs": runs,
+              "summary": {"kendall_tau": {"mean": 0.72, "std": 0.0163},
+                          "r2": {"mean": 0.5, "std": 0.0}}}
+    line = format_report(report)
+    assert "kendall_tau 0.7200 ± 0.0163 [95 % CI 0.6703, 0.7697]" in line
+    assert "r2 0.5000 ± 0.0000 [95 % CI 0.5000, 0.5000]" in line
+    one = {**report, "seeds": 1, "runs": runs[:1]}
+    assert "CI" not in format_report(one)
+
+
 def test_statnn_features_are_standardised_on_the_training_split(scaled_zoo, monkeypatch):
     """StatNN is a fair baseline only with its statistics standardised (fitted on training
     models): the probe passes the fitted mean and std to the encoder."""
