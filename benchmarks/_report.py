@@ -238,12 +238,17 @@ def phase_markdown(paths: list[str]) -> str:
 def transfer_markdown(paths: list[str]) -> str:
     """README's transfer table, printed from `benchmarks/transfer.py --save` files: per experiment
     and init, validation accuracy at epochs 0, 1, 5 and the last, test accuracy after the last
-    epoch and epochs to reach random init's final accuracy — means over seeds [95 % CI]."""
-    cols = ("val_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
-            "epochs_to_random_final")
-    lines = ["| experiment | init | val acc epoch 0 | epoch 1 | epoch 5 | last epoch | "
-             "test acc (last) | epochs to random's last |", "|---|---|---|---|---|---|---|---|"]
-    for report in _load(paths):
+    epoch and epochs to reach random init's final accuracy — means over seeds [95 % CI]; and the
+    inits' test accuracy at epoch 0 where a file records it."""
+    reports = _load(paths)
+    start = any("test_epoch0" in row for report in reports for result in report["experiments"]
+                for row in result["summary"].values())
+    cols = ("val_epoch0", *("test_epoch0",) * start, "val_epoch1", "val_epoch5", "val_final",
+            "test_final", "epochs_to_random_final")
+    lines = ["| experiment | init | val acc epoch 0 | " + "test acc epoch 0 | " * start
+             + "epoch 1 | epoch 5 | last epoch | test acc (last) | epochs to random's last |",
+             "|---|---|---|" + "---|" * start + "---|---|---|---|---|"]
+    for report in reports:
         for result in report["experiments"]:
             seeds = result["seeds"]
             label = (f"{report['mode']}: {result['experiment']} ({result['recipe']}, "

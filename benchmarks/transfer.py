@@ -326,6 +326,9 @@ def verdicts(reports: list[dict], summary: dict, chance: float, epochs: int) -> 
             diff = _paired(reports, "sampled", other, "val_epoch0")
             out[f"sampled_minus_{other}_epoch0"] = diff
             out[f"sampled_above_{other}_epoch0"] = diff["ci95"][0] > 0
+            if "test_epoch0" in s:  # the same on test: the kept samples were chosen on val
+                out[f"sampled_minus_{other}_test_epoch0"] = _paired(reports, "sampled", other,
+                                                                    "test_epoch0")
     reach = s["epochs_to_random_final"]["mean"]
     out["sampled_epochs_to_random_final"] = reach
     out["sampled_reaches_random_final_within_5_epochs"] = reach <= 5
@@ -341,7 +344,7 @@ def print_table(result: dict) -> None:
     print(f"\n{result['experiment']}: {result['recipe']} zoo ({result['models']} models) -> "
           f"{len(result['tasks'])} held-out tasks{target}, {result['seeds']} seed(s); "
           f"chance {result['chance']:.2f}")
-    cols = ["val_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
+    cols = ["val_epoch0", "test_epoch0", "val_epoch1", "val_epoch5", "val_final", "test_final",
             "epochs_to_random_final"]
     head = ["init"] + cols
     rows = []

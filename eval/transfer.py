@@ -30,8 +30,9 @@ def epochs_to_reach(curve: Sequence[float], level: float) -> int | None:
 
 
 def summarize(curves: Mapping[str, Mapping[str, Any]], epochs: int) -> dict[str, dict]:
-    """Per init: mean and std of validation accuracy at MARKS and the last epoch, the final test
-    accuracy, and epochs to reach random init's final mean validation accuracy."""
+    """Per init: mean and std of validation accuracy at MARKS and the last epoch, the test
+    accuracy at epoch 0 (where recorded) and after the last epoch, and epochs to reach random
+    init's final mean validation accuracy."""
     mean_curve = {k: np.nanmean(np.asarray(v["val_acc"], np.float64), axis=0)
                   for k, v in curves.items()}
     target = float(mean_curve["random"][-1]) if "random" in mean_curve else None
@@ -42,6 +43,9 @@ def summarize(curves: Mapping[str, Mapping[str, Any]], epochs: int) -> dict[str,
         row.update({f"val_epoch{e}_std": float(np.nanstd(val[:, e])) for e in MARKS
                     if e <= epochs})
         row["val_final"] = float(np.nanmean(val[:, -1]))
+        if "test_acc_epoch0" in curve:  # reports from before it was recorded have none
+            row["test_epoch0"] = float(np.nanmean(curve["test_acc_epoch0"]))
+            row["test_epoch0_std"] = float(np.nanstd(curve["test_acc_epoch0"]))
         row["test_final"] = float(np.nanmean(curve["test_acc_final"]))
         row["test_final_std"] = float(np.nanstd(curve["test_acc_final"]))
         row["epochs_to_random_final"] = (None if target is None
@@ -69,8 +73,9 @@ def table(report: dict) -> str:
     summary = report["summary"]
     epochs = report["config"]["epochs"]
     marks = [e for e in MARKS if e <= epochs]
-    head = ["init"] + [f"val@{e}" for e in marks] + [f"val@{epochs}", "test (final)",
-                                                     "epochs to random's final"]
+    has_start = all("test_epoch0" in s for s in summary.values())
+    head = (["init"] + [f"val@{e}" for e in marks] + ["test@0"] * has_start
+            + [f"val@{epochs}", "test (final)", "epochs to random's final"])
     rows = []
     for name, s in summary.items():
         reach = s["epochs_to_random_final"]
@@ -78,6 +83,7 @@ def table(report: dict) -> str:
         label = name if lr is None else f"{name} (lr {lr:g})"
         rows.append([label] + [f"{s[f'val_epoch{e}']:.3f}±{s[f'val_epoch{e}_std']:.3f}"
                                for e in marks]
+                    + [f"{s['test_epoch0']:.3f}±{s['test_epoch0_std']:.3f}"] * has_start
                     + [f"{s['val_final']:.3f}", f"{s['test_final']:.3f}±{s['test_final_std']:.3f}",
                        "never" if reach is None else str(reach)])
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
@@ -122,7 +128,9 @@ def aggregate(reports: Sequence[dict], key=lambda r: r.get("seed", 0)) -> dict[s
     inits = list(reports[0]["summary"])
     out = {}
     for name in inits:
-        quantities = [q for q in reports[0]["summary"][name] if not q.endswith("_std")]
+        # What every report has (one written before a quantity was recorded lacks it).
+        quantities = [q for q in reports[0]["summary"][name] if not q.endswith("_std")
+                      and all(q in r["summary"][name] for r in reports)]
         row = {}
         for q in quantities:
             per_seed = []

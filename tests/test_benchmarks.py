@@ -278,6 +278,30 @@ def test_probe_pairs_seeds_against_statnn_and_judges_the_margin_by_the_interval(
     assert "| +0.0437 [-0.003, +0.090] |" in text and "| -0.1233 |" in text
 
 
+def test_transfer_table_shows_test_accuracy_at_epoch_0_only_where_a_file_records_it(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks._report import transfer_markdown
+
+    def cell(mean):
+        return {"mean": mean, "ci95": [mean - 0.01, mean + 0.01]}
+
+    row = {q: cell(0.9) for q in ("val_epoch0", "val_epoch1", "val_epoch5", "val_final",
+                                  "test_final")}
+    row["epochs_to_random_final"] = cell(7.8)
+    result = {"experiment": "main", "recipe": "mnist-tasks", "tasks": ["a"], "seeds": 3,
+              "chance": 0.2, "summary": {"sampled": row}}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"mode": "full", "experiments": [result]}))
+    assert "test acc epoch 0" not in transfer_markdown([str(old)])
+    new = tmp_path / "new.json"
+    result["summary"] = {"sampled": {**row, "test_epoch0": cell(0.85)}}
+    new.write_text(json.dumps({"mode": "full", "experiments": [result]}))
+    text = transfer_markdown([str(old), str(new)]).splitlines()
+    assert "test acc epoch 0" in text[0] and text[1].count("|") == text[0].count("|")
+    assert "| 0.900 [0.890, 0.910] | – | 0.900" in text[2]  # the old file: no such column
+    assert "| 0.900 [0.890, 0.910] | 0.850 [0.840, 0.860] | 0.900" in text[3]
+
+
 def test_probe_reuses_a_finished_run_written_before_a_train_field_but_not_another_zoo(tmp_path):
     import types
 

@@ -43,7 +43,9 @@ def test_transfer_end_to_end(generator, capsys):
                                      "wrong_task"}
     for name, curve in report["curves"].items():
         assert np.asarray(curve["val_acc"]).shape == (2, 3), name  # kept networks × epochs 0..2
-        assert len(curve["test_acc_final"]) == 2
+        assert len(curve["test_acc_final"]) == 2 and len(curve["test_acc_epoch0"]) == 2
+        assert 0 <= min(curve["test_acc_epoch0"]) and max(curve["test_acc_epoch0"]) <= 1
+    assert "test@0" in printed  # the inits' own test accuracy, beside their validation one
     sampled = report["curves"]["sampled"]
     # The two kept samples are the best two of three by validation accuracy of the task.
     val = np.asarray(sampled["val_acc_of_all"])
@@ -283,6 +285,14 @@ def test_summaries_and_aggregation():
     assert agg["sampled"]["reached_random_final"] == 0.5
     lo, hi = agg["sampled"]["val_epoch0"]["ci95"]
     assert lo < agg["sampled"]["val_epoch0"]["mean"] < hi
+    # The inits' test accuracy at epoch 0 where recorded; a report from before it was is
+    # aggregated without it rather than failing.
+    curves["sampled"]["test_acc_epoch0"] = [0.6, 0.8]
+    curves["random"]["test_acc_epoch0"] = [0.21]
+    assert summarize(curves, 2)["sampled"]["test_epoch0"] == pytest.approx(0.7)
+    newer = [{"seed": 2, "config": {"epochs": 2}, "summary": summarize(curves, 2)}]
+    assert aggregate(newer)["sampled"]["test_epoch0"]["mean"] == pytest.approx(0.7)
+    assert "test_epoch0" not in aggregate(reports + newer)["sampled"]
 
 
 def test_gen_sample_for_a_task(generator, capsys):
