@@ -44,15 +44,16 @@ PAIRS = (("digits", "mnist8"), ("digits", "mnist8-crop"))
 # The task zoos' training: digits-tasks 20 epochs (1,000 training images), mnist8(-crop)-tasks 5
 # (about 3,000 per 5-class task, whose models reach their accuracy in fewer passes).
 EPOCHS = {"digits": 20, "mnist8": 5, "mnist8-crop": 5}
+CLASSES = 5  # five-way tasks, as in the task zoos
 MODES = {"full": {"tasks": 6, "networks": 4}, "smoke": {"tasks": 1, "networks": 2}}
 SEED = 0
 
 
 def draw_tasks(count: int, seed: int = SEED) -> list[tuple[int, ...]]:
-    """`count` distinct 5-class subsets of the ten digits, in increasing order, by `seed`."""
+    """`count` distinct CLASSES-class subsets of the ten digits, in increasing order, by `seed`."""
     rng, tasks = np.random.default_rng(seed), []
     while len(tasks) < count:
-        classes = tuple(sorted(int(c) for c in rng.choice(10, 5, replace=False)))
+        classes = tuple(sorted(int(c) for c in rng.choice(10, CLASSES, replace=False)))
         if classes not in tasks:
             tasks.append(classes)
     return tasks
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
                        [(f"{r['source']} -> {r['target']}", r["epochs"], cell(r["in_domain"]),
                          cell(r["cross"])) for r in results]))
     report = {"benchmark": "cross_dataset", "mode": mode, "networks_per_task": size["networks"],
-              "chance": 0.2, "seed": SEED, "directions": results}
+              "chance": 1 / CLASSES, "seed": SEED, "directions": results}
     if args.save and not args.smoke:
         RESULT.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {RESULT}")
