@@ -36,7 +36,7 @@ from benchmarks._report import table  # noqa: E402
 from wsl.eval.intervals import t_interval  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.population import TrainSettings, shared_hparams, train_population  # noqa: E402
-from wsl.zoos.scoring import population_predictions  # noqa: E402
+from wsl.zoos.scoring import population_metrics  # noqa: E402
 from wsl.zoos.tasks import Task, task_dataset  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "cross_dataset.json"
@@ -59,12 +59,6 @@ def draw_tasks(count: int, seed: int = SEED) -> list[tuple[int, ...]]:
     return tasks
 
 
-def accuracy(arch, params, data) -> np.ndarray:
-    """Each network's validation accuracy on `data`."""
-    predictions = population_predictions(arch, params, data.x_val)
-    return (predictions == np.asarray(data.y_val)[None]).mean(axis=1)
-
-
 def direction(source: str, target: str, tasks, networks: int, epochs: int | None) -> dict:
     """Networks trained on `source`'s task, scored on it and on `target`'s, task by task."""
     own, other = [], []
@@ -79,8 +73,9 @@ def direction(source: str, target: str, tasks, networks: int, epochs: int | None
         result = train_population(arch, data, shared_hparams(list(range(networks)), lr=3e-3),
                                   settings)
         params = jax.tree.map(lambda a: a[:, -1], result.params)  # the last checkpoint
-        own.append(float(accuracy(arch, params, data).mean()))
-        other.append(float(accuracy(arch, params, elsewhere).mean()))
+        own.append(float(population_metrics(arch, params, data, splits=("val",))["val_acc"].mean()))
+        other.append(float(population_metrics(arch, params, elsewhere,
+                                              splits=("val",))["val_acc"].mean()))
     return {"source": source, "target": target, "epochs": epochs or EPOCHS[source],
             "tasks": ["-".join(map(str, c)) for c in tasks],
             "in_domain": {"per_task": own, "mean": float(np.mean(own)), "ci95": t_interval(own)},
