@@ -270,6 +270,15 @@ def test_probe_pairs_seeds_against_statnn_and_judges_the_margin_by_the_interval(
     assert out["margin_over_statnn"]["interval"] == "above"  # unf: +0.05 every seed
     assert "margin_over_statnn" not in verdict(tau, {"statnn": 0.7, "ng_gnn": 0.8, "unf": 0.79,
                                                      "flat_mlp": 0.5})
+    runs["flat_mlp"] = [0.70, 0.79, 0.70]  # ng_gnn's seeds: +0.065, -0.010, +0.056
+    out = verdict(tau, {"statnn": 0.7, "ng_gnn": 0.8, "unf": 0.79, "flat_mlp": 0.5}, paired,
+                  paired_differences(runs, "flat_mlp"))
+    assert out["equivariant_over_flat_mlp"] == {"ng_gnn": "straddles", "unf": "straddles"}
+    runs["flat_mlp"] = [0.6, 0.6, 0.6]
+    out = verdict(tau, {"statnn": 0.7, "ng_gnn": 0.8, "unf": 0.79, "flat_mlp": 0.5}, paired,
+                  paired_differences(runs, "flat_mlp"))
+    assert out["equivariant_over_flat_mlp"] == {"ng_gnn": "above", "unf": "above"}
+    del runs["flat_mlp"]
     report = {"seeds": 3, "mode": "full", "zoo": "/z/probe-x", "num_rows": 9, "steps": 10,
               "tau": tau, "tau_std": dict.fromkeys(tau, 0.01), "r2": dict.fromkeys(tau, 0.5),
               "seconds_per_seed": dict.fromkeys(tau, 1.0), "minus_statnn_paired": paired}
