@@ -356,6 +356,15 @@ def _zoo_draw(report: dict) -> str:
     return f", zoo {sha[:8]}" if sha else ""
 
 
+def paired_interval(difference: dict | None) -> str:
+    """` [-0.003, +0.091]`: the 95 % interval of a paired difference over seeds (the probe
+    benchmark's `minus_statnn_paired` entries); empty with fewer than two seeds or none."""
+    if difference is None or len(difference["per_seed"]) < 2:
+        return ""
+    low, high = difference["ci95"]
+    return f" [{low:+.3f}, {high:+.3f}]"
+
+
 def probe_markdown(paths: list[str]) -> str:
     """README's encoder comparison, printed from `benchmarks/probe.py --save` files: per zoo and
     encoder, test Kendall τ (mean ± std over seeds), R², training time, and τ against StatNN:
@@ -374,10 +383,8 @@ def probe_markdown(paths: list[str]) -> str:
         val = report.get("val_tau", {})
         paired = report.get("minus_statnn_paired", {})
         for name, tau in report["tau"].items():
-            versus = "–" if statnn is None or name == "statnn" else f"{tau - statnn:+.4f}"
-            if len(paired.get(name, {}).get("per_seed", ())) > 1:
-                low, high = paired[name]["ci95"]
-                versus += f" [{low:+.3f}, {high:+.3f}]"
+            versus = ("–" if statnn is None or name == "statnn"
+                      else f"{tau - statnn:+.4f}{paired_interval(paired.get(name))}")
             lines.append(f"| {label} | {name} | {_num(val.get(name), '.4f')} | {tau:.4f} ± "
                          f"{report['tau_std'][name]:.4f} | {versus} | {report['r2'][name]:.3f} | "
                          f"{report['seconds_per_seed'][name]:,.0f} |")

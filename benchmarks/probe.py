@@ -55,7 +55,7 @@ import numpy as np
 # which alone is not the whole package.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._report import table  # noqa: E402
+from benchmarks._report import paired_interval, table  # noqa: E402
 from wsl.config import override, to_dict  # noqa: E402
 from wsl.errors import WslError  # noqa: E402
 from wsl.eval.intervals import side, t_interval  # noqa: E402
@@ -328,10 +328,7 @@ def paired_text(difference: dict | None) -> str:
     """`+0.0438 [-0.003, +0.091]` (one seed: the difference alone; none: an en dash)."""
     if difference is None:
         return "–"
-    low, high = difference["ci95"]
-    if len(difference["per_seed"]) < 2:
-        return f"{difference['mean']:+.4f}"
-    return f"{difference['mean']:+.4f} [{low:+.3f}, {high:+.3f}]"
+    return f"{difference['mean']:+.4f}{paired_interval(difference)}"
 
 
 def verdict(tau: dict[str, float], val_tau: dict[str, float],
