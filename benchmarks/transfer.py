@@ -143,13 +143,17 @@ class Mode:
     # to random init's last accuracy, not 6.4 — Adam's large first steps are not what holds
     # them back.
     warmup_epochs: float = 0.0
+    # Labelled examples per class of the new task the generator is conditioned on (and the
+    # nearest training tasks are found by). 10, as the generators were trained with.
+    support: int = 10
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
                               epochs=self.epochs, seed=seed, train_per_class=self.train_per_class,
                               batch_size=self.batch_size, lr=self.lr,
                               cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
-                              keep_by=self.keep_by, warmup_epochs=self.warmup_epochs)
+                              keep_by=self.keep_by, warmup_epochs=self.warmup_epochs,
+                              support=self.support)
 
 
 def _trained_for(epochs: int) -> tuple[str, ...]:
@@ -422,6 +426,10 @@ def main(argv=None) -> int:
                         help="raise the fine-tuning learning rate linearly over the first E "
                              "epochs, every init alike, instead of the mode's (an ablation, not "
                              "with --save)")
+    parser.add_argument("--support", type=int, default=None, metavar="N",
+                        help="labelled examples per class the sampled init is conditioned on "
+                             "(and the nearest tasks found by) instead of the mode's; the "
+                             "generators are the mode's (an ablation, not with --save)")
     parser.add_argument("--save-ablation", default=None, metavar="TAG",
                         help="with ablation options: write the run to "
                              "benchmarks/results/transfer_ablation-<mode>-<TAG>.json, its "
@@ -429,10 +437,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ablation = (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
                 or args.zoo_words or args.guidance or args.head_epochs is not None
-                or args.keep_by or args.warmup_epochs is not None)
+                or args.keep_by or args.warmup_epochs is not None or args.support is not None)
     if ablation and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
-                     "--head-epochs, --warmup-epochs, --keep-by and --zoo-words run an "
+                     "--head-epochs, --warmup-epochs, --keep-by, --support and --zoo-words run an "
                      "ablation, not the benchmark: drop --save (--save-ablation TAG keeps it "
                      "apart)")
     if args.save_ablation is not None:
@@ -471,6 +479,8 @@ def main(argv=None) -> int:
         mode = checked(mode, "--warmup-epochs", warmup_epochs=args.warmup_epochs)
     if args.guidance:
         mode = checked(mode, "--guidance", guidance=args.guidance)
+    if args.support is not None:
+        mode = checked(mode, "--support", support=args.support)
     if args.samples is not None:
         if args.samples < mode.keep:
             parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "

@@ -95,6 +95,8 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep()
                            (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0"),
                            (["--head-epochs", "1", "--save"], "drop --save"),
                            (["--head-epochs", "30"], "--head-epochs: head_epochs: 30 of 25"),
+                           (["--support", "50", "--save"], "drop --save"),
+                           (["--support", "0"], "--support: support: must be ≥ 1, got 0"),
                            (["--save-ablation", "lr"], "--save-ablation saves an ablation"),
                            (["--seeds", "1", "--save-ablation", "a/b"],
                             "use letters, digits and '-'")):
