@@ -146,6 +146,8 @@ class Mode:
     # Labelled examples per class of the new task the generator is conditioned on (and the
     # nearest training tasks are found by). 10, as the generators were trained with.
     support: int = 10
+    # The fine-tuning rate's schedule (TransferConfig.lr_schedule), every init alike.
+    lr_schedule: str = "constant"
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
@@ -153,7 +155,7 @@ class Mode:
                               batch_size=self.batch_size, lr=self.lr,
                               cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
                               keep_by=self.keep_by, warmup_epochs=self.warmup_epochs,
-                              support=self.support)
+                              support=self.support, lr_schedule=self.lr_schedule)
 
 
 def _trained_for(epochs: int) -> tuple[str, ...]:
@@ -249,7 +251,7 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 # Generator, training and transfer config fields added after generators and runs were cached,
 # with their defaults: named in a cache key only when set, so that cached ones keep their names.
 _ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0,
-                "microbatch": 0}
+                "microbatch": 0, "lr_schedule": "constant"}
 
 
 def _described(config) -> dict:
@@ -430,6 +432,12 @@ def main(argv=None) -> int:
                         help="labelled examples per class the sampled init is conditioned on "
                              "(and the nearest tasks found by) instead of the mode's; the "
                              "generators are the mode's (an ablation, not with --save)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="the fine-tuning rate's schedule, every init alike, instead of the "
+                             "mode's (an ablation, not with --save)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help="fine-tuning epochs instead of the mode's (with --lr-schedule cosine: "
+                             "a shorter budget, annealed; an ablation, not with --save)")
     parser.add_argument("--save-ablation", default=None, metavar="TAG",
                         help="with ablation options: write the run to "
                              "benchmarks/results/transfer_ablation-<mode>-<TAG>.json, its "
@@ -437,10 +445,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ablation = (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
                 or args.zoo_words or args.guidance or args.head_epochs is not None
-                or args.keep_by or args.warmup_epochs is not None or args.support is not None)
+                or args.keep_by or args.warmup_epochs is not None or args.support is not None
+                or args.lr_schedule or args.epochs is not None)
     if ablation and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
-                     "--head-epochs, --warmup-epochs, --keep-by, --support and --zoo-words run an "
+                     "--head-epochs, --warmup-epochs, --keep-by, --support, --lr-schedule, "
+                     "--epochs and --zoo-words run an "
                      "ablation, not the benchmark: drop --save (--save-ablation TAG keeps it "
                      "apart)")
     if args.save_ablation is not None:
@@ -467,6 +477,10 @@ def main(argv=None) -> int:
             parser.error(f"{option}: {error}")
         return dataclasses.replace(mode, **{k: getattr(config, k) for k in fields})
 
+    if args.epochs is not None:
+        if args.epochs < 1:
+            parser.error(f"--epochs must be positive, got {args.epochs}")
+        mode = dataclasses.replace(mode, epochs=args.epochs)  # first: the checks below read it
     if args.lr:
         mode = checked(mode, "--lr", lr=args.lr)
     if args.cond_scalar:
@@ -481,6 +495,8 @@ def main(argv=None) -> int:
         mode = checked(mode, "--guidance", guidance=args.guidance)
     if args.support is not None:
         mode = checked(mode, "--support", support=args.support)
+    if args.lr_schedule:
+        mode = dataclasses.replace(mode, lr_schedule=args.lr_schedule)
     if args.samples is not None:
         if args.samples < mode.keep:
             parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "

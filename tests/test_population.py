@@ -185,6 +185,30 @@ def test_warmup_scales_each_step_by_its_share_of_the_warmup():
         dataclasses.replace(settings, warmup_epochs=-1.0)
 
 
+def test_cosine_schedule_anneals_the_rate_over_the_run():
+    """Full-batch epochs (one step each), two of them, annealed: the first step takes the whole
+    rate, the second half of it (½(1 + cos(π/2))) — as two runs at those rates one after the
+    other."""
+    arch, data, hparams, settings = _small()
+    hparams["dropout"] = np.zeros(4)
+    settings = dataclasses.replace(settings, epochs=2, checkpoints=(0, 2), batch_size=512)
+    annealed = train_population(arch, data, hparams,
+                                dataclasses.replace(settings, lr_schedule="cosine"),
+                                mesh=ONE_DEVICE)
+    one = dataclasses.replace(settings, epochs=1, checkpoints=(0, 1))
+    first = train_population(arch, data, hparams, one, mesh=ONE_DEVICE)
+    start = jax.tree.map(lambda a: a[:, -1], first.params)
+    second = train_population(arch, data, {**hparams, "lr": [0.15] * 4}, one, mesh=ONE_DEVICE,
+                              initial_params=start)
+    space = arch.weight_space
+    got, want = (np.asarray(space.flatten(r.params))[:, -1] for r in (annealed, second))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    constant = train_population(arch, data, hparams, settings, mesh=ONE_DEVICE)
+    assert np.abs(np.asarray(space.flatten(constant.params))[:, -1] - got).max() > 1e-4
+    with pytest.raises(PopulationError, match="unknown lr_schedule 'linear'"):
+        dataclasses.replace(settings, lr_schedule="linear")
+
+
 def test_shared_initialisation_gives_every_model_the_same_start():
     arch, data, hparams, settings = _small()
     hparams["lr"] = [0.3, 0.1, 0.3, 0.1]

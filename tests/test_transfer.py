@@ -174,23 +174,25 @@ def test_head_epochs_probe_linearly_then_fine_tune(generator, capsys):
             "--head-epochs", "3"], capsys, "head_epochs: 3 of 2 epochs", code=2)
 
 
-def test_warmup_epochs_reach_the_population_trainer(generator, capsys):
-    """--warmup-epochs E: every init is fine-tuned with the rate warmed up over E epochs, as a
-    population run with TrainSettings(warmup_epochs=E) from the same inits."""
+def test_warmup_and_schedule_reach_the_population_trainer(generator, capsys):
+    """--warmup-epochs E --lr-schedule cosine: every init is fine-tuned with the rate warmed up
+    over E epochs and annealed, as a population run with TrainSettings(warmup_epochs=E,
+    lr_schedule="cosine") from the same inits."""
     from wsl.train.generator import TrainedGenerator
     from wsl.train.transfer import make_inits
     from wsl.zoos.population import TrainSettings, shared_hparams, train_population
     from wsl.zoos.tasks import task_dataset
 
     task = Task.parse(_heldout(generator)[0])
-    config = TransferConfig(samples=2, epochs=1, warmup_epochs=0.5, inits=("sampled", "random"))
+    config = TransferConfig(samples=2, epochs=1, warmup_epochs=0.5, lr_schedule="cosine",
+                            inits=("sampled", "random"))
     report = transfer(generator / "gen", task, config, progress=False)
     gen = TrainedGenerator.load(generator / "gen")
     inits = make_inits(gen, task, config)["inits"]
     warmed = train_population(gen.architecture, task_dataset(task),
                               shared_hparams([0, 1, 0, 1], lr=config.lr[0]),
                               TrainSettings(epochs=1, checkpoints=(0, 1), batch_size=32,
-                                            warmup_epochs=0.5),
+                                            warmup_epochs=0.5, lr_schedule="cosine"),
                               initial_params=gen.architecture.weight_space.unflatten(
                                   np.concatenate([inits["sampled"], inits["random"]])))
     for i, name in enumerate(("sampled", "random")):
@@ -198,8 +200,11 @@ def test_warmup_epochs_reach_the_population_trainer(generator, capsys):
                                    warmed.metrics["val_acc"][2 * i:2 * i + 2], atol=1e-6,
                                    err_msg=name)
     assert report["config"]["warmup_epochs"] == 0.5
+    assert report["config"]["lr_schedule"] == "cosine"
     _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--epochs", "2",
             "--warmup-epochs", "3"], capsys, "warmup_epochs: must lie in [0, epochs = 2]", code=2)
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--lr-schedule",
+            "linear"], capsys, "lr_schedule: 'linear' is none of ['constant', 'cosine']", code=2)
 
 
 def test_keep_by_probe_keeps_the_networks_with_the_best_features(generator, capsys):

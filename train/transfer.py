@@ -39,7 +39,13 @@ from wsl.config import ConfigError, coerce_fields, to_dict
 from wsl.errors import WslError
 from wsl.models.weight_generator import scalar_condition
 from wsl.zoos.init_schemes import initial_population
-from wsl.zoos.population import OPTIMIZERS, TrainSettings, shared_hparams, train_population
+from wsl.zoos.population import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TrainSettings,
+    shared_hparams,
+    train_population,
+)
 from wsl.zoos.scoring import linear_probe_accuracy, population_metrics
 from wsl.zoos.store import Zoo
 from wsl.zoos.tasks import (
@@ -92,6 +98,10 @@ class TransferConfig:
     # an init that starts near a solution off it (on the transfer benchmark it does not help the
     # sampled inits: benchmarks/transfer.py, Mode.warmup_epochs). 0 = none.
     warmup_epochs: float = 0.0
+    # "constant" or "cosine" (annealed to 0 over the fine-tuning epochs, over each phase's with
+    # head_epochs), every init alike (TrainSettings.lr_schedule): a short fine-tuning budget
+    # usually ends annealed.
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     optimizer: str = "adam"
     batch_size: int = 32
@@ -119,6 +129,8 @@ class TransferConfig:
                               f"kept; keep ≤ samples")
         if not self.lr or any(not r > 0 for r in self.lr) or len(set(self.lr)) != len(self.lr):
             raise ConfigError(f"lr: distinct rates > 0, at least one, got {list(self.lr)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule: {self.lr_schedule!r} is none of {list(LR_SCHEDULES)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -344,7 +356,8 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
             settings = TrainSettings(epochs=epochs, checkpoints=tuple(range(epochs + 1)),
                                      batch_size=config.batch_size, optimizer=config.optimizer,
                                      seed=config.seed + phase, trainable=trainable,
-                                     warmup_epochs=min(config.warmup_epochs, epochs))
+                                     warmup_epochs=min(config.warmup_epochs, epochs),
+                                     lr_schedule=config.lr_schedule)
             result = train_population(arch, data, hparams, settings, mesh=mesh,
                                       initial_params=params,
                                       on_epoch=(lambda _: bar.update(1)) if bar else None)

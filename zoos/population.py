@@ -54,6 +54,7 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "adam": optax.scale_by_adam,
     "rmsprop": lambda: optax.scale_by_rms(decay=0.9, eps=1e-7),
 }
+LR_SCHEDULES = ("constant", "cosine")
 FLOAT_HPARAMS = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction")
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
@@ -83,8 +84,16 @@ class TrainSettings:
     # which Adam's first steps — about lr on every weight, whatever its gradient — may throw
     # off. 0 = none.
     warmup_epochs: float = 0.0
+    # "constant", or "cosine": the rate falls from lr to 0 along half a cosine over the run's
+    # `epochs` (after the warmup's factor, if any), every model alike. Annealing settles a network
+    # in its basin at the end of a fixed budget; with a short budget (a few epochs of fine-tuning
+    # a network that starts near a solution) it is the usual recipe.
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PopulationError(f"unknown lr_schedule {self.lr_schedule!r}; "
+                                  f"choose from {list(LR_SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise PopulationError(f"unknown optimizer {self.optimizer!r}; "
                                   f"choose from {sorted(OPTIMIZERS)}")
@@ -157,12 +166,14 @@ def _task_inputs(task, x, y):
 @functools.lru_cache(maxsize=64)
 def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool, data_order: str,
               eval_batch: int, masked: bool = False, tasked: bool = False,
-              trainable: tuple[str, ...] = (), warmup_epochs: float = 0.0):
+              trainable: tuple[str, ...] = (), warmup_epochs: float = 0.0,
+              cosine_epochs: int = 0):
     """The compiled epoch and evaluation of one group; cached on the (hashable) architecture.
 
     `tasked`: every model has its own task (`wsl.zoos.tasks.TaskArrays`): an epoch walks
     positions of each model's own example pool (``hp["pool"]``) in one shared order, and inputs
-    and labels pass through the model's transform and label map."""
+    and labels pass through the model's transform and label map. `cosine_epochs` > 0: the rate
+    anneals to 0 over that many epochs (TrainSettings.lr_schedule)."""
     opt = OPTIMIZERS[optimizer]()
     space = arch.weight_space
     # 1 on the entries that train, 0 on the frozen: updates are multiplied by it, so frozen
@@ -207,6 +218,9 @@ def _programs(arch: Architecture, optimizer: str, batch_size: int, dropout: bool
             step = epoch * steps + i
             lr_scale = (jnp.minimum(1.0, (step + 1) / (warmup_epochs * steps))
                         if warmup_epochs else 1.0)
+            if cosine_epochs:
+                total = cosine_epochs * steps
+                lr_scale = lr_scale * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, total) / total))
             # shared: (batch, ...); per model: (models, batch, ...)
             if tasked:
                 pool = state["hp"]["pool"]
@@ -415,7 +429,8 @@ def train_population(arch: Architecture, data: Dataset, hparams: Mapping[str, An
     programs = _programs(arch, settings.optimizer, settings.batch_size,
                          bool((floats["dropout"] > 0).any()), settings.data_order,
                          settings.eval_batch, masked, tasks is not None, settings.trainable,
-                         settings.warmup_epochs)
+                         settings.warmup_epochs,
+                         settings.epochs if settings.lr_schedule == "cosine" else 0)
     if initial_params is not None:
         params = _given_population(arch, initial_params, n_models, padded)
     else:

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
                    help="raise the learning rate linearly from near 0 over the first E epochs "
                         "(fractions allowed), every init alike; 0: none")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, metavar="constant|cosine",
+                   help="the learning rate throughout (constant) or annealed to 0 along half a "
+                        "cosine over the --epochs (cosine), every init alike")
     p.add_argument("--guidance", default=None, metavar="W[,W...]",
                    help="classifier-free guidance weight(s) for the sampled init; with several, "
                         "the one whose samples score best on the task's validation split is "
@@ -120,6 +123,7 @@ def main(argv: list[str]) -> int:
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size, head_epochs=args.head_epochs,
                                 warmup_epochs=args.warmup_epochs,
+                                lr_schedule=args.lr_schedule,
                                 keep_by=args.keep_by,
                                 seed=args.seed, guidance=_numbers(args.guidance, "--guidance"),
                                 cond_scalar=args.cond_scalar,
