@@ -64,6 +64,7 @@ from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator
 from wsl.train.transfer import TransferConfig, transfer  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.errors import ZooError  # noqa: E402
+from wsl.zoos.population import LR_SCHEDULES  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo  # noqa: E402
 from wsl.zoos.tasks import Task, tasks_of  # noqa: E402
@@ -433,7 +434,7 @@ def main(argv=None) -> int:
                         help="labelled examples per class the sampled init is conditioned on "
                              "(and the nearest tasks found by) instead of the mode's; the "
                              "generators are the mode's (an ablation, not with --save)")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                         help="the fine-tuning rate's schedule, every init alike, instead of the "
                              "mode's (an ablation, not with --save)")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
