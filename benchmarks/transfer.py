@@ -162,9 +162,10 @@ class Mode:
 def _trained_for(epochs: int) -> tuple[str, ...]:
     """Zoo words: the zoo's models train for as many epochs as the inits are fine-tuned. A
     generator can only start a task as far along as its zoo's models are: from zoo models trained
-    5 epochs (the MNIST task recipes' default) sampled inits needed 15.6 of 25 fine-tuning epochs
-    to reach random init's last accuracy, from models trained 25 epochs 6.8 (an ad-hoc quick
-    run: mnist8-tasks, 500 models, 5 held-out tasks, one seed, validation accuracy).
+    5 epochs (the MNIST task recipes' default) sampled inits start at 0.864 and need 16.8 of 25
+    fine-tuning epochs to reach random init's last accuracy, from models trained 25 epochs 0.904
+    and 6.4 (full main experiment, seed 0, validation accuracy of its 12 held-out tasks;
+    `transfer_ablation-full-zoo-5-epochs.json`; first decided on a quick run).
 
     Past that, the zoo is not what holds samples back (`--zoo-words`, full main experiment, seed
     0, validation accuracy of its 12 held-out tasks, against 0.904 at epoch 0 and 6.4 epochs to
