@@ -64,7 +64,7 @@ from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator
 from wsl.train.transfer import TransferConfig, transfer  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
 from wsl.zoos.errors import ZooError  # noqa: E402
-from wsl.zoos.population import LR_SCHEDULES  # noqa: E402
+from wsl.zoos.population import LR_SCHEDULES, OPTIMIZERS  # noqa: E402
 from wsl.zoos.recipes import get_recipe  # noqa: E402
 from wsl.zoos.store import Zoo  # noqa: E402
 from wsl.zoos.tasks import Task, tasks_of  # noqa: E402
@@ -149,6 +149,8 @@ class Mode:
     support: int = 10
     # The fine-tuning rate's schedule (TransferConfig.lr_schedule), every init alike.
     lr_schedule: str = "constant"
+    # The fine-tuning optimizer (TransferConfig.optimizer), every init alike.
+    optimizer: str = "adam"
 
     def transfer_config(self, seed: int) -> TransferConfig:
         return TransferConfig(samples=self.samples, keep=self.keep, guidance=self.guidance,
@@ -156,7 +158,8 @@ class Mode:
                               batch_size=self.batch_size, lr=self.lr,
                               cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
                               keep_by=self.keep_by, warmup_epochs=self.warmup_epochs,
-                              support=self.support, lr_schedule=self.lr_schedule)
+                              support=self.support, lr_schedule=self.lr_schedule,
+                              optimizer=self.optimizer)
 
 
 def _trained_for(epochs: int) -> tuple[str, ...]:
@@ -440,6 +443,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                         help="the fine-tuning rate's schedule, every init alike, instead of the "
                              "mode's (an ablation, not with --save)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None,
+                        help="the fine-tuning optimizer, every init alike, instead of the mode's "
+                             "(pair it with --lr; an ablation, not with --save)")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="fine-tuning epochs instead of the mode's (with --lr-schedule cosine: "
                              "a shorter budget, annealed; an ablation, not with --save)")
@@ -451,11 +457,11 @@ def main(argv=None) -> int:
     ablation = (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
                 or args.zoo_words or args.guidance or args.head_epochs is not None
                 or args.keep_by or args.warmup_epochs is not None or args.support is not None
-                or args.lr_schedule or args.epochs is not None)
+                or args.lr_schedule or args.epochs is not None or args.optimizer)
     if ablation and args.save:
         parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
                      "--head-epochs, --warmup-epochs, --keep-by, --support, --lr-schedule, "
-                     "--epochs and --zoo-words run an "
+                     "--optimizer, --epochs and --zoo-words run an "
                      "ablation, not the benchmark: drop --save (--save-ablation TAG keeps it "
                      "apart)")
     if args.save_ablation is not None:
@@ -502,6 +508,8 @@ def main(argv=None) -> int:
         mode = checked(mode, "--support", support=args.support)
     if args.lr_schedule:
         mode = dataclasses.replace(mode, lr_schedule=args.lr_schedule)
+    if args.optimizer:
+        mode = dataclasses.replace(mode, optimizer=args.optimizer)
     if args.samples is not None:
         if args.samples < mode.keep:
             parser.error(f"--samples must be at least the mode's keep ({mode.keep}); got "
