@@ -379,6 +379,13 @@ def print_table(result: dict) -> None:
             print(f"  {k}: {'yes' if v else 'NO'}")
 
 
+# The options that change what the benchmark runs (argparse dests; None or "" when not given): any
+# of them makes the run an ablation, which --save refuses.
+ABLATION_OPTIONS = ("words", "lr", "cond_scalar", "samples", "seeds", "guidance", "zoo_words",
+                    "head_epochs", "keep_by", "warmup_epochs", "support", "lr_schedule",
+                    "optimizer", "epochs")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     speed = parser.add_mutually_exclusive_group()
@@ -454,16 +461,13 @@ def main(argv=None) -> int:
                              "benchmarks/results/transfer_ablation-<mode>-<TAG>.json, its "
                              "options recorded (never over the benchmark's own file)")
     args = parser.parse_args(argv)
-    ablation = (args.words or args.lr or args.seeds or args.cond_scalar or args.samples
-                or args.zoo_words or args.guidance or args.head_epochs is not None
-                or args.keep_by or args.warmup_epochs is not None or args.support is not None
-                or args.lr_schedule or args.epochs is not None or args.optimizer)
+    flag = lambda dest: "--" + dest.replace("_", "-")
+    given = [flag(a) for a in ABLATION_OPTIONS if getattr(args, a) not in (None, "")]
+    ablation = bool(given)
     if ablation and args.save:
-        parser.error("--words, --lr, --cond-scalar, --samples, --seeds, --guidance, "
-                     "--head-epochs, --warmup-epochs, --keep-by, --support, --lr-schedule, "
-                     "--optimizer, --epochs and --zoo-words run an "
-                     "ablation, not the benchmark: drop --save (--save-ablation TAG keeps it "
-                     "apart)")
+        parser.error(f"{', '.join(map(flag, ABLATION_OPTIONS))} run an ablation, not the "
+                     f"benchmark (given: {', '.join(given)}): drop --save (--save-ablation TAG "
+                     f"keeps it apart)")
     if args.save_ablation is not None:
         if not ablation:
             parser.error("--save-ablation saves an ablation: give its options (--seeds 1 for "
