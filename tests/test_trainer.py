@@ -202,6 +202,26 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tmp_path):
     assert result.curve("eval/score")[1].tolist() == [0.5, 0.9, 0.91, 0.6]
 
 
+def test_the_best_checkpoint_outlives_a_resume(tmp_path):
+    # Killed after step 27 (best at step 20, kept beside the latest one), resumed from step 25:
+    # the saves after the resume must not delete the best checkpoint, which the resumed run's
+    # result loads (orbax forgot the best of a run before a resume: a probe failed to load it).
+    config = small_config("steps=60", "checkpoint.every=5", "checkpoint.keep=1", "eval.every=10",
+                          "eval.metric=score", "eval.patience=2", "eval.min_delta=0.05")
+    seen = {}
+    hooks = [lambda step, state: seen.__setitem__(step, jax.device_get(state.params))]
+    with pytest.raises(Killed):
+        train(Scripted(), config, regression_data(), tmp_path, eval_data=regression_data(64),
+              hooks=[*hooks, kill_at(27)])
+    scripted = Scripted()
+    scripted.calls = 2  # the evaluations at steps 10 and 20 ran before the kill
+    result = train(scripted, config, regression_data(), tmp_path, eval_data=regression_data(64),
+                   hooks=hooks)
+    assert result.stopped_early and (result.best_step, result.best_value) == (20, 0.9)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [20, 40]
+    assert_trees_close(result.best_params(), seen[20], atol=0)
+
+
 def test_early_stopping_modes_and_min_delta():
     lower = EarlyStopping(mode="min", patience=2, min_delta=0.05)
     assert [lower.update(s, v) for s, v in enumerate([1.0, 0.97, 0.9, float("nan"), 0.88])] == [

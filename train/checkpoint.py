@@ -14,6 +14,7 @@ written, so a rerun resumes its own run and never another's.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,11 @@ from wsl.outputs import check_output_dir
 from wsl.train.config import flat_items
 
 STATE, META = "state", "meta"
+
+# With best_fn set (see Checkpoints), orbax warns at every save without metrics; only new bests
+# carry them, by design.
+logging.getLogger("absl").addFilter(
+    lambda record: "did not provide metrics" not in record.getMessage())
 
 
 def _array_types():
@@ -156,8 +162,13 @@ class Checkpoints:
                 keep_checkpoints_without_metrics=False))
         # Behind the worker, orbax's own asynchronous commit would only add threads (and a tenth
         # of a save's CPU time).
+        # best_fn makes orbax write each checkpoint's metrics beside it and read them back when a
+        # run resumes: without it, BestN knows only the metrics saved in this process, and the
+        # first save after a resume deleted the best checkpoint of the run before it.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            best_fn=None if metric is None else (lambda metrics: metrics[metric]),
+            best_mode=mode,
             enable_async_checkpointing=async_save and not background, create=True)
         handlers = {STATE: ocp.PyTreeCheckpointHandler(use_compression=False,
                                                        type_handler_registry=_array_types()),
