@@ -18,9 +18,9 @@ import pytest
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 # Longest first, so that two at a time finish together.
-BENCHMARKS = ("generate", "transfer", "transfer_heads", "flow_ablation", "gpu", "probe",
-              "zoo_build", "align", "analyze", "encoder_speed", "trainer_overhead", "zoo_io",
-              "pca_ceiling", "cross_dataset")
+BENCHMARKS = ("generate", "transfer", "transfer_heads", "transfer_fidelity", "flow_ablation",
+              "gpu", "probe", "zoo_build", "align", "analyze", "encoder_speed", "trainer_overhead",
+              "zoo_io", "pca_ceiling", "cross_dataset")
 WORKERS = min(2, os.cpu_count() or 1)  # each run is mostly one busy thread (XLA compiles)
 
 

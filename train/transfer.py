@@ -182,7 +182,7 @@ def _check_fit(gen, task: Task, data, config: TransferConfig) -> tuple[int, int]
     return tuple(info["shape"])
 
 
-def _training_rows(gen) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def training_rows(gen) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The metrics of the generator's training rows and their aligned weights."""
     zoo = Zoo.open(gen.meta["zoo"])
     rows = np.asarray(gen.meta["selection"]["rows"], np.int64)
@@ -273,7 +273,7 @@ def make_inits(gen, task: Task, config: TransferConfig) -> dict[str, Any]:
     inits: dict[str, np.ndarray] = {}
     notes: dict[str, Any] = {}
     need_zoo = {"random", "zoo_mean", "nearest_task"} & set(config.inits)
-    metrics, aligned = _training_rows(gen) if need_zoo else (None, None)
+    metrics, aligned = training_rows(gen) if need_zoo else (None, None)
     if "sampled" in config.inits:
         inits["sampled"], notes["sampled"] = _sampled(gen, task, data, features, config)
     for name in config.inits:
