@@ -39,6 +39,7 @@ benchmark; ``--save-ablation TAG`` writes it, with its options, to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -70,6 +71,7 @@ from wsl.zoos.store import Zoo  # noqa: E402
 from wsl.zoos.tasks import Task, tasks_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = "/tmp/wsl-bench-transfer"  # zoos, generators and runs, reused across runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +384,52 @@ def print_table(result: dict) -> None:
 
 # The options that change what the benchmark runs (argparse dests; None or "" when not given): any
 # of them makes the run an ablation, which --save refuses.
+# ----------------------------------------------------------------------------- diagnoses
+# Scripts that look into one cached generator of the main experiment (transfer_heads.py,
+# transfer_fidelity.py) share their options, their setup and how they report.
+def diagnosis_parser(doc: str, benchmark: str) -> argparse.ArgumentParser:
+    """--smoke, --seed, --out and --save (to benchmarks/results/{benchmark}.json)."""
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    parser.add_argument("--smoke", action="store_true", help="seconds: a tiny digits zoo")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--out", default=None,
+                        help=f"zoos and generators (default: the transfer benchmark's cache, "
+                             f"{CACHE})")
+    parser.add_argument("--save", action="store_true",
+                        help=f"write benchmarks/results/{benchmark}.json (not with --smoke)")
+    return parser
+
+
+def diagnosis_mode(parser: argparse.ArgumentParser, args) -> tuple[str, Mode]:
+    """The mode (smoke or full) of parsed `args`; a seed the mode never trains is an error."""
+    name = "smoke" if args.smoke else "full"
+    mode = MODES[name]
+    if not 0 <= args.seed < mode.seeds:
+        parser.error(f"--seed: the {name} mode trains generator seeds 0..{mode.seeds - 1}")
+    return name, mode
+
+
+@contextlib.contextmanager
+def main_generator(args, mode_name: str, mode: Mode):
+    """(zoo, generator, its folder's name) of the main experiment at `args.seed`, built or
+    trained if not cached (in a scratch folder with --smoke, removed afterwards)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.out or (scratch if args.smoke else CACHE))
+        zoo = open_or_build(root, mode.experiments[0], mode_name)
+        gen, name = generator_for(zoo, root, mode, args.seed)
+        yield zoo, gen, name
+
+
+def save_and_print(payload: dict, save: bool) -> None:
+    """Write `payload` to benchmarks/results/{its benchmark}.json with `save` (never a smoke run)
+    and print it as the last line."""
+    if save and payload["mode"] != "smoke":
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{payload['benchmark']}.json").write_text(json.dumps(payload, indent=1)
+                                                              + "\n")
+    print(json.dumps(payload))
+
+
 ABLATION_OPTIONS = ("words", "lr", "cond_scalar", "samples", "seeds", "guidance", "zoo_words",
                     "head_epochs", "keep_by", "warmup_epochs", "support", "lr_schedule",
                     "optimizer", "epochs")
@@ -397,7 +445,7 @@ def main(argv=None) -> int:
                             "examples per class")
     parser.add_argument("--out", default=None,
                         help="zoos, generators and finished reports (default: a temporary folder "
-                             "in smoke mode, /tmp/wsl-bench-transfer otherwise)")
+                             "in smoke mode, {CACHE} otherwise)")
     parser.add_argument("--experiments", default=None,
                         help="comma-separated subset of the mode's experiments")
     parser.add_argument("--save", action="store_true",
@@ -534,7 +582,7 @@ def main(argv=None) -> int:
                 parser.error(f"--zoo-words: {error}")
     chosen = None if args.experiments is None else set(args.experiments.split(","))
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))
+        root = Path(args.out or (scratch if args.smoke else CACHE))
         root.mkdir(parents=True, exist_ok=True)
         results = []
         for experiment, count in zip(mode.experiments, mode.tasks):

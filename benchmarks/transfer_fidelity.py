@@ -25,19 +25,20 @@ Prints a table and one JSON object as the last line; ``--save`` writes it to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.transfer import MODES, RESULTS, generator_for, open_or_build  # noqa: E402
+from benchmarks.transfer import (  # noqa: E402
+    diagnosis_mode,
+    diagnosis_parser,
+    main_generator,
+    save_and_print,
+)
 from wsl.eval.intervals import t_interval  # noqa: E402
 from wsl.train.transfer import make_inits, training_rows  # noqa: E402
 from wsl.zoos.scoring import population_metrics  # noqa: E402
@@ -92,21 +93,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: a tiny digits zoo")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser = diagnosis_parser(__doc__, "transfer_fidelity")
     parser.add_argument("--tasks", type=int, default=None,
                         help="training tasks compared (default 12, as the held-out tasks; "
                              "smoke: 3)")
-    parser.add_argument("--out", default=None,
-                        help="zoos and generators (default: the transfer benchmark's cache)")
-    parser.add_argument("--save", action="store_true",
-                        help="write benchmarks/results/transfer_fidelity.json (not with --smoke)")
     args = parser.parse_args(argv)
-    mode_name = "smoke" if args.smoke else "full"
-    mode = MODES[mode_name]
-    if not 0 <= args.seed < mode.seeds:
-        parser.error(f"--seed: the {mode_name} mode trains generator seeds 0..{mode.seeds - 1}")
+    mode_name, mode = diagnosis_mode(parser, args)
     if args.tasks is None:
         args.tasks = 3 if args.smoke else 12
     if args.tasks < 2:
@@ -114,10 +106,7 @@ def main(argv=None) -> int:
                      f"got {args.tasks}")
     experiment = mode.experiments[0]
     config = mode.transfer_config(args.seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))
-        zoo = open_or_build(root, experiment, mode_name)
-        gen, gen_name = generator_for(zoo, root, mode, args.seed)
+    with main_generator(args, mode_name, mode) as (_, gen, gen_name):
         metrics, aligned = training_rows(gen)
         rows = []
         for task in training_tasks(metrics, args.tasks):
@@ -145,10 +134,7 @@ def main(argv=None) -> int:
                "generator": gen_name, "seed": args.seed, "samples": config.samples,
                "keep": config.keep, "guidance": list(config.guidance), "summary": summary,
                "tasks": rows}
-    if args.save and not args.smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "transfer_fidelity.json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(json.dumps(payload))
+    save_and_print(payload, args.save)
     return 0
 
 

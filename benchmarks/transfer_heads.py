@@ -26,13 +26,9 @@ Prints a table and one JSON object as the last line; ``--save`` writes it to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -42,10 +38,10 @@ from scipy.optimize import minimize  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from benchmarks.transfer import (  # noqa: E402
-    MODES,
-    RESULTS,
-    generator_for,
-    open_or_build,
+    diagnosis_mode,
+    diagnosis_parser,
+    main_generator,
+    save_and_print,
     target_tasks,
 )
 from wsl.eval.transfer import epochs_to_reach  # noqa: E402
@@ -154,27 +150,15 @@ def diagnose(gen, task, config, epochs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: a tiny digits zoo")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser = diagnosis_parser(__doc__, "transfer_heads")
     parser.add_argument("--tasks", type=int, default=None, help="the first N held-out tasks")
-    parser.add_argument("--out", default=None,
-                        help="zoos and generators (default: the transfer benchmark's cache)")
-    parser.add_argument("--save", action="store_true",
-                        help="write benchmarks/results/transfer_heads.json (not with --smoke)")
     args = parser.parse_args(argv)
-    mode_name = "smoke" if args.smoke else "full"
-    mode = MODES[mode_name]
-    if not 0 <= args.seed < mode.seeds:
-        parser.error(f"--seed: the {mode_name} mode trains generator seeds 0..{mode.seeds - 1}")
+    mode_name, mode = diagnosis_mode(parser, args)
     if args.tasks is not None and args.tasks < 1:
         parser.error(f"--tasks: at least 1 held-out task, got {args.tasks}")
     experiment, count = mode.experiments[0], mode.tasks[0]
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(args.out or (scratch if args.smoke else "/tmp/wsl-bench-transfer"))
-        zoo = open_or_build(root, experiment, mode_name)
+    with main_generator(args, mode_name, mode) as (zoo, gen, _):
         tasks = target_tasks(zoo, experiment, count)[:args.tasks]
-        gen, _ = generator_for(zoo, root, mode, args.seed)
         rows = []
         for task in tasks:
             rows.append(diagnose(gen, task, mode.transfer_config(args.seed), mode.epochs))
@@ -204,10 +188,7 @@ def main(argv=None) -> int:
     payload = {"benchmark": "transfer_heads", "mode": mode_name, "experiment": experiment.name,
                "seed": args.seed, "map_weights": list(MAP_WEIGHTS), "summary": summary,
                "tasks": rows}
-    if args.save and not args.smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "transfer_heads.json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(json.dumps(payload))
+    save_and_print(payload, args.save)
     return 0
 
 
