@@ -382,8 +382,6 @@ def print_table(result: dict) -> None:
             print(f"  {k}: {'yes' if v else 'NO'}")
 
 
-# The options that change what the benchmark runs (argparse dests; None or "" when not given): any
-# of them makes the run an ablation, which --save refuses.
 # ----------------------------------------------------------------------------- diagnoses
 # Scripts that look into one cached generator of the main experiment (transfer_heads.py,
 # transfer_fidelity.py) share their options, their setup and how they report.
@@ -430,6 +428,8 @@ def save_and_print(payload: dict, save: bool) -> None:
     print(json.dumps(payload))
 
 
+# The options that change what the benchmark runs (argparse dests; None or "" when not given): any
+# of them makes the run an ablation, which --save refuses.
 ABLATION_OPTIONS = ("words", "lr", "cond_scalar", "samples", "seeds", "guidance", "zoo_words",
                     "head_epochs", "keep_by", "warmup_epochs", "support", "lr_schedule",
                     "optimizer", "epochs")
@@ -445,7 +445,7 @@ def main(argv=None) -> int:
                             "examples per class")
     parser.add_argument("--out", default=None,
                         help="zoos, generators and finished reports (default: a temporary folder "
-                             "in smoke mode, {CACHE} otherwise)")
+                             f"in smoke mode, {CACHE} otherwise)")
     parser.add_argument("--experiments", default=None,
                         help="comma-separated subset of the mode's experiments")
     parser.add_argument("--save", action="store_true",

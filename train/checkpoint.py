@@ -160,15 +160,15 @@ class Checkpoints:
             keep_policies.append(policies.BestN(
                 get_metric_fn=lambda metrics: metrics[metric], reverse=(mode == "min"), n=1,
                 keep_checkpoints_without_metrics=False))
-        # Behind the worker, orbax's own asynchronous commit would only add threads (and a tenth
-        # of a save's CPU time).
-        # best_fn makes orbax write each checkpoint's metrics beside it and read them back when a
-        # run resumes: without it, BestN knows only the metrics saved in this process, and the
+        # best_fn makes orbax write each new best's metrics beside it and read them back when a
+        # run resumes: without it, BestN knew only the metrics saved in this process, and the
         # first save after a resume deleted the best checkpoint of the run before it.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
             best_fn=None if metric is None else (lambda metrics: metrics[metric]),
             best_mode=mode,
+            # Behind the worker, orbax's own asynchronous commit would only add threads (and a
+            # tenth of a save's CPU time).
             enable_async_checkpointing=async_save and not background, create=True)
         handlers = {STATE: ocp.PyTreeCheckpointHandler(use_compression=False,
                                                        type_handler_registry=_array_types()),
