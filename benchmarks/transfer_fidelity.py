@@ -84,10 +84,10 @@ def summarise(rows: list[dict]) -> dict:
             values = [r[name][split] for r in rows]
             summary[f"{name}_{split}"] = {"mean": float(np.mean(values)),
                                           "range": [float(min(values)), float(max(values))]}
-        for split in SPLITS:
-            diff = [r["sampled"][split] - r["zoo"][split] for r in rows]
-            summary[f"sampled_minus_zoo_{split}"] = {"mean": float(np.mean(diff)),
-                                                     "ci95_over_tasks": t_interval(diff)}
+    for split in SPLITS:
+        diff = [r["sampled"][split] - r["zoo"][split] for r in rows]
+        summary[f"sampled_minus_zoo_{split}"] = {"mean": float(np.mean(diff)),
+                                                 "ci95_over_tasks": t_interval(diff)}
     summary["sampled_all_val"] = {"mean": float(np.mean([r["sampled_all"]["val"] for r in rows]))}
     return summary
 
