@@ -357,12 +357,13 @@ def _zoo_draw(report: dict) -> str:
 
 
 def paired_interval(difference: dict | None) -> str:
-    """` [-0.003, +0.091]`: the 95 % interval of a paired difference over seeds (the probe
-    benchmark's `minus_statnn_paired` entries); empty with fewer than two seeds or none."""
+    """` [-0.0030, +0.0910]`: the 95 % interval of a paired difference over seeds (the probe
+    benchmark's `minus_statnn_paired` entries); empty with fewer than two seeds or none. Four
+    decimals, as the difference itself: the verdict against + 0.02 may turn on the fourth."""
     if difference is None or len(difference["per_seed"]) < 2:
         return ""
     low, high = difference["ci95"]
-    return f" [{low:+.3f}, {high:+.3f}]"
+    return f" [{low:+.4f}, {high:+.4f}]"
 
 
 def probe_markdown(paths: list[str]) -> str:

@@ -292,7 +292,7 @@ def test_probe_pairs_seeds_against_statnn_and_judges_the_margin_by_the_interval(
               "seconds_per_seed": dict.fromkeys(tau, 1.0), "minus_statnn_paired": paired}
     (tmp_path / "probe.json").write_text(json.dumps(report))
     text = probe_markdown([str(tmp_path / "probe.json")])
-    assert "| +0.0437 [-0.003, +0.090] |" in text and "| -0.1233 |" in text
+    assert "| +0.0437 [-0.0028, +0.0902] |" in text and "| -0.1233 |" in text
 
 
 def test_transfer_table_shows_test_accuracy_at_epoch_0_only_where_a_file_records_it(tmp_path):
