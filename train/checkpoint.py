@@ -156,16 +156,17 @@ class Checkpoints:
                  mode: str = "max", async_save: bool = True, background: bool = False):
         self.metric = metric
         keep_policies = [policies.LatestN(n=keep)]
-        if metric is not None:
+        score = None if metric is None else (lambda metrics: metrics[metric])
+        if score is not None:
             keep_policies.append(policies.BestN(
-                get_metric_fn=lambda metrics: metrics[metric], reverse=(mode == "min"), n=1,
+                get_metric_fn=score, reverse=(mode == "min"), n=1,
                 keep_checkpoints_without_metrics=False))
         # best_fn makes orbax write each new best's metrics beside it and read them back when a
         # run resumes: without it, BestN knew only the metrics saved in this process, and the
         # first save after a resume deleted the best checkpoint of the run before it.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
-            best_fn=None if metric is None else (lambda metrics: metrics[metric]),
+            best_fn=score,
             best_mode=mode,
             # Behind the worker, orbax's own asynchronous commit would only add threads (and a
             # tenth of a save's CPU time).
