@@ -1,7 +1,6 @@
 """Bad inputs to `wsl zoo import` and to single-model files (issue 23): each case exits with the
 right code, prints one line naming the fault and no traceback, and writes nothing it should not."""
 
-import contextlib
 import csv
 import io
 import json
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from wsl.commands import main as wsl
+from tests.cli import run_wsl
 from wsl.errors import WslError
 from wsl.outputs import OutputError
 from wsl.zoos.architectures import build
@@ -28,13 +27,6 @@ from wsl.zoos.torch_pickle import UnsafeCheckpointError, load_torch_checkpoint
 
 MLP = build("mlp", widths=(8,))
 MLP_ARGS = ["--arch", "mlp", "--arch-config", '{"widths": [8]}']
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = wsl([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def _import(fmt, src, out, *extra):
@@ -205,7 +197,7 @@ def out_is_a_file(tmp, w):
 
 def out_inside_a_zoo(tmp, w):
     np.savez(tmp / "src" / "m.npz", **_mlp_state())
-    assert _run(_import("checkpoints", tmp / "src", tmp / "zoo", *MLP_ARGS))[0] == 0
+    assert run_wsl(_import("checkpoints", tmp / "src", tmp / "zoo", *MLP_ARGS))[0] == 0
     return _import("checkpoints", tmp / "src", tmp / "zoo" / "shards" / "new", *MLP_ARGS)
 
 
@@ -259,7 +251,7 @@ def test_bad_import_is_one_line(tmp_path, monkeypatch, writers, make, code, mess
     out_dir = Path(argv[argv.index("--out") + 1])
     existed = out_dir.exists()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    got, out, err = _run(argv)
+    got, out, err = run_wsl(argv)
     assert got == code, err
     assert "Traceback" not in err
     lines = err.strip().splitlines()

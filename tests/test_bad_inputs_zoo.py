@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli import run_wsl
 from wsl.commands import main as wsl
 from wsl.errors import WslError
 from wsl.zoos.recipes import RECIPES, get_recipe
@@ -31,18 +32,11 @@ def zoo(tmp_path_factory):
     argv = ["zoo", "build", "quick", "--out", str(out), "--num-models", "4", "epochs=0",
             "--no-progress"]
     handler = signal.getsignal(signal.SIGINT)
-    code, _, err = _run(argv)
+    code, _, err = run_wsl(argv)
     assert code == 0, err
     assert "note: epochs=0: no training" in err  # allowed, but said
     assert signal.getsignal(signal.SIGINT) is handler  # the build's Ctrl-C handler is gone
     return out
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = wsl(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -181,7 +175,7 @@ def test_bad_input(zoo, tmp_path, monkeypatch, name, setup, argv, code, message)
     before, zoo_before = _snapshot(tmp_path), _snapshot(zoo)
     args = argv.format(zoo=zoo, copy=tmp_path / "copy", other=tmp_path / "other",
                        tmp=tmp_path).split()
-    got, out, err = _run(args)
+    got, out, err = run_wsl(args)
     assert got == code, (out, err)
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
@@ -214,7 +208,7 @@ def test_overriding_epochs_trims_the_recipe_checkpoints(name):
 
 def test_trimmed_checkpoints_are_noted_on_the_command_line(tmp_path):
     (tmp_path / "afile").write_text("x")  # the build stops at --out, after the note
-    code, _, err = _run(["zoo", "build", "small-cnn", "--out", str(tmp_path / "afile"),
+    code, _, err = run_wsl(["zoo", "build", "small-cnn", "--out", str(tmp_path / "afile"),
                          "epochs=3"])
     assert code == 1 and "note: recipe 'small-cnn': epochs=3, so checkpoints [0, 1, 2, 3, 6] " \
                          "become [0, 1, 2, 3]" in err
@@ -223,24 +217,24 @@ def test_trimmed_checkpoints_are_noted_on_the_command_line(tmp_path):
 def test_export_infers_the_format_overwrites_only_with_force_and_uses_the_umask(zoo, tmp_path):
     zoo_ = open_zoo(zoo)
     target = tmp_path / "m.npz"
-    assert _run(["zoo", "export", str(zoo), "--model", "1", "--out", str(target)])[0] == 0
+    assert run_wsl(["zoo", "export", str(zoo), "--model", "1", "--out", str(target)])[0] == 0
     with np.load(target) as f:  # a zip, as the suffix says
         np.testing.assert_array_equal(f["dense_1/kernel"], zoo_.params(1)["dense_1"]["kernel"])
-    assert _run(["zoo", "export", str(zoo), "--model", "2", "--out", str(target),
+    assert run_wsl(["zoo", "export", str(zoo), "--model", "2", "--out", str(target),
                  "--force"])[0] == 0
     with np.load(target) as f:
         np.testing.assert_array_equal(f["dense_1/kernel"], zoo_.params(2)["dense_1"]["kernel"])
     st = tmp_path / "m.safetensors"
-    assert _run(["zoo", "export", str(zoo), "--model", "1", "--out", str(st)])[0] == 0
+    assert run_wsl(["zoo", "export", str(zoo), "--model", "1", "--out", str(st)])[0] == 0
     assert st.read_bytes()[8:9] == b"{"  # a safetensors header, not a zip
     assert (st.stat().st_mode & 0o777) == (target.stat().st_mode & 0o777)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.safetensors"]  # no temps
 
 
 def test_verify_and_info_pass_a_sound_zoo(zoo):
-    code, out, err = _run(["zoo", "verify", str(zoo)])
+    code, out, err = run_wsl(["zoo", "verify", str(zoo)])
     assert code == 0 and "result       ok" in out and "4 rows" in out, err
-    code, out, _ = _run(["zoo", "info", str(zoo)])
+    code, out, _ = run_wsl(["zoo", "info", str(zoo)])
     assert code == 0 and "wsl zoo verify" in out
     info = json.loads((zoo / "shards" / "00000" / "shard.json").read_text())
     assert all(isinstance(meta["size"], int) for meta in info["files"].values())
@@ -269,7 +263,7 @@ def test_select_drops_non_finite_weights_and_says_so(zoo, tmp_path):
     assert view.dropped["non_finite"] == 1 and sorted(view.metrics["model"]) == [1, 2, 3]
     assert np.isfinite(view.flat()).all()
     assert len(nan_zoo.select(finite=False)) == 4  # asked for everything: everything
-    code, _, err = _run(["zoo", "export", str(tmp_path / "copy"), "--model", "0", "--out",
+    code, _, err = run_wsl(["zoo", "export", str(tmp_path / "copy"), "--model", "0", "--out",
                          str(tmp_path / "m.npz"), "--allow-non-finite"])
     assert code == 0 and np.isnan(np.load(tmp_path / "m.npz")["dense_0/kernel"]).sum() == 1
 
@@ -342,10 +336,10 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_to_the_same_zoo(tmp_path):
     shards = sorted(p.name for p in (out / "shards").iterdir())
     assert shards and all(s.isdigit() for s in shards) and len(shards) < 4  # no temp folders
     assert not (out / "metrics.csv").exists()
-    code, _, err = _run([*_BUILD[1:], "--out", str(out)])
+    code, _, err = run_wsl([*_BUILD[1:], "--out", str(out)])
     assert code == 0, err
     fresh = tmp_path / "fresh"
-    assert _run([*_BUILD[1:], "--out", str(fresh)])[0] == 0
+    assert run_wsl([*_BUILD[1:], "--out", str(fresh)])[0] == 0
     assert (out / "metrics.csv").read_bytes() == (fresh / "metrics.csv").read_bytes()
     resumed, whole = Zoo.open(out), Zoo.open(fresh)
     assert [s["files"] for s in resumed.manifest["shards"]] == \

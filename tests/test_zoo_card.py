@@ -3,9 +3,7 @@ parses, with its figures; `wsl zoo export --all` + `wsl zoo import --format wsl-
 a zoo byte-identical in every weight file and the metrics table (Parquet and CSV); bad input is
 one line naming the fault, and nothing is left half-written."""
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import re
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsl.commands import main as wsl
+from tests.cli import run_wsl
 from wsl.errors import WslError
 from wsl.outputs import is_zoo_dir
 from wsl.weight_space import nest_paths
@@ -67,13 +65,6 @@ def zoo(tmp_path_factory) -> Path:
     }
     write_zoo(out, manifest, nest_paths(params), rows, rows_per_shard=4)
     return out
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = wsl(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -250,7 +241,7 @@ def test_yaml_emitter_round_trips_tricky_values():
 # ----------------------------------------------------------------------------------- the card
 def test_card_front_matter_and_figures(zoo, tmp_path):
     before = _digest(zoo)
-    code, out, err = _run(["zoo", "card", str(zoo), "--out", str(tmp_path / "card")])
+    code, out, err = run_wsl(["zoo", "card", str(zoo), "--out", str(tmp_path / "card")])
     assert code == 0, err
     assert "license: unknown" in err and "--license" in err  # said, not silent
     card = tmp_path / "card" / "README.md"
@@ -282,14 +273,14 @@ def test_card_front_matter_and_figures(zoo, tmp_path):
     assert "| `note` | str | free text |" in text
     assert _digest(zoo) == before  # the zoo is read, never written
     # a license given is recorded; a second card into the same folder only with --force
-    code, _, err = _run(["zoo", "card", str(zoo), "--out", str(tmp_path / "card"),
+    code, _, err = run_wsl(["zoo", "card", str(zoo), "--out", str(tmp_path / "card"),
                          "--license", "cc-by-4.0"])
     assert code == 1 and "not empty" in _one_error_line(err)
-    assert _run(["zoo", "card", str(zoo), "--out", str(tmp_path / "card"), "--license",
+    assert run_wsl(["zoo", "card", str(zoo), "--out", str(tmp_path / "card"), "--license",
                  "cc-by-4.0", "--force"])[0] == 0
     assert _load(read_front_matter(card))["license"] == "cc-by-4.0"
     # never into a zoo
-    code, _, err = _run(["zoo", "card", str(zoo), "--out", str(zoo / "card")])
+    code, _, err = run_wsl(["zoo", "card", str(zoo), "--out", str(zoo / "card")])
     assert code == 1 and "inside the zoo" in _one_error_line(err)
     assert _digest(zoo) == before
 
@@ -312,16 +303,16 @@ def test_metrics_frame(zoo, monkeypatch):
 # --------------------------------------------------------------------- export and import back
 def _round_trip(zoo: Path, tmp_path: Path, metrics: str) -> tuple[Path, Path]:
     export, back = tmp_path / "export", tmp_path / "back"
-    code, out, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(export), "--metrics",
+    code, out, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(export), "--metrics",
                            metrics, "--license", "cc-by-4.0", "--no-progress"])
     assert code == 0, err
     assert "license: unknown" not in err
     assert not is_zoo_dir(export)  # the zoo manifest is nested: an export is not a zoo
-    code, out, err = _run(["zoo", "import", "--format", "wsl-export", str(export), "--out",
+    code, out, err = run_wsl(["zoo", "import", "--format", "wsl-export", str(export), "--out",
                            str(back), "--no-progress"])
     assert code == 0, err
     assert "warning" not in err, err
-    assert _run(["zoo", "verify", str(back)])[0] == 0
+    assert run_wsl(["zoo", "verify", str(back)])[0] == 0
     return export, back
 
 
@@ -374,24 +365,24 @@ def test_without_pyarrow_metrics_are_csv_and_said(zoo, tmp_path, monkeypatch):
     from wsl.zoos import export as export_module
 
     monkeypatch.setattr(export_module, "parquet_available", lambda: False)
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "e"),
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "e"),
                          "--no-progress"])
     assert code == 0 and "metrics.csv" in err and "pip install" in err and "pyarrow" in err
     assert (tmp_path / "e" / "metrics.csv").read_bytes() == (zoo / "metrics.csv").read_bytes()
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "f"),
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "f"),
                          "--metrics", "parquet", "--no-progress"])
     assert code == 1 and "pyarrow" in _one_error_line(err) and not (tmp_path / "f").exists()
 
 
 # ------------------------------------------------------------------------------------ bad input
 def test_all_and_model_exclude_each_other(zoo, tmp_path):
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--model", "1", "--out",
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--model", "1", "--out",
                          str(tmp_path / "x")])
     line = _one_error_line(err)
     assert code == 2 and "--all" in line and "--model" in line
-    code, _, err = _run(["zoo", "export", str(zoo), "--out", str(tmp_path / "x")])
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--out", str(tmp_path / "x")])
     assert code == 2 and "--model ID" in _one_error_line(err)
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "x"),
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(tmp_path / "x"),
                          "--torch-layout"])
     assert code == 2 and "--torch-layout applies to --model only" in _one_error_line(err)
     assert not (tmp_path / "x").exists()
@@ -401,11 +392,11 @@ def test_export_all_refuses_a_folder_that_holds_something(zoo, tmp_path):
     target = tmp_path / "full"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(target),
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(target),
                          "--metrics", "csv", "--no-progress"])
     assert code == 1 and "not empty" in _one_error_line(err)
     assert _files(target) == {"keep.txt": b"mine"}
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(zoo / "x"),
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(zoo / "x"),
                          "--metrics", "csv"])
     assert code == 1 and "inside the zoo" in _one_error_line(err)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left behind
@@ -414,7 +405,7 @@ def test_export_all_refuses_a_folder_that_holds_something(zoo, tmp_path):
 @pytest.fixture(scope="module")
 def exported(zoo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "export"
-    code, _, err = _run(["zoo", "export", str(zoo), "--all", "--out", str(out), "--metrics",
+    code, _, err = run_wsl(["zoo", "export", str(zoo), "--all", "--out", str(out), "--metrics",
                          "csv", "--no-progress"])
     assert code == 0, err
     return out
@@ -459,7 +450,7 @@ def test_import_of_a_damaged_export_names_the_fault(exported, tmp_path, damage):
     shutil.copytree(exported, copy)
     expected = damage(copy)
     before = _digest(copy)
-    code, _, err = _run(["zoo", "import", "--format", "wsl-export", str(copy), "--out",
+    code, _, err = run_wsl(["zoo", "import", "--format", "wsl-export", str(copy), "--out",
                          str(tmp_path / "zoo"), "--no-progress"])
     assert code == 1 and expected in _one_error_line(err), err
     assert not (tmp_path / "zoo").exists()  # nothing half-imported left behind
@@ -471,10 +462,10 @@ def test_import_of_a_damaged_export_names_the_fault(exported, tmp_path, damage):
 
 
 def test_import_refuses_a_zoo_and_an_out_inside_the_export(zoo, exported, tmp_path):
-    code, _, err = _run(["zoo", "import", "--format", "wsl-export", str(zoo), "--out",
+    code, _, err = run_wsl(["zoo", "import", "--format", "wsl-export", str(zoo), "--out",
                          str(tmp_path / "z")])
     assert code == 1 and "not a wsl export" in _one_error_line(err)
-    code, _, err = _run(["zoo", "import", "--format", "wsl-export", str(exported), "--out",
+    code, _, err = run_wsl(["zoo", "import", "--format", "wsl-export", str(exported), "--out",
                          str(exported / "z")])
     assert code == 1 and "inside the export" in _one_error_line(err)
     assert not (exported / "z").exists()
