@@ -33,7 +33,8 @@ against the flat MLP (``equivariant_over_flat_mlp``).
 The full run takes hours on a laptop, so every encoder's runs live under ``--out`` (default: beside
 the cached zoos, one folder per zoo, target and step count): run the command again after an
 interruption and finished encoders are read back, an unfinished one resumes from its checkpoints
-(its s/seed then counts only the resumed part).
+(its s/seed adds the training time its checkpoints record from earlier calls; checkpoints written
+before they recorded it add nothing).
 """
 
 from __future__ import annotations

@@ -126,11 +126,14 @@ def test_a_probe_folder_from_before_a_new_field_still_resumes(scaled_zoo, tmp_pa
     config = ProbeConfig(encoder="statnn", train=override(DEFAULT_TRAIN, ["steps=5",
                                                                           "eval.every=5"]))
     out = tmp_path / "probe"
-    run_probe(scaled_zoo, config, out)
+    first = run_probe(scaled_zoo, config, out)
     record = json.loads((out / probe_module.PROBE_FILE).read_text())
     record.pop("log_scale")
     (out / probe_module.PROBE_FILE).write_text(json.dumps(record))
-    run_probe(scaled_zoo, config, out)  # accepted: resumes (nothing left to train)
+    again = run_probe(scaled_zoo, config, out)  # accepted: resumes (nothing left to train)
+    # Its s/seed still counts the training the first call did (kept in the checkpoints).
+    trained = json.loads((out / "statnn-seed0/checkpoints/5/meta/metadata").read_text())
+    assert again["seconds"] >= trained["seconds"] > 0 and first["seconds"] >= trained["seconds"]
     with pytest.raises(Exception, match="log_scale"):
         run_probe(scaled_zoo, dataclasses.replace(config, log_scale=1.0), out)
 

@@ -152,6 +152,11 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     assert meta["step"] == 20 and meta["position"] == [2, 4]  # 256 rows / 32 = 8 batches an epoch
     resumed = train(Regression(), config, data, tmp_path / "killed", eval_data=held_out,
                     augment=[jitter])
+    # The training time up to the checkpoint is kept, so that a resumed run's time counts whole.
+    assert whole.earlier_seconds == 0.0 and meta["seconds"] > 0
+    assert resumed.earlier_seconds == meta["seconds"]
+    final = json.loads((tmp_path / "killed/checkpoints/40/meta/metadata").read_text())
+    assert final["seconds"] > meta["seconds"]
 
     assert_trees_close(resumed.params, whole.params)
     assert_trees_close(resumed.ema_params, whole.ema_params)
@@ -165,6 +170,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     again = train(Regression(), config, data, tmp_path / "killed", eval_data=held_out,
                   augment=[jitter])
     assert_trees_close(again.params, whole.params)
+    assert again.earlier_seconds == final["seconds"]
     # A resume that could not be exact is refused, naming what changed.
     with pytest.raises(TrainError, match="rows=256, now rows=240"):
         train(Regression(), config, regression_data(240), tmp_path / "killed")

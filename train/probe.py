@@ -325,7 +325,8 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                                  f"not flagged diverged; the zoo is damaged or was not checked")
             splits.append(_Split(weights, y))
         train_split, val_split, test_split = splits
-        start = time.perf_counter()
+        # Seconds spent training by earlier calls this one resumed: a resumed run counts whole.
+        start, earlier = time.perf_counter(), 0.0
         if config.encoder == "statnn_gbt":
             from wsl.models.statnn import GradientBoostedStats
 
@@ -374,10 +375,11 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
             result = train(task, train_cfg, {"params": train_params, "y": train_split.y},
                            run_dir, eval_data=val_split, augment=augment, label=label)
             best_step = result.best_step
+            earlier = result.earlier_seconds
             params = result.best_params() if result.best_step is not None else result.params
             prediction = task.predict(params, test_split.params)
             val_prediction = task.predict(params, val_split.params)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + earlier
         scores = task.score(prediction, test_split.y)
         # Validation scores are what a choice between probe settings may look at; test is not.
         # `model` and `epoch` name the zoo row behind each test prediction.

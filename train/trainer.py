@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -75,6 +76,9 @@ class TrainResult:
     best_step: int | None
     best_value: float | None
     stopped_early: bool
+    # Wall seconds that earlier calls spent training up to the checkpoint this one resumed from
+    # (0 for a fresh run), so that a resumed run's time can be reported whole.
+    earlier_seconds: float = 0.0
 
     @property
     def params(self):
@@ -180,7 +184,8 @@ class Trainer:
                              self.mesh)
             stopper = EarlyStopping(cfg.eval.mode, cfg.eval.patience, cfg.eval.min_delta)
             return state, {"step": 0, "position": [0, 0], "early_stopping": stopper.to_dict(),
-                           "finished": False, "stopped_early": False, **identity}
+                           "finished": False, "stopped_early": False, "seconds": 0.0,
+                           **identity}
         if not cfg.checkpoint.resume:
             raise TrainError(f"{self.run_dir} already holds checkpoints (latest step {latest}); "
                              f"set checkpoint.resume=true to continue it or choose a new run_dir")
@@ -280,15 +285,18 @@ class Trainer:
             stopper = EarlyStopping.from_dict({**meta["early_stopping"], "mode": cfg.eval.mode,
                                                "patience": cfg.eval.patience,
                                                "min_delta": cfg.eval.min_delta})
+            meta.setdefault("seconds", 0.0)  # not kept by checkpoints before it was
+            earlier = meta["seconds"]
             if meta["finished"] or meta["step"] >= cfg.steps:
                 return TrainResult(state, read_records(self.run_dir), self.run_dir,
-                                   stopper.best_step, stopper.best_value, meta["stopped_early"])
+                                   stopper.best_step, stopper.best_value, meta["stopped_early"],
+                                   earlier)
             state, stopped_early = self._loop(state, meta, stopper, pipeline, checkpoints,
                                               eval_data, hooks, background)
         finally:
             checkpoints.close()
         return TrainResult(state, read_records(self.run_dir), self.run_dir, stopper.best_step,
-                           stopper.best_value, stopped_early)
+                           stopper.best_value, stopped_early, earlier)
 
     def _loop(self, state, meta, stopper, pipeline, checkpoints, eval_data, hooks, background):
         cfg = self.config
@@ -305,6 +313,8 @@ class Trainer:
         copy_state = (jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
                               out_shardings=self.state_shardings) if background else None)
         step, stopped_early = int(meta["step"]), False
+        # Training time up to each checkpoint, over every call that trained it (kept in its meta).
+        started = time.perf_counter()
         record, count = None, 0  # the metrics of the last `rows` updates; updates since the log
         fetching = None  # (step, count, record) of a log whose values are on their way to the host
         log = RunLog(self.run_dir, total_steps=cfg.steps, resume_step=step,
@@ -349,7 +359,8 @@ class Trainer:
                     checkpoints.save(step, saved, {
                         **meta, "step": step, "position": list(batches.position),
                         "early_stopping": stopper.to_dict(), "finished": final,
-                        "stopped_early": stopped_early}, new_best)
+                        "stopped_early": stopped_early,
+                        "seconds": meta["seconds"] + time.perf_counter() - started}, new_best)
                 for hook in hooks:
                     hook(step, state)
         except BaseException:
