@@ -184,8 +184,7 @@ class Trainer:
                              self.mesh)
             stopper = EarlyStopping(cfg.eval.mode, cfg.eval.patience, cfg.eval.min_delta)
             return state, {"step": 0, "position": [0, 0], "early_stopping": stopper.to_dict(),
-                           "finished": False, "stopped_early": False, "seconds": 0.0,
-                           **identity}
+                           "finished": False, "stopped_early": False, **identity}
         if not cfg.checkpoint.resume:
             raise TrainError(f"{self.run_dir} already holds checkpoints (latest step {latest}); "
                              f"set checkpoint.resume=true to continue it or choose a new run_dir")
@@ -285,7 +284,9 @@ class Trainer:
             stopper = EarlyStopping.from_dict({**meta["early_stopping"], "mode": cfg.eval.mode,
                                                "patience": cfg.eval.patience,
                                                "min_delta": cfg.eval.min_delta})
-            meta.setdefault("seconds", 0.0)  # not kept by checkpoints before it was
+            # Training seconds up to the checkpoint (none for a fresh run, nor from checkpoints
+            # written before they were kept).
+            meta.setdefault("seconds", 0.0)
             earlier = meta["seconds"]
             if meta["finished"] or meta["step"] >= cfg.steps:
                 return TrainResult(state, read_records(self.run_dir), self.run_dir,
