@@ -136,6 +136,8 @@ class Mode:
     # head refit to convergence on the task's training split would start them level with it.
     # (These ablations' files: benchmarks/results/transfer_ablation-full-*.json.)
     head_epochs: int = 0
+    # How the head epoch trains the head (TransferConfig.head_fit; "exact" with head_epochs=1).
+    head_fit: str = "sgd"
     # What `keep` keeps the best by (TransferConfig.keep_by). "val": with "probe" (`--keep-by
     # probe`, full main experiment, seed 0, validation) samples start at 0.780, not 0.904, and
     # need 6.2 epochs to random init's last accuracy, not 6.4.
@@ -159,6 +161,7 @@ class Mode:
                               epochs=self.epochs, seed=seed, train_per_class=self.train_per_class,
                               batch_size=self.batch_size, lr=self.lr,
                               cond_scalar=self.cond_scalar, head_epochs=self.head_epochs,
+                              head_fit=self.head_fit,
                               keep_by=self.keep_by, warmup_epochs=self.warmup_epochs,
                               support=self.support, lr_schedule=self.lr_schedule,
                               optimizer=self.optimizer)
@@ -262,7 +265,7 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 # Generator, training and transfer config fields added after generators and runs were cached,
 # with their defaults: named in a cache key only when set, so that cached ones keep their names.
 _ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0,
-                "microbatch": 0, "lr_schedule": "constant"}
+                "microbatch": 0, "lr_schedule": "constant", "head_fit": "sgd"}
 
 
 def _described(config) -> dict:
@@ -431,7 +434,7 @@ def save_and_print(payload: dict, save: bool) -> None:
 # The options that change what the benchmark runs (argparse dests; None or "" when not given): any
 # of them makes the run an ablation, which --save refuses.
 ABLATION_OPTIONS = ("words", "lr", "cond_scalar", "samples", "seeds", "guidance", "zoo_words",
-                    "head_epochs", "keep_by", "warmup_epochs", "support", "lr_schedule",
+                    "head_epochs", "head_fit", "keep_by", "warmup_epochs", "support", "lr_schedule",
                     "optimizer", "epochs")
 
 
@@ -484,6 +487,10 @@ def main(argv=None) -> int:
                         help="of the fine-tuning epochs, the first N train the head alone, for "
                              "every init (linear probing, then fine-tuning) instead of the "
                              "mode's (an ablation, not with --save)")
+    parser.add_argument("--head-fit", choices=("sgd", "exact"), default=None,
+                        help="how the head epochs train the head: the optimizer (sgd) or, with "
+                             "--head-epochs 1, a softmax regression solved to convergence "
+                             "(exact), instead of the mode's (an ablation, not with --save)")
     parser.add_argument("--keep-by", choices=("val", "probe"), default=None,
                         help="keep the sampled (and nearest-task) networks best by validation "
                              "accuracy as they are (val) or of a linear probe of their features "
@@ -553,6 +560,8 @@ def main(argv=None) -> int:
         mode = dataclasses.replace(mode, keep_by=args.keep_by)
     if args.head_epochs is not None:
         mode = checked(mode, "--head-epochs", head_epochs=args.head_epochs)
+    if args.head_fit:
+        mode = checked(mode, "--head-fit", head_fit=args.head_fit, head_epochs=mode.head_epochs)
     if args.warmup_epochs is not None:
         mode = checked(mode, "--warmup-epochs", warmup_epochs=args.warmup_epochs)
     if args.guidance:

@@ -34,7 +34,6 @@ import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scipy.optimize import minimize  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from benchmarks.transfer import (  # noqa: E402
@@ -47,7 +46,7 @@ from benchmarks.transfer import (  # noqa: E402
 from wsl.eval.transfer import epochs_to_reach  # noqa: E402
 from wsl.train.transfer import make_inits  # noqa: E402
 from wsl.zoos.population import TrainSettings, shared_hparams, train_population  # noqa: E402
-from wsl.zoos.scoring import head_inputs  # noqa: E402
+from wsl.zoos.scoring import head_inputs, softmax_head  # noqa: E402
 from wsl.zoos.tasks import draw_support, task_dataset  # noqa: E402
 
 MAP_WEIGHTS = (0.01, 0.1, 1.0)  # λ of λ‖head − generated head‖²; chosen per task on validation
@@ -81,24 +80,8 @@ def _accuracy(features, kernel, bias, y) -> float:
 
 def map_head(features, y, kernel, bias, weight: float):
     """Softmax regression on (features, y) with λ‖(W, b) − (kernel, bias)‖²: the generated head
-    as the prior's mean. L-BFGS from the generated head."""
-    k = kernel.shape[1]
-    onehot = np.eye(k)[y]
-
-    def loss(v):
-        w, b = v[:-k].reshape(kernel.shape), v[-k:]
-        z = features @ w + b
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        value = (-np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
-                 + weight * (np.sum((w - kernel) ** 2) + np.sum((b - bias) ** 2)))
-        g = (p - onehot) / len(y)
-        return value, np.concatenate([(features.T @ g + 2 * weight * (w - kernel)).ravel(),
-                                      g.sum(0) + 2 * weight * (b - bias)])
-
-    v = minimize(loss, np.concatenate([kernel.ravel(), bias]), jac=True, method="L-BFGS-B").x
-    return v[:-k].reshape(kernel.shape), v[-k:]
+    as the prior's mean."""
+    return softmax_head(features, y, kernel.shape[1], weight=weight, center=(kernel, bias))
 
 
 def _logistic(features, y, c: float):

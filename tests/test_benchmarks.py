@@ -100,6 +100,9 @@ def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep(c
                            (["--guidance", "1,-1"], "--guidance: guidance: weights must be ≥ 0"),
                            (["--head-epochs", "1", "--save"], "drop --save"),
                            (["--head-epochs", "30"], "--head-epochs: head_epochs: 30 of 25"),
+                           (["--head-fit", "exact"], "--head-fit: head_fit='exact' fits"),
+                           (["--head-epochs", "1", "--head-fit", "exact", "--save"],
+                            "drop --save"),
                            (["--support", "50", "--save"], "drop --save"),
                            (["--support", "0"], "--support: support: must be ≥ 1, got 0"),
                            (["--save-ablation", "lr"], "--save-ablation saves an ablation"),
@@ -132,6 +135,7 @@ def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_default
     from wsl.train.transfer import TransferConfig
 
     for config, field, value in ((TransferConfig(), "head_epochs", 1),
+                                 (TransferConfig(head_epochs=1), "head_fit", "exact"),
                                  (GeneratorConfig(condition_task=True), "task_relabel", True),
                                  (TrainConfig(), "microbatch", 8)):
         assert field not in _described(config)

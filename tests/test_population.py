@@ -446,3 +446,36 @@ def test_linear_probe_reads_the_penultimate_features(name, config):
     probe = linear_probe_accuracy(arch, flat, (x, y), (xv, yv), ridge=ridge, model_chunk=2)
     np.testing.assert_allclose(probe, reference, atol=1e-2)
     assert (probe > 0.2).all()  # random features of digits still read out above chance (0.1)
+
+
+@pytest.mark.parametrize("name, config", [("mlp", {"widths": (16,)}),
+                                          ("small_cnn", {"channels": 4})])
+def test_refit_heads_is_softmax_regression_on_the_features(name, config):
+    """`refit_heads` replaces only the output layer, by the penalised softmax regression of the
+    data on the network's own features: the solution scikit-learn's LogisticRegression finds for
+    the same objective (its C = 1 / (2 · weight · n), the bias as a penalised constant feature)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from wsl.zoos.scoring import head_inputs, refit_heads
+
+    data = load_dataset("digits", max_train=300)
+    arch = build(name, input_shape=(8, 8, 1), num_classes=10, **config)
+    space = arch.weight_space
+    flat = np.asarray(space.flatten(arch.init_population(jax.random.key(0), 3)))
+    x, y, weight = data.x_train, data.y_train, 1e-3
+    refit = refit_heads(arch, flat, x, y, weight=weight, model_chunk=2)
+    head = np.zeros(arch.num_params, bool)
+    for path in space.head_paths:
+        head[slice(*space.offsets[path])] = True
+    np.testing.assert_array_equal(refit[:, ~head], flat[:, ~head])  # the features untouched
+    for before, after in zip(flat, refit):
+        features = np.asarray(head_inputs(arch, space.unflatten(before), x), np.float64)
+        reference = LogisticRegression(C=1 / (2 * weight * len(y)), fit_intercept=False,
+                                       tol=1e-10, max_iter=10_000).fit(
+            np.c_[features, np.ones(len(y))], y)
+        kernel, bias = (np.asarray(space.as_flat_dict(space.unflatten(after))[p])
+                        for p in space.head_paths)
+        np.testing.assert_allclose(np.r_[kernel, bias[None]], reference.coef_.T, atol=2e-3)
+        logits = np.asarray(arch.apply(space.unflatten(after), x))
+        assert np.mean(logits.argmax(1) == y) >= np.mean(
+            np.asarray(arch.apply(space.unflatten(before), x)).argmax(1) == y)

@@ -174,6 +174,43 @@ def test_head_epochs_probe_linearly_then_fine_tune(generator, capsys):
             "--head-epochs", "3"], capsys, "head_epochs: 3 of 2 epochs", code=2)
 
 
+def test_exact_head_fit_is_the_first_epoch(generator, capsys):
+    """--head-epochs 1 --head-fit exact: epoch 0 is the inits as they are, epoch 1 the inits with
+    their heads refit by softmax regression on the training split, and fine-tuning starts there:
+    the rest of the curve is a population run of the remaining epochs from the refit inits."""
+    from wsl.train.generator import TrainedGenerator
+    from wsl.train.transfer import make_inits
+    from wsl.zoos.population import TrainSettings, shared_hparams, train_population
+    from wsl.zoos.scoring import population_metrics, refit_heads
+    from wsl.zoos.tasks import task_dataset
+
+    task = Task.parse(_heldout(generator)[0])
+    config = TransferConfig(samples=2, epochs=3, head_epochs=1, head_fit="exact",
+                            inits=("sampled", "random"))
+    report = transfer(generator / "gen", task, config, progress=False)
+    gen = TrainedGenerator.load(generator / "gen")
+    arch, data = gen.architecture, task_dataset(task)
+    inits = make_inits(gen, task, config)["inits"]
+    flat = np.concatenate([inits["sampled"], inits["random"]])
+    refit = refit_heads(arch, flat, data.x_train, data.y_train)
+    rest = train_population(arch, data, shared_hparams([0, 1, 0, 1], lr=config.lr[0]),
+                            TrainSettings(epochs=2, checkpoints=(0, 1, 2), batch_size=32,
+                                          seed=config.seed + 1),
+                            initial_params=arch.weight_space.unflatten(refit))
+    start = population_metrics(arch, flat, data, splits=("val",))["val_acc"]
+    for i, name in enumerate(("sampled", "random")):
+        curve = np.asarray(report["curves"][name]["val_acc"])
+        assert curve.shape == (2, 4), name
+        np.testing.assert_allclose(curve[:, 0], start[2 * i:2 * i + 2], atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(curve[:, 1:], rest.metrics["val_acc"][2 * i:2 * i + 2],
+                                   atol=1e-6, err_msg=name)
+    assert report["timing"]["head_fit_s"] > 0
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--head-fit", "exact"],
+           capsys, "head_fit='exact' fits the head once", code=2)
+    _fails(["--generator", str(generator / "gen"), "--task", task.spec, "--head-epochs", "1",
+            "--head-fit", "lbfgs"], capsys, "head_fit: 'lbfgs' is not one of", code=2)
+
+
 def test_warmup_and_schedule_reach_the_population_trainer(generator, capsys):
     """--warmup-epochs E --lr-schedule cosine: every init is fine-tuned with the rate warmed up
     over E epochs and annealed, as a population run with TrainSettings(warmup_epochs=E,

@@ -29,6 +29,7 @@ Nothing here reads the test split to choose anything.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +47,7 @@ from wsl.zoos.population import (
     shared_hparams,
     train_population,
 )
-from wsl.zoos.scoring import linear_probe_accuracy, population_metrics
+from wsl.zoos.scoring import linear_probe_accuracy, population_metrics, refit_heads
 from wsl.zoos.store import Zoo
 from wsl.zoos.tasks import (
     Task,
@@ -92,6 +93,12 @@ class TransferConfig:
     # otherwise pulled off its features by the head's large early gradients (Kumar et al.,
     # "Fine-Tuning can Distort Pretrained Features", 2022). 0 = fine-tune everything throughout.
     head_epochs: int = 0
+    # How the head-only phase trains the head: "sgd", `head_epochs` epochs of the optimizer;
+    # "exact", the softmax regression of the fine-tuning training split on each network's frozen
+    # features solved to convergence (`wsl.zoos.scoring.refit_heads`: one forward pass, then
+    # L-BFGS on the features), counted as the one head epoch (needs head_epochs = 1) — linear
+    # probing at its best, so that the epochs after it start from each network's best head.
+    head_fit: Literal["sgd", "exact"] = "sgd"
     # Linear learning-rate warmup over the first `warmup_epochs` epochs of fine-tuning (of each
     # phase with head_epochs, whose optimizer starts afresh), every init alike: Adam's first
     # steps move every weight by about the learning rate whatever its gradient, which may throw
@@ -124,6 +131,9 @@ class TransferConfig:
         if self.head_epochs > self.epochs:
             raise ConfigError(f"head_epochs: {self.head_epochs} of {self.epochs} epochs train the "
                               f"head alone; head_epochs ≤ epochs")
+        if self.head_fit == "exact" and self.head_epochs != 1:
+            raise ConfigError(f"head_fit='exact' fits the head once, counted as one epoch: it "
+                              f"needs head_epochs=1, got {self.head_epochs}")
         if self.keep > self.samples:
             raise ConfigError(f"keep: the best {self.keep} of {self.samples} samples cannot be "
                               f"kept; keep ≤ samples")
@@ -340,8 +350,12 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
     hparams = shared_hparams(list(np.tile(np.arange(n), len(names) * len(rates))),
                              lr=rates[0], weight_decay=config.weight_decay)
     hparams["lr"] = np.repeat(rates, len(names) * n).tolist()
-    # (epochs, tensors trained): the head-only phase, then the rest.
-    phases = [(config.head_epochs, arch.weight_space.head_paths)] if config.head_epochs else []
+    # (epochs, tensors trained): the head-only phase, then the rest. An exact head fit is a
+    # phase of no epochs (it records where every init starts) whose networks' heads are then
+    # refit; the next phase's epoch 0 is the refit networks, the curve's epoch 1.
+    exact = config.head_fit == "exact"
+    phases = [(0 if exact else config.head_epochs, arch.weight_space.head_paths)] \
+        if config.head_epochs else []
     if config.epochs > config.head_epochs or not phases:
         phases.append((config.epochs - config.head_epochs, ()))
     bar = None
@@ -350,8 +364,10 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
 
         bar = tqdm(total=config.epochs, unit="epoch", desc=f"fine-tuning {total} networks")
     params, curves_by_phase, test_at_start = arch.weight_space.unflatten(flat), [], None
+    timing = {"fine_tuning_s": 0.0}
     try:
         for phase, (epochs, trainable) in enumerate(phases):
+            start = time.perf_counter()
             # Each phase draws its own batch order (seed + phase), as one run's epochs do.
             settings = TrainSettings(epochs=epochs, checkpoints=tuple(range(epochs + 1)),
                                      batch_size=config.batch_size, optimizer=config.optimizer,
@@ -362,10 +378,20 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
                                       initial_params=params,
                                       on_epoch=(lambda _: bar.update(1)) if bar else None)
             params = jax.tree.map(lambda a: a[:, -1], result.params)
-            # A phase's epoch 0 is the previous phase's last epoch.
-            curves_by_phase.append(result.metrics["val_acc"][:, 1 if curves_by_phase else 0:])
+            timing["fine_tuning_s"] += time.perf_counter() - start
+            # A phase's epoch 0 is the previous phase's last epoch (but the refit's, its own).
+            refit = exact and phase == 1
+            curves_by_phase.append(result.metrics["val_acc"][:, 0 if refit or not curves_by_phase
+                                                             else 1:])
             if test_at_start is None:
                 test_at_start = result.metrics["test_acc"][:, 0]
+            if exact and phase == 0:
+                start = time.perf_counter()
+                params = arch.weight_space.unflatten(refit_heads(
+                    arch, params, data.x_train, data.y_train))
+                timing["head_fit_s"] = time.perf_counter() - start
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -391,4 +417,4 @@ def transfer(generator, task: str | Task, config: TransferConfig = TransferConfi
                                 val_final_by_lr={str(r): f for r, f in zip(rates, final)})
     return {"task": task.spec, "generator": str(gen.directory), "config": to_dict(config),
             "support": made["support"], "num_classes": data.num_classes,
-            "chance": 1.0 / data.num_classes, "curves": curves}
+            "chance": 1.0 / data.num_classes, "curves": curves, "timing": timing}

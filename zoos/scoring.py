@@ -180,3 +180,66 @@ def linear_probe_accuracy(arch: Architecture, weights, fit: tuple, evaluate: tup
         out[rows] = np.asarray(_chunk_probe(arch, chunk, x_fit, y_fit, x_eval, y_eval,
                                             float(ridge)))[:rows.stop - rows.start]
     return out
+
+
+def softmax_head(features: np.ndarray, y: np.ndarray, num_classes: int, *,
+                 weight: float = 1e-5, center: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """An output layer (kernel (features, classes), bias (classes,)) fit to (features, y) by
+    softmax regression: mean cross-entropy + `weight`·‖(kernel, bias) − center‖² (center: zeros,
+    or a maximum a posteriori fit around a given head), minimised by L-BFGS from the center.
+    Convex, so the result does not depend on where it starts; float64 throughout."""
+    from scipy.optimize import minimize
+
+    features = np.asarray(features, np.float64)
+    y = np.asarray(y, np.int64)
+    d, k = features.shape[1], num_classes
+    if center is None:
+        center = (np.zeros((d, k)), np.zeros(k))
+    kernel0, bias0 = (np.asarray(c, np.float64) for c in center)
+    onehot = np.eye(k)[y]
+
+    def loss(v):
+        w, b = v[:-k].reshape(d, k), v[-k:]
+        z = features @ w + b
+        z -= z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        g = (np.exp(log_p) - onehot) / len(y)
+        value = (-np.mean(log_p[np.arange(len(y)), y])
+                 + weight * (np.sum((w - kernel0) ** 2) + np.sum((b - bias0) ** 2)))
+        return value, np.concatenate([(features.T @ g + 2 * weight * (w - kernel0)).ravel(),
+                                      g.sum(0) + 2 * weight * (b - bias0)])
+
+    v = minimize(loss, np.concatenate([kernel0.ravel(), bias0]), jac=True,
+                 method="L-BFGS-B", options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8}).x
+    return v[:-k].reshape(d, k), v[-k:]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_features(arch: Architecture, vectors, x):
+    return jax.lax.map(lambda v: head_inputs(arch, arch.weight_space.unflatten(v), x), vectors)
+
+
+def refit_heads(arch: Architecture, weights, x, y, *, weight: float = 1e-5,
+                model_chunk: int = 16) -> np.ndarray:
+    """Flat weights (models, params) with every network's output layer replaced by the softmax
+    regression (`softmax_head`) of (x, y) on its own penultimate features, the rest unchanged:
+    linear probing solved exactly rather than by epochs of gradient steps on the head."""
+    space = arch.weight_space
+    paths = space.head_paths
+    shapes = [space.tensor(p).shape for p in paths]
+    if len(paths) != 2 or len(shapes[0]) != 2 or shapes[1] != (shapes[0][1],):
+        raise WeightSpaceError(f"{arch.name!r}: refitting the head needs an output layer of one "
+                               f"kernel (features, classes) and one bias; its head is "
+                               f"{dict(zip(paths, shapes))}")
+    flat = as_vectors(arch, weights)
+    out = flat.copy()
+    x = jnp.asarray(x)
+    (k_start, k_end), (b_start, b_end) = (space.offsets[p] for p in paths)
+    for rows in _chunks(len(flat), model_chunk):
+        features = np.asarray(_chunk_features(arch, pad_rows(flat[rows], model_chunk), x))
+        for i, f in zip(range(rows.start, rows.stop), features):
+            kernel, bias = softmax_head(f, y, arch.num_classes, weight=weight)
+            out[i, k_start:k_end] = kernel.reshape(-1)
+            out[i, b_start:b_end] = bias
+    return out

@@ -3,7 +3,7 @@
     wsl transfer --generator G --task mnist8:0-3-5-7-9:rot90 [--samples 10] [--epochs 25]
                  [--support 10] [--keep 0] [--guidance 1,2,3] [--lr 3e-3,1e-3]
                  [--train-per-class N] [--keep-by probe] [--head-epochs 1]
-                 [--warmup-epochs 1] [--out DIR]
+                 [--head-fit exact] [--warmup-epochs 1] [--out DIR]
     wsl transfer --generator G --list-tasks          # the held-out tasks of its training zoo
 
 A task is ``SOURCE:CLASSES:TRANSFORM`` (`wsl.zoos.tasks`). The generator sees the task only
@@ -16,7 +16,9 @@ networks, fine-tuned together on the same batches; ``--keep K`` keeps the K best
 keeps the K best of as many models of the nearest tasks), and several ``--guidance`` weights are
 chosen between on validation too, as are several ``--lr`` rates (each init fine-tuned at every
 rate and reported at its best). ``--head-epochs N``: the first N of the epochs train the output
-layer alone, every init alike (linear probing, then fine-tuning); ``--warmup-epochs E`` raises
+layer alone, every init alike (linear probing, then fine-tuning; ``--head-fit exact`` makes the
+one head epoch a softmax regression on the frozen features, solved to convergence);
+``--warmup-epochs E`` raises
 the learning rate linearly over the first E epochs, every init alike. The test split is scored once,
 after the last epoch. Writes ``transfer.json`` (curves and summary) and ``transfer.png`` (learning
 curves) to ``--out`` (default: ``GENERATOR/transfer/TASK``; an earlier result there is kept unless
@@ -68,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head-epochs", type=int, default=d.head_epochs, metavar="N",
                    help="of the --epochs, the first N train the output layer alone, every init "
                         "alike (linear probing, then fine-tuning); 0: everything throughout")
+    p.add_argument("--head-fit", default=d.head_fit, metavar="sgd|exact",
+                   help="how the head-only epochs train the head: the optimizer (sgd), or, with "
+                        "--head-epochs 1, a softmax regression of the training split on each "
+                        "network's frozen features solved to convergence (exact)")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
                    help="raise the learning rate linearly from near 0 over the first E epochs "
                         "(fractions allowed), every init alike; 0: none")
@@ -122,6 +128,7 @@ def main(argv: list[str]) -> int:
                                 optimizer=args.optimizer,
                                 train_per_class=args.train_per_class,
                                 batch_size=args.batch_size, head_epochs=args.head_epochs,
+                                head_fit=args.head_fit,
                                 warmup_epochs=args.warmup_epochs,
                                 lr_schedule=args.lr_schedule,
                                 keep_by=args.keep_by,
