@@ -192,6 +192,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None,
                         help="default 1 quick, 3 full or with --augmentations")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
+    parser.add_argument("--microbatch", type=int, default=0, metavar="M",
+                        help="accumulate each step's gradient over micro-batches of M networks "
+                             "(train.microbatch: the same updates up to float rounding; on 2 CPU "
+                             "cores NG-GNN on the transformer zoo steps 1.2-1.3x faster at 4-8 "
+                             "of 32); 0: whole batches")
     parser.add_argument("--target", default="test_acc")
     parser.add_argument("--loss", default="auto", choices=("auto", "bce", "mse"),
                         help="the probe's loss for a numeric target (ProbeConfig.loss)")
@@ -237,8 +242,11 @@ def main(argv=None) -> int:
         args.zoo_dir.mkdir(parents=True, exist_ok=True)
         zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe,
                             args.num_models)
-    train = override(DEFAULT_TRAIN, [f"steps={steps}",
-                                     f"eval.every={max(steps // 20, 25)}"])
+    try:
+        train = override(DEFAULT_TRAIN, [f"steps={steps}", f"eval.every={max(steps // 20, 25)}",
+                                         f"microbatch={args.microbatch}"])
+    except ValueError as err:  # ConfigError naming the field
+        parser.error(f"--microbatch: {err}")
     out = args.out or args.zoo_dir / (f"runs-{zoo.path.name}-{args.target}-{steps}steps"
                                       + ("" if args.loss == "auto" else f"-{args.loss}"))
     if args.augmentations:
@@ -296,7 +304,7 @@ def main(argv=None) -> int:
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
                    "zoo_fingerprint": manifest_fingerprint(zoo.manifest),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
-                   "steps": steps, "loss": args.loss, "tau": tau,
+                   "steps": steps, "microbatch": args.microbatch, "loss": args.loss, "tau": tau,
                    **verdict(tau, val_tau, paired, paired_flat), "val_tau": val_tau,
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
                    "tau_runs": tau_runs,

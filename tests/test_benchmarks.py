@@ -432,3 +432,14 @@ def test_pca_ceiling_projects_onto_the_span_of_the_top_components():
     np.testing.assert_allclose((x - one) @ axes[0], 0.0, atol=1e-9)  # residual ⟂ the kept axis
     assert np.abs(axes[0] @ basis.T).argmax() == 0  # the widest direction comes first
     assert share[0] > 0.9
+
+
+def test_probe_microbatch_must_divide_the_batch(capsys):
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.probe import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--smoke", "--microbatch", "5"])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--microbatch: microbatch: must divide batch_size=32" in \
+        stderr, stderr[-2000:]
