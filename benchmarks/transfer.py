@@ -323,7 +323,26 @@ def run_experiment(root: Path, experiment: Experiment, count: int, mode_name: st
             "zoo": str(zoo.path), "models": len(zoo.select(epoch="last")),
             "target_source": experiment.target_source,
             "tasks": [t.spec for t in tasks], "seeds": mode.seeds, "chance": chance,
-            "summary": summary, "verdicts": verdicts(reports, summary, chance, mode.epochs)}
+            "summary": summary, "verdicts": verdicts(reports, summary, chance, mode.epochs),
+            "mean_curves": mean_curves(reports), "seconds_per_task": seconds_per_task(reports)}
+
+
+def mean_curves(reports: list[dict]) -> dict[str, list[float]]:
+    """Per init, validation accuracy after each epoch: the mean over every (task, seed) report
+    of its networks' mean."""
+    return {name: np.mean([np.nanmean(np.asarray(r["curves"][name]["val_acc"], np.float64), 0)
+                           for r in reports], axis=0).tolist()
+            for name in reports[0]["curves"]}
+
+
+def seconds_per_task(reports: list[dict]) -> dict[str, float]:
+    """Mean wall seconds per (task, seed): the whole transfer and, where the reports record them,
+    its fine-tuning and exact head fit."""
+    out = {"transfer": float(np.mean([r["seconds"] for r in reports]))}
+    for part in ("fine_tuning_s", "head_fit_s"):
+        if all(part in r.get("timing", {}) for r in reports):
+            out[part[:-2]] = float(np.mean([r["timing"][part] for r in reports]))
+    return out
 
 
 def _paired(reports: list[dict], a: str, b: str, quantity: str) -> dict:

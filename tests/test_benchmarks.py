@@ -443,3 +443,17 @@ def test_probe_microbatch_must_divide_the_batch(capsys):
     stderr = capsys.readouterr().err
     assert exit_.value.code == 2 and "--microbatch: microbatch: must divide batch_size=32" in \
         stderr, stderr[-2000:]
+
+
+def test_transfer_experiment_keeps_mean_curves_and_seconds():
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.transfer import mean_curves, seconds_per_task
+
+    reports = [{"curves": {"sampled": {"val_acc": [[0.5, 0.7], [0.7, 0.9]]}},
+                "seconds": 4.0, "timing": {"fine_tuning_s": 1.0, "head_fit_s": 2.0}},
+               {"curves": {"sampled": {"val_acc": [[0.2, 0.4], [float("nan"), 0.6]]}},
+                "seconds": 6.0, "timing": {"fine_tuning_s": 3.0}}]
+    np.testing.assert_allclose(mean_curves(reports)["sampled"], [(0.6 + 0.2) / 2, (0.8 + 0.5) / 2])
+    # The head fit is reported only where every report has one.
+    assert seconds_per_task(reports) == {"transfer": 5.0, "fine_tuning": 2.0}
+    assert seconds_per_task(reports[:1])["head_fit"] == 2.0
