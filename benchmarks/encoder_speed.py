@@ -85,10 +85,9 @@ def jax_step(space, batch, channels=CHANNELS, head=HEAD, microbatch=0):
     micro-batches of that many networks (`wsl.train.step.micro_batched`)."""
     encoder = build_encoder("nfn_hnp", space, channels=channels, head_widths=head, out_dim=1)
     params = jax.jit(encoder.init)(jax.random.key(0), batch)["params"]  # one compile, not per op
-    grad_fn = jax.value_and_grad(
-        lambda q, b, key: (encoder.apply({"params": q}, b).mean(), {}), has_aux=True)
-    if microbatch:
-        grad_fn = micro_batched(grad_fn, microbatch)
+    loss = lambda q, b, key: (encoder.apply({"params": q}, b).mean(), {})  # noqa: E731
+    grad_fn = micro_batched(loss, microbatch) if microbatch else \
+        jax.value_and_grad(loss, has_aux=True)
     grad = jax.jit(grad_fn)
 
     batch, key = jax.device_put(batch), jax.random.key(0)
