@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+
+# Appended, not prepended, as in the benchmarks: run as a script, this folder is first on the path.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._goals import goals_markdown  # noqa: E402
 
 
 def table(head: tuple, rows: list[tuple]) -> str:
@@ -422,7 +429,7 @@ KINDS = {"augmentations": augmentation_markdown, "generate": generate_markdown,
          "phase": phase_markdown, "transfer": transfer_markdown,
          "encoder_speed": encoder_speed_markdown, "probe": probe_markdown, "gpu": gpu_markdown,
          "align": align_markdown, "pca_ceiling": pca_ceiling_markdown,
-         "transfer_ablation": transfer_ablation_markdown}
+         "transfer_ablation": transfer_ablation_markdown, "goals": goals_markdown}
 # README marks each printed table: ``<!-- table: KIND GLOB -->`` … ``<!-- end table -->``.
 README_TABLE = r"^<!-- table: (\w+) (\S+) -->\n(.*?)^<!-- end table -->$"
 
@@ -451,8 +458,6 @@ def update_readme(readme: str = "README.md") -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     # python benchmarks/_report.py augmentations benchmarks/results/probe_augmentations_*.json
     # python benchmarks/_report.py readme   (reprints every marked table of README.md)
     if sys.argv[1:] == ["readme"]:

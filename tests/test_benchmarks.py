@@ -457,3 +457,27 @@ def test_transfer_experiment_keeps_mean_curves_and_seconds():
     # The head fit is reported only where every report has one.
     assert seconds_per_task(reports) == {"transfer": 5.0, "fine_tuning": 2.0}
     assert seconds_per_task(reports[:1])["head_fit"] == 2.0
+
+
+def test_goals_table_judges_means_by_their_intervals_and_needs_every_file(tmp_path):
+    """README's goals table: met only when the whole interval clears the goal (either way for an
+    upper bound), a mean that clears it with an interval reaching past it is "not shown", and a
+    result file the table names but cannot find is an error naming the goal."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks._goals import _clears, _zoo_build, goals_markdown
+
+    assert _clears({"mean": 0.03, "ci95": [0.021, 0.04]}, 0.02) == "met"
+    assert _clears({"mean": 0.03, "ci95": [0.019, 0.04]}, 0.02).startswith("not shown")
+    assert _clears({"mean": 0.015, "ci95": [0.008, 0.022]}, 0.02).startswith("not met on the mean")
+    assert _clears({"mean": 0.01, "ci95": [0.0, 0.019]}, 0.02) == "not met"
+    assert _clears({"mean": 4.0, "ci95": [3.0, 4.9]}, 5.0, at_most=True) == "met"
+    assert _clears({"mean": 4.0, "ci95": [3.0, 6.0]}, 5.0, at_most=True).startswith("not shown")
+    assert _clears({"mean": 7.8, "ci95": [4.7, 10.9]}, 5.0,
+                   at_most=True).startswith("not met on the mean")
+    report = {"mlp_speedup_vs_torch": 25.0, "cnn_speedup_vs_torch": 19.9,
+              "cnn_speedup_vs_jax_loop": 3.0}
+    assert _zoo_build("cnn_speedup_vs_torch", 20)(report) == ("19.90×", "not met")
+    assert _zoo_build("cnn_speedup_vs_jax_loop", 3)(report) == ("3.00×", "met")
+    (tmp_path / "zoo_build-full.json").write_text(json.dumps(report))
+    with pytest.raises(FileNotFoundError, match="align-full.json"):
+        goals_markdown([str(tmp_path / "zoo_build-full.json")])
