@@ -62,9 +62,8 @@ from wsl.zoos.population import population_mesh, width_masks
 from wsl.zoos.store import Zoo, write_analysis
 
 PARTS = ".analysis-parts"
-# Hyperparameter columns that do not define a grid cell: models differing only in these are
-# seeds of one cell.
-NOT_CELL = ("model", "seed", "epoch")
+# The hyperparameter columns that define a grid cell (with the epoch): models that differ only in
+# the others (model id, seed) are seeds of one cell.
 CELL_COLUMNS = ("lr", "weight_decay", "init_scale", "bias_init", "dropout", "train_fraction",
                 "activation", "optimizer", "init", "width")
 
