@@ -57,10 +57,10 @@ def _trainer_overhead(report):
 
 def _nfn(space: str):
     def row(report):
-        row = next(r for r in report["nfn"] if r["space"] == space and r["batch"] == 128)
-        rates = [r for r in (row["jax_networks_per_s"], row.get("jax_microbatched_networks_per_s"))
-                 if r]
-        ratio = max(rates) / row["torch_networks_per_s"]
+        entry = next(r for r in report["nfn"] if r["space"] == space and r["batch"] == 128)
+        rates = [r for r in (entry["jax_networks_per_s"],
+                             entry.get("jax_microbatched_networks_per_s")) if r]
+        ratio = max(rates) / entry["torch_networks_per_s"]
         return f"{ratio:.2f}×", _at_least(ratio, 2.0)
     return row
 
