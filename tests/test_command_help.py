@@ -10,8 +10,9 @@ import json
 
 import pytest
 
-from wsl.commands import _help, demo, gen, listing, merge, probe
+from wsl.commands import _help, demo, gen, launch, listing, merge, probe, transfer
 from wsl.commands import main as wsl
+from wsl.commands import zoo as zoo_command
 from wsl.eval.generated import _zoo_metrics_line
 
 # (words before --help, the parser those words reach)
@@ -24,7 +25,11 @@ PARSERS = [
     (["merge"], merge._parser),
     (["demo"], demo._parser),
     (["list"], listing._parser),
-]
+    (["transfer"], transfer._parser),
+    (["launch"], launch._parser),
+] + [(["zoo", name], lambda name=name: _help.subcommand(zoo_command._parser(), name))
+     for name in ("build", "info", "verify", "export", "card", "analyze", "plot", "recipes",
+                  "import")]
 # Defaults a reader must see in each --help, written as the help shows them.
 SHOWN = {
     "probe": ["(default: test_acc)", "(default: nfn_hnp)", "(default: 1)", "(default: permute)",
@@ -65,7 +70,7 @@ def test_every_option_has_help_and_shows_its_default(words, make, capsys):
                 assert "(default: " in action.help, f"{name}: {action.help!r}"
             else:
                 assert f"(default: {action.default})" in flat, f"{name}'s default not shown"
-    for text in SHOWN[" ".join(words)]:
+    for text in SHOWN.get(" ".join(words), ()):
         assert text in flat, f"{text!r} missing from `wsl {' '.join(words)} --help`"
 
 
@@ -93,6 +98,11 @@ def test_list_keys_prints_every_key_with_default_and_type(capsys):
     assert "unknown config key 'stepz'" in err and "wsl probe --list-keys" in err
     assert wsl(["gen", "train", "--zoo", "nowhere", "--out", "nowhere", "hiddn=3"]) == 2
     assert "wsl gen train --list-keys" in capsys.readouterr().err
+    # a training key without its train. prefix names the word to write instead
+    assert wsl(["gen", "train", "--zoo", "nowhere", "--out", "nowhere", "steps=20"]) == 2
+    assert "write train.steps=20" in capsys.readouterr().err
+    assert wsl(["gen", "train", "--zoo", "nowhere", "--out", "nowhere", "optimizer.lr=1"]) == 2
+    assert "write train.optimizer.lr=1" in capsys.readouterr().err
     assert wsl(["probe"]) == 2
     assert "required: --zoo" in capsys.readouterr().err
 

@@ -212,6 +212,23 @@ def list_keys() -> str:
         ("training (train.KEY=VALUE)", _help.config_keys(DEFAULT_TRAIN, "train."))])
 
 
+def _refuse_bare_training_keys(gen_words: list[str]) -> None:
+    """A training key written without its ``train.`` prefix (``steps=500``, which `wsl probe`
+    accepts bare) gets an error that names the word to write, not the generator's key list."""
+    import dataclasses
+
+    from wsl.models.weight_generator import GeneratorConfig
+    from wsl.train.generator import DEFAULT_TRAIN
+
+    generator = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    training = {f.name for f in dataclasses.fields(DEFAULT_TRAIN)}
+    for word in gen_words:
+        key = word.partition("=")[0].partition(".")[0]
+        if key in training and key not in generator:
+            raise UsageError(f"{word!r} sets a training key: write train.{word} (wsl gen train "
+                             f"takes generator keys bare and training keys after train.)")
+
+
 def main(argv: list[str]) -> int:
     parser = _parser()
     if argv[:1] == ["train"] and _help.asks_for(argv, "--list-keys"):
@@ -241,6 +258,7 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"--min-acc is a validation accuracy in [0, 1]; got {args.min_acc}")
         gen_words = [w for w in args.overrides if not w.startswith("train.")]
         train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
+        _refuse_bare_training_keys(gen_words)
         if args.no_progress:
             train_words.insert(0, "log.progress=false")  # an explicit train.log.progress wins
         # --method joins the words (last, so it wins): the config checks them all together,

@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        "the same command resumes an interrupted build.",
                        epilog="Overrides are recipe fields, e.g. epochs=3 lr=[1e-4,1e-2] "
                               "activation=relu,tanh arch={'widths':[64]} (see `wsl zoo recipes`).")
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("recipe", help="a named recipe (`wsl zoo recipes` lists them)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe fields to change (see below)")
     p.add_argument("--out", required=True, help="zoo directory to write (or resume)")
     p.add_argument("--num-models", type=int, help="number of models (num_models=N)")
     p.add_argument("--seed", type=int, help="recipe seed (seed=S)")
@@ -134,13 +135,14 @@ def _parser() -> argparse.ArgumentParser:
                                                    "'all', or an epoch number")
     p.add_argument("--examples", type=int, default=512,
                    help="size of the fixed training batch (loss-based metrics and CKA)")
-    p.add_argument("--lanczos-iterations", type=int, default=32)
+    p.add_argument("--lanczos-iterations", type=int, default=32,
+                   help="Lanczos iterations of the Hessian's top-eigenvalue estimate")
     p.add_argument("--trace-samples", type=int, default=48,
                    help="Hessian-vector products of the Hutch++ trace estimate")
     p.add_argument("--bezier-steps", type=int, default=100,
                    help="Adam steps that fit each Bezier control point")
     p.add_argument("--batch-models", type=int, default=64, help="models per vectorised call")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=analyze)
     p = add("plot", help="phase diagram: heatmaps of columns over two grid axes",
             description="Average a column over the seeds of every (x, y) cell of a grid zoo and "
@@ -161,10 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=recipes)
     p = add("import", help="import a Small CNN Zoo, Model Zoos trials or a folder of "
                                       "checkpoints (rerun to resume)")
-    p.add_argument("source", type=Path)
+    p.add_argument("source", type=Path, help="the folder or file to import from")
     p.add_argument("--format", required=True, choices=IMPORT_FORMATS,
                    help="wsl-export: a folder written by `wsl zoo export Z --all`")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="zoo directory to write (or resume)")
     p.add_argument("--step", type=int, default=None,
                    help="small-cnn-zoo: keep only rows of this step (e.g. 86)")
     p.add_argument("--arch", default=None,
@@ -174,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-extra", action="store_true",
                    help="checkpoints: drop tensors the architecture does not use (named in a "
                         "warning) instead of refusing the file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=import_)
     return parser
 
