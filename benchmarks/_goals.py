@@ -202,11 +202,11 @@ GOALS = (
     ("encoders", "ResNet (wide, 4,000 networks): best equivariant ≥ StatNN + 0.02 test τ",
      "probe-resnet-mnist-wide-4000-mse.json", _probe_margin),
     ("encoders", "transformer (wide, 4,000 networks): best equivariant ≥ StatNN + 0.02 test τ",
-     "probe-transformer-mnist-wide-4000-mse.json", _probe_margin),
+     "probe-transformer-mnist-wide-4000-mse-10seeds.json", _probe_margin),
     ("encoders", "ResNet (wide, 4,000 networks): every equivariant encoder above the flat MLP",
      "probe-resnet-mnist-wide-4000-mse.json", _probe_flat),
     ("encoders", "transformer (wide, 4,000 networks): every equivariant encoder above the flat "
-     "MLP", "probe-transformer-mnist-wide-4000-mse.json", _probe_flat),
+     "MLP", "probe-transformer-mnist-wide-4000-mse-10seeds.json", _probe_flat),
     # The benchmark's full run (4,000 steps) has an unconditional row on small-cnn only.
     *(("generators", f"{zoo}: unconditional flow matching ≥ population − 1 point (test), "
        f"{steps} generator steps", name, _generated(zoo, 1, unconditional=True))
