@@ -28,8 +28,8 @@ PARSERS = [
     (["transfer"], transfer._parser),
     (["launch"], launch._parser),
 ] + [(["zoo", name], lambda name=name: _help.subcommand(zoo_command._parser(), name))
-     for name in ("build", "info", "verify", "export", "card", "analyze", "plot", "recipes",
-                  "import")]
+     for action in zoo_command._parser()._actions
+     if isinstance(action, argparse._SubParsersAction) for name in action.choices]
 # Defaults a reader must see in each --help, written as the help shows them.
 SHOWN = {
     "probe": ["(default: test_acc)", "(default: nfn_hnp)", "(default: 1)", "(default: permute)",
