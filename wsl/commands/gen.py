@@ -212,16 +212,13 @@ def list_keys() -> str:
         ("training (train.KEY=VALUE)", _help.config_keys(DEFAULT_TRAIN, "train."))])
 
 
-def _refuse_bare_training_keys(gen_words: list[str]) -> None:
+def _refuse_bare_training_keys(gen_words: list[str], generator_config, train_config) -> None:
     """A training key written without its ``train.`` prefix (``steps=500``, which `wsl probe`
     accepts bare) gets an error that names the word to write, not the generator's key list."""
     import dataclasses
 
-    from wsl.models.weight_generator import GeneratorConfig
-    from wsl.train.generator import DEFAULT_TRAIN
-
-    generator = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    training = {f.name for f in dataclasses.fields(DEFAULT_TRAIN)}
+    generator = {f.name for f in dataclasses.fields(generator_config)}
+    training = {f.name for f in dataclasses.fields(train_config)}
     for word in gen_words:
         key = word.partition("=")[0].partition(".")[0]
         if key in training and key not in generator:
@@ -258,7 +255,7 @@ def main(argv: list[str]) -> int:
             raise UsageError(f"--min-acc is a validation accuracy in [0, 1]; got {args.min_acc}")
         gen_words = [w for w in args.overrides if not w.startswith("train.")]
         train_words = [w.removeprefix("train.") for w in args.overrides if w.startswith("train.")]
-        _refuse_bare_training_keys(gen_words)
+        _refuse_bare_training_keys(gen_words, GeneratorConfig, DEFAULT_TRAIN)
         if args.no_progress:
             train_words.insert(0, "log.progress=false")  # an explicit train.log.progress wins
         # --method joins the words (last, so it wins): the config checks them all together,
