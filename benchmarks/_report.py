@@ -381,12 +381,16 @@ def probe_markdown(paths: list[str]) -> str:
              "train s / seed |",
              "|---|---|---|---|---|---|---|"]
     for report in _load(paths):
-        seeds = report["seeds"]
+        seeds, first = report["seeds"], report.get("first_seed", 0)
         loss = report.get("loss", "auto")
+        # A run on later seeds (fresh splits) says which; training settings it changed follow.
+        which = (f" {first}–{first + seeds - 1}" if first and seeds > 1
+                 else f" {first}" if first else "")
+        settings = "".join(f", {word}" for word in report.get("train_settings", []))
         label = (f"{report['zoo'].rstrip('/').rsplit('/', 1)[-1]} ({report['mode']}, "
                  f"{report['num_rows']} networks, {report['steps']:,} steps, {seeds} "
-                 f"seed{'s' * (seeds > 1)}{'' if loss == 'auto' else f', {loss} loss'}"
-                 f"{_on_gpu(report)}{_zoo_draw(report)})")
+                 f"seed{'s' * (seeds > 1)}{which}{'' if loss == 'auto' else f', {loss} loss'}"
+                 f"{settings}{_on_gpu(report)}{_zoo_draw(report)})")
         statnn = report["tau"].get("statnn")
         val = report.get("val_tau", {})
         paired = report.get("minus_statnn_paired", {})

@@ -114,6 +114,12 @@ def encoder_spec(spec: str) -> tuple[str, dict]:
     return name, config
 
 
+def folder_name(text: str) -> str:
+    """`text` with only word characters and ``.=+-`` left: orbax's store rejects paths with
+    brackets."""
+    return re.sub(r"[^\w.=+-]", "_", text)
+
+
 def is_equivariant(spec: str) -> bool:
     return spec.split(":")[0] in EQUIVARIANT
 
@@ -193,7 +199,13 @@ def main(argv=None) -> int:
                              "a name after colons: unf:pool=moments (compared as its own row)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="default 1 quick, 3 full or with --augmentations")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="S",
+                        help="run seeds S … S + seeds − 1 (each splits the zoo its own way): a "
+                             "declared comparison on splits no earlier run has looked at")
     parser.add_argument("--steps", type=int, default=None, help="default 400 quick, 3000 full")
+    parser.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="training settings for every encoder (TrainConfig keys, e.g. "
+                             "ema_decay=0.995 optimizer.weight_decay=1e-2)")
     parser.add_argument("--microbatch", type=int, default=0, metavar="M",
                         help="accumulate each step's gradient over micro-batches of M networks "
                              "(train.microbatch: the same updates up to float rounding; on 2 CPU "
@@ -244,20 +256,32 @@ def main(argv=None) -> int:
         args.zoo_dir.mkdir(parents=True, exist_ok=True)
         zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe,
                             args.num_models)
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be ≥ 0; got {args.first_seed}")
     try:
         train = override(DEFAULT_TRAIN, [f"steps={steps}", f"eval.every={max(steps // 20, 25)}",
                                          f"microbatch={args.microbatch}"])
     except ValueError as err:  # ConfigError naming the field
         parser.error(f"--microbatch: {err}")
-    out = args.out or args.zoo_dir / (f"runs-{zoo.path.name}-{args.target}-{steps}steps"
-                                      + ("" if args.loss == "auto" else f"-{args.loss}"))
+    try:
+        train = override(train, args.train)
+    except ValueError as err:
+        parser.error(f"--train: {err}")
+    # Runs of other seeds or training settings go to a folder of their own (a probe folder
+    # refuses a config other than its own).
+    out = args.out or args.zoo_dir / (
+        f"runs-{zoo.path.name}-{args.target}-{steps}steps"
+        + ("" if args.loss == "auto" else f"-{args.loss}")
+        + (f"-from-seed{args.first_seed}" if args.first_seed else "")
+        + "".join(f"-{folder_name(word)}" for word in args.train))
     if args.augmentations:
         settings = [s.strip() for s in args.settings.split(",") if s.strip()]
         try:
             configs = {s: ProbeConfig(augment=s.replace("+", ",")) for s in settings}
         except ValueError as err:
             parser.error(str(err))
-        result = augmentation_report(zoo, encoders, configs, train, seeds, args.target, out)
+        result = augmentation_report(zoo, encoders, configs, train, seeds, args.target, out,
+                                     args.first_seed)
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         result.update({"mode": f"augmentations-{mode}", "steps": steps})
         return finish(result, args.save)
@@ -267,7 +291,8 @@ def main(argv=None) -> int:
             encoder, encoder_config = encoder_spec(name)
         except ValueError as err:
             parser.error(str(err))
-        config = ProbeConfig(target=args.target, encoder=encoder, seeds=seeds, loss=args.loss,
+        config = ProbeConfig(target=args.target, encoder=encoder, seeds=seeds,
+                             first_seed=args.first_seed, loss=args.loss,
                              encoder_config=encoder_config, train=train)
         if encoder != "statnn_gbt":
             try:  # an encoder that cannot read this weight space says why, in one line
@@ -276,8 +301,7 @@ def main(argv=None) -> int:
                 skipped[name] = str(err)
                 print(f"{name:15s} skipped: {err}", flush=True)
                 continue
-        # Only word characters in the folder's name: orbax's store rejects paths with brackets.
-        folder = out / re.sub(r"[^\w.=+-]", "_", name.replace(":", "+"))
+        folder = out / folder_name(name.replace(":", "+"))
         report = finished_report(folder, zoo, config)
         if report is None:
             report = run_probe(zoo, config, folder)
@@ -306,6 +330,7 @@ def main(argv=None) -> int:
                    "zoo": str(zoo.path), "zoo_sha256": sha256_file(zoo.path / MANIFEST),
                    "zoo_fingerprint": manifest_fingerprint(zoo.manifest),
                    "num_rows": rows[0]["num_rows"], "seeds": seeds,
+                   "first_seed": args.first_seed, "train_settings": args.train,
                    "steps": steps, "microbatch": args.microbatch, "loss": args.loss, "tau": tau,
                    **verdict(tau, val_tau, paired, paired_flat), "val_tau": val_tau,
                    "tau_std": {r["encoder"]: r["tau_std"] for r in rows},
@@ -386,7 +411,7 @@ def interval(values) -> tuple[float, float]:
 
 
 def augmentation_report(zoo: Zoo, encoders, configs: dict[str, ProbeConfig], train, seeds: int,
-                        target: str, out: Path) -> dict:
+                        target: str, out: Path, first_seed: int = 0) -> dict:
     """Every encoder under every augmentation setting; the setting with the best mean validation
     τ is the choice, its test τ what is reported for it."""
     results, lines, num_rows = {}, [], None
@@ -394,6 +419,7 @@ def augmentation_report(zoo: Zoo, encoders, configs: dict[str, ProbeConfig], tra
         per_setting = {}
         for setting, base in configs.items():
             config = dataclasses.replace(base, target=target, encoder=encoder, seeds=seeds,
+                                         first_seed=first_seed,
                                          encoder_config=ENCODER_CONFIG.get(encoder, {}),
                                          train=train)
             folder = out / f"augment-{encoder}-{setting}"

@@ -445,6 +445,30 @@ def test_probe_microbatch_must_divide_the_batch(capsys):
         stderr, stderr[-2000:]
 
 
+def test_probe_runs_later_seeds_and_training_settings_in_a_folder_of_their_own(tmp_path,
+                                                                                capsys):
+    """`--first-seed` and `--train` reach every encoder's config, the runs go to a folder named
+    after them (a probe folder refuses another config), and the README table's label says them;
+    a training key that does not exist is refused naming it."""
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks._report import probe_markdown
+    from benchmarks.probe import main
+
+    save = tmp_path / "result.json"
+    assert main(["--smoke", "--seeds", "2", "--first-seed", "4", "--train", "ema_decay=0.9",
+                 "--save", str(save)]) == 0
+    result = json.loads(save.read_text())
+    assert (result["first_seed"], result["train_settings"]) == (4, ["ema_decay=0.9"])
+    report = json.loads(next(Path(result["zoo"]).parent.glob(
+        "runs-*-from-seed4-ema_decay=0.9/statnn/results.json")).read_text())
+    assert [run["seed"] for run in report["runs"]] == [4, 5]
+    assert report["config"]["train"]["ema_decay"] == 0.9
+    assert "2 seeds 4–5, ema_decay=0.9" in probe_markdown([str(save)])
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--train", "ema=0.9"])
+    assert "--train: " in capsys.readouterr().err
+
+
 def test_transfer_experiment_keeps_mean_curves_and_seconds():
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.transfer import mean_curves, seconds_per_task

@@ -157,3 +157,26 @@ def test_probe_loss_option(scaled_zoo, tmp_path):
     assert report["config"]["loss"] == "mse"
     assert report["summary"]["kendall_tau"]["mean"] > 0.6
     assert report["summary"]["r2"]["mean"] > 0.4  # predictions come back in the target's units
+
+
+def test_first_seed_runs_later_splits(scaled_zoo, tmp_path, capsys):
+    """`first_seed` runs seeds first_seed, … : each seed's split is the one that seed gives
+    (new models under test), and a folder of other seeds is refused rather than mixed."""
+    config = ProbeConfig(encoder="statnn", seeds=2, first_seed=3,
+                         train=override(DEFAULT_TRAIN, ["steps=5", "eval.every=5"]))
+    report = run_probe(scaled_zoo, config, tmp_path / "probe")
+    assert [run["seed"] for run in report["runs"]] == [3, 4]
+    view = scaled_zoo.select(epoch="last", finite=True, require=("test_acc",))
+    for run in report["runs"]:
+        test = view.split_by_model(config.split, seed=run["seed"])[2]
+        assert run["model"] == [int(m) for m in test.metrics["model"]]
+    assert (tmp_path / "probe" / "statnn-seed3").is_dir()
+    with pytest.raises(Exception, match="first_seed"):
+        run_probe(scaled_zoo, dataclasses.replace(config, first_seed=0), tmp_path / "probe")
+    with pytest.raises(ConfigError, match="first_seed must be ≥ 0; got -1"):
+        ProbeConfig(first_seed=-1)
+    assert main(["probe", "--zoo", str(scaled_zoo.path), "--encoder", "statnn", "--seeds", "1",
+                 "--first-seed", "7", "--out", str(tmp_path / "cli"), "steps=5",
+                 "eval.every=5"]) == 0
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert [run["seed"] for run in cli["runs"]] == [7]

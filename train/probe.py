@@ -74,6 +74,9 @@ class ProbeConfig:
     target: str = "test_acc"
     encoder: str = "nfn_hnp"
     seeds: int = 1
+    # The seeds run are first_seed, …, first_seed + seeds − 1 (each splits the zoo its own way):
+    # a later comparison can run on splits no earlier result has looked at.
+    first_seed: int = 0
     epoch: str = "last"  # "last" (each model's last checkpoint) or "all"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     # Augmentations of every training batch, by name (train.augment.AUGMENTATIONS; "a,b" or a
@@ -93,6 +96,8 @@ class ProbeConfig:
         coerce_fields(self)
         if self.seeds < 1:
             raise ConfigError(f"seeds must be ≥ 1; got {self.seeds}")
+        if self.first_seed < 0:
+            raise ConfigError(f"first_seed must be ≥ 0; got {self.first_seed}")
         if self.epoch not in ("last", "all"):
             raise ConfigError(f"epoch must be 'last' or 'all'; got {self.epoch!r}")
         if self.encoder in ENCODERS:  # an unknown name is refused when the probe runs
@@ -289,7 +294,7 @@ def _plan(view, config: ProbeConfig) -> tuple[str, list[str], list[tuple]]:
     before anything is written."""
     kind, _, names = _target(view.metrics[config.target], config.target, config.loss)
     parts_per_seed = []
-    for seed in range(config.seeds):
+    for seed in range(config.first_seed, config.first_seed + config.seeds):
         parts = view.split_by_model(config.split, seed=seed)
         if min(len(p) for p in parts) < 2:
             raise ProbeError(f"{len(view)} rows are too few to split {config.split} into "
@@ -310,7 +315,7 @@ def _run_probe(zoo, view, config: ProbeConfig, out: Path, plan) -> dict:
                          f"zoo of one activation, or leave {' and '.join(unit_symmetries)} out")
     results = []
     kind, names, parts_per_seed = plan
-    for seed, parts in enumerate(parts_per_seed):
+    for seed, parts in enumerate(parts_per_seed, start=config.first_seed):
         splits = []
         for part in parts:
             values = part.metrics[config.target]

@@ -1,7 +1,8 @@
 """`wsl probe`: predict a zoo column (test accuracy, gap, activation, ...) from the weights.
 
-    wsl probe --zoo Z [--target test_acc] [--encoder nfn_hnp] [--seeds 3] [--out DIR]
-              [--augment permute,noise,mixup | --no-augment] [--no-progress] [key=value ...]
+    wsl probe --zoo Z [--target test_acc] [--encoder nfn_hnp] [--seeds 3] [--first-seed 0]
+              [--out DIR] [--augment permute,noise,mixup | --no-augment] [--no-progress]
+              [key=value ...]
     wsl probe --list-keys [--encoder NAME]
 
 ``--augment`` names the augmentations of training batches (default ``permute``; ``none`` for
@@ -51,6 +52,9 @@ def _parser():
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="training runs with different splits and initialisations; the "
                              "report gives mean ± std over them")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="S",
+                        help="run seeds S, S+1, …: splits and initialisations no earlier run "
+                             "with seeds below S has used")
     parser.add_argument("--loss", default="auto", choices=("auto", "bce", "mse"),
                         help="numeric targets: auto (binary cross-entropy for values in [0, 1], "
                              "as in the NFN recipe; else MSE), bce, or mse on standardised "
@@ -143,7 +147,8 @@ def main(argv: list[str]) -> int:
             train_words.append(word)
     try:
         config = override(ProbeConfig(target=args.target, encoder=args.encoder, seeds=args.seeds,
-                                      epoch=args.epoch, augment=args.augment, loss=args.loss,
+                                      first_seed=args.first_seed, epoch=args.epoch,
+                                      augment=args.augment, loss=args.loss,
                                       encoder_config=encoder_config,
                                       train=override(DEFAULT_TRAIN, train_words)), probe_words)
     except ConfigError as err:
