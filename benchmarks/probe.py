@@ -322,7 +322,10 @@ def main(argv=None) -> int:
               paired_text(paired.get(r["encoder"])), f"{r['r2']:.3f}",
               f"{r['seconds_per_seed']:.0f}") for r in rows]
     print(f"\n{zoo.path}: {rows[0]['num_rows']} networks (last checkpoints), target "
-          f"{args.target}, {seeds} seed(s), {steps} steps\n" + table(head, lines))
+          f"{args.target}, {seeds} seed(s)"
+          + (f" from seed {args.first_seed}" if args.first_seed else "")
+          + "".join(f", {word}" for word in args.train)
+          + f", {steps} steps\n" + table(head, lines))
     tau = {r["encoder"]: r["tau"] for r in rows}
     val_tau = {r["encoder"]: r["val_tau"] for r in rows}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
