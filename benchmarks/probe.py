@@ -246,6 +246,8 @@ def main(argv=None) -> int:
     if args.num_models is not None and args.num_models < 20:
         parser.error(f"--num-models must be ≥ 20 (a 70/15/15 split of whole models); got "
                      f"{args.num_models}")
+    if args.first_seed < 0:  # before a zoo is built for nothing
+        parser.error(f"--first-seed must be ≥ 0; got {args.first_seed}")
     seeds = args.seeds or (1 if args.quick and not args.augmentations else 3)
     if args.augmentations and seeds < 3:
         parser.error("--augmentations needs --seeds ≥ 3 for its intervals")
@@ -256,8 +258,6 @@ def main(argv=None) -> int:
         args.zoo_dir.mkdir(parents=True, exist_ok=True)
         zoo = open_or_build(args.zoo_dir, args.quick, args.smoke, args.zoo_recipe,
                             args.num_models)
-    if args.first_seed < 0:
-        parser.error(f"--first-seed must be ≥ 0; got {args.first_seed}")
     try:
         train = override(DEFAULT_TRAIN, [f"steps={steps}", f"eval.every={max(steps // 20, 25)}",
                                          f"microbatch={args.microbatch}"])
@@ -283,7 +283,8 @@ def main(argv=None) -> int:
         result = augmentation_report(zoo, encoders, configs, train, seeds, args.target, out,
                                      args.first_seed)
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-        result.update({"mode": f"augmentations-{mode}", "steps": steps})
+        result.update({"mode": f"augmentations-{mode}", "steps": steps,
+                       "first_seed": args.first_seed, "train_settings": args.train})
         return finish(result, args.save)
     rows, skipped = [], {}
     for name in encoders:  # a name here is a spec: the encoder, then any options
