@@ -109,6 +109,12 @@ METHODS = {
     # leave the 512-dimensional subspace that cannot hold 1,000 training models
     # (benchmarks/flow_ablation.py, data+3x-steps+head2048).
     "flow-data-head": (["loss_on=data", "head_width=2048"], {}),
+    # The same generator sampled with stochastic Euler steps (`FlowMatching.sample`'s eta): each
+    # step refreshes part of the noise (session 45's pilot: +0.75 validation points at η = 0.5).
+    "flow-data-head-eta0.25": (["loss_on=data", "head_width=2048"],
+                               {"sampler": "euler", "steps": 40, "eta": 0.25}),
+    "flow-data-head-eta0.5": (["loss_on=data", "head_width=2048"],
+                              {"sampler": "euler", "steps": 40, "eta": 0.5}),
     "ddpm": (["method=ddpm"], {}),
     "latent-ddpm": (["method=latent-ddpm"], {}),
     "flow+acc": (["condition_scalar=val_acc"], {"cond_scalar": "q90"}),
@@ -119,6 +125,9 @@ METHODS = {
     "latent-ddpm+acc": (["method=latent-ddpm", "condition_scalar=val_acc"],
                         {"cond_scalar": "q90"}),
 }
+# Methods that only sample another method's generator differently: they share its training.
+SAMPLES_GENERATOR_OF = {"flow-data-head-eta0.25": "flow-data-head",
+                        "flow-data-head-eta0.5": "flow-data-head"}
 DEFAULT_STEPS = {"full": 4000, "quick": 800, "smoke": 20}  # generator training steps
 TARGET_DROP = 0.01  # acceptance: generated mean ≥ training mean − 1 point
 INTERVAL = ("95 % Student-t interval over the per-seed means; one seed: percentile bootstrap "
@@ -176,12 +185,26 @@ def run_seed(zoo: Zoo, name: str, seed: int, workdir: Path, mode: str, samples: 
         if _same_settings(row.get("settings"), settings):
             print(f"{name} seed {seed}: reusing {saved}", flush=True)
             return row
-        shutil.rmtree(workdir / f"{name}-seed{seed}-generator", ignore_errors=True)
+        if not _same_training(row.get("settings"), settings):
+            shutil.rmtree(generator_dir(workdir, name, seed), ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     row = {**_run_seed(zoo, name, seed, words, sample_options, workdir, samples, steps,
                        settings), "settings": settings}
     saved.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def generator_dir(workdir: Path, name: str, seed: int) -> Path:
+    """Where a method's generator of one seed lives (shared by methods that sample it alike)."""
+    return workdir / f"{SAMPLES_GENERATOR_OF.get(name, name)}-seed{seed}-generator"
+
+
+def _same_training(saved: dict | None, settings: dict) -> bool:
+    """Whether a saved row's generator was trained as `settings` would train it (a row that
+    differs only in how it samples keeps the generator, which other methods may share)."""
+    keys = ("words", "steps", "zoo", "generator")
+    return _same_settings({k: v for k, v in (saved or {}).items() if k in keys},
+                          {k: settings[k] for k in keys}) if saved else False
 
 
 def _same_settings(saved: dict | None, settings: dict) -> bool:
@@ -199,10 +222,12 @@ def _run_seed(zoo: Zoo, name: str, seed: int, words: list[str], sample_options: 
     train_config = override(TrainConfig(), [f"steps={steps}", "batch_size=64", "ema_decay=0.99",
                                             "log.progress=false", "checkpoint.every=1000",
                                             f"seed={seed}"])
-    gen_dir = workdir / f"{name}-seed{seed}-generator"
+    gen_dir = generator_dir(workdir, name, seed)
     start = time.perf_counter()
     train_generator(zoo.path, gen_dir, config, train_config)
     row = {"method": name, "seed": seed, "train_s": time.perf_counter() - start}
+    if name in SAMPLES_GENERATOR_OF:  # trained (and timed) by the method it shares
+        row["generator_of"] = SAMPLES_GENERATOR_OF[name]
     gen = TrainedGenerator.load(gen_dir)
     if config.condition_scalar:
         # Chosen on validation: the condition value that reaches each target (seed's own
@@ -395,7 +420,8 @@ def merge_earlier(report: dict, path: Path) -> dict:
     except (OSError, ValueError):
         return report
     earlier.setdefault("extra_words", [])  # files from before --words ran without any
-    same = ("mode", "steps", "samples", "seeds", "extra_words")
+    earlier.setdefault("first_seed", 0)  # and from before --first-seed, from seed 0
+    same = ("mode", "steps", "samples", "seeds", "first_seed", "extra_words")
     if any(earlier.get(k) != report[k] for k in same):
         return report
     zoos, overrides = dict(earlier.get("zoos", {})), dict(earlier.get("zoo_overrides", {}))
@@ -425,6 +451,10 @@ def main(argv=None) -> int:
                         help="comma-separated methods (default all; smoke: flow+acc)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="generator seeds per method (default 3 full, 1 quick and smoke)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first generator seed (default 0): fresh seeds for a declared "
+                             "test saves to generate-<mode>[-<steps>steps]-<n>seeds-from<first>"
+                             ".json")
     parser.add_argument("--samples", type=int, default=None,
                         help="networks per evaluation (default 100; smoke: 16)")
     parser.add_argument("--steps", type=int, default=None,
@@ -463,6 +493,8 @@ def main(argv=None) -> int:
                      f"{[z for z in ZOOS if mode in ZOOS[z][1]]}, methods {list(METHODS)}")
     if seeds < 1:
         parser.error(f"--seeds must be ≥ 1, got {seeds}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be ≥ 0, got {args.first_seed}")
     if args.zoo_dir is None and args.smoke:
         with tempfile.TemporaryDirectory(prefix="wsl-bench-generate-") as scratch:
             return run(args, mode, steps, samples, seeds, methods, zoos, Path(scratch))
@@ -483,7 +515,7 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
         summaries = []
         for method in methods:
             rows = [run_seed(zoo, method, seed, root / recipe, mode, samples, steps, extra)
-                    for seed in range(seeds)]
+                    for seed in range(args.first_seed, args.first_seed + seeds)]
             summaries.append(aggregate(rows, reference))
         best = max(summaries, key=lambda s: s["val"]["mean"])
         print(method_table(recipe, summaries, build, best["method"], reference["num_models"]),
@@ -495,7 +527,8 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
             "methods": {s["method"]: s for s in summaries},
         }
     report = {"benchmark": "generate", "mode": mode, "steps": steps, "samples": samples,
-              "seeds": seeds, "zoo_overrides": {z: ZOOS[z][0] + ZOOS[z][1][mode] for z in zoos},
+              "seeds": seeds, "first_seed": args.first_seed,
+              "zoo_overrides": {z: ZOOS[z][0] + ZOOS[z][1][mode] for z in zoos},
               "extra_words": extra,
               "protocol": "every choice on validation accuracy of the samples; test scored once; "
                           "guidance 1; +acc methods sampled at q90 through a condition map "
@@ -504,6 +537,8 @@ def run(args, mode: str, steps: int, samples: int, seeds: int, methods: list[str
     if mode != "smoke" and not args.no_save:
         # Another step count is another experiment: its own file beside the mode's.
         suffix = "" if steps == DEFAULT_STEPS[mode] else f"-{steps}steps"
+        if args.first_seed:
+            suffix += f"-{seeds}seeds-from{args.first_seed}"
         path = Path(__file__).resolve().parent / "results" / f"generate-{mode}{suffix}.json"
         report = merge_earlier(report, path)
         path.write_text(json.dumps(report, indent=1) + "\n")

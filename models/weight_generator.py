@@ -81,6 +81,9 @@ class GeneratorConfig:
     sample_steps: int | None = None  # None: 10 for the flow's RK4 (40 evaluations), 50 for DDIM
     guidance: float = 1.0
     temperature: float = 1.0  # sampling: scale of the starting noise (choose it on validation)
+    # Sampling: the noise refreshed at each step (flow: stochastic Euler steps; DDIM: its η);
+    # 0 is the deterministic sampler. Choose it on validation.
+    eta: float = 0.0
 
     def __post_init__(self):
         coerce_fields(self)  # types and choices (method, backbone, ...), named by field
@@ -101,6 +104,9 @@ class GeneratorConfig:
                 "must be ≥ 1 or none")
         require(self.guidance >= 0, "guidance", "must be ≥ 0")
         require(self.temperature > 0, "temperature", "must be positive")
+        require(0 <= self.eta <= 1, "eta", "must lie in [0, 1]")
+        require(self.eta == 0 or self.sampler in ("euler", "ddim"), "eta",
+                "needs sampler=euler (flow: stochastic Euler steps) or sampler=ddim (diffusion)")
         for field in ("condition_class", "condition_scalar"):
             # Sampling "at the 90th percentile of test accuracy" would choose networks by the
             # split that must be scored once, at the end.

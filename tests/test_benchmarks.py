@@ -86,6 +86,25 @@ def test_generate_ablation_words_are_never_saved_as_the_benchmark():
     assert "--words: unknown config key 'scalar_embeding'" in result.stderr, result.stderr[-2000:]
 
 
+def test_generate_sampling_variants_share_their_generator_from_the_first_seed(tmp_path):
+    """flow-data-head-eta0.5 samples flow-data-head's generator (trained once per seed), and
+    --first-seed starts the seeds of a declared test elsewhere than 0."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS_DIR / "generate.py"), "--smoke",
+                             "--methods", "flow-data-head,flow-data-head-eta0.5",
+                             "--first-seed", "3", "--zoo-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["first_seed"] == 3
+    methods = report["zoos"]["quick"]["methods"]
+    assert [m["seeds"] for m in methods.values()] == [[3], [3]]
+    runs = tmp_path / "runs-smoke-20" / "quick"
+    assert sorted(p.name for p in runs.glob("*-generator")) == ["flow-data-head-seed3-generator"]
+    row = json.loads((runs / "flow-data-head-eta0.5-seed3.row.json").read_text())
+    assert row["generator_of"] == "flow-data-head"
+    assert "already finished" in result.stdout + result.stderr
+
+
 def test_transfer_ablations_are_never_saved_and_sample_at_least_what_they_keep(capsys):
     # In this process: every refusal comes from the option parser, before any work (a subprocess
     # each cost a dozen JAX imports, a minute of the suite).

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from wsl.config import override
+from wsl.config import ConfigError, override
 from wsl.eval.generated import compare_with_training
 from wsl.models.weight_generator import GeneratorConfig
 from wsl.train import TrainConfig
@@ -309,6 +309,29 @@ def test_temperature_is_a_sampling_option(trained, tmp_path):
         gen.sample(2, temperature=0.0)
     zoo, _ = sample_to_zoo(gen, tmp_path / "s", 3, temperature=0.5)
     assert zoo.manifest["provenance"]["temperature"] == 0.5
+
+
+def test_eta_is_a_sampling_option_of_euler_steps(trained, tmp_path):
+    """Stochastic Euler steps (what they do to a mode: test_generator_models): η = 0 is the
+    generator's Euler sampler; an ODE solver or an η outside [0, 1] is refused by name; the
+    η used is recorded with the samples, from the library and from `wsl gen sample`."""
+    from wsl.commands import main
+
+    gen = TrainedGenerator.load(trained / "generator")  # sampler=euler, sample_steps=10
+    plain = gen.sample(6, seed=1)
+    np.testing.assert_array_equal(gen.sample(6, seed=1, eta=0.0), plain)
+    assert not np.allclose(gen.sample(6, seed=1, eta=0.5), plain)
+    with pytest.raises(GenerateError, match="stochastic Euler steps, not 'rk4'"):
+        gen.sample(2, sampler="rk4", eta=0.5)
+    with pytest.raises(GenerateError, match=r"eta must lie in \[0, 1\], got 1.5"):
+        gen.sample(2, eta=1.5)
+    zoo, _ = sample_to_zoo(gen, tmp_path / "s", 3, eta=0.25)
+    assert zoo.manifest["provenance"]["eta"] == 0.25
+    assert main(["gen", "sample", str(trained / "generator"), "-n", "3", "--out",
+                 str(tmp_path / "cli"), "--eta", "0.5", "--no-eval"]) == 0
+    assert Zoo.open(tmp_path / "cli").manifest["provenance"]["eta"] == 0.5
+    with pytest.raises(ConfigError, match="eta: needs sampler=euler"):
+        GeneratorConfig(eta=0.5)
 
 
 def test_per_weight_normalisation_is_fitted_saved_and_read_back(tmp_path):

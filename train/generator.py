@@ -60,6 +60,8 @@ from wsl.zoos.datasets import dataset_from_spec
 from wsl.zoos.scoring import population_metrics, population_predictions
 from wsl.zoos.store import MANIFEST, Zoo, manifest_fingerprint, sha256_file, write_zoo
 
+# The settings a sampling call takes, in the order `sampling_settings` returns them.
+SAMPLING_SETTINGS = ("sampler", "steps", "guidance", "temperature", "eta")
 GENERATOR_FILE = "generator.json"
 # Fields whose default changed: a generator.json written before the field existed was trained
 # with this value (not today's default).
@@ -488,9 +490,9 @@ class TrainedGenerator:
         return task
 
     def _program(self, n: int, method: str, steps: int, guidance: float, temperature: float,
-                 with_class: bool, with_scalar: bool, with_task: bool = False):
+                 eta: float, with_class: bool, with_scalar: bool, with_task: bool = False):
         """The compiled sampler for one chunk shape and setting, with its compile time."""
-        key = (n, method, steps, guidance, temperature, with_class, with_scalar, with_task)
+        key = (n, method, steps, guidance, temperature, eta, with_class, with_scalar, with_task)
         if key not in self._programs:
             generator, decode = self.generator, self.autoencoder is not None
             latent = self.meta.get("latent")
@@ -499,7 +501,7 @@ class TrainedGenerator:
             def run(params, ae_params, rng, cls, sca, task):
                 z = generator.sample(params, rng, n, steps=steps, method=method, cond_class=cls,
                                      cond_scalar=sca, guidance=guidance,
-                                     temperature=temperature, cond_task=task)
+                                     temperature=temperature, cond_task=task, eta=eta)
                 if decode:
                     z = z * jnp.asarray(latent["std"]) + jnp.asarray(latent["mean"])
                     z = self.autoencoder.decode(ae_params, z)
@@ -515,7 +517,7 @@ class TrainedGenerator:
             self.compile_seconds += time.perf_counter() - start
         return self._programs[key]
 
-    def _settings(self, sampler, steps, guidance, temperature, cond_class, cond_scalar,
+    def _settings(self, sampler, steps, guidance, temperature, eta, cond_class, cond_scalar,
                   use_map=True):
         cfg = self.config
         allowed = FLOW_SAMPLERS if cfg.method == "flow" else DIFFUSION_SAMPLERS
@@ -526,8 +528,16 @@ class TrainedGenerator:
             raise GenerateError(f"sampling steps must be ≥ 1, got {steps}")
         if temperature is not None and not temperature > 0:
             raise GenerateError(f"sampling temperature must be positive, got {temperature}")
+        if eta is not None and not 0 <= eta <= 1:
+            raise GenerateError(f"sampling eta must lie in [0, 1], got {eta}")
         mapped = self._mapped(cond_scalar, use_map)
-        resolved = self.sampling_settings(sampler, steps, guidance, temperature, mapped)
+        resolved = self.sampling_settings(sampler, steps, guidance, temperature, eta, mapped)
+        if cfg.method == "flow" and resolved[4] > 0 and resolved[0] != "euler":
+            raise GenerateError(f"eta {resolved[4]} takes stochastic Euler steps, not "
+                                f"{resolved[0]!r} ones: sample with sampler 'euler' (or eta 0)")
+        if cfg.method != "flow" and resolved[4] > 0 and resolved[0] != "ddim":
+            raise GenerateError(f"eta {resolved[4]} is DDIM's noise level; sampler "
+                                f"{resolved[0]!r} has its own (sample with sampler 'ddim')")
         if mapped:
             self._check_map_settings(resolved)
         return (*resolved, None if cond_class is None else self.class_id(cond_class),
@@ -537,32 +547,31 @@ class TrainedGenerator:
         return cond_scalar is not None and use_map and self.condition_map is not None
 
     def sampling_settings(self, sampler=None, steps=None, guidance=None, temperature=None,
-                          mapped: bool = False) -> tuple:
-        """(sampler, steps, guidance, temperature) a call samples with: the caller's; else, for
-        a target that goes through the condition map (`mapped`), the settings the map was fitted
-        with (the guidance `wsl gen calibrate` chose, above all); else the generator's."""
+                          eta=None, mapped: bool = False) -> tuple:
+        """(sampler, steps, guidance, temperature, eta) a call samples with: the caller's; else,
+        for a target that goes through the condition map (`mapped`), the settings the map was
+        fitted with (the guidance `wsl gen calibrate` chose, above all); else the generator's."""
+        given = (sampler, steps, guidance, temperature, eta)
         if mapped:
             fitted = self.condition_map.get("sample_options") or {}
-            sampler, steps, guidance, temperature = (
-                fitted.get(name) if value is None else value
-                for name, value in (("sampler", sampler), ("steps", steps),
-                                    ("guidance", guidance), ("temperature", temperature)))
-        return self._resolved(sampler, steps, guidance, temperature)
+            given = tuple(fitted.get(name) if value is None else value
+                          for name, value in zip(SAMPLING_SETTINGS, given))
+        return self._resolved(*given)
 
-    def _resolved(self, sampler, steps, guidance, temperature) -> tuple:
-        """Sampler, steps, guidance and temperature with the generator's defaults filled in."""
+    def _resolved(self, sampler, steps, guidance, temperature, eta=None) -> tuple:
+        """The sampling settings with the generator's defaults filled in."""
         cfg = self.config
         return (sampler or cfg.default_sampler, steps or cfg.default_steps,
                 float(cfg.guidance if guidance is None else guidance),
-                float(cfg.temperature if temperature is None else temperature))
+                float(cfg.temperature if temperature is None else temperature),
+                float(cfg.eta if eta is None else eta))
 
     def _check_map_settings(self, resolved: tuple) -> None:
         """Warn when a target goes through a condition map fitted under other sampling settings:
         the achieved accuracy of a condition value depends on them (guidance above all)."""
         fitted = self.condition_map.get("sample_options") or {}
-        at_fit = self._resolved(fitted.get("sampler"), fitted.get("steps"),
-                                fitted.get("guidance"), fitted.get("temperature"))
-        names = ("sampler", "steps", "guidance", "temperature")
+        at_fit = self._resolved(*(fitted.get(name) for name in SAMPLING_SETTINGS))
+        names = SAMPLING_SETTINGS
         differ = [f"{name} {now} (map: {then})" for name, now, then in zip(names, resolved, at_fit)
                   if now != then]
         if differ:
@@ -573,23 +582,24 @@ class TrainedGenerator:
 
     def compile(self, num: int, *, sampler: str | None = None, steps: int | None = None,
                 guidance: float | None = None, temperature: float | None = None,
-                cond_class: str | None = None, cond_scalar: float | str | None = None,
-                use_map: bool = True, chunk: int = 1000, cond_task=None) -> float:
+                eta: float | None = None, cond_class: str | None = None,
+                cond_scalar: float | str | None = None, use_map: bool = True, chunk: int = 1000,
+                cond_task=None) -> float:
         """Compile what `sample` with these arguments will run; returns the seconds it took."""
-        method, steps, guidance, temperature, cls, sca = self._settings(
-            sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
+        method, steps, guidance, temperature, eta, cls, sca = self._settings(
+            sampler, steps, guidance, temperature, eta, cond_class, cond_scalar, use_map)
         task = self.task_condition(cond_task, num)
         before = self.compile_seconds
         for n in {min(chunk, num - start) for start in range(0, num, chunk)}:
-            self._program(n, method, steps, guidance, temperature, cls is not None,
+            self._program(n, method, steps, guidance, temperature, eta, cls is not None,
                           sca is not None, task is not None)
         return self.compile_seconds - before
 
     def sample(self, num: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None,
-               temperature: float | None = None, cond_class: str | None = None,
-               cond_scalar: float | str | None = None, use_map: bool = True,
-               chunk: int = 1000, cond_task=None) -> np.ndarray:
+               temperature: float | None = None, eta: float | None = None,
+               cond_class: str | None = None, cond_scalar: float | str | None = None,
+               use_map: bool = True, chunk: int = 1000, cond_task=None) -> np.ndarray:
         """`num` raw weight vectors (denormalised), deterministic for a seed.
 
         Compiled once per chunk size and setting (`compile_seconds` adds up the compile time).
@@ -601,13 +611,13 @@ class TrainedGenerator:
         """
         if num < 1:
             raise GenerateError(f"number of samples must be ≥ 1, got {num}")
-        method, steps, guidance, temperature, cls_value, sca_value = self._settings(
-            sampler, steps, guidance, temperature, cond_class, cond_scalar, use_map)
+        method, steps, guidance, temperature, eta, cls_value, sca_value = self._settings(
+            sampler, steps, guidance, temperature, eta, cond_class, cond_scalar, use_map)
         task_value = self.task_condition(cond_task, num)
         out = []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
-            program = self._program(n, method, steps, guidance, temperature,
+            program = self._program(n, method, steps, guidance, temperature, eta,
                                     cls_value is not None, sca_value is not None,
                                     task_value is not None)
             key = jax.random.fold_in(jax.random.key(seed), start)
@@ -702,15 +712,13 @@ def sample_to_zoo(generator: str | Path | TrainedGenerator, out: str | Path, num
         rows.append(row)
     cfg = gen.config
     mapped = gen._mapped(sample_options.get("cond_scalar"), sample_options.get("use_map", True))
-    sampler, steps, guidance, temperature = gen.sampling_settings(
-        *(sample_options.get(k) for k in ("sampler", "steps", "guidance", "temperature")),
-        mapped=mapped)
-    settings = {"sampler": sampler, "steps": steps, "guidance": guidance,
-                "temperature": temperature,
-                "cond_class": sample_options.get("cond_class"),
-                "cond_scalar": sample_options.get("cond_scalar"),
-                # The features themselves are an array (they belong with the task, not here).
-                "cond_task": None if sample_options.get("cond_task") is None else "given"}
+    settings = dict(zip(SAMPLING_SETTINGS, gen.sampling_settings(
+        *(sample_options.get(k) for k in SAMPLING_SETTINGS), mapped=mapped)))
+    settings.update({
+        "cond_class": sample_options.get("cond_class"),
+        "cond_scalar": sample_options.get("cond_scalar"),
+        # The features themselves are an array (they belong with the task, not here).
+        "cond_task": None if sample_options.get("cond_task") is None else "given"})
     if settings["cond_scalar"] is not None:
         # What the condition network was given, and whether a target went through the map.
         settings["condition_map"] = mapped

@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="scale of the starting noise: below 1 samples nearer the modes, less "
                         "diverse (default: the generator's temperature= key, 1.0 unless set); "
                         "choose it on validation accuracy, never test")
+    p.add_argument("--eta", type=float, default=None, metavar="ETA",
+                   help="noise refreshed at each step, in [0, 1]: stochastic Euler steps for a "
+                        "flow (with --sampler euler), DDIM's eta for diffusion (default: the "
+                        "generator's eta= key, 0: deterministic); choose it on validation")
     p.add_argument("--cond-class", default=None, metavar="CLASS",
                    help="class of the class condition, e.g. relu for condition_class=activation "
                         "(default: unconditional)")
@@ -239,6 +243,7 @@ def main(argv: list[str]) -> int:
     from wsl.models.weight_generator import GeneratorConfig
     from wsl.train.generator import (
         DEFAULT_TRAIN,
+        SAMPLING_SETTINGS,
         TrainedGenerator,
         check_sample_out,
         sample_to_zoo,
@@ -281,7 +286,8 @@ def main(argv: list[str]) -> int:
         generator = TrainedGenerator.load(args.generator)
         zoo, info = sample_to_zoo(generator, args.out, args.num, seed=args.seed,
                                   sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  temperature=args.temperature, cond_class=args.cond_class,
+                                  temperature=args.temperature, eta=args.eta,
+                                  cond_class=args.cond_class,
                                   cond_scalar=args.cond_scalar, task=args.task,
                                   support=args.support)
         print(f"sampled {args.num} networks in {info['sample_seconds']:.2f} s (plus "
@@ -319,8 +325,7 @@ def main(argv: list[str]) -> int:
         report(zoo, generator, out, args.seed)
         if generator.meta.get("scalar") and not args.no_calibration:
             provenance = zoo.manifest.get("provenance") or {}
-            options = {k: provenance.get(k) for k in ("sampler", "steps", "guidance",
-                                                      "temperature")}
+            options = {k: provenance.get(k) for k in SAMPLING_SETTINGS}
             calibration_report(generator, out, args.calibration_samples, args.seed + 1, options)
     else:  # calibrate
         from wsl.eval.calibration import choose_condition_map, write_condition_map
