@@ -67,6 +67,11 @@ def augmentation_markdown(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def timed(method: dict) -> str:
+    """Seconds for 1,000 samples, measured at seed 0 only (a run from --first-seed has none)."""
+    return f"{method['sample_1000_s']:.1f} s" if "sample_1000_s" in method else "–"
+
+
 def generate_markdown(paths: list[str]) -> str:
     """README's generator table, printed from `benchmarks/generate.py` result files: per zoo and
     method, validation (what is chosen on) and test accuracy over seeds with 95 % intervals, the
@@ -76,7 +81,10 @@ def generate_markdown(paths: list[str]) -> str:
              "calibration error q10–q90 (map / raw) | 1,000 samples |",
              "|---|---|---|---|---|---|---|---|---|"]
     # Runs of one zoo at several generator step counts (`--steps`): fewest steps first.
-    for report in sorted(_load(paths), key=lambda r: r["steps"]):
+    for report in sorted(_load(paths), key=lambda r: (r["steps"], r.get("first_seed", 0))):
+        first_seed, seeds = report.get("first_seed", 0), report["seeds"]
+        seeds_text = (f"seeds {first_seed}–{first_seed + seeds - 1}" if first_seed
+                      else f"{seeds} seed{'s' if seeds > 1 else ''}")
         for zoo, result in report["zoos"].items():
             pop = result["population"]
             first = True
@@ -94,8 +102,8 @@ def generate_markdown(paths: list[str]) -> str:
                               f"{calib['calibration_raw']['max_abs_error'] * 100:.1f} pt"
                               if calib else "")
                 label = (f"{zoo} ({result['num_train']} models, val {pop['val']:.3f}, test "
-                         f"{pop['test']:.3f}; {report['steps']:,} steps, {report['seeds']} "
-                         f"seed{'s' if report['seeds'] > 1 else ''})" if first else "")
+                         f"{pop['test']:.3f}; {report['steps']:,} steps, {seeds_text})"
+                         if first else "")
                 first = False
                 lines.append(
                     f"| {label} | {name}{chosen} | {m['val']['mean']:.3f} "
@@ -103,7 +111,7 @@ def generate_markdown(paths: list[str]) -> str:
                     f"{m['test']['mean']:.3f} [{m['test']['ci95'][0]:.3f}, "
                     f"{m['test']['ci95'][1]:.3f}] | {m['test']['gap'] * 100:+.1f} pt | {ious} | "
                     f"{', '.join(beaten) or 'none'} | {calib_text} | "
-                    f"{m['sample_1000_s']:.1f} s |")
+                    f"{timed(m)} |")
     return "\n".join(lines)
 
 

@@ -110,7 +110,8 @@ METHODS = {
     # (benchmarks/flow_ablation.py, data+3x-steps+head2048).
     "flow-data-head": (["loss_on=data", "head_width=2048"], {}),
     # The same generator sampled with stochastic Euler steps (`FlowMatching.sample`'s eta): each
-    # step refreshes part of the noise (session 45's pilot: +0.75 validation points at η = 0.5).
+    # step refreshes part of the noise (a pilot on a smaller generator: +0.75 validation points
+    # at η = 0.5; on this one, seeds 10-15, level with RK4: generate-full-12000steps-6seeds-...).
     "flow-data-head-eta0.25": (["loss_on=data", "head_width=2048"],
                                {"sampler": "euler", "steps": 40, "eta": 0.25}),
     "flow-data-head-eta0.5": (["loss_on=data", "head_width=2048"],

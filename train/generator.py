@@ -532,12 +532,13 @@ class TrainedGenerator:
             raise GenerateError(f"sampling eta must lie in [0, 1], got {eta}")
         mapped = self._mapped(cond_scalar, use_map)
         resolved = self.sampling_settings(sampler, steps, guidance, temperature, eta, mapped)
-        if cfg.method == "flow" and resolved[4] > 0 and resolved[0] != "euler":
-            raise GenerateError(f"eta {resolved[4]} takes stochastic Euler steps, not "
-                                f"{resolved[0]!r} ones: sample with sampler 'euler' (or eta 0)")
-        if cfg.method != "flow" and resolved[4] > 0 and resolved[0] != "ddim":
-            raise GenerateError(f"eta {resolved[4]} is DDIM's noise level; sampler "
-                                f"{resolved[0]!r} has its own (sample with sampler 'ddim')")
+        method, *_, noise = resolved
+        if cfg.method == "flow" and noise > 0 and method != "euler":
+            raise GenerateError(f"eta {noise} takes stochastic Euler steps, not {method!r} ones: "
+                                f"sample with sampler 'euler' (or eta 0)")
+        if cfg.method != "flow" and noise > 0 and method != "ddim":
+            raise GenerateError(f"eta {noise} is DDIM's noise level; sampler {method!r} has its "
+                                f"own (sample with sampler 'ddim')")
         if mapped:
             self._check_map_settings(resolved)
         return (*resolved, None if cond_class is None else self.class_id(cond_class),
@@ -558,7 +559,7 @@ class TrainedGenerator:
                           for name, value in zip(SAMPLING_SETTINGS, given))
         return self._resolved(*given)
 
-    def _resolved(self, sampler, steps, guidance, temperature, eta=None) -> tuple:
+    def _resolved(self, sampler, steps, guidance, temperature, eta) -> tuple:
         """The sampling settings with the generator's defaults filled in."""
         cfg = self.config
         return (sampler or cfg.default_sampler, steps or cfg.default_steps,
@@ -571,9 +572,8 @@ class TrainedGenerator:
         the achieved accuracy of a condition value depends on them (guidance above all)."""
         fitted = self.condition_map.get("sample_options") or {}
         at_fit = self._resolved(*(fitted.get(name) for name in SAMPLING_SETTINGS))
-        names = SAMPLING_SETTINGS
-        differ = [f"{name} {now} (map: {then})" for name, now, then in zip(names, resolved, at_fit)
-                  if now != then]
+        differ = [f"{name} {now} (map: {then})"
+                  for name, now, then in zip(SAMPLING_SETTINGS, resolved, at_fit) if now != then]
         if differ:
             warnings.warn(f"{self.directory}: the condition map was fitted with other sampling "
                           f"settings than these samples use — {', '.join(differ)}; a target may "
