@@ -420,10 +420,10 @@ def merge_earlier(report: dict, path: Path) -> dict:
         earlier = upgrade_intervals(json.loads(path.read_text()))
     except (OSError, ValueError):
         return report
-    earlier.setdefault("extra_words", [])  # files from before --words ran without any
-    earlier.setdefault("first_seed", 0)  # and from before --first-seed, from seed 0
+    # Files from before --words ran without any, and from before --first-seed, from seed 0.
+    unset = {"extra_words": [], "first_seed": 0}
     same = ("mode", "steps", "samples", "seeds", "first_seed", "extra_words")
-    if any(earlier.get(k) != report[k] for k in same):
+    if any(earlier.get(k, unset.get(k)) != report.get(k, unset.get(k)) for k in same):
         return report
     zoos, overrides = dict(earlier.get("zoos", {})), dict(earlier.get("zoo_overrides", {}))
     for recipe, new in report["zoos"].items():

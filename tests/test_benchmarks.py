@@ -200,6 +200,11 @@ def test_generate_results_accumulate_only_within_one_zoo_build(tmp_path):
     assert set(rebuilt["zoos"]["a"]["methods"]) == {"flow"}
     other = merge_earlier(report({"a": {"flow": 0.4}}, words=["hidden=64"]), path)
     assert set(other["zoos"]) == {"a"}
+    # A file without first_seed ran from seed 0: it merges with seed 0, not with fresh seeds.
+    assert set(merge_earlier({**report({"a": {"flow": 0.4}}), "first_seed": 0}, path)["zoos"]) \
+        == {"a", "b"}
+    fresh = merge_earlier({**report({"a": {"flow": 0.4}}), "first_seed": 10}, path)
+    assert set(fresh["zoos"]) == {"a"}
 
 
 def test_generate_intervals_over_seeds_are_student_t_and_old_files_are_upgraded(tmp_path):
