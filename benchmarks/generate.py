@@ -204,8 +204,8 @@ def _same_training(saved: dict | None, settings: dict) -> bool:
     """Whether a saved row's generator was trained as `settings` would train it (a row that
     differs only in how it samples keeps the generator, which other methods may share)."""
     keys = ("words", "steps", "zoo", "generator")
-    return _same_settings({k: v for k, v in (saved or {}).items() if k in keys},
-                          {k: settings[k] for k in keys}) if saved else False
+    return bool(saved) and _same_settings({k: v for k, v in saved.items() if k in keys},
+                                          {k: settings[k] for k in keys})
 
 
 def _same_settings(saved: dict | None, settings: dict) -> bool:
