@@ -61,6 +61,7 @@ from wsl.config import override, to_dict  # noqa: E402
 from wsl.eval.intervals import t_interval  # noqa: E402
 from wsl.eval.transfer import aggregate, finish  # noqa: E402
 from wsl.models.weight_generator import GeneratorConfig  # noqa: E402
+from wsl.train import TrainConfig  # noqa: E402
 from wsl.train.generator import DEFAULT_TRAIN, TrainedGenerator, train_generator  # noqa: E402
 from wsl.train.transfer import TransferConfig, transfer  # noqa: E402
 from wsl.zoos.build import build_zoo  # noqa: E402
@@ -268,7 +269,7 @@ def target_tasks(zoo: Zoo, experiment: Experiment, count: int) -> list[Task]:
 # Generator, training and transfer config fields added after generators and runs were cached,
 # with their defaults: named in a cache key only when set, so that cached ones keep their names.
 _ADDED_LATER = {"task_relabel": False, "head_epochs": 0, "keep_by": "val", "warmup_epochs": 0.0,
-                "microbatch": 0, "lr_schedule": "constant", "head_fit": "sgd"}
+                "microbatch": 0, "lr_schedule": "constant", "head_fit": "sgd", "eta": 0.0}
 
 
 def _described(config) -> dict:
@@ -277,17 +278,24 @@ def _described(config) -> dict:
             if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
 
 
+def generator_settings(zoo_name: str, mode: Mode, seed: int, words: Sequence[str] = ()
+                       ) -> tuple[GeneratorConfig, TrainConfig, str]:
+    """The generator config, its training config and its cached folder's name."""
+    words = [*mode.generator_words, *words]
+    config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
+                      words)
+    train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
+    name = f"gen-{zoo_name}-seed{seed}-{mode.gen_steps}-" \
+           f"{_digest([_described(config), _described(train)])}"
+    return config, train, name
+
+
 def generator_for(zoo: Zoo, root: Path, mode: Mode, seed: int,
                   words: Sequence[str] = ()) -> tuple[TrainedGenerator, str]:
     """The trained generator of (zoo, mode, seed, words) and the name of its folder, which
     says everything it was trained with (a generator or run cached under other settings is
     never reused)."""
-    words = [*mode.generator_words, *words]
-    config = override(GeneratorConfig(method="flow", condition_task=True, hidden=mode.hidden),
-                      words)
-    train = dataclasses.replace(DEFAULT_TRAIN, steps=mode.gen_steps, seed=seed)
-    name = f"gen-{zoo.path.name}-seed{seed}-{mode.gen_steps}-" \
-           f"{_digest([_described(config), _described(train)])}"
+    config, train, name = generator_settings(zoo.path.name, mode, seed, words)
     out = root / name
     if not (out / "trained").exists():  # trained generators are not realigned on a rerun
         train_generator(zoo.path, out, config, train)

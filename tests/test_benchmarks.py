@@ -161,6 +161,17 @@ def test_transfer_caches_keep_their_names_when_fields_are_added_at_their_default
         assert _described(dataclasses.replace(config, **{field: value}))[field] == value
 
 
+def test_transfer_generator_cache_name_is_the_committed_results_one():
+    # A config field added without an _ADDED_LATER entry renames every cached generator, and a
+    # rerun of the benchmark (or any ablation) silently retrains them all (hours at full size):
+    # the full benchmark's generator keeps the name its committed results were made with.
+    sys.path.insert(0, str(BENCHMARKS_DIR.parent))
+    from benchmarks.transfer import MODES, generator_settings
+
+    *_, name = generator_settings("mnist-tasks-full-f7106ae3", MODES["full"], 0)
+    assert name == "gen-mnist-tasks-full-f7106ae3-seed0-9000-e6ecf5b9"
+
+
 def test_transfer_zoo_words_replace_the_experiments_own_of_their_key():
     sys.path.insert(0, str(BENCHMARKS_DIR.parent))
     from benchmarks.transfer import MODES, with_zoo_words
