@@ -8,6 +8,10 @@ time (a per-model jitted loop). Baselines time a sample of the models after one 
 model; the population is timed end to end twice: the first build includes compilation, the second
 (fresh directory, programs cached) is the steady state used for the speedups.
 
+The population runs as `wsl zoo build` runs it: on CPU, split into one JAX device per core
+(`wsl.mesh.split_cpu`; `--cpu-devices 1` for one device), and is timed once more on one of those
+devices for comparison. The baselines train one model at a time on one device.
+
     python benchmarks/zoo_build.py --smoke     # seconds: 8 digits MLPs, one epoch (checks it runs)
     python benchmarks/zoo_build.py --quick     # under 2 minutes on 2 cores
     python benchmarks/zoo_build.py             # full: recipe sizes (longer)
@@ -31,7 +35,7 @@ import numpy as np
 # which alone is not the whole package.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wsl.mesh import make_mesh  # noqa: E402
+from wsl.mesh import device_summary, make_mesh, split_cpu  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.build import build_zoo, load_recipe_dataset  # noqa: E402
 from wsl.zoos.init_schemes import initial_population  # noqa: E402
@@ -221,9 +225,15 @@ def measure(name, mode, torch):
         row["wsl_mean_test_acc"] = float(np.nanmean(zoo.filter(epoch="last").metrics["test_acc"]))
     row["wsl_models_per_s"] = len(models) / row["wsl_s"]
     row["wsl_models_per_s_with_compile"] = len(models) / row["wsl_first_s"]
+    one = make_mesh(("models",), devices=mesh.devices.flat[:1])
+    if len(mesh.devices.flat) > 1:  # the same population on one of the devices, for comparison
+        with tempfile.TemporaryDirectory() as tmp:
+            build_zoo(recipe, os.path.join(tmp, "first"), progress=False, mesh=one)
+            start = time.perf_counter()
+            build_zoo(recipe, os.path.join(tmp, "again"), progress=False, mesh=one)
+            row["wsl_one_device_models_per_s"] = len(models) / (time.perf_counter() - start)
 
     sample = _sample(models, sample_sizes[mode])
-    one = make_mesh(("models",), devices=mesh.devices.flat[:1])
 
     def jax_one(model):
         arch = group_architecture(recipe, data, model["activation"])
@@ -284,7 +294,11 @@ def main(argv=None) -> int:
     speed.add_argument("--smoke", action="store_true",
                        help="seconds: 8 digits MLPs, one epoch, one baseline model")
     parser.add_argument("--only", choices=sorted(SETUPS), help="run one setup")
+    parser.add_argument("--cpu-devices", type=int, default=None, metavar="K",
+                        help="JAX devices the CPU is split into, as `wsl zoo build --cpu-devices` "
+                             "(default: its default, one per core; the baselines use one)")
     args = parser.parse_args(argv)
+    split_cpu(args.cpu_devices)  # before JAX starts, as `wsl zoo build` does
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     try:
         import torch
@@ -303,25 +317,28 @@ def main(argv=None) -> int:
         row["speedup_vs_jax_loop"] = row["wsl_models_per_s"] / row["jax_loop_models_per_s"]
 
     cols = ["setup", "models", "groups", "steps_per_model", "wsl_models_per_s",
-            "wsl_models_per_s_with_compile", "jax_loop_models_per_s", "torch_models_per_s",
-            "speedup_vs_torch", "speedup_vs_jax_loop", "wsl_mean_test_acc"]
+            "wsl_models_per_s_with_compile", "wsl_one_device_models_per_s",
+            "jax_loop_models_per_s", "torch_models_per_s", "speedup_vs_torch",
+            "speedup_vs_jax_loop", "wsl_mean_test_acc"]
     table = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
     print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for t in table:
         print("  ".join(v.rjust(w) for v, w in zip(t, widths)))
     print(f"(baselines timed on {', '.join(str(r['baseline_sample']) for r in rows)} models after "
-          f"a warm-up; wsl timed on the whole population, steady state = second build)")
+          f"a warm-up, on one device; wsl timed on the whole population, steady state = second "
+          f"build, on {device_summary()})")
     for r in rows:
         if "torch_threads" in r:
             print(f"torch {r['setup']}: ms per step by thread count "
                   f"{r['torch_step_ms_by_threads']}, timed with {r['torch_threads']} thread(s)")
     result = {"benchmark": "zoo_build", "mode": mode, "quick": args.quick,
-              "torch": torch is not None, "cpu_count": os.cpu_count()}
+              "torch": torch is not None, "cpu_count": os.cpu_count(), "devices": device_summary()}
     for r in rows:
         p = r["setup"]
         result.update({f"{p}_models_per_s": r["wsl_models_per_s"],
                        f"{p}_models_per_s_with_compile": r["wsl_models_per_s_with_compile"],
+                       f"{p}_one_device_models_per_s": r.get("wsl_one_device_models_per_s"),
                        f"{p}_jax_loop_models_per_s": r["jax_loop_models_per_s"],
                        f"{p}_torch_models_per_s": r.get("torch_models_per_s"),
                        f"{p}_speedup_vs_torch": r["speedup_vs_torch"],

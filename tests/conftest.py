@@ -46,6 +46,15 @@ def optimised_env():
 
 
 @pytest.fixture
+def unset_devices_env():
+    """The environment for a subprocess that chooses its own CPU device count (compiled
+    unoptimised), as a user's shell without XLA_FLAGS leaves it."""
+    env = _env(UNOPTIMISED)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    return env
+
+
+@pytest.fixture
 def eight_device_env():
     """The environment for a subprocess with 8 fake CPU devices (compiled unoptimised)."""
     # A collective still waiting after two minutes is a deadlock: fail then, not at the timeout.

@@ -1,11 +1,19 @@
 """`wsl zoo`: build, info, export and recipes through the real entry point, and their error
 paths."""
 
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import pytest
 
 from wsl.commands import main as wsl
 from wsl.commands.zoo import histogram
+from wsl.errors import UsageError
+from wsl.mesh import cpu_cores, make_mesh, split_cpu
+from wsl.zoos.build import build_zoo
+from wsl.zoos.recipes import get_recipe
 from wsl.zoos.store import open_zoo
 
 
@@ -87,3 +95,40 @@ def test_histogram_counts_everything():
     lines = text.splitlines()
     assert sum(int(l.split()[-1]) for l in lines if l.startswith("  [")) == 4
     assert lines[-1] == "  not finite: 1"
+
+
+def test_split_cpu_leaves_a_started_jax_as_it_is():
+    # JAX has started in this process: the default keeps its devices, another count is refused.
+    have = len(jax.devices("cpu"))
+    assert split_cpu() is None and split_cpu(have) is None
+    with pytest.raises(UsageError, match=f"cannot split the CPU into {have + 1} devices"):
+        split_cpu(have + 1)
+    with pytest.raises(UsageError, match="must be ≥ 1, got 0"):
+        split_cpu(0)
+    assert len(jax.devices("cpu")) == have
+
+
+def test_build_splits_the_cpu_into_a_device_per_core(tmp_path, unset_devices_env):
+    build = [sys.executable, "-m", "wsl.commands", "zoo", "build", "quick", "--no-progress",
+             "num_models=6", "epochs=1"]
+    runs = {name: subprocess.run([*build, "--out", str(tmp_path / name), *extra],
+                                 env=unset_devices_env, capture_output=True, text=True,
+                                 timeout=600)
+            for name, extra in (("auto", []), ("three", ["--cpu-devices", "3"]))}
+    for run in runs.values():
+        assert run.returncode == 0, run.stderr[-3000:]
+    cores = cpu_cores()
+    assert (f"mesh: models={cores} over {cores} cpu devices" if cores > 1
+            else "mesh: 1 device (cpu)") in runs["auto"].stdout
+    assert "mesh: models=3 over 3 cpu devices" in runs["three"].stdout
+    one = make_mesh(("models",), devices=jax.devices()[:1])
+    reference = build_zoo(get_recipe("quick", ["num_models=6", "epochs=1"]), tmp_path / "one",
+                          progress=False, mesh=one)
+    rows = np.arange(len(reference))
+    acc, epoch = reference.metrics["test_acc"], reference.metrics["epoch"]
+    assert acc[epoch == 1].mean() > acc[epoch == 0].mean() + 0.1  # the models really trained
+    for name in runs:  # the same models as on one device, up to float rounding
+        zoo = open_zoo(tmp_path / name)
+        np.testing.assert_allclose(zoo.flat(rows), reference.flat(rows), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(zoo.metrics["test_acc"], reference.metrics["test_acc"],
+                                   atol=1e-6)

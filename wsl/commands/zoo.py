@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-models", type=int, help="number of models (num_models=N)")
     p.add_argument("--seed", type=int, help="recipe seed (seed=S)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="K",
+                   help="JAX devices the CPU is split into, the population sharded over them "
+                        "(default: one per core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES set "
+                        "a count; 1: one device). No effect on a GPU's or TPU's devices")
     p.set_defaults(run=build)
     p = add("info", help="summarise a zoo: architecture, counts, metrics, accuracy "
                                     "histogram (checks that every shard file is there)")
@@ -192,10 +196,14 @@ def note(command: str, text: str) -> None:
 
 
 def build(args) -> int:
+    from wsl.mesh import split_cpu
     from wsl.outputs import check_output_dir
     from wsl.zoos.build import build_zoo
     from wsl.zoos.recipes import get_recipe
 
+    # First: the CPU's device count is fixed once JAX starts. Models train independently, so a
+    # device per core runs them side by side (see split_cpu).
+    split_cpu(args.cpu_devices)
     overrides = list(args.overrides)
     if args.num_models is not None:
         overrides.append(f"num_models={args.num_models}")
