@@ -124,6 +124,25 @@ def test_eight_devices_match_one_device():
     np.testing.assert_allclose(sharded.metrics["test_acc"], result.metrics["test_acc"], atol=1e-6)
 
 
+@pytest.mark.eight_devices
+def test_a_diverging_member_is_flagged_on_eight_devices_as_on_one():
+    # `wsl zoo build` shards populations over one CPU device per core: divergence is handled there
+    # as on one device (flagged, last finite weights kept, the others unaffected).
+    arch, data, hparams, settings = _small()
+    hparams["lr"][2] = 1e12  # explodes at once
+    one = train_population(arch, data, hparams, settings, mesh=ONE_DEVICE)
+    eight = train_population(arch, data, hparams, settings, mesh=make_mesh(("models",)))
+    assert len(jax.devices()) == 8
+    assert eight.metrics["diverged"][:, -1].tolist() == [False, False, True, False]
+    np.testing.assert_array_equal(eight.metrics["diverged"], one.metrics["diverged"])
+    flat = np.asarray(arch.weight_space.flatten(eight.params))
+    assert np.isfinite(flat).all()  # the exploded member's last weights (~1e18) agree to ~1e-3
+    healthy = [0, 1, 3]
+    np.testing.assert_allclose(flat[healthy],
+                               np.asarray(arch.weight_space.flatten(one.params))[healthy],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_diverging_member_is_flagged_and_others_unaffected():
     arch, data, hparams, settings = _small()
     hparams["lr"][2] = 1e12  # explodes at once
