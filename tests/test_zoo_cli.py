@@ -97,8 +97,9 @@ def test_histogram_counts_everything():
     assert lines[-1] == "  not finite: 1"
 
 
-def test_split_cpu_leaves_a_started_jax_as_it_is():
-    # JAX has started in this process: the default keeps its devices, another count is refused.
+def test_split_cpu_leaves_a_started_jax_as_it_is(tmp_path, capsys):
+    # JAX has started in this process: the default keeps its devices, another count is refused,
+    # by the commands that split the CPU too, before they write anything.
     have = len(jax.devices("cpu"))
     assert split_cpu() is None and split_cpu(have) is None
     with pytest.raises(UsageError, match=f"cannot split the CPU into {have + 1} devices"):
@@ -106,6 +107,13 @@ def test_split_cpu_leaves_a_started_jax_as_it_is():
     with pytest.raises(UsageError, match="must be ≥ 1, got 0"):
         split_cpu(0)
     assert len(jax.devices("cpu")) == have
+    capsys.readouterr()
+    for command in (["zoo", "build", "quick", "--out", str(tmp_path / "zoo")],
+                    ["transfer", "--generator", str(tmp_path / "g"), "--task", "digits:0-1:none"]):
+        assert wsl([*command, "--cpu-devices", str(have + 1)]) == 2
+        assert (f"wsl {command[0]}: error: cannot split the CPU into {have + 1} devices: JAX has "
+                f"already started" in capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_build_splits_the_cpu_into_a_device_per_core(tmp_path, unset_devices_env):

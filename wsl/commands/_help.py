@@ -64,6 +64,15 @@ def subparser(sub, name: str, text: str, *, epilog: str | None = None,
                           formatter_class=HelpFormatter, **kwargs)
 
 
+def add_cpu_devices(p: argparse.ArgumentParser, what: str) -> None:
+    """--cpu-devices K: how many JAX devices the CPU is split into (`wsl.mesh.split_cpu`), for a
+    command whose `what` (a population of networks) trains sharded over them."""
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="K",
+                   help=f"JAX devices the CPU is split into, {what} sharded over them (default: "
+                        f"one per core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES set a count; 1: "
+                        f"one device). No effect on a GPU's or TPU's devices")
+
+
 def unknown_key_hint(err: Exception, command: str) -> Exception:
     """`err` (a config error) with a pointer to ``COMMAND --list-keys`` when it is about an unknown
     key; any other error as it is."""

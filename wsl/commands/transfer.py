@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="overwrite an earlier transfer.json / transfer.png in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _help.add_cpu_devices(p, "the fine-tuned networks")
     return p
 
 
@@ -113,13 +114,16 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from wsl.config import ConfigError
     from wsl.eval.transfer import finish, table
-    from wsl.mesh import describe_mesh
+    from wsl.mesh import describe_mesh, split_cpu
     from wsl.outputs import check_output_dir
     from wsl.train.generator import TrainedGenerator
     from wsl.train.transfer import TransferConfig, transfer
     from wsl.zoos.population import population_mesh
     from wsl.zoos.tasks import Task, tasks_of
 
+    # First, before JAX starts: the networks fine-tune side by side, a device per core (see
+    # split_cpu); sampling runs on one of them.
+    split_cpu(args.cpu_devices)
     if args.task is None and not args.list_tasks:
         raise UsageError("give --task SPEC (e.g. mnist8:0-3-5-7-9:rot90) or --list-tasks")
     try:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsl.commands._help import HelpFormatter, parse_with_overrides
+from wsl.commands._help import HelpFormatter, add_cpu_devices, parse_with_overrides
 from wsl.errors import UsageError
 
 IMPORT_FORMATS = ("small-cnn-zoo", "model-zoos", "checkpoints", "wsl-export")
@@ -46,10 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-models", type=int, help="number of models (num_models=N)")
     p.add_argument("--seed", type=int, help="recipe seed (seed=S)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--cpu-devices", type=int, default=None, metavar="K",
-                   help="JAX devices the CPU is split into, the population sharded over them "
-                        "(default: one per core, unless XLA_FLAGS or JAX_NUM_CPU_DEVICES set "
-                        "a count; 1: one device). No effect on a GPU's or TPU's devices")
+    add_cpu_devices(p, "the population")
     p.set_defaults(run=build)
     p = add("info", help="summarise a zoo: architecture, counts, metrics, accuracy "
                                     "histogram (checks that every shard file is there)")
