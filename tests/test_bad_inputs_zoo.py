@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -314,9 +315,11 @@ def test_warnings_and_interrupts_are_one_line():
         "command again to resume"]
 
 
+# Every build of the test on this process's devices (the subprocess would otherwise split the CPU
+# into one device per core): a zoo resumed on another device count agrees only up to float rounding.
 _BUILD = ("import sys; from wsl.commands import main; sys.exit(main(sys.argv[1:]))",
           "zoo", "build", "quick", "--num-models", "8", "models_per_shard=2", "epochs=2",
-          "--no-progress")
+          "--no-progress", "--cpu-devices", str(len(jax.devices("cpu"))))
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_to_the_same_zoo(tmp_path):

@@ -155,8 +155,9 @@ def build_zoo(recipe: Recipe, out, *, mesh: Mesh | None = None, progress: bool =
     In a multi-process run (`wsl.distributed`) every process trains its own share of the shards
     still missing, on its own devices, into the same directory (shared by all hosts); process 0
     writes the manifest first and, once every process has finished, verifies every shard and
-    commits the metrics table. The zoo is the one a single process would build, and a rerun
-    with any number of processes resumes whatever a killed process left unwritten.
+    commits the metrics table. The zoo is the one a single process would build on as many
+    devices (on another device count, the same up to float rounding), and a rerun with any
+    number of processes resumes whatever a killed process left unwritten.
 
     Ctrl-C (SIGINT, in the main thread) stops the build at the end of the running epoch: the
     shard being trained is abandoned (no partial files stay), finished shards are kept, and
