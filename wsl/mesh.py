@@ -55,7 +55,7 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_devices_set_elsewhere() -> bool:
+def _cpu_devices_set_elsewhere() -> bool:
     """Whether the CPU device count was already chosen: by XLA_FLAGS, JAX_NUM_CPU_DEVICES or the
     jax_num_cpu_devices setting."""
     return (DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", "")
@@ -85,7 +85,7 @@ def split_cpu(count: int | None = None) -> int | None:
     if count is not None and count < 1:
         raise UsageError(f"the CPU device count must be ≥ 1, got {count}")
     fixed = None
-    if cpu_devices_set_elsewhere():
+    if _cpu_devices_set_elsewhere():
         fixed = (f"the count is already set (XLA_FLAGS {DEVICE_COUNT_FLAG}, "
                  f"JAX_NUM_CPU_DEVICES or jax_num_cpu_devices)")
     elif xla_bridge.backends_are_initialized():
