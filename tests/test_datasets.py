@@ -167,6 +167,19 @@ def test_max_train():
     np.testing.assert_array_equal(capped.x_train, full.x_train[:100])
     both = load_dataset("digits", classes=[0, 1], max_train=50)
     assert both.sizes["train"] == 50 and set(np.unique(both.y_train)) <= {0, 1}
+    pair = load_dataset("digits", classes=[0, 1])  # the cap applies after the class filter
+    np.testing.assert_array_equal(both.x_train, pair.x_train[:50])
+    np.testing.assert_array_equal(both.y_train, pair.y_train[:50])
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])  # test split carved out / official
+def test_loaded_arrays_are_copies(name):
+    # Loaders cache the raw arrays; a caller writing into its dataset must not change the next.
+    first = load_dataset(name)
+    for split in ("train", "val", "test"):
+        first.split(split)[0][:] = np.nan
+    again = load_dataset(name)
+    assert all(np.isfinite(again.split(s)[0]).all() for s in ("train", "val", "test"))
 
 
 def test_transforms_reject_non_images():

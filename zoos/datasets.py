@@ -484,17 +484,19 @@ def load_dataset(
         raise DatasetError(f"dataset {name!r} has an official test split; "
                            "test_fraction does not apply")
 
+    # Splits are index arrays into the raw (cached) arrays until the end: filtering classes and
+    # capping the training set before gathering copies only the images that are kept.
     rng = np.random.default_rng(seed)
     if raw.x_test is None:
         pool, test = _stratified_split(raw.y, 0.2 if test_fraction is None else test_fraction, rng)
-        x_all, y_all, x_test, y_test = raw.x, raw.y, raw.x[test], raw.y[test]
+        test_source = (raw.x, raw.y, test)
     else:
-        pool, x_all, y_all, x_test, y_test = (np.arange(len(raw.y)), raw.x, raw.y,
-                                              raw.x_test, raw.y_test)
-    kept, val = _stratified_split(y_all[pool], val_fraction, rng)
-    split = {"train": (x_all[pool[kept]], y_all[pool[kept]]),
-             "val": (x_all[pool[val]], y_all[pool[val]]),
-             "test": (np.array(x_test), np.array(y_test))}
+        pool, test_source = np.arange(len(raw.y)), (raw.x_test, raw.y_test,
+                                                   np.arange(len(raw.y_test)))
+    kept, val = _stratified_split(raw.y[pool], val_fraction, rng)
+    sources = {"train": (raw.x, raw.y, pool[kept]), "val": (raw.x, raw.y, pool[val]),
+               "test": test_source}
+    labels = {s: y[idx] for s, (_, y, idx) in sources.items()}
     num_classes = int(max(raw.y.max(initial=0),
                           -1 if raw.y_test is None else raw.y_test.max(initial=0))) + 1
 
@@ -506,13 +508,15 @@ def load_dataset(
                                f"got {classes}")
         relabel = np.full(num_classes, -1, np.int32)
         relabel[classes] = np.arange(len(classes), dtype=np.int32)
-        split = {s: (x[relabel[y] >= 0], relabel[y][relabel[y] >= 0])
-                 for s, (x, y) in split.items()}
+        sources = {s: (x, y, idx[relabel[labels[s]] >= 0]) for s, (x, y, idx) in sources.items()}
+        labels = {s: relabel[y[idx]] for s, (_, y, idx) in sources.items()}
         num_classes = len(classes)
     if max_train is not None:
         if max_train < 1:
             raise DatasetError(f"max_train must be positive, got {max_train}")
-        split["train"] = tuple(a[:max_train] for a in split["train"])
+        x, y, idx = sources["train"]
+        sources["train"], labels["train"] = (x, y, idx[:max_train]), labels["train"][:max_train]
+    split = {s: (x[idx], labels[s]) for s, (x, _, idx) in sources.items()}
     if resize is not None or grayscale or crop is not None:
         split = {s: (_transform_images(name, x, resize, grayscale, crop), y)
                  for s, (x, y) in split.items()}
