@@ -69,7 +69,7 @@ def split_cpu(count: int | None = None) -> int | None:
     For work made of independent parts, a population of models split over its model axis: XLA:CPU
     spreads a single program's small operations over the cores poorly (a small-CNN population
     step keeps ~1.3 of 2 cores busy), while one program per device runs the devices side by side
-    (`benchmarks/zoo_build.py` on 2 cores: 7.6 small-CNN models a second against 4.9 on one).
+    (`benchmarks/zoo_build.py` on 2 cores: 7.3 small-CNN models a second against 4.6 on one).
     Results agree with one device up to float rounding, as on any other mesh.
 
     The count is fixed when JAX starts its backends, so this must run first: in a process where
