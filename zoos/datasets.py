@@ -496,10 +496,10 @@ def load_dataset(
     kept, val = _stratified_split(raw.y[pool], val_fraction, rng)
     sources = {"train": (raw.x, raw.y, pool[kept]), "val": (raw.x, raw.y, pool[val]),
                "test": test_source}
-    labels = {s: y[idx] for s, (_, y, idx) in sources.items()}
     num_classes = int(max(raw.y.max(initial=0),
                           -1 if raw.y_test is None else raw.y_test.max(initial=0))) + 1
 
+    relabel = None
     if classes is not None:
         classes = [int(c) for c in classes]
         if (len(set(classes)) != len(classes) or not classes
@@ -508,15 +508,15 @@ def load_dataset(
                                f"got {classes}")
         relabel = np.full(num_classes, -1, np.int32)
         relabel[classes] = np.arange(len(classes), dtype=np.int32)
-        sources = {s: (x, y, idx[relabel[labels[s]] >= 0]) for s, (x, y, idx) in sources.items()}
-        labels = {s: relabel[y[idx]] for s, (_, y, idx) in sources.items()}
+        sources = {s: (x, y, idx[relabel[y[idx]] >= 0]) for s, (x, y, idx) in sources.items()}
         num_classes = len(classes)
     if max_train is not None:
         if max_train < 1:
             raise DatasetError(f"max_train must be positive, got {max_train}")
         x, y, idx = sources["train"]
-        sources["train"], labels["train"] = (x, y, idx[:max_train]), labels["train"][:max_train]
-    split = {s: (x[idx], labels[s]) for s, (x, _, idx) in sources.items()}
+        sources["train"] = (x, y, idx[:max_train])
+    split = {s: (x[idx], y[idx] if relabel is None else relabel[y[idx]])
+             for s, (x, y, idx) in sources.items()}
     if resize is not None or grayscale or crop is not None:
         split = {s: (_transform_images(name, x, resize, grayscale, crop), y)
                  for s, (x, y) in split.items()}
