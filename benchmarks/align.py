@@ -43,6 +43,7 @@ from benchmarks._reference_matching import published_weight_matching  # noqa: E4
 from wsl import assignment  # noqa: E402
 from wsl.align import group_orders, matching_objective, weight_matching  # noqa: E402
 from wsl.eval.lmc import linear_mode_connectivity  # noqa: E402
+from wsl.mesh import host_summary  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.datasets import load_dataset  # noqa: E402
 from wsl.zoos.init_schemes import initial_population  # noqa: E402
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
     fraction = lambda label: rec[label][0] / rec[label][1] if label in rec else None
     result = {
         "benchmark": "align", "mode": mode, "quick": args.quick, "models": n,
-        "backend": jax.default_backend(),
+        "backend": jax.default_backend(), "host": host_summary(),
         "speedup_vs_reference": round(speedup_cpu, 2), "speedup_wall_clock": round(speedup, 2),
         "speedup_per_zoo": {r["zoo"]: round(r["speedup_cpu"], 2) for r in rows},
         "assignment_seconds": {"ours": round(lsa_ours, 4), "reference": round(lsa_ref, 4)},

@@ -52,6 +52,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._report import table  # noqa: E402
+from wsl.mesh import host_summary  # noqa: E402
 from wsl.models.encoders import build_encoder  # noqa: E402
 from wsl.models.neural_graph import layer_chain, neural_graph  # noqa: E402
 from wsl.train.step import micro_batched  # noqa: E402
@@ -330,6 +331,7 @@ def main(argv=None) -> int:
             print(f"{name}: {slope / 2**20:,.2f} MiB per extra network in the batch "
                   f"({slope / rows[0]['edges']:,.0f} bytes per edge)")
     payload = {"benchmark": "encoder_speed", "mode": mode, "cpu_count": os.cpu_count(),
+               "host": host_summary(),
                "nfn_speedup_vs_torch": speedups if not missing else None,
                "nfn_speedup_vs_torch_microbatched": micro_speedups if not missing else None,
                "microbatch": microbatch,

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from wsl.config import override
+from wsl.mesh import host_summary
 from wsl.train import ArraySource, Pipeline, TrainConfig, train
 from wsl.train.checkpoint import Checkpoints
 from wsl.train.layout import batch_sharding, mesh_from_config
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
         "steps": args.steps, "repeats": args.repeats, "windows": len(wall["trainer"]),
         "params": params, "device": jax.devices()[0].device_kind,
-        "devices": jax.device_count()}))
+        "devices": jax.device_count(), "host": host_summary()}))
     return 0
 
 

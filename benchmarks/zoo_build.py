@@ -35,7 +35,7 @@ import numpy as np
 # which alone is not the whole package.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wsl.mesh import device_summary, make_mesh, split_cpu  # noqa: E402
+from wsl.mesh import device_summary, host_summary, make_mesh, split_cpu  # noqa: E402
 from wsl.zoos.architectures import build  # noqa: E402
 from wsl.zoos.build import build_zoo, load_recipe_dataset  # noqa: E402
 from wsl.zoos.init_schemes import initial_population  # noqa: E402
@@ -333,7 +333,8 @@ def main(argv=None) -> int:
             print(f"torch {r['setup']}: ms per step by thread count "
                   f"{r['torch_step_ms_by_threads']}, timed with {r['torch_threads']} thread(s)")
     result = {"benchmark": "zoo_build", "mode": mode, "quick": args.quick,
-              "torch": torch is not None, "cpu_count": os.cpu_count(), "devices": device_summary()}
+              "torch": torch is not None, "cpu_count": os.cpu_count(), "devices": device_summary(),
+              "host": host_summary()}
     for r in rows:
         p = r["setup"]
         result.update({f"{p}_models_per_s": r["wsl_models_per_s"],

@@ -47,6 +47,10 @@ def smoke_runs(request, tmp_path_factory):
                for name in BENCHMARKS if name in selected}
 
 
+# Benchmarks whose results are speed ratios measured on this machine.
+SPEED_RATIOS = ("zoo_build", "align", "encoder_speed", "trainer_overhead")
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_smoke_run(name, smoke_runs):
     result, cwd, tmp = smoke_runs[name].result()
@@ -58,6 +62,8 @@ def test_benchmark_smoke_run(name, smoke_runs):
     except (IndexError, ValueError):
         pytest.fail(f"benchmarks/{name}.py --smoke: the last line is not a JSON object:{tail}")
     assert report["benchmark"] == name and report["mode"] == "smoke", report
+    if name in SPEED_RATIOS:  # a ratio against a baseline says little without its machine
+        assert report["host"].endswith(" cores"), report
     assert len(lines) > 1, "no table before the JSON line"
     assert not list(cwd.iterdir()), f"wrote into its working directory: {list(cwd.iterdir())}"
     assert not list(tmp.iterdir()), f"left temporary files: {list(tmp.iterdir())}"

@@ -11,7 +11,7 @@ import pytest
 from wsl.commands import main as wsl
 from wsl.commands.zoo import histogram
 from wsl.errors import UsageError
-from wsl.mesh import cpu_cores, make_mesh, split_cpu
+from wsl.mesh import cpu_cores, host_summary, make_mesh, split_cpu
 from wsl.zoos.build import build_zoo
 from wsl.zoos.recipes import get_recipe
 from wsl.zoos.store import open_zoo
@@ -95,6 +95,20 @@ def test_histogram_counts_everything():
     lines = text.splitlines()
     assert sum(int(l.split()[-1]) for l in lines if l.startswith("  [")) == 4
     assert lines[-1] == "  not finite: 1"
+
+
+def test_host_summary_names_the_processor_and_the_usable_cores(monkeypatch):
+    model, cores = host_summary().rsplit(", ", 1)
+    assert model and cores == f"{cpu_cores()} cores"
+    # Where there is no /proc/cpuinfo (macOS, Windows), platform's name for the processor.
+    real_open = open
+    def no_cpuinfo(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", no_cpuinfo)
+    monkeypatch.setattr("platform.processor", lambda: "Apple M2")
+    assert host_summary() == f"Apple M2, {cpu_cores()} cores"
 
 
 def test_split_cpu_leaves_a_started_jax_as_it_is(tmp_path, capsys):

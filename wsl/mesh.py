@@ -7,6 +7,7 @@ The same code runs on one CPU, on fake CPU devices
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 
 import jax
@@ -113,6 +114,21 @@ def device_summary() -> str:
     H200)``."""
     device = jax.devices()[0]
     return f"{jax.device_count()} × {device.platform} ({device.device_kind})"
+
+
+def host_summary() -> str:
+    """The processor and the cores this process may use, as speed results record them (``AMD
+    EPYC, 2 cores``): a speed ratio against a baseline is a property of the host as much as of
+    the code (the per-model loops of `benchmarks/zoo_build.py` ran 53 % faster on one 2-core host
+    than on another)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux: platform.processor() says only "x86_64"
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {cpu_cores()} cores"
 
 
 def describe_default_device(what: str) -> str:
