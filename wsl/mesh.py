@@ -121,13 +121,13 @@ def host_summary() -> str:
     EPYC, 2 cores``): a speed ratio against a baseline is a property of the host as much as of
     the code (the per-model loops of `benchmarks/zoo_build.py` ran 53 % faster on one 2-core host
     than on another)."""
-    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:  # Linux: platform.processor() says only "x86_64"
             model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
+                          if line.startswith("model name")), None)
     except OSError:
-        pass
+        model = None
+    model = model or platform.processor() or platform.machine()
     return f"{model}, {cpu_cores()} cores"
 
 
