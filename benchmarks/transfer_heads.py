@@ -12,8 +12,11 @@ there, on validation) are scored on the task's validation split
 * with the head refit on the support set alone (the generator's own view of the task);
 * with the head refit on the support set by maximum a posteriori estimation, the generated head
   the prior's mean (weight `MAP_WEIGHTS`, chosen per task on validation);
+* averaged: the uniform mean of the kept networks (a "soup"; they come out of the generator in
+  its aligned weight space, where `zoo_mean` averages too), one network;
 
-and then the generated networks, the MAP-refit ones and random init are fine-tuned side by side
+and then the generated networks, the MAP-refit ones, the soup (as many copies as there are kept
+networks, each with its own batches) and random init are fine-tuned side by side
 (the benchmark's settings; the same batches), to compare epochs to random init's last validation
 accuracy. Test splits are never read.
 
@@ -112,10 +115,14 @@ def diagnose(gen, task, config, epochs: int) -> dict:
             by_weight[weight][1].append(_with_head(arch, flat, w, b))
     weight = max(MAP_WEIGHTS, key=lambda w: np.mean(by_weight[w][0]))  # on validation
     scores["refit_support_map"] = by_weight[weight][0]
+    soup = sampled.mean(0)
+    params, kernel, bias = _split(arch, soup)
+    scores["soup"] = [_accuracy(_features(arch, params, data.x_val), kernel, bias, y_val)]
     # Fine-tuned side by side, as `wsl.train.transfer.transfer` does: network i of every init
     # has seed i, so all see the same batches.
     starts = {"random": inits["inits"]["random"], "generated": sampled,
-              "refit_support_map": np.stack(by_weight[weight][1]).astype(np.float32)}
+              "refit_support_map": np.stack(by_weight[weight][1]).astype(np.float32),
+              "soup": np.repeat(soup[None], len(sampled), axis=0).astype(np.float32)}
     n = len(sampled)
     result = train_population(
         arch, data, shared_hparams(list(np.tile(np.arange(n), len(starts))), lr=config.lr[0]),
@@ -129,7 +136,7 @@ def diagnose(gen, task, config, epochs: int) -> dict:
     return {"task": task.spec, "val_epoch0": {k: float(np.mean(v)) for k, v in scores.items()},
             "map_weight": weight, "curves": curves, "random_final": target,
             "epochs_to_random_final": {k: epochs_to_reach(curves[k], target)
-                                       for k in ("generated", "refit_support_map")}}
+                                       for k in ("generated", "refit_support_map", "soup")}}
 
 
 def main(argv=None) -> int:
