@@ -1,5 +1,5 @@
 """Diagnosis: on held-out tasks, is it the sampled networks' heads that fall short, and does a
-better head at epoch 0 shorten fine-tuning?
+better start at epoch 0 (a better head, or the kept networks' average) shorten fine-tuning?
 
 For the transfer benchmark's main experiment (its cached zoo and generators,
 `benchmarks/transfer.py`) and each held-out task, the sampled init's kept networks (chosen as
@@ -15,8 +15,8 @@ there, on validation) are scored on the task's validation split
 * averaged: the uniform mean of the kept networks (a "soup"; they come out of the generator in
   its aligned weight space, where `zoo_mean` averages too), one network;
 
-and then the generated networks, the MAP-refit ones, the soup (as many copies as there are kept
-networks, each with its own batches) and random init are fine-tuned side by side
+and then the generated networks, the MAP-refit ones, the soup (one copy per kept network) and
+random init are fine-tuned side by side
 (the benchmark's settings; the same batches), to compare epochs to random init's last validation
 accuracy. Test splits are never read.
 
