@@ -136,7 +136,7 @@ def diagnose(gen, task, config, epochs: int) -> dict:
     return {"task": task.spec, "val_epoch0": {k: float(np.mean(v)) for k, v in scores.items()},
             "map_weight": weight, "curves": curves, "random_final": target,
             "epochs_to_random_final": {k: epochs_to_reach(curves[k], target)
-                                       for k in ("generated", "refit_support_map", "soup")}}
+                                       for k in starts if k != "random"}}
 
 
 def main(argv=None) -> int:
